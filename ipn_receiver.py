@@ -1,0 +1,1988 @@
+#!/usr/bin/env python3
+"""ipn_receiver: receive Digistore24 IPN and PromoPit ISN sale notifications.
+
+One file, Python standard library only, CPython 3.8 or later. Put it on your web space, set your
+passphrase below, and register its URL with Digistore24 and/or PromoPit. For every notification it
+proves the call genuine (Digistore24's SHA-512 signature, PromoPit's ISN key), records it durably,
+runs your handler for the event exactly once, and answers "OK" so the sender stops retrying.
+
+Run it
+    as a CGI program      upload it with the run bit set (chmod 755); the web server runs it
+    as a WSGI app         point mod_wsgi, Passenger, gunicorn, waitress or uWSGI at `application`
+    locally               python3 ipn_receiver.py          (a server on http://127.0.0.1:8000/)
+    see it work           python3 ipn_receiver.py demo     (needs no setup at all)
+    test a deployment     python3 ipn_receiver.py send on_payment --url https://example.com/ipn.py
+    other commands        python3 ipn_receiver.py --help  (events, show, replay, check, ...)
+
+Edit the two blocks marked EDIT HERE (settings, then one handler per event); nothing below the
+banner "NOTHING BELOW NEEDS EDITING" does. README.md explains everything else.
+"""
+
+# =================================================================================================
+#  SETTINGS                                                                            EDIT HERE
+# =================================================================================================
+# Each setting can also be given, overriding what is written here, in an INI file (config.ini beside
+# this file, or the file named by the environment variable IPN_CONFIG; see config.example.ini) and,
+# overriding both, in an environment variable:
+#
+#   setting          INI file                          environment variable
+#   SHA_PASSPHRASE   [digistore24] sha_passphrase      IPN_SHA_PASSPHRASE
+#   ISN_KEY          [promopit] isn_key                IPN_ISN_KEY
+#   DATA_DIR         [receiver] data_dir               IPN_DATA_DIR
+#   LOG_LEVEL        [receiver] log_level              IPN_LOG_LEVEL
+#   MAX_BODY_BYTES   [receiver] max_body_bytes         IPN_MAX_BODY_BYTES
+#   PROCESSING_TIMEOUT [receiver] processing_timeout   IPN_PROCESSING_TIMEOUT
+#
+# An empty value in the INI file or the environment means "not set there".
+
+# Digistore24: the "SHA passphrase" of your IPN connection (Digistore24 > Settings > Integrations
+# (IPN)). Without it every Digistore24 call is refused with 503: the receiver never accepts a call
+# it cannot verify.
+SHA_PASSPHRASE = "PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"
+
+# PromoPit: the ISN key shown in the ISN settings of your product. Leave it as it is if you do not
+# sell through PromoPit.
+ISN_KEY = "PASTE-YOUR-PROMOPIT-ISN-KEY-HERE"
+
+# The folder for the log (ipn_receiver.log) and the event store (events.sqlite3). A relative path
+# is taken from the folder this file is in. Best is a folder outside your web root, for example
+# "/home/youruser/ipn_data"; inside it, the receiver protects the folder with an .htaccess file.
+DATA_DIR = "ipn_data"
+
+# How much the log says: "DEBUG", "INFO", "WARNING" or "ERROR".
+LOG_LEVEL = "INFO"
+
+# Larger request bodies are refused (413) before they are read. A Digistore24 call is about 6 KB.
+MAX_BODY_BYTES = 1024 * 1024
+
+# Seconds after which a notification still marked "processing" (its process died or hangs) may be
+# taken over by the sender's next retry. Must be longer than your slowest handler.
+PROCESSING_TIMEOUT = 300
+
+
+# =================================================================================================
+#  HANDLERS: one function per event                                                    EDIT HERE
+# =================================================================================================
+# Each handler receives one `notification` (see class Notification below):
+#     notification.event, notification.provider     "on_payment", "digistore24", ...
+#     notification["order_id"]                       a field (KeyError if it is missing)
+#     notification.get("email")                      a field, or "" if it is missing
+#     notification.fields                            all fields, a dict of str (no signature, no key)
+#     notification.is_test                           True for test payments and the senders' test tools
+#     notification.add_info                          PromoPit only: {question: answer} in order
+#
+# A handler runs once per distinct notification, even when the sender retries it. If it raises
+# an exception, the sender gets an error, retries later, and the handler runs again then; so do
+# the work first and return only when it is done. Write messages to the log with log.info(...).
+# Digistore24 sends the same order_id for every transaction of an order (first payment, rebills,
+# refund); transaction_id is unique per transaction.
+
+def connection_test(notification):
+    """Digistore24: you pressed "Test connection". Answering OK is the whole test."""
+    # EDIT HERE (usually nothing to do)
+    log.info("Digistore24 connection test received")
+
+
+def on_payment(notification):
+    """Digistore24: a payment arrived: a first payment, a rebill or an instalment.
+
+    Fields: order_id, transaction_id, product_id, product_name, quantity, email, buyer_first_name,
+    buyer_last_name, amount, currency, billing_type, pay_sequence_no (0 = the first payment),
+    custom (what you put into the buy link). Typical work: create the account or licence (first
+    payment), or extend access (later payments).
+
+    To show access data on the thank-you page and in the buyer's e-mail, return a dict, e.g.
+        return {"username": "jane", "password": "s3cret", "loginurl": "https://example.com/login"}
+    Keys: thankyou_url, username, password, loginurl, headline, show_on, hide_on, and username_2,
+    password_2, loginurl_2, ... for more accounts. A retried call gets the same data again.
+    """
+    # EDIT HERE: grant or extend access.
+    log.info("payment for order %s, product %s, pay_sequence_no %s: nothing done yet (edit on_payment)",
+             notification.get("order_id"), notification.get("product_id"),
+             notification.get("pay_sequence_no"))
+
+
+def on_payment_missed(notification):
+    """Digistore24: a recurring payment failed; Digistore24 will retry the charge itself.
+
+    Fields: order_id, product_id, email. Typical work: nothing, or suspend access reversibly.
+    """
+    # EDIT HERE
+    log.info("missed payment for order %s (edit on_payment_missed)", notification.get("order_id"))
+
+
+def on_refund(notification):
+    """Digistore24: a payment was refunded. Fields: order_id, transaction_id, product_id, amount.
+
+    Typical work: revoke the access or licence that order_id granted.
+    """
+    # EDIT HERE: revoke access.
+    log.info("refund for order %s (edit on_refund)", notification.get("order_id"))
+
+
+def on_chargeback(notification):
+    """Digistore24: the buyer's bank took a payment back. Fields as for on_refund.
+
+    Typical work: revoke access, and flag the buyer (email) so you notice a repeat.
+    """
+    # EDIT HERE: revoke access, flag the buyer.
+    log.info("chargeback for order %s (edit on_chargeback)", notification.get("order_id"))
+
+
+def on_rebill_cancelled(notification):
+    """Digistore24: a subscription will not be charged again. Access stays until last_paid_day.
+
+    Fields: order_id, product_id, email. Typical work: note it; do not revoke access yet.
+    """
+    # EDIT HERE
+    log.info("rebilling cancelled for order %s (edit on_rebill_cancelled)", notification.get("order_id"))
+
+
+def on_rebill_resumed(notification):
+    """Digistore24: a cancelled subscription is charged again. Typical work: note it."""
+    # EDIT HERE
+    log.info("rebilling resumed for order %s (edit on_rebill_resumed)", notification.get("order_id"))
+
+
+def last_paid_day(notification):
+    """Digistore24: the paid period of a cancelled subscription is over. Typical work: revoke access."""
+    # EDIT HERE: revoke access.
+    log.info("last paid day for order %s (edit last_paid_day)", notification.get("order_id"))
+
+
+def on_affiliation(notification):
+    """Digistore24: an affiliate was accepted for your product. Fields: affiliate_name, email.
+
+    Typical work: optional, e.g. add the affiliate to a newsletter.
+    """
+    # EDIT HERE
+    log.info("affiliate %s accepted (edit on_affiliation)", notification.get("affiliate_name"))
+
+
+def sale(notification):
+    """PromoPit: a sale was completed.
+
+    Fields: promopit_txn_id (unique per sale), txn_amount, txn_currency, product_name,
+    my_product_id, customer_name, customer_email, custom_1 ... custom_6, and the buyer's answers to
+    your extra questions in notification.add_info. Typical work: deliver the product.
+    """
+    # EDIT HERE: deliver the product.
+    log.info("PromoPit sale %s, product %s (edit sale)", notification.get("promopit_txn_id"),
+             notification.get("my_product_id") or notification.get("product_name"))
+
+
+# Which handler runs for which event. To handle another event, write a function and add a line.
+# An event without a handler is answered OK, logged and stored, and its handler is not called.
+DIGISTORE24_HANDLERS = {
+    "connection_test": connection_test,
+    "on_payment": on_payment,
+    "on_payment_missed": on_payment_missed,
+    "on_refund": on_refund,
+    "on_chargeback": on_chargeback,
+    "on_rebill_cancelled": on_rebill_cancelled,
+    "on_rebill_resumed": on_rebill_resumed,
+    "last_paid_day": last_paid_day,
+    "on_affiliation": on_affiliation,
+}
+PROMOPIT_HANDLERS = {
+    "sale": sale,
+}
+
+
+# =================================================================================================
+# =================================================================================================
+#  NOTHING BELOW NEEDS EDITING
+# =================================================================================================
+# =================================================================================================
+#
+# Why the code below is a string: as a CGI program, this file is run afresh for every notification,
+# and Python compiles the file it runs every time (only imported modules get their bytecode cached
+# in __pycache__). For this file that compiling would cost more time than everything else a
+# request does. A string costs next to nothing to compile, so the machinery is kept in MACHINERY,
+# compiled once, and cached in __pycache__ beside this file like an imported module's bytecode.
+# It is ordinary Python, run in this module as if written here: its functions are attributes of
+# ipn_receiver, and tracebacks show its lines in this file as usual. For the same reason, only what
+# every POST needs is imported at the top of it; nothing on the way of a CGI call imports `re`,
+# `json`, `logging` or `urllib`.
+
+import hashlib
+import os
+import sys
+
+
+def load_machinery(source, first_line):
+    """Run `source` (MACHINERY, which starts on line `first_line` of this file) in this module.
+
+    Its bytecode is cached in __pycache__/<this file's name>.<python>.machinery and compiled again
+    whenever this file, its place or the Python version changes. Where __pycache__ cannot be
+    written, it is compiled on every run: slower, otherwise the same.
+    """
+    import marshal
+    path = os.path.abspath(__file__)
+    key = hashlib.sha256(("%s|%s|%d|" % (sys.version, path, first_line) + source).encode("utf-8")).digest()
+    cache = os.path.join(os.path.dirname(path), "__pycache__", "%s.%s.machinery" % (
+        os.path.basename(path), sys.implementation.cache_tag))
+    code = None
+    try:
+        with open(cache, "rb") as file:
+            data = file.read()
+        if data[:len(key)] == key:
+            code = marshal.loads(data[len(key):])
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    if code is None:
+        code = compile("\n" * (first_line - 1) + source, path, "exec")
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            partial = "%s.%d.tmp" % (cache, os.getpid())
+            with open(partial, "wb") as file:
+                file.write(key + marshal.dumps(code))
+            os.replace(partial, cache)      # whole or not at all, even with calls running at once
+        except OSError:
+            pass
+    exec(code, globals())
+
+
+MACHINERY = r'''
+import hashlib
+import hmac
+import os
+import sys
+import time
+
+__version__ = "1.0.0"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG_FILE_NAME = "config.ini"
+LOG_FILE_NAME = "ipn_receiver.log"
+STORE_FILE_NAME = "events.sqlite3"
+LOG_FILE_MAX_BYTES = 1024 * 1024    # then ipn_receiver.log becomes ipn_receiver.log.1, ...
+LOG_FILE_BACKUPS = 3
+
+DIGISTORE24 = "digistore24"
+PROMOPIT = "promopit"
+
+
+# =================================================================================================
+#  Loading the settings: the constants above, then the INI file, then the environment
+# =================================================================================================
+
+class ConfigError(Exception):
+    """A setting or the INI file is wrong. The message is one line: where, what, and the fix."""
+
+
+#  name                 INI section    INI key               environment variable
+SETTINGS_SOURCES = (
+    ("SHA_PASSPHRASE",     "digistore24", "sha_passphrase",     "IPN_SHA_PASSPHRASE"),
+    ("ISN_KEY",            "promopit",    "isn_key",            "IPN_ISN_KEY"),
+    ("DATA_DIR",           "receiver",    "data_dir",           "IPN_DATA_DIR"),
+    ("LOG_LEVEL",          "receiver",    "log_level",          "IPN_LOG_LEVEL"),
+    ("MAX_BODY_BYTES",     "receiver",    "max_body_bytes",     "IPN_MAX_BODY_BYTES"),
+    ("PROCESSING_TIMEOUT", "receiver",    "processing_timeout", "IPN_PROCESSING_TIMEOUT"),
+)
+SECRET_SETTINGS = ("SHA_PASSPHRASE", "ISN_KEY")
+# The values shipped in this file and in config.example.ini: they count as "not set".
+PLACEHOLDERS = {
+    "SHA_PASSPHRASE": "PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE",
+    "ISN_KEY": "PASTE-YOUR-PROMOPIT-ISN-KEY-HERE",
+}
+LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+_settings = None    # the settings in effect, loaded on first use
+
+
+def settings():
+    """The settings in effect in this process: a dict, loaded once (ConfigError if they are wrong)."""
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
+
+
+def load_settings(environ=None):
+    """Read the settings: this file's constants, overridden by the INI file, then by the environment."""
+    environ = os.environ if environ is None else environ
+    values = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
+    where = {name: "%s in ipn_receiver.py" % name for name in values}
+    config_file = environ.get("IPN_CONFIG") or None
+    if config_file:
+        config_file = os.path.abspath(os.path.expanduser(config_file))
+        if not os.path.isfile(config_file):
+            raise ConfigError("IPN_CONFIG names %s, which is not a file; correct the path or unset "
+                              "IPN_CONFIG" % config_file)
+    elif os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
+        config_file = os.path.join(HERE, CONFIG_FILE_NAME)
+    if config_file:
+        ini = read_ini_file(config_file)
+        for name, section, key, _ in SETTINGS_SOURCES:
+            value = ini.get(section, {}).pop(key, "")
+            if value != "":
+                values[name] = value
+                where[name] = "%s, [%s] %s" % (os.path.basename(config_file), section, key)
+        for section, keys in ini.items():
+            for key in keys:
+                raise ConfigError("%s: unknown setting [%s] %s; the settings are %s" % (
+                    os.path.basename(config_file), section, key,
+                    ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)))
+    for name, _, _, variable in SETTINGS_SOURCES:
+        if environ.get(variable, "") != "":
+            values[name] = environ[variable]
+            where[name] = "environment variable %s" % variable
+    return finish_settings(values, where, config_file)
+
+
+def use_settings(**values):
+    """Use these settings in this process from now on, in place of the configured ones.
+
+    Settings not named keep the values written in this file (not those of the INI file or the
+    environment). The demo and the tests use this; a wrapper script may too.
+    """
+    global _settings
+    merged = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
+    unknown = set(values) - set(merged)
+    if unknown:
+        raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
+    merged.update(values)
+    where = {name: "use_settings(%s=...)" % name for name in merged}
+    _settings = finish_settings(merged, where, None)
+    log.reset()
+    close_store()
+    return _settings
+
+
+def finish_settings(values, where, config_file):
+    """Check and convert raw setting values; `where` says where each came from, for messages."""
+    result = {"config_file": config_file, "where": where}
+    for name in SECRET_SETTINGS:
+        result[name] = str(values[name]) if values[name] is not None else ""
+    level = str(values["LOG_LEVEL"]).strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ConfigError("%s: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR" % where["LOG_LEVEL"])
+    result["LOG_LEVEL"] = level
+    for name, example in (("MAX_BODY_BYTES", "1048576"), ("PROCESSING_TIMEOUT", "300")):
+        try:
+            number = int(str(values[name]).strip())
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise ConfigError("%s: %s must be a whole number greater than 0, like %s" % (
+                where[name], name, example))
+        result[name] = number
+    data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
+    result["DATA_DIR"] = os.path.join(HERE, os.path.expanduser(data_dir))  # absolute stays absolute
+    return result
+
+
+def read_ini_file(path):
+    """Read an INI file into {section: {key: value}}; ConfigError (one line) for anything malformed.
+
+    This reads the plain subset of INI that configparser also reads (sections, `key = value` or
+    `key: value`, whole-line # and ; comments), without configparser's import cost on every CGI
+    call. Values are taken literally: no quotes needed, no inline comments, no % interpolation, so a
+    passphrase may contain any character. Spaces around a value are dropped.
+    """
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as file:
+            text = file.read().decode("utf-8-sig")    # -sig: Windows editors may add a BOM
+    except OSError as error:
+        raise ConfigError("%s: cannot be read (%s); check its permissions" % (path, error.strerror))
+    except UnicodeDecodeError:
+        raise ConfigError("%s: is not UTF-8 text; save it as UTF-8" % name)
+    sections, current = {}, None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if raw[0] in " \t":
+            raise ConfigError("%s line %d: starts with a space; write each setting on one line, "
+                              "at the start of the line" % (name, number))
+        if line[0] == "[":
+            if not line.endswith("]") or not line[1:-1].strip():
+                raise ConfigError("%s line %d: a section header looks like [receiver]" % (name, number))
+            current = sections.setdefault(line[1:-1].strip().lower(), {})
+            continue
+        cut = min(i for i in (line.find("="), line.find(":"), len(line)) if i >= 0)
+        key = line[:cut].strip().lower()
+        if cut == len(line) or not key:
+            raise ConfigError("%s line %d: expected `key = value`" % (name, number))
+        if current is None:
+            raise ConfigError("%s line %d: %s comes before any [section]; put it under its section, "
+                              "see config.example.ini" % (name, number, key))
+        if key in current:
+            raise ConfigError("%s line %d: %s is set twice in its section; keep one" % (name, number, key))
+        current[key] = line[cut + 1:].strip()
+    return sections
+
+
+def secret_problem(config, name):
+    """Why the secret setting `name` cannot be used, or None when it can. Never shows the value."""
+    value = config[name]
+    if not value.strip():
+        state = "is not set"
+    elif value.strip() == PLACEHOLDERS[name]:
+        state = "is still the placeholder"
+    else:
+        return None
+    label = {"SHA_PASSPHRASE": "your Digistore24 IPN passphrase",
+             "ISN_KEY": "your PromoPit ISN key"}[name]
+    section, key, variable = [(s, k, v) for n, s, k, v in SETTINGS_SOURCES if n == name][0]
+    return ("%s %s: put %s into %s at the top of ipn_receiver.py, into [%s] %s of config.ini, "
+            "or into the environment variable %s" % (name, state, label, name, section, key, variable))
+
+
+# =================================================================================================
+#  Logging: one line per request to DATA_DIR/ipn_receiver.log and to stderr
+# =================================================================================================
+
+_CONTROL_CHARACTERS = {code: "\\x%02x" % code for code in list(range(32)) + [127] if code != 9}
+_CONTROL_CHARACTERS.update({10: "\\n", 13: "\\r"})
+
+
+class Log:
+    """The receiver's log: log.debug/info/warning/error(message, *args) and log.exception(...).
+
+    Each call writes one line ("2026-11-21 08:10:00,123 INFO [pid] message") to
+    DATA_DIR/ipn_receiver.log (created 0600, rotated at 1 MiB, three old files kept) and to stderr,
+    which is the web server's error log under CGI. Line breaks and control characters in a
+    message are escaped, so data from a request cannot forge log lines, and the configured
+    secrets are replaced by [secret] wherever they appear.
+
+    In long-running processes (WSGI servers, the local server, the commands) the lines go through
+    Python's logging, as the logger "ipn_receiver", so your server's logging setup sees them. A
+    one-shot CGI process writes the same lines itself: importing logging would cost it more time
+    than the rest of the request.
+    """
+
+    def __init__(self):
+        self.one_shot = False     # set by the CGI entry point before the first line
+        self.to_stderr = True
+        self.level, self.secrets = 20, ()
+        self._ready = False
+
+    def debug(self, message, *args):
+        self._log(10, message, args)
+
+    def info(self, message, *args):
+        self._log(20, message, args)
+
+    def warning(self, message, *args):
+        self._log(30, message, args)
+
+    def error(self, message, *args):
+        self._log(40, message, args)
+
+    def exception(self, message, *args):
+        """Log an error with the traceback of the exception being handled."""
+        self._log(40, message, args, with_traceback=True)
+
+    def reset(self):
+        """Forget the setup, so that the next line follows the settings in effect then."""
+        if self._ready and self._logger is not None:
+            for handler in list(self._logger.handlers):
+                self._logger.removeHandler(handler)
+        if self._ready and self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._ready = False
+
+    @property
+    def path(self):
+        """The log file's path (None when the data folder is not usable)."""
+        self._setup()
+        return self._path
+
+    def _setup(self):
+        if self._ready:
+            return
+        self._ready, self._fd, self._path, self._logger = True, None, None, None
+        self.level, self.secrets = 20, ()
+        try:
+            config = settings()
+        except ConfigError:
+            config = None                   # the error itself is logged, to stderr only
+        if config is not None:
+            self.level = LOG_LEVELS[config["LOG_LEVEL"]]
+            self.secrets = tuple(config[name] for name in SECRET_SETTINGS
+                                 if len(config[name]) >= 4 and not secret_problem(config, name))
+            try:
+                ensure_data_dir(config["DATA_DIR"])
+                self._path = os.path.join(config["DATA_DIR"], LOG_FILE_NAME)
+                self._open_file()
+            except OSError as error:
+                self._path = None
+                sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
+                                 "stderr only. Run `python3 ipn_receiver.py check`.\n"
+                                 % (config["DATA_DIR"], error.strerror))
+        if not self.one_shot:
+            self._start_python_logging()
+
+    def _start_python_logging(self):
+        import logging
+        owner = self
+
+        class LogFileHandler(logging.Handler):
+            def emit(self, record):
+                owner._write_file(self.format(record) + "\n")
+
+        formatter = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+        logger = logging.getLogger("ipn_receiver")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        handlers = [LogFileHandler()] if self._fd is not None else []
+        if self.to_stderr:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+        logger.setLevel(self.level)
+        logger.propagate = False            # your root handlers would print every line twice
+        self._logger = logger
+
+    def _log(self, level, message, args, with_traceback=False):
+        try:
+            self._setup()
+            if level < self.level:
+                return
+            text = (str(message) % args if args else str(message)).translate(_CONTROL_CHARACTERS)
+            if with_traceback:
+                import traceback
+                text += "\n" + traceback.format_exc().rstrip()
+            for secret in self.secrets:
+                text = text.replace(secret, "[secret]")
+            if self._logger is not None:
+                self._logger.log(level, "%s", text)
+                return
+            now = time.time()
+            line = "%s,%03d %s [%d] %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+                                             int(now * 1000) % 1000, LEVEL_NAMES[level], os.getpid(), text)
+            self._write_file(line)
+            if self.to_stderr:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        except Exception:                   # a log line is never worth failing a request for
+            pass
+
+    def _open_file(self):
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _write_file(self, line):
+        if self._fd is None:
+            return
+        try:
+            self._rotate_if_needed()
+            os.write(self._fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def _rotate_if_needed(self):
+        """Rename the log to .1 (and .1 to .2, ...) when it is full; reopen if another process did."""
+        try:
+            on_disk = os.stat(self._path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(self._fd)
+        if on_disk is None or (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
+            os.close(self._fd)              # rotated (or removed) by another process: follow it
+            self._open_file()
+            return
+        if mine.st_size < LOG_FILE_MAX_BYTES:
+            return
+        try:
+            import fcntl                    # so that two processes do not rotate at once
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        try:
+            if os.stat(self._path).st_ino == mine.st_ino:   # nobody rotated while we waited
+                for number in range(LOG_FILE_BACKUPS - 1, 0, -1):
+                    older = "%s.%d" % (self._path, number)
+                    if os.path.exists(older):
+                        os.replace(older, "%s.%d" % (self._path, number + 1))
+                os.replace(self._path, self._path + ".1")
+        finally:
+            os.close(self._fd)              # closing also releases the lock
+            self._open_file()
+
+
+LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
+log = Log()
+
+
+# =================================================================================================
+#  The notification a handler receives
+# =================================================================================================
+
+class Notification:
+    """One verified notification: what a handler receives.
+
+    provider   "digistore24" or "promopit"
+    event      the event name: "on_payment", ... for Digistore24, "sale" for PromoPit
+    fields     every field of the call as a dict of str, in the order sent; the secrets are
+               removed (no sha_sign, SHASIGN or isn_key)
+    is_test    True for Digistore24's api_mode=test and PromoPit's test_mode=1
+    add_info   PromoPit: the buyer's answers to your extra questions, {label: answer} in order
+    id         the notification's number in the event store (see `ipn_receiver.py events`)
+    """
+
+    def __init__(self, provider, event, fields):
+        self.provider = provider
+        self.event = event
+        self.fields = fields
+        self.id = None
+        if provider == PROMOPIT:
+            self.is_test = fields.get("test_mode", "") == "1"
+            self.add_info = promopit_answers(fields)
+        else:
+            self.is_test = fields.get("api_mode", "") == "test"
+            self.add_info = {}
+
+    def get(self, name, default=""):
+        """The field `name`, or `default` when the call has no such field."""
+        return self.fields.get(name, default)
+
+    def __getitem__(self, name):
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise KeyError("%s: this %s notification has no field %r" % (self.event, self.provider, name))
+
+    def __contains__(self, name):
+        return name in self.fields
+
+    @property
+    def reference(self):
+        """The order or transaction id that names this notification in the log."""
+        if self.provider == PROMOPIT:
+            return "txn " + self.fields.get("promopit_txn_id", "-")
+        order, transaction = self.fields.get("order_id", ""), self.fields.get("transaction_id", "")
+        return "order %s txn %s" % (order or "-", transaction or "-")
+
+    def __repr__(self):
+        return "<Notification %s %s %s>" % (self.provider, self.event, self.reference)
+
+
+def promopit_answers(fields):
+    """PromoPit's add_info_N (question) and add_value_N (answer) pairs, N = 1, 2, ... in order."""
+    answers, number = {}, 1
+    while "add_info_%d" % number in fields or "add_value_%d" % number in fields:
+        label = fields.get("add_info_%d" % number, "") or "add_info_%d" % number
+        answers[label] = fields.get("add_value_%d" % number, "")
+        number += 1
+    return answers
+
+
+# =================================================================================================
+#  Verification: Digistore24's signature and PromoPit's ISN key
+# =================================================================================================
+
+SIGNATURE_FIELDS = ("sha_sign", "SHASIGN")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def digistore24_signature(passphrase, fields, upper_keys=False):
+    """The sha_sign Digistore24 sends with `fields`: 128 uppercase hex digits (PROTOCOL.md)."""
+    # 1. The signature is not part of what it signs.
+    keys = [key for key in fields if key not in SIGNATURE_FIELDS]
+    # 2. Plain byte order, case-sensitive ("ORDER" < "_x" < "order"). sorted() on str gives exactly
+    #    that, because UTF-8 keeps code point order. The upper-keys variant sorts by the key as
+    #    PHP's strtoupper makes it (ASCII letters only, so "ß" stays "ß") and breaks ties by the
+    #    original key, as PHP's array_multisort does.
+    if upper_keys:
+        order = sorted((key.translate(_ASCII_UPPER), key) for key in keys)
+    else:
+        order = [(key, key) for key in sorted(keys)]
+    # 3. A field whose value is "" is left out, key and all; "0" and " " are values, nothing is
+    #    trimmed.
+    # 4. The passphrase ends every pair, not only the last, with no separator anywhere.
+    text = "".join(name + "=" + fields[key] + passphrase for name, key in order if fields[key] != "")
+    # 5. SHA-512 of the UTF-8 bytes, as uppercase hex.
+    return hashlib.sha512(text.encode("utf-8")).hexdigest().upper()
+
+
+def digistore24_signature_is_valid(fields, received, passphrase):
+    """True when `received` is the signature of `fields` under `passphrase`, in either key case."""
+    # An empty passphrase would make the signature something anyone can compute: never accept.
+    if not passphrase or not received:
+        return False
+    # The sender may write the hex digits in either case. Compare bytes: hmac.compare_digest
+    # refuses str with non-ASCII characters, and a forged value may contain any.
+    received = received.upper().encode("utf-8")
+    for upper_keys in (False, True):
+        expected = digistore24_signature(passphrase, fields, upper_keys).encode("ascii")
+        if hmac.compare_digest(expected, received):
+            return True
+    return False
+
+
+def isn_key_is_valid(received, isn_key):
+    """True when PromoPit's isn_key matches the configured one (compared in constant time)."""
+    if not isn_key or not received:
+        return False
+    return hmac.compare_digest(received.encode("utf-8"), isn_key.encode("utf-8"))
+
+
+# =================================================================================================
+#  Reading the request: method, content type, length, body, form fields
+# =================================================================================================
+
+class Refusal(Exception):
+    """The request cannot be accepted: an HTTP status and an `ERROR: ...` body for the sender."""
+
+    def __init__(self, status, message):
+        Exception.__init__(self, message)
+        self.status = status
+        self.body = "ERROR: " + message
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def read_body(environ, limit):
+    """The request body as bytes; Refusal (411, 413, 400) when it cannot or must not be read."""
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    stream = environ["wsgi.input"]
+    if length:
+        if not length.isdigit():
+            raise Refusal(400, "Content-Length is not a number")
+        length = int(length)
+        if length > limit:                  # refused before a byte of it is read
+            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
+        body = read_exactly(stream, length)
+        if len(body) < length:
+            raise Refusal(400, "the body ended before Content-Length bytes arrived")
+        return body
+    # No length: a chunked body. Read it only where its end is marked: a server that decodes
+    # chunks sets wsgi.input_terminated, and a CGI program's stdin ends with the body. Elsewhere
+    # reading would wait forever, or stop early and lose fields.
+    if environ.get("wsgi.input_terminated") or environ.get("wsgi.run_once"):
+        body = read_exactly(stream, limit + 1)
+        if len(body) > limit:
+            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
+        return body
+    raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
+                       "body to its end")
+
+
+def read_exactly(stream, size):
+    """Read `size` bytes, fewer only at the end of the stream (a socket may return less per read)."""
+    parts, missing = [], size
+    try:
+        while missing > 0:
+            part = stream.read(min(missing, 65536))
+            if not part:
+                break
+            parts.append(part)
+            missing -= len(part)
+    except (OSError, ValueError):
+        raise Refusal(400, "the body could not be read to its end")
+    return b"".join(parts)
+
+
+def parse_content_type(value):
+    """("type/subtype" in lowercase, {parameter: value}) from a Content-Type header."""
+    media_type, _, rest = value.partition(";")
+    parameters = {}
+    for item in rest.split(";"):
+        name, _, item_value = item.partition("=")
+        item_value = item_value.strip()
+        if len(item_value) >= 2 and item_value[0] == item_value[-1] == '"':
+            item_value = item_value[1:-1]
+        if name.strip():
+            parameters[name.strip().lower()] = item_value
+    return media_type.strip().lower(), parameters
+
+
+def parse_urlencoded(body):
+    """[(name, value)] as bytes from an application/x-www-form-urlencoded body.
+
+    Decoded like PHP's $_POST (what the senders' own samples are written against): "+" is a space,
+    %XX a byte, a malformed %-escape is kept as it is, a pair without "=" has the value "", and a
+    pair with an empty name is dropped.
+    """
+    pairs = []
+    for item in body.split(b"&"):
+        name, _, value = item.partition(b"=")
+        name = percent_decode(name)
+        if name:
+            pairs.append((name, percent_decode(value)))
+    return pairs
+
+
+def percent_decode(data):
+    data = data.replace(b"+", b" ")
+    if b"%" not in data:
+        return data
+    pieces = data.split(b"%")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(piece) >= 2 and piece[0] in _HEX_DIGITS and piece[1] in _HEX_DIGITS:
+            out.append(bytes((int(piece[:2], 16),)) + piece[2:])
+        else:
+            out.append(b"%" + piece)
+    return b"".join(out)
+
+
+def parse_multipart(body, boundary):
+    """[(name, value)] as bytes from a multipart/form-data body (no `cgi`: it is gone in 3.13)."""
+    if not boundary or len(boundary) > 200:
+        raise Refusal(400, "multipart/form-data without a valid boundary parameter")
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    parts = body.split(delimiter)
+    pairs = []
+    for part in parts[1:]:
+        if part.startswith(b"--"):          # the closing delimiter: everything was read
+            return pairs
+        head, separator, content = part.partition(b"\r\n\r\n")
+        if not separator:
+            head, separator, content = part.partition(b"\n\n")
+        if not separator:
+            raise Refusal(400, "a multipart part has no header/content separator")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        elif content.endswith(b"\n"):
+            content = content[:-1]
+        name = None
+        for line in head.splitlines():
+            header, _, value = line.decode("latin-1").partition(":")
+            if header.strip().lower() == "content-disposition":
+                name = parse_content_type(value)[1].get("name")
+        if not name:
+            raise Refusal(400, "a multipart part has no Content-Disposition name")
+        pairs.append((name.encode("latin-1"), content))
+    raise Refusal(400, "the multipart body is incomplete (no closing boundary)")
+
+
+def provider_of(names):
+    """Which sender a body is from, judged by its field names; None if neither."""
+    if b"isn_key" in names:
+        return PROMOPIT
+    if b"sha_sign" in names or b"SHASIGN" in names or b"event" in names:
+        return DIGISTORE24
+    return None
+
+
+def decode_fields(pairs, provider):
+    """{name: value} as str. A repeated name keeps its last value, as PHP's $_POST does."""
+    try:
+        return {name.decode("utf-8"): value.decode("utf-8") for name, value in pairs}
+    except UnicodeDecodeError:
+        if provider != PROMOPIT:
+            raise Refusal(400, "the body is not valid UTF-8")
+    # PromoPit does not document its charset; old PHP senders use Windows-1252.
+    return {decode_windows_1252(name): decode_windows_1252(value) for name, value in pairs}
+
+
+def decode_windows_1252(data):
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        # The five bytes Windows-1252 leaves undefined stand for themselves, as browsers read them.
+        return "".join(chr(byte) if byte in b"\x81\x8d\x8f\x90\x9d" else bytes((byte,)).decode("cp1252")
+                       for byte in data)
+
+
+def read_form(environ, limit):
+    """(provider, fields) from a POST's body; Refusal for anything that is not a sender's form."""
+    media_type, parameters = parse_content_type(environ.get("CONTENT_TYPE", ""))
+    if media_type not in FORM_TYPES:
+        raise Refusal(415, "unsupported content type; send application/x-www-form-urlencoded or "
+                           "multipart/form-data")
+    body = read_body(environ, limit)
+    if not body.strip():
+        raise Refusal(400, "the body is empty; expected the form fields of a notification")
+    if media_type == FORM_TYPES[0]:
+        pairs = parse_urlencoded(body.strip())
+    else:
+        pairs = parse_multipart(body, parameters.get("boundary", ""))
+    provider = provider_of({name for name, _ in pairs})
+    if provider is None:
+        raise Refusal(400, "not a Digistore24 or PromoPit notification (no sha_sign, event or "
+                           "isn_key field)")
+    return provider, decode_fields(pairs, provider)
+
+
+# =================================================================================================
+#  The event store: every verified notification, durably, before the answer
+# =================================================================================================
+# One SQLite file, DATA_DIR/events.sqlite3, one row per distinct notification. A notification is
+# claimed (inserted as "processing") in one write transaction, its handler runs, it becomes "done"
+# with the answer that was sent, and only then does the sender get OK. The UNIQUE duplicate key
+# lets the database, not a read-then-write, decide which of two simultaneous copies runs.
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id            INTEGER PRIMARY KEY,
+    received_at   REAL NOT NULL,            -- Unix time of the first delivery
+    provider      TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    duplicate_key TEXT NOT NULL UNIQUE,     -- what makes two deliveries the same notification
+    is_test       INTEGER NOT NULL,
+    fields        TEXT NOT NULL,            -- JSON object, without sha_sign, SHASIGN, isn_key
+    status        TEXT NOT NULL,            -- processing, done, failed, ignored
+    attempts      INTEGER NOT NULL,         -- handler runs started
+    deliveries    INTEGER NOT NULL,         -- how often it arrived (retries included)
+    last_error    TEXT,                     -- one line, no traceback
+    answer        TEXT,                     -- the body sent for it; a copy gets the same
+    claim         TEXT,                     -- who runs the handler now (status processing)
+    claimed_at    REAL,                     -- when that run started
+    updated_at    REAL NOT NULL
+)"""
+BUSY_TIMEOUT_SECONDS = 30       # how long a call waits for another's write to finish
+STORAGE_ERROR = (503, "ERROR: storage unavailable")
+_HTACCESS = """# Written by ipn_receiver: nothing in this folder may be served on the web.
+<IfModule mod_authz_core.c>
+    Require all denied
+</IfModule>
+<IfModule !mod_authz_core.c>
+    Order deny,allow
+    Deny from all
+</IfModule>
+"""
+
+_connections = {}    # (process id, thread id) -> (connection, (inode, device) of the file)
+
+
+class StorageError(Exception):
+    """The store cannot be opened or written; the call gets 503 and the sender retries."""
+
+
+def ensure_data_dir(path):
+    """Create the data folder (0700) with an .htaccess that denies web access, if missing."""
+    if not os.path.isdir(path):
+        os.makedirs(path, 0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    htaccess = os.path.join(path, ".htaccess")
+    if not os.path.exists(htaccess):
+        try:
+            with open(os.open(htaccess, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as file:
+                file.write(_HTACCESS)
+        except FileExistsError:
+            pass
+
+
+def store_path(config):
+    return os.path.join(config["DATA_DIR"], STORE_FILE_NAME)
+
+
+def open_store(config):
+    """A connection to the event store, created on first use; StorageError when impossible.
+
+    A long-running process keeps one connection per thread; it opens a new one when the file was
+    replaced or deleted in the meantime, so nothing is ever written to a file nobody can see.
+    """
+    import sqlite3
+    path = store_path(config)
+    key = (os.getpid(), _thread_id())
+    try:
+        try:
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is not None and key in _connections:
+            connection, identity = _connections[key]
+            if identity == (on_disk.st_ino, on_disk.st_dev):
+                return connection
+        close_store(key)
+        ensure_data_dir(config["DATA_DIR"])
+        if on_disk is None:
+            create_store_file(path)
+            on_disk = os.stat(path)
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            # FULL: a commit is on disk before it returns, so OK is never sent for a lost record.
+            connection.execute("PRAGMA synchronous=FULL")
+            if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                migrate_store(connection)
+        except Exception:
+            connection.close()
+            raise
+        _connections[key] = (connection, (on_disk.st_ino, on_disk.st_dev))
+        return connection
+    except (OSError, sqlite3.Error) as error:
+        raise StorageError(describe_storage_error(error, path))
+
+
+def _thread_id():
+    import _thread      # built in, free to import; `threading` is not
+    return _thread.get_ident()
+
+
+def create_store_file(path):
+    """Create the empty database file with mode 0600 (SQLite would make it readable by all)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return                              # another process was first: it cleans up, not us
+    # A journal left behind by a deleted database would be replayed into the new one.
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def migrate_store(connection):
+    """Bring the schema to SCHEMA_VERSION (create it in a new store)."""
+    # WAL lets the readers of `events` and `check` run while calls are written; it is a property
+    # of the file, set once. It cannot work on some network file systems; then the default
+    # rollback journal stays, which is as safe, only slower under load.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError("the event store was written by a newer ipn_receiver (schema %d); "
+                               "upload the newer ipn_receiver.py again" % version)
+        if version < 1:
+            connection.execute(SCHEMA)
+        # Later schema changes go here: `if version < 2: ALTER TABLE ...`.
+        connection.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def close_store(key=None):
+    """Close this thread's store connection (or all of this process's, with no key)."""
+    keys = [key] if key is not None else [k for k in _connections if k[0] == os.getpid()]
+    for k in keys:
+        connection, _ = _connections.pop(k, (None, None))
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:
+                pass
+
+
+def describe_storage_error(error, path):
+    """One line for the log: what went wrong with the store and how to fix it."""
+    text = getattr(error, "strerror", None) or str(error)
+    hint = "check that the data folder exists, is writable by the web server's user and the disk is not full"
+    if "readonly" in text.lower() or "read-only" in text.lower() or "permission" in text.lower():
+        hint = "make the data folder and events.sqlite3 writable by the web server's user"
+    elif "disk" in text.lower() and "full" in text.lower():
+        hint = "free disk space"
+    elif "locked" in text.lower() or "busy" in text.lower():
+        hint = "another process held the store longer than %d s" % BUSY_TIMEOUT_SECONDS
+    elif "malformed" in text.lower() or "not a database" in text.lower():
+        hint = ("the file is damaged: move it aside (the sender retries, and new calls start a new "
+                "store) and keep the copy for its records")
+    return "event store %s: %s; %s" % (path, text, hint)
+
+
+def store_is_damaged(error):
+    """True for SQLite's "malformed" and "not a database": the file itself is broken."""
+    text = str(error).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def recover_damaged_store(config, error):
+    """Move a damaged store aside, start a new one, and copy into it every row still readable.
+
+    The sender keeps retrying what failed, so new calls are taken again at once; the damaged
+    file is kept beside the new one, never deleted. Returns a connection to the new store.
+    """
+    import sqlite3
+    path = store_path(config)
+    close_store()
+    with DataDirLock(config["DATA_DIR"]):
+        try:                                # another process may have recovered it meanwhile
+            probe = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+            try:
+                probe.execute("SELECT count(*) FROM notifications").fetchone()
+                return open_store(config)
+            finally:
+                probe.close()
+        except sqlite3.Error as probe_error:
+            if not store_is_damaged(probe_error):
+                raise StorageError(describe_storage_error(probe_error, path))
+        aside = "%s.damaged-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
+        connection = open_store(config)
+        copied = salvage_rows(aside, connection)
+    log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
+              "%d notifications were copied from the damaged one. Keep the damaged copy until "
+              "`python3 ipn_receiver.py check` is clean.", path, error, os.path.basename(aside), copied)
+    return connection
+
+
+def salvage_rows(damaged_path, connection):
+    """Copy the rows that can still be read from a damaged store; returns how many."""
+    import sqlite3
+    columns = ("id, received_at, provider, event, duplicate_key, is_test, fields, status, attempts, "
+               "deliveries, last_error, answer, claim, claimed_at, updated_at")
+    copied = 0
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        source = sqlite3.connect(damaged_path)
+        try:
+            for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
+                connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
+                                   % (columns, ", ".join("?" * 15)), row)
+                copied += 1
+        finally:
+            source.close()
+    except sqlite3.Error:
+        pass                                # keep what was read before the damage
+    connection.execute("COMMIT")
+    return copied
+
+
+class DataDirLock:
+    """Hold an exclusive lock on DATA_DIR/.lock (for rare whole-store operations)."""
+
+    def __init__(self, data_dir):
+        self.path = os.path.join(data_dir, ".lock")
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)                   # releases the lock
+
+
+def json_text(fields):
+    """A flat {str: str} dict as a JSON object (what json.dumps gives, without importing json)."""
+    return "{" + ",".join(json_string(key) + ":" + json_string(value) for key, value in fields.items()) + "}"
+
+
+_JSON_ESCAPES = {code: "\\u%04x" % code for code in range(32)}
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
+def json_string(text):
+    return '"' + text.translate(_JSON_ESCAPES) + '"'
+
+
+def duplicate_key(notification):
+    """What makes two deliveries the same notification, and so the handler run only once."""
+    fields = notification.fields
+    if notification.provider == PROMOPIT and fields.get("promopit_txn_id"):
+        return "promopit:" + fields["promopit_txn_id"]
+    if notification.provider == DIGISTORE24 and fields.get("transaction_id"):
+        return "digistore24:%s:%s" % (notification.event, fields["transaction_id"])
+    # No transaction id (a connection test, say): only an exact copy is the same notification.
+    canonical = json_text(dict(sorted(fields.items()))).encode("utf-8")
+    return "%s:%s:sha256:%s" % (notification.provider, notification.event,
+                                hashlib.sha256(canonical).hexdigest())
+
+
+def claim_notification(connection, notification, dispatch, timeout):
+    """Record a delivery and decide what to do with it, in one write transaction.
+
+    Returns ("run", claim) when this call must run the handler, ("answer", body) when the
+    notification was handled before (or has no handler) and `body` is what to send, or ("busy",
+    None) when another process is running its handler right now.
+    """
+    now = time.time()
+    claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
+    key = duplicate_key(notification)
+    status = "processing" if dispatch else "ignored"
+    connection.execute("BEGIN IMMEDIATE")   # take the write lock first: no one decides in between
+    try:
+        cursor = connection.execute(
+            "INSERT OR IGNORE INTO notifications (received_at, provider, event, duplicate_key, "
+            "is_test, fields, status, attempts, deliveries, answer, claim, claimed_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            (now, notification.provider, notification.event, key, int(notification.is_test),
+             json_text(notification.fields), status, int(dispatch), None if dispatch else "OK",
+             claim if dispatch else None, now if dispatch else None, now))
+        if cursor.rowcount == 1:
+            notification.id = cursor.lastrowid
+            decision = ("run", claim) if dispatch else ("answer", "OK")
+        else:
+            row_id, status, answer, claimed_at = connection.execute(
+                "SELECT id, status, answer, claimed_at FROM notifications WHERE duplicate_key = ?",
+                (key,)).fetchone()
+            notification.id = row_id
+            abandoned = status == "processing" and (claimed_at or 0) < now - timeout
+            if status == "failed" or abandoned:
+                connection.execute(
+                    "UPDATE notifications SET status = 'processing', attempts = attempts + 1, "
+                    "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ? "
+                    "WHERE id = ?", (claim, now, now, row_id))
+                decision = ("run", claim)
+            else:
+                connection.execute("UPDATE notifications SET deliveries = deliveries + 1, "
+                                   "updated_at = ? WHERE id = ?", (now, row_id))
+                decision = ("busy", None) if status == "processing" else ("answer", answer or "OK")
+        connection.execute("COMMIT")
+        return decision
+    except BaseException:
+        try:
+            connection.execute("ROLLBACK")
+        except Exception:
+            pass
+        raise
+
+
+def finish_notification(connection, notification, claim, status, answer=None, error=None):
+    """Record a handler run's outcome. False when another process took the claim over meanwhile."""
+    cursor = connection.execute(
+        "UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
+        "updated_at = ? WHERE id = ? AND claim = ?",
+        (status, answer, error, time.time(), notification.id, claim))
+    return cursor.rowcount == 1
+
+
+# =================================================================================================
+#  Handling a notification: verify, store, dispatch, answer
+# =================================================================================================
+
+ANSWER_KEYS = ("thankyou_url", "username", "password", "loginurl", "headline", "show_on", "hide_on")
+
+
+def handle_post(environ):
+    """Everything a POST needs: returns (status, body, what happened for the log line).
+
+    Raises Refusal for a request that is refused before its handler could run.
+    """
+    config = settings()
+    provider, fields = read_form(environ, config["MAX_BODY_BYTES"])
+    if provider == DIGISTORE24:
+        received = fields.pop("sha_sign", None)
+        alternative = fields.pop("SHASIGN", None)
+        received = received if received is not None else alternative
+        problem = secret_problem(config, "SHA_PASSPHRASE")
+        if problem:
+            raise Refusal(503, problem)
+        if not digistore24_signature_is_valid(fields, received, config["SHA_PASSPHRASE"]):
+            raise Refusal(403, "invalid sha signature")
+        event = fields.get("event", "")
+        if not event:
+            raise Refusal(400, "missing event")
+        handlers = DIGISTORE24_HANDLERS
+    else:
+        received = fields.pop("isn_key")
+        problem = secret_problem(config, "ISN_KEY")
+        if problem:
+            raise Refusal(503, problem)
+        if not isn_key_is_valid(received, config["ISN_KEY"]):
+            raise Refusal(403, "invalid isn key")
+        event = "sale"
+        handlers = PROMOPIT_HANDLERS
+    notification = Notification(provider, event, fields)
+    status, body, outcome = dispatch(notification, handlers.get(event), config)
+    return status, body, "%s %s %s: %s" % (provider, event, notification.reference, outcome)
+
+
+def dispatch(notification, handler, config):
+    """Store the notification, run its handler once, and return (status, body, outcome)."""
+    try:
+        connection, (decision, value) = record_delivery(config, notification, handler is not None)
+    except Exception as error:
+        log.error("%s", error if isinstance(error, StorageError)
+                  else describe_storage_error(error, store_path(config)))
+        return STORAGE_ERROR + ("storage unavailable",)
+    if decision == "busy":
+        return 503, "ERROR: already being processed", "a copy is being processed right now"
+    if decision == "answer":
+        if handler is None:
+            return 200, value, "no handler for this event: stored, answered OK"
+        return 200, value, "duplicate of #%d, answered as before" % notification.id
+    return run_and_record(connection, notification, handler, value, config)
+
+
+def record_delivery(config, notification, dispatchable):
+    """(connection, decision of claim_notification); a damaged store is recovered on the way."""
+    try:
+        connection = open_store(config)
+        return connection, claim_notification(connection, notification, dispatchable,
+                                              config["PROCESSING_TIMEOUT"])
+    except Exception as error:
+        if not store_is_damaged(error):
+            raise
+        connection = recover_damaged_store(config, error)
+    return connection, claim_notification(connection, notification, dispatchable,
+                                          config["PROCESSING_TIMEOUT"])
+
+
+def run_and_record(connection, notification, handler, claim, config):
+    """Run the handler of a claimed notification and record the outcome: (status, body, outcome)."""
+    try:
+        body = answer_body(notification, run_handler(handler, notification))
+    except HandlerFailed as failure:
+        try:
+            finish_notification(connection, notification, claim, "failed", error=failure.summary)
+        except Exception as error:
+            log.error("%s", describe_storage_error(error, store_path(config)))
+        return 500, "ERROR: handler failed", "handler failed: " + failure.summary
+    try:
+        if not finish_notification(connection, notification, claim, "done", answer=body):
+            log.warning("notification #%d: the claim was taken over while its handler ran longer "
+                        "than PROCESSING_TIMEOUT (%d s); raise PROCESSING_TIMEOUT",
+                        notification.id, config["PROCESSING_TIMEOUT"])
+    except Exception as error:
+        # The handler's work is done but not recorded: the sender retries, and after
+        # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
+        log.error("%s", describe_storage_error(error, store_path(config)))
+        return STORAGE_ERROR + ("handler ran, but its outcome could not be stored",)
+    return 200, body, "handled as #%d" % notification.id
+
+
+class HandlerFailed(Exception):
+    """A handler raised (or returned something unusable); `summary` is one line for the store."""
+
+    def __init__(self, summary):
+        Exception.__init__(self, summary)
+        self.summary = summary
+
+
+def run_handler(handler, notification):
+    """Call the handler; HandlerFailed, with the traceback in the log, if it raises."""
+    try:
+        return handler(notification)
+    except (Exception, SystemExit) as error:
+        summary = ("%s: %s" % (type(error).__name__, error))[:500].translate(_CONTROL_CHARACTERS)
+        for secret in log.secrets:
+            summary = summary.replace(secret, "[secret]")
+        log.exception("%s handler %s failed for %s", notification.provider,
+                      getattr(handler, "__name__", "?"), notification.reference)
+        raise HandlerFailed(summary)
+
+
+def answer_body(notification, result):
+    """The body of the OK answer: "OK", and for on_payment the `key: value` lines it returned."""
+    if result is None:
+        return "OK"
+    name = notification.event
+    if not isinstance(result, dict):
+        raise_answer_problem(notification, "returned %s; return a dict of answer lines or None"
+                             % type(result).__name__)
+    if name != "on_payment":
+        if result:
+            log.warning("%s returned answer lines; only on_payment's are sent, these are ignored", name)
+        return "OK"
+    lines = ["OK"]
+    for key, value in result.items():
+        key, value = str(key).strip(), "" if value is None else str(value)
+        if not key or ":" in key or "\n" in key or "\r" in key or "\n" in value or "\r" in value:
+            raise_answer_problem(notification, "returned the answer line %r with a line break or "
+                                 "colon in it; keys and values must be single lines" % key[:40])
+        if key.rstrip("0123456789").rstrip("_") not in ANSWER_KEYS:
+            log.warning("on_payment returned the answer line %r, which Digistore24 does not know; "
+                        "known: %s", key, ", ".join(ANSWER_KEYS))
+        lines.append("%s: %s" % (key, value))
+    return "\n".join(lines)
+
+
+def raise_answer_problem(notification, problem):
+    log.error("%s %s", notification.event, problem)
+    raise HandlerFailed("%s %s" % (notification.event, problem))
+
+
+# =================================================================================================
+#  The WSGI application (CGI and the local server use it too)
+# =================================================================================================
+
+STATUS_LINES = {
+    200: "200 OK", 400: "400 Bad Request", 403: "403 Forbidden", 405: "405 Method Not Allowed",
+    411: "411 Length Required", 413: "413 Payload Too Large", 415: "415 Unsupported Media Type",
+    500: "500 Internal Server Error", 503: "503 Service Unavailable",
+}
+STATUS_TEXT = "OK ipn_receiver is up; it takes Digistore24 and PromoPit notifications by POST"
+
+
+def application(environ, start_response):
+    """The WSGI callable: answers every request with text/plain, errors starting with "ERROR:"."""
+    started = time.perf_counter()
+    method = environ.get("REQUEST_METHOD", "GET").upper()
+    try:
+        if method in ("GET", "HEAD"):
+            status, body, outcome = 200, STATUS_TEXT, "status line"
+        elif method != "POST":
+            status, body, outcome = 405, "ERROR: method not allowed; notifications are sent by " \
+                                         "POST (GET and HEAD show a status line)", "method not allowed"
+        else:
+            status, body, outcome = handle_post(environ)
+    except Refusal as refusal:
+        status, body, outcome = refusal.status, refusal.body, "refused: " + str(refusal)
+    except ConfigError as error:
+        log.error("configuration error: %s", error)
+        status, body = 503, "ERROR: configuration error: %s" % error
+        outcome = "configuration error"
+    except Exception:                       # a bug in the receiver: the log gets the traceback
+        log.exception("internal error")
+        status, body, outcome = 500, "ERROR: internal error; see the receiver's log", "internal error"
+    milliseconds = (time.perf_counter() - started) * 1000
+    log_line = log.warning if status in (403, 500, 503) or (status >= 400 and method == "POST") else log.info
+    log_line("%s -> %d, %s (%.1f ms)", method, status, outcome, milliseconds)
+    data = body.encode("utf-8")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
+               ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
+    if status == 405:
+        headers.append(("Allow", "GET, HEAD, POST"))
+    start_response(STATUS_LINES[status], headers)
+    return [b""] if method == "HEAD" else [data]
+
+
+# =================================================================================================
+#  Commands: serve, send, demo, events, show, replay, check
+# =================================================================================================
+
+DIGISTORE24_EVENTS = ("connection_test", "on_payment", "on_payment_missed", "on_refund", "on_chargeback",
+                      "on_rebill_cancelled", "on_rebill_resumed", "last_paid_day", "on_affiliation")
+
+
+def command_serve(args):
+    """Run the local server until Ctrl+C."""
+    config = settings()
+    for name in SECRET_SETTINGS:
+        problem = secret_problem(config, name)
+        if problem:
+            print("note: " + problem)
+    server = make_local_server(args.host, args.port)
+    print("ipn_receiver %s listening on http://%s:%d/ (Ctrl+C stops it); data in %s"
+          % (__version__, args.host, server.server_port, config["DATA_DIR"]))
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+def make_local_server(host, port):
+    """A threaded wsgiref server for `application` on host:port (port 0: a free one)."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format, *args):
+            pass                            # application logs every request itself
+
+    return make_server(host, port, application, server_class=Server, handler_class=Handler)
+
+
+def example_notification(provider, event):
+    """A realistic notification for `event` with fresh ids, unsigned: what `send` and `demo` post."""
+    today, now = time.strftime("%Y-%m-%d"), time.strftime("%H:%M:%S")
+    number = str(int.from_bytes(os.urandom(4), "big") % 90000000 + 10000000)
+    if provider == PROMOPIT:
+        return {"promopit_txn_id": "PP-" + number, "paypal_txn_id": os.urandom(8).hex().upper()[:17],
+                "txn_date": today + " " + now, "txn_amount": "27.00", "txn_net": "23.65",
+                "txn_currency": "USD", "product_name": "Example Guide", "my_product_id": "GUIDE-1",
+                "promopit_product_id": "5521", "customer_name": "Ana Müller",
+                "customer_email": "ana@example.com", "customer_user_id": "77120", "test_mode": "1",
+                "add_info_1": "Color", "add_value_1": "Red", "custom_1": "ref=newsletter",
+                "custom_2": "", "custom_3": "", "custom_4": "", "custom_5": "", "custom_6": ""}
+    if event == "connection_test":
+        return {"event": event, "api_mode": "test", "ipn_version": "1.6"}
+    order_id = os.urandom(4).hex().upper()
+    fields = {
+        "event": event, "api_mode": "test", "ipn_version": "1.6", "order_id": order_id,
+        "transaction_id": number, "parent_transaction_id": "", "order_item_id": number[::-1],
+        "order_date": today, "order_time": now, "transaction_date": today, "transaction_time": now,
+        "product_id": "512345", "product_name": "Example product", "quantity": "1",
+        "billing_type": "single_payment", "billing_status": "completed", "pay_sequence_no": "0",
+        "pay_method": "test", "transaction_type": "payment", "amount": "49.00",
+        "amount_brutto": "49.00", "amount_netto": "41.18", "vat_amount": "7.82", "vat_rate": "19.00",
+        "currency": "EUR", "email": "buyer@example.com", "buyer_first_name": "Jörg",
+        "buyer_last_name": "Müßig", "address_first_name": "Jörg", "address_last_name": "Müßig",
+        "address_country": "DE", "language": "de", "custom": "", "affiliate_name": "", "tags": "",
+        "receipt_url": "https://www.checkout-ds24.com/receipt/512345/%s/TEST" % order_id,
+        "invoice_url": "https://www.digistore24.com/invoice/%s/%s/TEST.pdf" % (order_id, number),
+        "support_url": "https://www.digistore24.com/support/%s/TEST" % order_id,
+    }
+    changes = {
+        "on_refund": {"transaction_type": "refund", "amount": "-49.00", "amount_brutto": "-49.00",
+                      "billing_status": "aborted"},
+        "on_chargeback": {"transaction_type": "chargeback", "amount": "-49.00",
+                          "amount_brutto": "-49.00", "billing_status": "aborted"},
+        "on_payment_missed": {"billing_type": "subscription", "billing_status": "paying",
+                              "transaction_type": "", "pay_sequence_no": "2"},
+        "on_rebill_cancelled": {"billing_type": "subscription", "billing_status": "aborted",
+                                "transaction_type": ""},
+        "on_rebill_resumed": {"billing_type": "subscription", "billing_status": "paying",
+                              "transaction_type": ""},
+        "last_paid_day": {"billing_type": "subscription", "billing_status": "completed",
+                          "transaction_type": ""},
+        "on_affiliation": {"affiliate_name": "partner123", "transaction_type": ""},
+    }
+    fields.update(changes.get(event, {}))
+    if event in ("on_refund", "on_chargeback"):
+        fields["parent_transaction_id"] = str(int(number) - 1)
+    return fields
+
+
+def sign_notification(provider, fields, config):
+    """Add the signature (Digistore24) or the ISN key (PromoPit), exactly as the sender does."""
+    name = "ISN_KEY" if provider == PROMOPIT else "SHA_PASSPHRASE"
+    problem = secret_problem(config, name)
+    if problem:
+        raise ConfigError("cannot sign the notification: " + problem)
+    signed = dict(fields)
+    if provider == PROMOPIT:
+        signed.setdefault("isn_key", config["ISN_KEY"])
+    else:
+        signed.setdefault("sha_sign", digistore24_signature(config["SHA_PASSPHRASE"], fields))
+    return signed
+
+
+def post_form(url, fields, timeout=30):
+    """POST fields urlencoded to url without following redirects: (status, body text)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None                     # Digistore24 counts a redirect as a failure: so do we
+
+    data = urllib.parse.urlencode(fields).encode("utf-8")
+    request = urllib.request.Request(url, data=data, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "User-Agent": "ipn_receiver-send"})
+    opener = urllib.request.build_opener(NoRedirects)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        body = error.read().decode("utf-8", "replace")
+        if 300 <= error.code < 400:
+            body += "\n(redirect to %s: register the final URL; senders count a redirect as a " \
+                    "failure)" % error.headers.get("Location", "?")
+        return error.code, body
+
+
+def command_send(args):
+    """Build, sign and POST one notification; exit 0 only when the answer starts with OK."""
+    import urllib.error
+    provider = PROMOPIT if (args.provider == PROMOPIT or args.event == "sale") else DIGISTORE24
+    if provider == PROMOPIT and args.event != "sale":
+        print("ERROR: PromoPit has one event, sale; run: send sale", file=sys.stderr)
+        return 2
+    fields = example_notification(provider, args.event)
+    for item in args.set or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            print("ERROR: --set takes key=value, e.g. --set order_id=ABC123", file=sys.stderr)
+            return 2
+        fields[key] = value
+    fields = sign_notification(provider, fields, settings())
+    try:
+        status, body = post_form(args.url, fields)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        print("ERROR: could not reach %s (%s); check the URL and that the server runs" % (args.url, reason))
+        return 1
+    print("HTTP %d" % status)
+    print(body)
+    return 0 if body.startswith("OK") else 1
+
+
+def command_demo(args):
+    """Start a throw-away receiver, send it one of everything, and show what came back."""
+    global DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS
+    import shutil
+    import tempfile
+    import threading
+    import urllib.request
+
+    data_dir = tempfile.mkdtemp(prefix="ipn-demo-")
+    config = use_settings(SHA_PASSPHRASE=os.urandom(16).hex(), ISN_KEY=os.urandom(16).hex(),
+                          DATA_DIR=data_dir, LOG_LEVEL="INFO")
+    log.to_stderr = False
+    ran = []
+
+    def stand_in(notification):             # the demo never runs your own handlers
+        ran.append(notification.event)
+        log.info("demo handler for %s %s", notification.event, notification.reference)
+        if notification.event == "on_payment":
+            return {"username": "jane", "password": os.urandom(4).hex(),
+                    "loginurl": "https://example.com/login"}
+
+    saved = DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS
+    DIGISTORE24_HANDLERS = {event: stand_in for event in DIGISTORE24_EVENTS}
+    PROMOPIT_HANDLERS = {"sale": stand_in}
+    server = make_local_server("127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "http://127.0.0.1:%d/" % server.server_port
+    rows = []
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            got = (response.status, response.read().decode("utf-8"))
+        rows.append(("GET (the senders' URL check)", 200, "OK", got))
+        payment = None
+        for event in DIGISTORE24_EVENTS:
+            fields = sign_notification(DIGISTORE24, example_notification(DIGISTORE24, event), config)
+            payment = fields if event == "on_payment" else payment
+            rows.append(("Digistore24 " + event, 200, "OK", post_form(url, fields)))
+        first = rows[2][3][1]
+        rows.append(("the same on_payment again", 200, first, post_form(url, payment)))
+        unknown = sign_notification(DIGISTORE24, example_notification(DIGISTORE24, "new_event"), config)
+        rows.append(("Digistore24 new_event (no handler)", 200, "OK", post_form(url, unknown)))
+        rows.append(("PromoPit sale", 200, "OK", post_form(
+            url, sign_notification(PROMOPIT, example_notification(PROMOPIT, "sale"), config))))
+        forged = dict(payment, sha_sign=digistore24_signature("wrong passphrase", payment))
+        rows.append(("on_payment signed with a wrong passphrase", 403, "ERROR: invalid sha signature",
+                     post_form(url, forged)))
+        tampered = dict(payment, amount="0.01")
+        rows.append(("on_payment with the amount changed", 403, "ERROR: invalid sha signature",
+                     post_form(url, tampered)))
+        isn_forged = dict(example_notification(PROMOPIT, "sale"), isn_key="guessed-key")
+        rows.append(("PromoPit sale with a wrong ISN key", 403, "ERROR: invalid isn key",
+                     post_form(url, isn_forged)))
+        counts = dict(open_store(config).execute(
+            "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
+    finally:
+        server.shutdown()
+        server.server_close()
+        DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS = saved
+    good = 0
+    print("ipn_receiver demo: a throw-away receiver on %s, a random passphrase, data in a temporary "
+          "folder; stand-in handlers, so your own are never called.\n" % url)
+    print("  %-44s %-9s %s" % ("sent", "expected", "answer"))
+    for label, status, expected, (got_status, got_body) in rows:
+        behaved = got_status == status and got_body.startswith(expected) and \
+            (expected != "OK" or got_body.startswith("OK"))
+        good += behaved
+        answer = got_body.replace("\n", " | ")
+        print("  %-44s %-9s %d %s%s" % (label, status, got_status, answer[:60], "" if behaved else "   <-- WRONG"))
+    print("\nhandlers run: %d (%s)" % (len(ran), ", ".join(ran)))
+    print("stored: %s" % ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())))
+    print("\nthe receiver's log of this run (%s):" % LOG_FILE_NAME)
+    try:
+        with open(os.path.join(data_dir, LOG_FILE_NAME), encoding="utf-8") as file:
+            for line in file:
+                print("  " + line.rstrip()[24:])
+    except OSError:
+        pass
+    close_store()
+    log.reset()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    all_good = good == len(rows) and len(ran) == len(DIGISTORE24_EVENTS) + 1
+    print("\n%d of %d behaved as expected%s" % (good, len(rows), "" if all_good else ": SOMETHING IS WRONG"))
+    return 0 if all_good else 1
+
+
+def store_rows(config, where="", parameters=(), limit=None):
+    """Rows of the event store as dicts, newest first."""
+    connection = open_store(config)
+    connection.row_factory = dict_row
+    sql = "SELECT * FROM notifications %s ORDER BY id DESC" % where
+    if limit:
+        sql += " LIMIT %d" % limit
+    try:
+        return connection.execute(sql, parameters).fetchall()
+    finally:
+        connection.row_factory = None
+
+
+def dict_row(cursor, row):
+    return {column[0]: value for column, value in zip(cursor.description, row)}
+
+
+def reference_of(row):
+    """The order/transaction id of a stored row, for tables."""
+    import json
+    fields = json.loads(row["fields"])
+    if row["provider"] == PROMOPIT:
+        return fields.get("promopit_txn_id", "")
+    return "/".join(value for value in (fields.get("order_id", ""), fields.get("transaction_id", "")) if value)
+
+
+def local_time(timestamp):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def command_events(args):
+    """List stored notifications, newest first."""
+    clauses, parameters = [], []
+    if args.status:
+        clauses.append("status = ?")
+        parameters.append(args.status)
+    if args.event:
+        clauses.append("event = ?")
+        parameters.append(args.event)
+    rows = store_rows(settings(), "WHERE " + " AND ".join(clauses) if clauses else "", parameters, args.limit)
+    if not rows:
+        print("no stored notifications" + (" match" if clauses else ""))
+        return 0
+    print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s" % (
+        "id", "received", "provider", "event", "status", "try", "got", "order/transaction"))
+    for row in rows:
+        print("%6d  %-19s  %-11s  %-20s  %-10s  %3d  %3d  %s%s" % (
+            row["id"], local_time(row["received_at"]), row["provider"], row["event"][:20],
+            row["status"], row["attempts"], row["deliveries"], reference_of(row),
+            "  (test)" if row["is_test"] else ""))
+    return 0
+
+
+def command_show(args):
+    """Print one stored notification with all its fields."""
+    import json
+    rows = store_rows(settings(), "WHERE id = ?", (args.id,))
+    if not rows:
+        print("ERROR: no notification #%d; `events` lists them" % args.id, file=sys.stderr)
+        return 1
+    row = rows[0]
+    for key in ("id", "provider", "event", "status", "attempts", "deliveries", "is_test",
+                "duplicate_key", "last_error"):
+        print("%-14s %s" % (key, row[key] if row[key] is not None else "-"))
+    for key in ("received_at", "claimed_at", "updated_at"):
+        print("%-14s %s" % (key, local_time(row[key])))
+    print("answer         " + (row["answer"] or "-").replace("\n", "\n               "))
+    fields = json.loads(row["fields"])
+    print("fields (%d):" % len(fields))
+    width = max([len(key) for key in fields] + [1])
+    for key, value in fields.items():
+        print("  %-*s  %s" % (width, key, value))
+    return 0
+
+
+def command_replay(args):
+    """Run the handler of a stored notification again now, and record the outcome."""
+    import json
+    config = settings()
+    rows = store_rows(config, "WHERE id = ?", (args.id,))
+    if not rows:
+        print("ERROR: no notification #%d; `events` lists them" % args.id, file=sys.stderr)
+        return 1
+    row = rows[0]
+    stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
+    if row["status"] != "failed" and not stale and not args.force:
+        print("ERROR: notification #%d is %s; replay runs failed ones (and abandoned ones). Add --force "
+              "to run its handler again anyway" % (row["id"], row["status"]), file=sys.stderr)
+        return 1
+    handlers = PROMOPIT_HANDLERS if row["provider"] == PROMOPIT else DIGISTORE24_HANDLERS
+    handler = handlers.get(row["event"])
+    if handler is None:
+        print("ERROR: there is no handler for %s; add one to %s first" % (
+            row["event"], "PROMOPIT_HANDLERS" if row["provider"] == PROMOPIT else "DIGISTORE24_HANDLERS"),
+            file=sys.stderr)
+        return 1
+    notification = Notification(row["provider"], row["event"], json.loads(row["fields"]))
+    notification.id = row["id"]
+    connection = open_store(config)
+    claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
+    now = time.time()
+    taken = connection.execute(
+        "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
+        "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
+        (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount
+    if not taken:
+        print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
+              file=sys.stderr)
+        return 1
+    status, body, outcome = run_and_record(connection, notification, handler, claim, config)
+    log.info("replay of #%d: %s", row["id"], outcome)
+    print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
+    print(body)
+    return 0 if status == 200 else 1
+
+
+def command_check(args):
+    """A health report after uploading; exit 1 when anything needs fixing."""
+    import sqlite3
+    problems = []
+
+    def report(ok, text, fix=None):
+        print("%-8s %s" % ("ok" if ok else "PROBLEM", text))
+        if not ok:
+            print("         fix: " + fix)
+            problems.append(text)
+
+    def note(text):
+        print("note     " + text)
+
+    report(sys.version_info >= (3, 8), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
+           "use Python 3.8 or later: change the first line of ipn_receiver.py to its path")
+    try:
+        config = load_settings()
+    except ConfigError as error:
+        report(False, "settings: %s" % error, "correct the setting as the message says")
+        return 1
+    if config["config_file"]:
+        mode = os.stat(config["config_file"]).st_mode & 0o777
+        report(not mode & 0o077, "config file %s (mode %03o)" % (config["config_file"], mode),
+               "chmod 600 %s   (it holds secrets; others must not read it)" % config["config_file"])
+    else:
+        note("no config file; the settings come from ipn_receiver.py and the environment")
+    missing = [name for name in SECRET_SETTINGS if secret_problem(config, name)]
+    for name in SECRET_SETTINGS:
+        if name not in missing:
+            report(True, "%s is set (%s)" % (name, config["where"][name]))
+            if len(config[name]) < 12:
+                note("%s is short (%d characters); a long random one is harder to guess"
+                     % (name, len(config[name])))
+        elif len(missing) == 1:
+            note(secret_problem(config, name) + ". Calls from %s are refused until then."
+                 % ("PromoPit" if name == "ISN_KEY" else "Digistore24"))
+    if len(missing) == 2:
+        report(False, "neither SHA_PASSPHRASE nor ISN_KEY is set: every notification is refused",
+               secret_problem(config, "SHA_PASSPHRASE"))
+    script = os.path.abspath(__file__)
+    with open(script, "rb") as file:
+        first_line = file.readline()
+    report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
+           "%s starts with a shebang line ending in LF" % os.path.basename(script),
+           "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
+    report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
+           "chmod 755 %s   (needed to run as CGI)" % script)
+    data_dir = config["DATA_DIR"]
+    try:
+        ensure_data_dir(data_dir)
+        writable = os.access(data_dir, os.W_OK)
+    except OSError as error:
+        writable = False
+        note("cannot create %s: %s" % (data_dir, error.strerror))
+    report(writable, "data folder %s is writable" % data_dir,
+           "create it and make it writable by the web server's user (chmod 700, owned by that user)")
+    if os.path.isdir(data_dir):
+        mode = os.stat(data_dir).st_mode & 0o777
+        report(not mode & 0o077, "data folder mode %03o" % mode, "chmod 700 %s" % data_dir)
+        report(os.path.exists(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess",
+               "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
+        if os.path.dirname(data_dir) == HERE:
+            note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
+    for name in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
+        if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
+            report(False, "a damaged store was set aside: %s" % name,
+                   "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
+    if writable:
+        try:
+            connection = open_store(config)
+            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
+            journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            counts = dict(connection.execute(
+                "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
+            report(result == "ok", "event store %s: integrity %s, journal %s" % (store_path(config), result, journal),
+                   "move the damaged file aside; the next call starts a new store")
+            note("stored: %s" % (", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())) or "nothing yet"))
+            if counts.get("failed"):
+                note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
+                     % counts["failed"])
+        except (StorageError, sqlite3.Error) as error:
+            report(False, "event store: %s" % error, "see the message")
+        for name in (STORE_FILE_NAME, LOG_FILE_NAME):
+            path = os.path.join(data_dir, name)
+            if os.path.exists(path):
+                mode = os.stat(path).st_mode & 0o777
+                report(not mode & 0o077, "%s mode %03o" % (name, mode), "chmod 600 %s" % path)
+    print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
+    return 1 if problems else 0
+
+
+def build_parser():
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="ipn_receiver.py", description="Receive Digistore24 IPN and PromoPit ISN notifications. "
+        "Without a command: the local server. As a CGI program: answers the request.")
+    parser.add_argument("--version", action="version", version="ipn_receiver " + __version__)
+    commands = parser.add_subparsers(dest="name", metavar="command")
+
+    serve = commands.add_parser("serve", help="run a local server (the default)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(run=command_serve)
+
+    send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver")
+    send.add_argument("event", help="a Digistore24 event (on_payment, on_refund, ...) or sale (PromoPit)")
+    send.add_argument("--url", default="http://127.0.0.1:8000/", help="where (default the local server)")
+    send.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a field (repeatable)")
+    send.add_argument("--provider", choices=(DIGISTORE24, PROMOPIT), default=DIGISTORE24)
+    send.set_defaults(run=command_send)
+
+    demo = commands.add_parser("demo", help="see it work: a throw-away receiver, one call of each kind")
+    demo.set_defaults(run=command_demo)
+
+    events = commands.add_parser("events", help="list stored notifications, newest first")
+    events.add_argument("--status", choices=("processing", "done", "failed", "ignored"))
+    events.add_argument("--event", help="only this event")
+    events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    events.set_defaults(run=command_events)
+
+    show = commands.add_parser("show", help="one stored notification with all its fields")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=command_show)
+
+    replay = commands.add_parser("replay", help="run a stored notification's handler again now")
+    replay.add_argument("id", type=int)
+    replay.add_argument("--force", action="store_true", help="also for one that is done")
+    replay.set_defaults(run=command_replay)
+
+    check = commands.add_parser("check", help="health report: settings, folders, store; exit 1 on problems")
+    check.set_defaults(run=command_check)
+    return parser
+
+
+# =================================================================================================
+#  Entry point
+# =================================================================================================
+
+def run_cgi(environ=None, stdin=None, stdout=None):
+    """Answer the one request of a CGI call (RFC 3875): environment and stdin in, answer on stdout.
+
+    This is what wsgiref.handlers.CGIHandler does (tests/test_cgi.py checks that the answers are
+    the same, byte for byte), written out because importing wsgiref.handlers pulls in `re` and
+    costs every CGI call about 7 ms, a third of what the whole request takes.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    stdin = sys.stdin.buffer if stdin is None else stdin
+    stdout = sys.stdout.buffer if stdout is None else stdout
+    sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
+    log.one_shot = True
+    https = environ.get("HTTPS", "off").lower() in ("on", "1", "yes")
+    environ.update({"wsgi.input": stdin, "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
+                    "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": True,
+                    "wsgi.url_scheme": "https" if https else "http"})
+    answer = []
+
+    def start_response(status, headers, exc_info=None):
+        answer[:] = [status, headers]
+        return stdout.write
+
+    body = b"".join(application(environ, start_response))
+    status, headers = answer
+    head = "Status: %s\r\n%s\r\n" % (status, "".join("%s: %s\r\n" % header for header in headers))
+    stdout.write(head.encode("latin-1") + body)
+    stdout.flush()
+    return 0
+
+
+def main(argv=None):
+    """Do what running this file does: answer a CGI request, or run a command. Returns the exit code.
+
+    A wrapper script can import this module, change a handler or a setting, and call main().
+    """
+    if argv is None:
+        if "GATEWAY_INTERFACE" in os.environ:   # a web server runs us: a CGI request
+            return run_cgi()
+        argv = sys.argv[1:]
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["serve"] + list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print("ERROR: %s" % error, file=sys.stderr)
+        return 2
+    except StorageError as error:
+        print("ERROR: %s" % error, file=sys.stderr)
+        return 1
+'''
+load_machinery(MACHINERY, sys._getframe().f_lineno - MACHINERY.count("\n") - 1)   # (keep right below)
+
+if __name__ == "__main__":
+    sys.exit(main())
