@@ -1163,7 +1163,8 @@ def json_text(fields):
 
 
 _JSON_ESCAPES = {code: "\\u%04x" % code for code in range(32)}
-_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r",
+                      ord("\t"): "\\t", ord("\b"): "\\b", ord("\f"): "\\f"})
 
 
 def json_string(text):
@@ -1263,10 +1264,11 @@ def handle_post(environ):
         if problem:
             raise Refusal(503, problem)
         if not digistore24_signature_is_valid(fields, received, config["SHA_PASSPHRASE"]):
-            raise Refusal(403, "invalid sha signature")
+            raise Refusal(403, "invalid sha signature") if fields.get("event") else \
+                Refusal(400, "missing event")
+        # A genuine call without an event (PROTOCOL.md's signature examples are such calls) is
+        # treated as an unknown event: stored, answered OK, not dispatched.
         event = fields.get("event", "")
-        if not event:
-            raise Refusal(400, "missing event")
         handlers = DIGISTORE24_HANDLERS
     else:
         received = fields.pop("isn_key")
