@@ -1,0 +1,146 @@
+"""CGI: the file run as a program by a web server, environment and stdin in, the answer on stdout."""
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+from wsgiref.handlers import BaseCGIHandler
+
+from helpers import (REPO, SCRIPT, cgi_environment, environ_for, ipn_receiver, parse_cgi_output, payment,
+                     promopit_sale, urlencode)
+
+
+def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=sys.executable):
+    done = subprocess.run([interpreter, script] + list(argv), env=environment, input=body,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    return done
+
+
+class CgiProgram(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="ipn-cgi-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.data_dir = os.path.join(self.folder, "data")
+
+    def run_request(self, body=b"", method="POST", **extra):
+        done = run_cgi_program(cgi_environment(self.data_dir, method=method, body=body, **extra), body)
+        self.assertEqual(done.returncode, 0, done.stderr.decode()[-2000:])
+        return parse_cgi_output(done.stdout) + (done.stderr.decode(),)
+
+    def test_a_notification_is_answered_with_a_cgi_status_header(self):
+        status, headers, body, errors = self.run_request(urlencode(payment()))
+        self.assertEqual((status, body), (200, b"OK"))
+        self.assertEqual(headers["Status"], "200 OK")
+        self.assertEqual(headers["Content-Type"], "text/plain; charset=utf-8")
+        self.assertIn("on_payment order A1B2C3D4 txn 3999938: handled", errors)   # the log line, on stderr
+
+    def test_promopit_refund_and_forgery(self):
+        self.assertEqual(self.run_request(urlencode(promopit_sale()))[:3:2], (200, b"OK"))
+        self.assertEqual(self.run_request(urlencode(payment("5", event="on_refund")))[:3:2], (200, b"OK"))
+        forged = dict(payment(), sha_sign="00")
+        self.assertEqual(self.run_request(urlencode(forged))[:3:2], (403, b"ERROR: invalid sha signature"))
+
+    def test_get_head_and_other_methods(self):
+        status, headers, body, _ = self.run_request(method="GET", content_type=None)
+        self.assertEqual(status, 200)
+        self.assertTrue(body.startswith(b"OK ipn_receiver is up"))
+        status, headers, body, _ = self.run_request(method="HEAD", content_type=None)
+        self.assertEqual((status, body), (200, b""))
+        status, headers, body, _ = self.run_request(method="DELETE", content_type=None)
+        self.assertEqual((status, headers["Allow"]), (405, "GET, HEAD, POST"))
+
+    def test_a_body_without_content_length_is_read_to_the_end_of_stdin(self):
+        body = urlencode(payment())
+        environment = cgi_environment(self.data_dir, body=body)
+        del environment["CONTENT_LENGTH"]
+        done = run_cgi_program(environment, body)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))
+
+    def test_query_words_passed_as_arguments_do_not_turn_it_into_a_command(self):
+        # Apache passes an "?a+b" query without "=" as command-line arguments.
+        done = run_cgi_program(cgi_environment(self.data_dir, method="GET", content_type=None), b"", argv=["demo"])
+        self.assertEqual(parse_cgi_output(done.stdout)[0], 200)
+        self.assertNotIn(b"demo", done.stdout)
+
+    def test_missing_secret_is_503(self):
+        status, _, body, _ = self.run_request(urlencode(payment()), IPN_SHA_PASSPHRASE="")
+        self.assertEqual(status, 503)
+        self.assertTrue(body.startswith(b"ERROR: SHA_PASSPHRASE is still the placeholder"))
+
+    def test_a_print_in_a_handler_does_not_reach_the_answer(self):
+        wrapper = os.path.join(self.folder, "wrapper.py")
+        with open(wrapper, "w") as file:
+            file.write("import sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
+                       "def chatty(n):\n    print('debugging on_payment', n.event)\n"
+                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = chatty\n"
+                       "sys.exit(ipn_receiver.main())\n" % REPO)
+        body = urlencode(payment())
+        done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))
+        self.assertIn(b"debugging on_payment on_payment", done.stderr)
+
+    def test_nothing_but_the_answer_is_on_stdout(self):
+        done = run_cgi_program(cgi_environment(self.data_dir, body=urlencode(payment())), urlencode(payment()))
+        self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"))
+        self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK"))
+
+
+class TheFileAsUploaded(unittest.TestCase):
+    def test_shebang_lf_line_endings_and_run_bit(self):
+        with open(SCRIPT, "rb") as file:
+            content = file.read()
+        self.assertTrue(content.startswith(b"#!/usr/bin/env python3\n"))
+        self.assertNotIn(b"\r", content)
+        self.assertTrue(os.stat(SCRIPT).st_mode & stat.S_IXUSR, "chmod 755 ipn_receiver.py")
+
+    def test_it_runs_through_its_shebang(self):
+        folder = tempfile.mkdtemp(prefix="ipn-cgi-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        environment = cgi_environment(os.path.join(folder, "data"), method="GET", content_type=None)
+        environment["PATH"] = os.path.dirname(sys.executable) + os.pathsep + environment["PATH"]
+        done = subprocess.run([SCRIPT], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(parse_cgi_output(done.stdout)[0], 200, done.stderr)
+
+
+class SameAsWsgiref(unittest.TestCase):
+    """run_cgi() answers exactly as wsgiref.handlers.CGIHandler would (it replaces it for speed)."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="ipn-cgi-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        ipn_receiver.use_settings(SHA_PASSPHRASE="s3cret-passphrase", DATA_DIR=self.folder)
+        ipn_receiver.log.to_stderr = False
+        self.addCleanup(setattr, ipn_receiver, "_settings", None)
+        self.addCleanup(ipn_receiver.close_store)
+        self.addCleanup(ipn_receiver.log.reset)
+        self.addCleanup(setattr, sys, "stdout", sys.stdout)
+        self.addCleanup(setattr, ipn_receiver.log, "one_shot", False)
+
+    def answers(self, environ, body):
+        class OneShot(BaseCGIHandler):
+            wsgi_run_once = True
+        theirs = io.BytesIO()
+        OneShot(io.BytesIO(body), theirs, io.StringIO(), dict(environ), multithread=False,
+                multiprocess=True).run(ipn_receiver.application)
+        ours = io.BytesIO()
+        ipn_receiver.run_cgi(dict(environ), io.BytesIO(body), ours)
+        return theirs.getvalue(), ours.getvalue()
+
+    def test_same_bytes_for_each_kind_of_answer(self):
+        cases = [("GET", b""), ("HEAD", b""), ("PUT", b""), ("POST", urlencode(payment("1"))),
+                 ("POST", urlencode(payment("1"))), ("POST", urlencode(dict(payment("2"), sha_sign="0"))),
+                 ("POST", b"not a form")]
+        for method, body in cases:
+            environ = {key: value for key, value in environ_for(body, method=method).items()
+                       if not key.startswith("wsgi.")}
+            theirs, ours = self.answers(environ, body)
+            self.assertEqual(ours, theirs, method)
+            self.assertTrue(ours.startswith(b"Status: "))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,163 @@
+"""The commands a vendor runs on the server: events, show, replay and check."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from unittest import mock
+
+from helpers import ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post, promopit_sale
+
+WORKER = os.path.join(REPO, "tests", "worker.py")
+
+
+class CommandTestCase(ReceiverTestCase):
+    def command(self, *arguments, script=SCRIPT, **environment):
+        values = {key: value for key, value in os.environ.items() if not key.startswith("IPN_")}
+        values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
+        values.update(environment)
+        done = subprocess.run([sys.executable, script] + list(arguments), env=values, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+class Inspecting(CommandTestCase):
+    def test_events_lists_newest_first_and_filters(self):
+        post(payment("1"))
+        self.handle("on_refund", lambda n: 1 / 0)
+        post(payment("2", event="on_refund"))
+        post(promopit_sale())
+        code, output, _ = self.command("events")
+        self.assertEqual(code, 0)
+        lines = output.splitlines()
+        self.assertIn("status", lines[0])
+        self.assertIn("promopit", lines[1])
+        self.assertIn("A1B2C3D4/1", lines[3])
+        code, output, _ = self.command("events", "--status", "failed")
+        self.assertEqual(len(output.splitlines()), 2)
+        self.assertIn("on_refund", output)
+        code, output, _ = self.command("events", "--event", "sale", "--limit", "1")
+        self.assertIn("PP-100234", output)
+        code, output, _ = self.command("events", "--status", "processing")
+        self.assertIn("no stored notifications match", output)
+
+    def test_show_prints_every_field_and_the_answer(self):
+        self.handle("on_payment", lambda n: {"username": "jane"})
+        post(payment())
+        code, output, _ = self.command("show", "1")
+        self.assertEqual(code, 0)
+        self.assertIn("fields (172):", output)
+        self.assertIn("placeholder_DESCRIPTION", output)
+        self.assertIn("answer         OK\n               username: jane", output)
+        self.assertNotIn(PASSPHRASE, output)
+        self.assertEqual(self.command("show", "99")[0], 1)
+
+
+class Replaying(CommandTestCase):
+    def test_replay_runs_a_failed_notification_again_and_records_it(self):
+        self.handle("on_payment", lambda n: 1 / 0)
+        self.assertEqual(post(payment()).status, 500)
+        code, output, _ = self.command("replay", "1")        # the default handler, which logs
+        self.assertEqual(code, 0, output)
+        self.assertIn("handled as #1", output)
+        row = self.rows()[0]
+        self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("done", 2, None))
+        # A retry of the sender now gets the stored answer.
+        self.assertEqual(post(payment()).body, "OK")
+
+    def test_replay_refuses_a_done_one_unless_forced(self):
+        post(payment())
+        code, _, errors = self.command("replay", "1")
+        self.assertEqual(code, 1)
+        self.assertIn("--force", errors)
+        code, output, _ = self.command("replay", "1", "--force")
+        self.assertEqual(code, 0)
+        self.assertEqual(self.rows()[0]["attempts"], 2)
+
+    def test_replay_of_a_failing_handler_records_the_failure(self):
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        record = os.path.join(self.data_dir, "record.txt")
+        code, output, _ = self.command("replay", "1", script=WORKER, IPN_TEST_FAIL="1", IPN_TEST_RECORD=record)
+        self.assertEqual((code, output.splitlines()[-1]), (1, "ERROR: handler failed"))
+        row = self.rows()[0]
+        self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("failed", 2, "RuntimeError: told to fail"))
+
+    def test_replay_of_an_unknown_id(self):
+        code, _, errors = self.command("replay", "7")
+        self.assertEqual(code, 1)
+        self.assertIn("no notification #7", errors)
+
+
+class Check(CommandTestCase):
+    def test_a_healthy_setup_passes(self):
+        post(payment())
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 0, output)
+        self.assertIn("all good", output)
+        self.assertIn("integrity ok, journal wal", output)
+        self.assertIn("stored: 1 done", output)
+        self.assertNotIn(PASSPHRASE, output)
+
+    def test_problems_are_reported_with_their_fix(self):
+        post(payment())
+        os.chmod(self.data_dir, 0o755)
+        code, output, _ = self.command("check", IPN_SHA_PASSPHRASE="", IPN_ISN_KEY="")
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  neither SHA_PASSPHRASE nor ISN_KEY is set", output)
+        self.assertIn("PROBLEM  data folder mode 755", output)
+        self.assertIn("fix: chmod 700 " + self.data_dir, output)
+
+    def test_one_secret_is_enough_but_noted(self):
+        code, output, _ = self.command("check", IPN_ISN_KEY="")
+        self.assertEqual(code, 0, output)
+        self.assertIn("note     ISN_KEY is still the placeholder", output)
+
+    def test_a_config_file_readable_by_others(self):
+        config = os.path.join(self.data_dir, "ipn.ini")
+        with open(config, "w") as file:
+            file.write("[receiver]\nlog_level = INFO\n")
+        os.chmod(config, 0o644)
+        code, output, _ = self.command("check", IPN_CONFIG=config)
+        self.assertEqual(code, 1)
+        self.assertIn("fix: chmod 600 " + config, output)
+
+    def test_a_malformed_config_is_one_clear_line(self):
+        config = os.path.join(self.data_dir, "ipn.ini")
+        with open(config, "w") as file:
+            file.write("[receiver]\nmax_body_bytes = big\n")
+        code, output, _ = self.command("check", IPN_CONFIG=config)
+        self.assertEqual(code, 1)
+        self.assertIn("ipn.ini, [receiver] max_body_bytes: MAX_BODY_BYTES must be a whole number", output)
+        code, output, errors = self.command("events", IPN_CONFIG=config)
+        self.assertEqual(code, 2)
+        self.assertEqual(errors.count("\n"), 1)
+        self.assertTrue(errors.startswith("ERROR: ipn.ini"))
+
+
+class Help(unittest.TestCase):
+    def test_help_lists_the_commands(self):
+        done = subprocess.run([sys.executable, SCRIPT, "--help"], stdout=subprocess.PIPE, timeout=60)
+        for command in ("serve", "send", "demo", "events", "show", "replay", "check"):
+            self.assertIn(command.encode(), done.stdout)
+
+    def test_main_can_be_called_by_a_wrapper(self):
+        import contextlib
+        import io
+        folder = tempfile.mkdtemp(prefix="ipn-main-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        output = io.StringIO()
+        with mock.patch.dict(os.environ, {"IPN_DATA_DIR": folder}), contextlib.redirect_stdout(output):
+            ipn_receiver._settings = None
+            self.assertEqual(ipn_receiver.main(["events"]), 0)
+        ipn_receiver.close_store()
+        ipn_receiver.log.reset()
+        ipn_receiver._settings = None
+        self.assertEqual(output.getvalue(), "no stored notifications\n")
+
+
+if __name__ == "__main__":
+    unittest.main()

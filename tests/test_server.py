@@ -1,0 +1,128 @@
+"""The local server, `send` and `demo`, over real HTTP on 127.0.0.1.
+
+Each test starts `python3 ipn_receiver.py serve --port 0` in its own session and stops it by its
+process id."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+from helpers import ISN_KEY, PASSPHRASE, SCRIPT
+
+
+def clean_environment(**values):
+    """The environment without any IPN_ setting of the caller's, plus `values`."""
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("IPN_") and key != "GATEWAY_INTERFACE"}
+    environment.update(values)
+    return environment
+
+
+class LocalServer(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="ipn-server-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.environment = clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY,
+                                             IPN_DATA_DIR=os.path.join(self.folder, "data"))
+        self.server = subprocess.Popen([sys.executable, SCRIPT, "serve", "--port", "0"], env=self.environment,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        self.addCleanup(self.stop)
+        line = self.server.stdout.readline().decode()
+        self.assertIn("listening on http://127.0.0.1:", line)
+        self.url = line.split("listening on ")[1].split()[0]
+
+    def stop(self):
+        if self.server.stdout.closed:
+            return
+        if self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+        self.server.wait(10)
+        self.console = self.server.stderr.read().decode()
+        self.server.stdout.close()
+        self.server.stderr.close()
+
+    def send(self, *arguments, **environment):
+        done = subprocess.run([sys.executable, SCRIPT, "send"] + list(arguments) + ["--url", self.url],
+                              env=dict(self.environment, **environment), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+    def test_get_says_it_is_up(self):
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            self.assertEqual(response.status, 200)
+            self.assertTrue(response.read().startswith(b"OK ipn_receiver is up"))
+
+    def test_send_every_event_and_sale(self):
+        events = ["connection_test", "on_payment", "on_payment_missed", "on_refund", "on_chargeback",
+                  "on_rebill_cancelled", "on_rebill_resumed", "last_paid_day", "on_affiliation", "sale"]
+        for event in events:
+            code, output, errors = self.send(event)
+            self.assertEqual((code, output), (0, "HTTP 200\nOK\n"), event + errors)
+        code, output, _ = self.send("sale", "--provider", "promopit")
+        self.assertEqual(code, 0)
+
+    def test_send_with_set_fields_and_a_forgery(self):
+        code, output, _ = self.send("on_payment", "--set", "order_id=ABC123", "--set", "custom=a=b")
+        self.assertEqual(code, 0)
+        code, output, _ = self.send("on_payment", "--set", "sha_sign=FORGED")
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: invalid sha signature\n"))
+        code, output, _ = self.send("sale", IPN_ISN_KEY="wrong-key")
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: invalid isn key\n"))
+        self.stop()
+        self.assertIn("order ABC123", self.console)       # the server logged each request
+
+    def test_send_without_a_secret_explains_what_to_set(self):
+        code, output, errors = self.send("on_payment", IPN_SHA_PASSPHRASE="")
+        self.assertEqual(code, 2)
+        self.assertIn("SHA_PASSPHRASE", errors)
+
+    def test_a_chunked_post_gets_a_clear_refusal_not_a_hang(self):
+        host, port = self.url.split("//")[1].rstrip("/").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n5\r\nevent\r\n0\r\n\r\n")
+            answer = b""
+            while True:                                 # the server closes when it has answered
+                part = connection.recv(4096)
+                if not part:
+                    break
+                answer += part
+        self.assertTrue(answer.startswith(b"HTTP/1.0 411") or answer.startswith(b"HTTP/1.1 411"), answer)
+        self.assertIn(b"ERROR: a POST needs a Content-Length", answer)
+
+
+class Send(unittest.TestCase):
+    def test_an_unreachable_url_is_a_clear_error(self):
+        with socket.socket() as probe:                  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        done = subprocess.run([sys.executable, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/" % port],
+                              env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(b"ERROR: could not reach", done.stdout)
+
+
+class Demo(unittest.TestCase):
+    def test_demo_needs_no_setup_and_every_row_behaves(self):
+        folder = tempfile.mkdtemp(prefix="ipn-demo-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        # No settings at all, and a config.ini that would break a normal run: demo ignores both.
+        done = subprocess.run([sys.executable, SCRIPT, "demo"], env=clean_environment(), cwd=folder,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        output = done.stdout.decode()
+        self.assertEqual(done.returncode, 0, output + done.stderr.decode())
+        self.assertIn("16 of 16 behaved as expected", output)
+        self.assertNotIn("WRONG", output)
+        self.assertIn("handlers run: 10", output)
+        self.assertEqual(os.listdir(folder), [])                  # it left nothing behind
+
+
+if __name__ == "__main__":
+    unittest.main()
