@@ -967,6 +967,35 @@ def ensure_data_dir(path):
             pass
 
 
+class DataDirLock:
+    """Hold an exclusive lock on DATA_DIR/.lock, for the rare operations on the store as a whole
+    (creating it, migrating it, setting a damaged one aside). A thread that holds it may take it
+    again: those operations call each other."""
+
+    held = {}       # (lock file, thread id) -> how deep this thread holds it
+
+    def __init__(self, data_dir):
+        self.key = (os.path.join(data_dir, ".lock"), _thread_id())
+
+    def __enter__(self):
+        depth = DataDirLock.held.get(self.key, 0)
+        if depth == 0:
+            self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                import fcntl
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except ImportError:
+                pass                        # no fcntl (Windows): a local test server only
+        DataDirLock.held[self.key] = depth + 1
+        return self
+
+    def __exit__(self, *exc):
+        DataDirLock.held[self.key] -= 1
+        if DataDirLock.held[self.key] == 0:
+            del DataDirLock.held[self.key]
+            os.close(self.fd)               # releases the lock
+
+
 def store_path(config):
     return os.path.join(config["DATA_DIR"], STORE_FILE_NAME)
 
@@ -992,14 +1021,15 @@ def open_store(config):
         close_store(key)
         ensure_data_dir(config["DATA_DIR"])
         if on_disk is None:
-            create_store_file(path)
+            create_store_file(path, config["DATA_DIR"])
             on_disk = os.stat(path)
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         try:
             # FULL: a commit is on disk before it returns, so OK is never sent for a lost record.
             connection.execute("PRAGMA synchronous=FULL")
             if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                migrate_store(connection)
+                with DataDirLock(config["DATA_DIR"]):     # one process migrates, the others wait
+                    migrate_store(connection)
         except Exception:
             connection.close()
             raise
@@ -1014,18 +1044,19 @@ def _thread_id():
     return _thread.get_ident()
 
 
-def create_store_file(path):
+def create_store_file(path, data_dir):
     """Create the empty database file with mode 0600 (SQLite would make it readable by all)."""
-    try:
+    with DataDirLock(data_dir):             # so that no one uses the file before it is clean
+        if os.path.exists(path):
+            return
+        # A journal left behind by a deleted store would be replayed into the new one. It goes
+        # first: once the file exists, other processes may already be using new journal files.
+        for suffix in ("-wal", "-shm", "-journal"):
+            try:
+                os.remove(path + suffix)
+            except FileNotFoundError:
+                pass
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        return                              # another process was first: it cleans up, not us
-    # A journal left behind by a deleted database would be replayed into the new one.
-    for suffix in ("-wal", "-shm", "-journal"):
-        try:
-            os.remove(path + suffix)
-        except FileNotFoundError:
-            pass
 
 
 def migrate_store(connection):
@@ -1033,7 +1064,7 @@ def migrate_store(connection):
     # WAL lets the readers of `events` and `check` run while calls are written; it is a property
     # of the file, set once. It cannot work on some network file systems; then the default
     # rollback journal stays, which is as safe, only slower under load.
-    connection.execute("PRAGMA journal_mode=WAL")
+    set_wal_mode(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -1048,6 +1079,20 @@ def migrate_store(connection):
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def set_wal_mode(connection):
+    """PRAGMA journal_mode=WAL, retried while other processes hold the file: SQLite answers that
+    pragma "database is locked" at once, without waiting its busy timeout as other statements do."""
+    import sqlite3
+    deadline = time.time() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            return connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.time() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def close_store(key=None):
@@ -1136,25 +1181,6 @@ def salvage_rows(damaged_path, connection):
         pass                                # keep what was read before the damage
     connection.execute("COMMIT")
     return copied
-
-
-class DataDirLock:
-    """Hold an exclusive lock on DATA_DIR/.lock (for rare whole-store operations)."""
-
-    def __init__(self, data_dir):
-        self.path = os.path.join(data_dir, ".lock")
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            import fcntl
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)                   # releases the lock
 
 
 def json_text(fields):

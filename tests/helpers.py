@@ -22,6 +22,9 @@ if REPO not in sys.path:
 import ipn_receiver  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "ipn_receiver.py")
+# The interpreter for the processes tests start. Usually this one; CI names a launcher here for
+# interpreters that cannot be started by their own path (Debian's, unpacked by debian-python).
+PYTHON = os.environ.get("TEST_PYTHON") or sys.executable
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 FORM = "application/x-www-form-urlencoded"

@@ -10,11 +10,11 @@ import tempfile
 import unittest
 from wsgiref.handlers import BaseCGIHandler
 
-from helpers import (REPO, SCRIPT, cgi_environment, environ_for, ipn_receiver, parse_cgi_output, payment,
+from helpers import (PYTHON, REPO, SCRIPT, cgi_environment, environ_for, ipn_receiver, parse_cgi_output, payment,
                      promopit_sale, urlencode)
 
 
-def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=sys.executable):
+def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=PYTHON):
     done = subprocess.run([interpreter, script] + list(argv), env=environment, input=body,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     return done
@@ -101,7 +101,9 @@ class TheFileAsUploaded(unittest.TestCase):
         folder = tempfile.mkdtemp(prefix="ipn-cgi-")
         self.addCleanup(shutil.rmtree, folder, True)
         environment = cgi_environment(os.path.join(folder, "data"), method="GET", content_type=None)
-        environment["PATH"] = os.path.dirname(sys.executable) + os.pathsep + environment["PATH"]
+        os.mkdir(os.path.join(folder, "bin"))            # `/usr/bin/env python3` finds this one
+        os.symlink(PYTHON, os.path.join(folder, "bin", "python3"))
+        environment["PATH"] = os.path.join(folder, "bin") + os.pathsep + environment["PATH"]
         done = subprocess.run([SCRIPT], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertEqual(parse_cgi_output(done.stdout)[0], 200, done.stderr)
 

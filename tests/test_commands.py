@@ -9,7 +9,7 @@ import unittest
 
 from unittest import mock
 
-from helpers import ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post, promopit_sale
+from helpers import PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post, promopit_sale
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -19,7 +19,7 @@ class CommandTestCase(ReceiverTestCase):
         values = {key: value for key, value in os.environ.items() if not key.startswith("IPN_")}
         values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
         values.update(environment)
-        done = subprocess.run([sys.executable, script] + list(arguments), env=values, stdout=subprocess.PIPE,
+        done = subprocess.run([PYTHON, script] + list(arguments), env=values, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=60)
         return done.returncode, done.stdout.decode(), done.stderr.decode()
 
@@ -140,7 +140,7 @@ class Check(CommandTestCase):
 
 class Help(unittest.TestCase):
     def test_help_lists_the_commands(self):
-        done = subprocess.run([sys.executable, SCRIPT, "--help"], stdout=subprocess.PIPE, timeout=60)
+        done = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, timeout=60)
         for command in ("serve", "send", "demo", "events", "show", "replay", "check"):
             self.assertIn(command.encode(), done.stdout)
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from helpers import REPO, cgi_environment, ipn_receiver, parse_cgi_output, payment, promopit_sale, urlencode
+from helpers import PYTHON, REPO, cgi_environment, ipn_receiver, parse_cgi_output, payment, promopit_sale, urlencode
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -31,7 +31,7 @@ class ProcessTestCase(unittest.TestCase):
 
     def start_cgi(self, body, **extra):
         """Start the wrapper as a CGI program (its own session, so we can stop just it)."""
-        process = subprocess.Popen([sys.executable, WORKER], env=self.environment(body, **extra),
+        process = subprocess.Popen([PYTHON, WORKER], env=self.environment(body, **extra),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, start_new_session=True)
         process.stdin.write(body)
@@ -150,7 +150,7 @@ class Stress(ProcessTestCase):
                 json.dump({"requests": job, "start_at": start_at}, file)
             with open(job_file) as stdin, open(job_file + ".out", "w") as stdout, \
                     open(job_file + ".err", "w") as stderr:
-                processes.append((subprocess.Popen([sys.executable, WORKER], env=environment, stdin=stdin,
+                processes.append((subprocess.Popen([PYTHON, WORKER], env=environment, stdin=stdin,
                                                    stdout=stdout, stderr=stderr, start_new_session=True),
                                   job_file))
         results = []

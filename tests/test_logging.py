@@ -7,7 +7,7 @@ import subprocess
 import sys
 from unittest import mock
 
-from helpers import (ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for, ipn_receiver,
+from helpers import (PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for, ipn_receiver,
                      payment, post, promopit_sale, urlencode)
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \[\d+\] .+$")
@@ -143,7 +143,7 @@ class OneShotCgi(ReceiverTestCase):
             file.write("[receiver]\nlog_level = INFO\n")
         body = urlencode(payment())
         environment = cgi_environment(self.data_dir, body=body, IPN_CONFIG=os.path.join(self.data_dir, "ipn.ini"))
-        done = subprocess.run([sys.executable, "-S", "-X", "importtime", SCRIPT], env=environment, input=body,
+        done = subprocess.run([PYTHON, "-S", "-X", "importtime", SCRIPT], env=environment, input=body,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK"), done.stderr[-2000:])
         imported = {line.split("|")[-1].strip() for line in done.stderr.decode().splitlines()

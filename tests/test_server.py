@@ -13,7 +13,7 @@ import tempfile
 import unittest
 import urllib.request
 
-from helpers import ISN_KEY, PASSPHRASE, SCRIPT
+from helpers import PYTHON, ISN_KEY, PASSPHRASE, SCRIPT
 
 
 def clean_environment(**values):
@@ -30,7 +30,7 @@ class LocalServer(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.folder, True)
         self.environment = clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY,
                                              IPN_DATA_DIR=os.path.join(self.folder, "data"))
-        self.server = subprocess.Popen([sys.executable, SCRIPT, "serve", "--port", "0"], env=self.environment,
+        self.server = subprocess.Popen([PYTHON, SCRIPT, "serve", "--port", "0"], env=self.environment,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.addCleanup(self.stop)
         line = self.server.stdout.readline().decode()
@@ -48,7 +48,7 @@ class LocalServer(unittest.TestCase):
         self.server.stderr.close()
 
     def send(self, *arguments, **environment):
-        done = subprocess.run([sys.executable, SCRIPT, "send"] + list(arguments) + ["--url", self.url],
+        done = subprocess.run([PYTHON, SCRIPT, "send"] + list(arguments) + ["--url", self.url],
                               env=dict(self.environment, **environment), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=60)
         return done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -102,7 +102,7 @@ class Send(unittest.TestCase):
         with socket.socket() as probe:                  # a port nobody listens on
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        done = subprocess.run([sys.executable, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/" % port],
+        done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/" % port],
                               env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=60)
         self.assertEqual(done.returncode, 1)
@@ -114,7 +114,7 @@ class Demo(unittest.TestCase):
         folder = tempfile.mkdtemp(prefix="ipn-demo-test-")
         self.addCleanup(shutil.rmtree, folder, True)
         # No settings at all, and a config.ini that would break a normal run: demo ignores both.
-        done = subprocess.run([sys.executable, SCRIPT, "demo"], env=clean_environment(), cwd=folder,
+        done = subprocess.run([PYTHON, SCRIPT, "demo"], env=clean_environment(), cwd=folder,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         output = done.stdout.decode()
         self.assertEqual(done.returncode, 0, output + done.stderr.decode())
