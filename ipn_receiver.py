@@ -515,9 +515,10 @@ class Log:
                 self._open_file()
             except OSError as error:
                 self._path = None
-                sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
-                                 "stderr only. Run `python3 ipn_receiver.py check`.\n"
-                                 % (config["DATA_DIR"], error.strerror))
+                if self.to_stderr:
+                        sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging "
+                                     "to stderr only. Run `python3 ipn_receiver.py check`.\n"
+                                     % (config["DATA_DIR"], error.strerror))
         if not self.one_shot:
             self._start_python_logging()
 
@@ -536,6 +537,8 @@ class Log:
         handlers = [LogFileHandler()] if self._fd is not None else []
         if self.to_stderr:
             handlers.append(logging.StreamHandler(sys.stderr))
+        if not handlers:                    # else logging's "last resort" would print to stderr
+            handlers.append(logging.NullHandler())
         for handler in handlers:
             handler.setFormatter(formatter)
             logger.addHandler(handler)
