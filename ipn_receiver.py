@@ -768,8 +768,27 @@ def read_body(environ, limit):
         if len(body) > limit:
             raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
         return body
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and "uwsgi.version" in environ:
+        return read_uwsgi_chunks(limit)
     raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
                        "body to its end")
+
+
+def read_uwsgi_chunks(limit):
+    """A chunked body under uWSGI, which hands it over only through its own API, chunk by chunk."""
+    import uwsgi
+    parts, size = [], 0
+    while True:
+        try:
+            part = uwsgi.chunked_read(30)    # seconds to wait for the next chunk
+        except (IOError, OSError):
+            raise Refusal(400, "the chunked body could not be read to its end")
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
+        parts.append(part)
 
 
 def read_exactly(stream, size):
@@ -1423,7 +1442,8 @@ def raise_answer_problem(notification, problem):
 # =================================================================================================
 
 STATUS_LINES = {
-    200: "200 OK", 400: "400 Bad Request", 403: "403 Forbidden", 405: "405 Method Not Allowed",
+    200: "200 OK", 400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found",
+    405: "405 Method Not Allowed",
     411: "411 Length Required", 413: "413 Payload Too Large", 415: "415 Unsupported Media Type",
     500: "500 Internal Server Error", 503: "503 Service Unavailable",
 }
@@ -1435,7 +1455,12 @@ def application(environ, start_response):
     started = time.perf_counter()
     method = environ.get("REQUEST_METHOD", "GET").upper()
     try:
-        if method in ("GET", "HEAD"):
+        if environ.get("SCRIPT_NAME") and environ.get("PATH_INFO", "/") not in ("", "/"):
+            # A URL below the receiver's own (/ipn_receiver.py/config.ini, say): nothing is there.
+            # Only where the server says where the receiver is (SCRIPT_NAME): a WSGI server
+            # behind a proxy may pass any path, and the receiver answers it.
+            status, body, outcome = 404, "ERROR: not found; the receiver's URL has no path below it", "not found"
+        elif method in ("GET", "HEAD"):
             status, body, outcome = 200, STATUS_TEXT, "status line"
         elif method != "POST":
             status, body, outcome = 405, "ERROR: method not allowed; notifications are sent by " \

@@ -11,6 +11,7 @@
 | not a form of a known sender, missing event     | 400                                      |
 | body over MAX_BODY_BYTES / other content types  | 413 / 415                                |
 | other methods                                   | 405 with Allow                           |
+| a path below the script's URL (SCRIPT_NAME set) | 404                                      |
 """
 
 import unittest
@@ -43,6 +44,19 @@ class Answers(ReceiverTestCase):
             self.assertEqual(answer.status, 405)
             self.assertEqual(answer.headers["Allow"], "GET, HEAD, POST")
             self.assertTrue(answer.body.startswith("ERROR: method not allowed"))
+
+    def test_a_url_below_the_receiver_is_not_found(self):
+        for method in ("GET", "POST"):
+            answer = call(environ_for(urlencode(payment()), method=method, SCRIPT_NAME="/ipn_receiver.py",
+                                      PATH_INFO="/config.ini"))
+            self.assertEqual((answer.status, answer.body),
+                             (404, "ERROR: not found; the receiver's URL has no path below it"))
+        self.assertEqual(self.rows(), [])
+        # Its own URL, with or without a slash, and any URL where the server does not say
+        # where the receiver is (a WSGI server behind a proxy):
+        for script_name, path_info in (("/ipn", ""), ("/ipn", "/"), ("", "/ipn"), ("", "/any/path")):
+            answer = call(environ_for(method="GET", SCRIPT_NAME=script_name, PATH_INFO=path_info))
+            self.assertEqual(answer.status, 200, (script_name, path_info))
 
     def test_every_digistore24_event_is_answered_ok_and_dispatched(self):
         seen = []
