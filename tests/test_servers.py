@@ -406,10 +406,35 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         folder = os.path.join(cls.home, "public_html", "ipn")
         cls.place_receiver(folder)
         cls.write(os.path.join(folder, ".htaccess"), cls.readme("apache-htaccess"))
+        # Two classic upload mistakes, each in a folder of its own: CRLF line endings (a text-mode
+        # upload) and a missing run bit.
+        with open(SCRIPT, "rb") as file:
+            source = file.read()
+        for name, content, mode in (("crlf", source.replace(b"\n", b"\r\n"), 0o755), ("norun", source, 0o644)):
+            broken = os.path.join(cls.home, "public_html", name)
+            os.makedirs(broken)
+            with open(os.path.join(broken, "ipn_receiver.py"), "wb") as file:
+                file.write(content)
+            os.chmod(os.path.join(broken, "ipn_receiver.py"), mode)
+            cls.write(os.path.join(broken, ".htaccess"), cls.readme("apache-htaccess"))
 
     @classmethod
     def server_snippet(cls):
         return ""
+
+    def test_upload_mistakes_give_500_and_check_names_the_fix(self):
+        for name, problem in (("crlf", "save the file with Unix (LF) line endings"),
+                              ("norun", "chmod 755")):
+            with self.subTest(mistake=name):
+                status, body = request(self.url("/%s/ipn_receiver.py" % name))
+                self.assertEqual(status, 500)
+                self.assertNotIn(b"import ", body)                 # an error page, not the source
+                script = os.path.join(self.home, "public_html", name, "ipn_receiver.py")
+                done = subprocess.run([sys.executable, script, "check"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, timeout=60,
+                                      env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, name + "-data")))
+                self.assertEqual(done.returncode, 1)
+                self.assertIn(problem, done.stdout.decode())
 
 
 class ApacheCgidScriptAlias(Apache, unittest.TestCase):
