@@ -1022,13 +1022,29 @@ def store_path(config):
     return os.path.join(config["DATA_DIR"], STORE_FILE_NAME)
 
 
+def sqlite3_module():
+    """The sqlite3 module for the store: its C core `_sqlite3`, which is all the store uses.
+
+    The sqlite3 package adds only adapters for dates and the like, and importing their modules
+    costs each CGI call about 2 ms. The classes are the very same (sqlite3.Error is
+    _sqlite3.Error), so code elsewhere may use either. Where the core cannot be imported on its
+    own, the package.
+    """
+    try:
+        import _sqlite3
+        return _sqlite3
+    except ImportError:
+        import sqlite3
+        return sqlite3
+
+
 def open_store(config):
     """A connection to the event store, created on first use; StorageError when impossible.
 
     A long-running process keeps one connection per thread; it opens a new one when the file was
     replaced or deleted in the meantime, so nothing is ever written to a file nobody can see.
     """
-    import sqlite3
+    sqlite3 = sqlite3_module()
     path = store_path(config)
     key = (os.getpid(), _thread_id())
     try:
@@ -1106,7 +1122,7 @@ def migrate_store(connection):
 def set_wal_mode(connection):
     """PRAGMA journal_mode=WAL, retried while other processes hold the file: SQLite answers that
     pragma "database is locked" at once, without waiting its busy timeout as other statements do."""
-    import sqlite3
+    sqlite3 = sqlite3_module()
     deadline = time.time() + BUSY_TIMEOUT_SECONDS
     while True:
         try:
