@@ -690,19 +690,23 @@ _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRST
 def digistore24_signature(passphrase, fields, upper_keys=False):
     """The sha_sign Digistore24 sends with `fields`: 128 uppercase hex digits (PROTOCOL.md)."""
     # 1. The signature is not part of what it signs.
-    keys = [key for key in fields if key not in SIGNATURE_FIELDS]
-    # 2. Plain byte order, case-sensitive ("ORDER" < "_x" < "order"). sorted() on str gives exactly
-    #    that, because UTF-8 keeps code point order. The upper-keys variant sorts by the key as
-    #    PHP's strtoupper makes it (ASCII letters only, so "ß" stays "ß") and breaks ties by the
-    #    original key, as PHP's array_multisort does.
+    if "sha_sign" in fields or "SHASIGN" in fields:
+        fields = {key: value for key, value in fields.items() if key not in SIGNATURE_FIELDS}
+    # 2. A field whose value is "" is left out, key and all; "0" and " " are values, and nothing
+    #    is trimmed.
+    items = [item for item in fields.items() if item[1] != ""]
+    # 3. Plain byte order, case-sensitive ("ORDER" < "_x" < "order"): sorting str gives exactly
+    #    that, because UTF-8 keeps code point order (keys are unique, so values never decide).
+    #    The upper-keys variant sorts by the key as PHP's strtoupper makes it (ASCII letters
+    #    only: "ß" stays "ß") and breaks ties by the original key, as PHP's array_multisort does.
     if upper_keys:
-        order = sorted((key.translate(_ASCII_UPPER), key) for key in keys)
+        ordered = sorted((key.translate(_ASCII_UPPER), key, value) for key, value in items)
+        items = [(upper, value) for upper, _, value in ordered]
     else:
-        order = [(key, key) for key in sorted(keys)]
-    # 3. A field whose value is "" is left out, key and all; "0" and " " are values, nothing is
-    #    trimmed.
-    # 4. The passphrase ends every pair, not only the last, with no separator anywhere.
-    text = "".join(name + "=" + fields[key] + passphrase for name, key in order if fields[key] != "")
+        items.sort()
+    # 4. The passphrase ends every pair, not only the last, with no separator anywhere: it is
+    #    the separator of the "key=value" pairs, and comes once more at the end.
+    text = passphrase.join(map("=".join, items)) + passphrase if items else ""
     # 5. SHA-512 of the UTF-8 bytes, as uppercase hex.
     return hashlib.sha512(text.encode("utf-8")).hexdigest().upper()
 
@@ -989,10 +993,17 @@ def ensure_data_dir(path):
             pass
 
 
-class DataDirLock:
-    """Hold an exclusive lock on DATA_DIR/.lock, for the rare operations on the store as a whole
-    (creating it, migrating it, setting a damaged one aside). A thread that holds it may take it
-    again: those operations call each other."""
+class StoreLock:
+    """An exclusive lock on DATA_DIR/.lock, held for every write to the store.
+
+    SQLite serializes writers by itself, but a writer that finds the store busy polls it,
+    sleeping 1, 2, 5, 10, ... ms between tries, so a moment of contention can cost a call 50 ms
+    and more. A writer waiting for this lock is woken by the kernel the moment it is free. The
+    lock also guards the rare operations on the store as a whole (creating, migrating, setting a
+    damaged one aside), and a thread that holds it may take it again: those call each other.
+    Where it cannot be taken (no fcntl, a file system without locks), SQLite's locking, which
+    alone keeps the store correct, does the work.
+    """
 
     held = {}       # (lock file, thread id) -> how deep this thread holds it
 
@@ -1000,21 +1011,21 @@ class DataDirLock:
         self.key = (os.path.join(data_dir, ".lock"), _thread_id())
 
     def __enter__(self):
-        depth = DataDirLock.held.get(self.key, 0)
+        depth = StoreLock.held.get(self.key, 0)
         if depth == 0:
             self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 import fcntl
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
-            except ImportError:
-                pass                        # no fcntl (Windows): a local test server only
-        DataDirLock.held[self.key] = depth + 1
+            except (ImportError, OSError):
+                pass
+        StoreLock.held[self.key] = depth + 1
         return self
 
     def __exit__(self, *exc):
-        DataDirLock.held[self.key] -= 1
-        if DataDirLock.held[self.key] == 0:
-            del DataDirLock.held[self.key]
+        StoreLock.held[self.key] -= 1
+        if StoreLock.held[self.key] == 0:
+            del StoreLock.held[self.key]
             os.close(self.fd)               # releases the lock
 
 
@@ -1066,7 +1077,7 @@ def open_store(config):
             # FULL: a commit is on disk before it returns, so OK is never sent for a lost record.
             connection.execute("PRAGMA synchronous=FULL")
             if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                with DataDirLock(config["DATA_DIR"]):     # one process migrates, the others wait
+                with StoreLock(config["DATA_DIR"]):     # one process migrates, the others wait
                     migrate_store(connection)
         except Exception:
             connection.close()
@@ -1084,7 +1095,7 @@ def _thread_id():
 
 def create_store_file(path, data_dir):
     """Create the empty database file with mode 0600 (SQLite would make it readable by all)."""
-    with DataDirLock(data_dir):             # so that no one uses the file before it is clean
+    with StoreLock(data_dir):             # so that no one uses the file before it is clean
         if os.path.exists(path):
             return
         # A journal left behind by a deleted store would be replayed into the new one. It goes
@@ -1176,7 +1187,7 @@ def recover_damaged_store(config, error):
     import sqlite3
     path = store_path(config)
     close_store()
-    with DataDirLock(config["DATA_DIR"]):
+    with StoreLock(config["DATA_DIR"]):
         try:                                # another process may have recovered it meanwhile
             probe = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
             try:
@@ -1248,13 +1259,18 @@ def duplicate_key(notification):
                                 hashlib.sha256(canonical).hexdigest())
 
 
-def claim_notification(connection, notification, dispatch, timeout):
+def claim_notification(connection, config, notification, dispatch):
     """Record a delivery and decide what to do with it, in one write transaction.
 
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
     notification was handled before (or has no handler) and `body` is what to send, or ("busy",
     None) when another process is running its handler right now.
     """
+    with StoreLock(config["DATA_DIR"]):
+        return claim_in_transaction(connection, notification, dispatch, config["PROCESSING_TIMEOUT"])
+
+
+def claim_in_transaction(connection, notification, dispatch, timeout):
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
     key = duplicate_key(notification)
@@ -1297,12 +1313,13 @@ def claim_notification(connection, notification, dispatch, timeout):
         raise
 
 
-def finish_notification(connection, notification, claim, status, answer=None, error=None):
+def finish_notification(connection, config, notification, claim, status, answer=None, error=None):
     """Record a handler run's outcome. False when another process took the claim over meanwhile."""
-    cursor = connection.execute(
-        "UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
-        "updated_at = ? WHERE id = ? AND claim = ?",
-        (status, answer, error, time.time(), notification.id, claim))
+    with StoreLock(config["DATA_DIR"]):
+        cursor = connection.execute(
+            "UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
+            "updated_at = ? WHERE id = ? AND claim = ?",
+            (status, answer, error, time.time(), notification.id, claim))
     return cursor.rowcount == 1
 
 
@@ -1369,14 +1386,12 @@ def record_delivery(config, notification, dispatchable):
     """(connection, decision of claim_notification); a damaged store is recovered on the way."""
     try:
         connection = open_store(config)
-        return connection, claim_notification(connection, notification, dispatchable,
-                                              config["PROCESSING_TIMEOUT"])
+        return connection, claim_notification(connection, config, notification, dispatchable)
     except Exception as error:
         if not store_is_damaged(error):
             raise
         connection = recover_damaged_store(config, error)
-    return connection, claim_notification(connection, notification, dispatchable,
-                                          config["PROCESSING_TIMEOUT"])
+    return connection, claim_notification(connection, config, notification, dispatchable)
 
 
 def run_and_record(connection, notification, handler, claim, config):
@@ -1385,12 +1400,12 @@ def run_and_record(connection, notification, handler, claim, config):
         body = answer_body(notification, run_handler(handler, notification))
     except HandlerFailed as failure:
         try:
-            finish_notification(connection, notification, claim, "failed", error=failure.summary)
+            finish_notification(connection, config, notification, claim, "failed", error=failure.summary)
         except Exception as error:
             log.error("%s", describe_storage_error(error, store_path(config)))
         return 500, "ERROR: handler failed", "handler failed: " + failure.summary
     try:
-        if not finish_notification(connection, notification, claim, "done", answer=body):
+        if not finish_notification(connection, config, notification, claim, "done", answer=body):
             log.warning("notification #%d: the claim was taken over while its handler ran longer "
                         "than PROCESSING_TIMEOUT (%d s); raise PROCESSING_TIMEOUT",
                         notification.id, config["PROCESSING_TIMEOUT"])
@@ -1849,10 +1864,11 @@ def command_replay(args):
     connection = open_store(config)
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
     now = time.time()
-    taken = connection.execute(
-        "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
-        "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
-        (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount
+    with StoreLock(config["DATA_DIR"]):
+        taken = connection.execute(
+            "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
+            "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
+            (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount
     if not taken:
         print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
               file=sys.stderr)

@@ -145,6 +145,12 @@ class Rules(unittest.TestCase):
             self.assertTrue(is_valid(fields, value, PASSPHRASE))
             self.assertTrue(is_valid(fields, value.lower(), PASSPHRASE))
 
+    def test_no_signed_fields_sign_the_empty_string(self):
+        empty = hashlib.sha512(b"").hexdigest().upper()
+        self.assertEqual(sign("p", {}), empty)
+        self.assertEqual(sign("p", {"a": "", "sha_sign": "X"}), empty)
+        self.assertEqual(sign("p", {"a": ""}, upper_keys=True), empty)
+
     def test_html_entities_are_not_decoded(self):
         self.assertNotEqual(sign("p", {"a": "&amp;"}), sign("p", {"a": "&"}))
 

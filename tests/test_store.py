@@ -151,7 +151,8 @@ class ExactlyOnce(ReceiverTestCase):
         connection = ipn_receiver.open_store(ipn_receiver.settings())
         notification = ipn_receiver.Notification("digistore24", "on_payment", dict(payment()))
         del notification.fields["sha_sign"]
-        self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
+        self.assertEqual(ipn_receiver.claim_notification(connection, ipn_receiver.settings(), notification, True)[0],
+                         "run")
         # The process that claimed it died. Within the timeout, copies wait...
         self.assertEqual(post(payment()).status, 503)
         # ...after it, the next copy takes the claim over and runs the handler.
