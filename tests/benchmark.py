@@ -68,17 +68,24 @@ def signed_bodies(count, prefix):
 
 # ---- CGI ------------------------------------------------------------------------------------
 
-def run_cgi(argv, environment, body):
-    """Run one CGI request; (wall ms, maxrss MiB, stdout)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL)
-    output, _ = process.communicate(body)
-    _, _, usage = os.wait4(process.pid, 0) if process.returncode is None else (0, 0, None)
-    elapsed = (time.perf_counter() - started) * 1000
-    if usage is None:       # communicate() reaped it: take the children's usage instead
-        usage = None
-    return elapsed, output, process
+# A small process that starts one CGI program and reports its wall time and peak memory. The
+# benchmark itself must not fork the programs: a forked child starts with its parent's resident
+# memory, and Linux keeps that high-water mark across exec, so every program would show the
+# benchmark's own size. This helper (python3 -S) is smaller than any program measured.
+FORK_HELPER = """
+import os, sys, time
+output, body = sys.argv[1], sys.argv[2]
+stdin = os.open(body, os.O_RDONLY)
+stdout = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+stderr = os.open(os.devnull, os.O_WRONLY)
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(stdin, 0); os.dup2(stdout, 1); os.dup2(stderr, 2)
+    os.execv(sys.argv[3], sys.argv[3:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, status)
+"""
 
 
 def measure_cgi(runs, warmup, folder):
@@ -106,28 +113,26 @@ def measure_cgi(runs, warmup, folder):
         "floor": ([SYSTEM_PYTHON, "-c", "pass"], dict(base)),
     }
     bodies = signed_bodies(warmup + runs, "9")
+    body_file, output_file = os.path.join(folder, "body"), os.path.join(folder, "output")
     results = {name: {"ms": [], "mib": [], "bad": 0} for name in programs}
     order = list(programs)
     for number, body in enumerate(bodies):
+        with open(body_file, "wb") as file:
+            file.write(body)
         turn = order[number % 3:] + order[:number % 3]      # each goes first equally often
         for name in turn:
             argv, environment = programs[name]
             environment = dict(environment, CONTENT_LENGTH=str(len(body)))
-            started = time.perf_counter()
-            process = subprocess.Popen(argv, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL)
-            process.stdin.write(body)
-            process.stdin.close()
-            output = process.stdout.read()
-            _, status, usage = os.wait4(process.pid, 0)
-            elapsed = (time.perf_counter() - started) * 1000
-            process.returncode = status
-            process.stdout.close()
+            report = subprocess.run([SYSTEM_PYTHON, "-S", "-c", FORK_HELPER, output_file, body_file] + argv,
+                                    env=environment, stdout=subprocess.PIPE, check=True).stdout.split()
+            seconds, maxrss_kib, status = float(report[0]), int(report[1]), int(report[2])
+            with open(output_file, "rb") as file:
+                output = file.read()
             if number < warmup:
                 continue
-            results[name]["ms"].append(elapsed)
-            results[name]["mib"].append(usage.ru_maxrss / 1024)
-            if name != "floor" and not output.rstrip().endswith(b"\r\n\r\nOK") and not output.endswith(b"OK"):
+            results[name]["ms"].append(seconds * 1000)
+            results[name]["mib"].append(maxrss_kib / 1024)
+            if name != "floor" and (status != 0 or not output.endswith(b"\r\n\r\nOK")):
                 results[name]["bad"] += 1
     connection = sqlite3.connect(os.path.join(data_dir, "events.sqlite3"))
     stored = connection.execute("SELECT count(*) FROM notifications WHERE status = 'done'").fetchone()[0]
@@ -142,6 +147,16 @@ def measure_cgi(runs, warmup, folder):
 # ---- verification --------------------------------------------------------------------------
 
 def measure_verification():
+    """Measured in /usr/bin/python3, the interpreter of the CGI rows (builds differ: a Python
+    built without optimizations runs the Python-level part slower, the hash no slower)."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return {"skip": "%s is missing" % SYSTEM_PYTHON}
+    done = subprocess.run([SYSTEM_PYTHON, os.path.abspath(__file__), "--verification-only"],
+                          stdout=subprocess.PIPE, check=True)
+    return json.loads(done.stdout)
+
+
+def verification_figures():
     fields = sample_fields()
     signature = ipn_receiver.digistore24_signature(PASSPHRASE, fields)
     text = PASSPHRASE.join(k + "=" + v for k, v in sorted(fields.items()) if v != "") + PASSPHRASE
@@ -267,7 +282,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10, help="gunicorn load duration (default 10)")
     parser.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
+    parser.add_argument("--verification-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.verification_only:
+        print(json.dumps(verification_figures()))
+        return 0
     folder = tempfile.mkdtemp(prefix="ipn-bench-")
     try:
         cgi = measure_cgi(args.runs, args.warmup, folder)
@@ -304,7 +323,12 @@ def main():
         answered = python["bad"] == 0 and php["bad"] == 0 and cgi["stored"] == cgi["expected"]
         print("  %-56s %-22s %-24s %s" % ("every call answered OK, each stored once (%d/%d)"
                                           % (cgi["stored"], cgi["expected"]), "", "", verdict(answered)))
-    print("Verification in-process, the 173-field sample (%d bytes signed)" % verification["length"])
+    if "skip" in verification:
+        print("Verification in-process\n  skipped: " + verification["skip"])
+        verification = {"verify": 0, "floor": 1, "bytes": 1, "length": 0}
+        verdicts.append(False)
+    print("Verification in-process, the 173-field sample (%d bytes signed), /usr/bin/python3"
+          % verification["length"])
     ratio = verification["verify"] / verification["floor"]
     print("  %-56s %6.1f us %-13s %.2fx the floor (<= %.0fx)   %s" % (
         "digistore24_signature_is_valid()", verification["verify"], "", ratio, TARGETS["verify"],
@@ -321,9 +345,11 @@ def main():
             wsgi["requests"], wsgi["seconds"]), wsgi["rps"], "", TARGETS["rps"], verdict(wsgi["rps"] >= TARGETS["rps"])))
         print("  %-56s %6.1f ms / %.1f ms %-4s p99 < %d ms   %s" % ("latency p50 / p99", wsgi["p50"], wsgi["p99"], "",
                                                              TARGETS["p99_ms"], verdict(wsgi["p99"] < TARGETS["p99_ms"])))
-        clean = (wsgi["bad"] == 0 and wsgi["socket_errors"] == 0 and wsgi["stored"] == wsgi["requests"]
-                 and wsgi["requests"] <= wsgi["distinct"])
-        print("  %-56s %-22s %-24s %s" % ("all 200 OK, all distinct, each stored once (%d/%d)" % (
+        # wrk stops counting with up to 8 requests (one per connection) still under way; the
+        # server finishes and stores those too.
+        clean = (wsgi["bad"] == 0 and wsgi["socket_errors"] == 0 and wsgi["requests"] <= wsgi["distinct"]
+                 and wsgi["requests"] <= wsgi["stored"] <= wsgi["requests"] + 8)
+        print("  %-56s %-22s %-24s %s" % ("all 200 OK, distinct, stored (%d stored, %d counted)" % (
             wsgi["stored"], wsgi["requests"]), "", "", verdict(clean)))
     met = all(verdicts)
     print("\n%s" % ("every target met" if met else "TARGETS MISSED"))
