@@ -478,6 +478,13 @@ class Log:
         """Log an error with the traceback of the exception being handled."""
         self._log(40, message, args, with_traceback=True)
 
+    def mask(self, text):
+        """`text` with every configured secret replaced by [secret]."""
+        self._setup()
+        for secret in self.secrets:
+            text = text.replace(secret, "[secret]")
+        return text
+
     def reset(self):
         """Forget the setup, so that the next line follows the settings in effect then."""
         if self._ready and self._logger is not None:
@@ -555,8 +562,7 @@ class Log:
             if with_traceback:
                 import traceback
                 text += "\n" + traceback.format_exc().rstrip()
-            for secret in self.secrets:
-                text = text.replace(secret, "[secret]")
+            text = self.mask(text)
             if self._logger is not None:
                 self._logger.log(level, "%s", text)
                 return
@@ -780,7 +786,11 @@ def read_body(environ, limit):
 
 def read_uwsgi_chunks(limit):
     """A chunked body under uWSGI, which hands it over only through its own API, chunk by chunk."""
-    import uwsgi
+    try:
+        import uwsgi
+    except ImportError:
+        raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
+                           "body to its end")
     parts, size = [], 0
     while True:
         try:
@@ -1178,11 +1188,12 @@ def store_is_damaged(error):
     return "malformed" in text or "not a database" in text
 
 
-def recover_damaged_store(config, error):
+def recover_damaged_store(config, error, force=False):
     """Move a damaged store aside, start a new one, and copy into it every row still readable.
 
     The sender keeps retrying what failed, so new calls are taken again at once; the damaged
     file is kept beside the new one, never deleted. Returns a connection to the new store.
+    Without `force`, a store another process has recovered meanwhile is left as it is.
     """
     import sqlite3
     path = store_path(config)
@@ -1192,7 +1203,8 @@ def recover_damaged_store(config, error):
             probe = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
             try:
                 probe.execute("SELECT count(*) FROM notifications").fetchone()
-                return open_store(config)
+                if not force:
+                    return open_store(config)
             finally:
                 probe.close()
         except sqlite3.Error as probe_error:
@@ -1211,25 +1223,51 @@ def recover_damaged_store(config, error):
 
 
 def salvage_rows(damaged_path, connection):
-    """Copy the rows that can still be read from a damaged store; returns how many."""
+    """Copy every row that can still be read from a damaged store into `connection`; how many."""
     import sqlite3
     columns = ("id, received_at, provider, event, duplicate_key, is_test, fields, status, attempts, "
                "deliveries, last_error, answer, claim, claimed_at, updated_at")
-    copied = 0
-    connection.execute("BEGIN IMMEDIATE")
+    rows = {}
     try:
         source = sqlite3.connect(damaged_path)
-        try:
+    except sqlite3.Error:
+        return 0
+    try:
+        try:                                # a scan reads everything before the first bad page
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
+                rows[row[0]] = row
+        except sqlite3.Error:
+            # Then row by row: a lookup by id passes damaged pages by. Ids are dense, so the
+            # search ends after the highest id, or 1000 misses past the last row found.
+            try:
+                top = source.execute("SELECT max(id) FROM notifications").fetchone()[0] or 0
+            except sqlite3.Error:
+                top = 0
+            number, misses = 1, 0
+            while number <= top or misses < 1000:
+                try:
+                    row = source.execute("SELECT %s FROM notifications WHERE id = ?" % columns,
+                                         (number,)).fetchone()
+                except sqlite3.Error:
+                    row = None
+                if row:
+                    rows[number], misses = row, 0
+                else:
+                    misses += 1
+                number += 1
+    finally:
+        source.close()
+    with StoreLock(os.path.dirname(damaged_path)):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows.values():
                 connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
                                    % (columns, ", ".join("?" * 15)), row)
-                copied += 1
-        finally:
-            source.close()
-    except sqlite3.Error:
-        pass                                # keep what was read before the damage
-    connection.execute("COMMIT")
-    return copied
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    return len(rows)
 
 
 def json_text(fields):
@@ -1249,14 +1287,31 @@ def json_string(text):
 def duplicate_key(notification):
     """What makes two deliveries the same notification, and so the handler run only once."""
     fields = notification.fields
-    if notification.provider == PROMOPIT and fields.get("promopit_txn_id"):
-        return "promopit:" + fields["promopit_txn_id"]
-    if notification.provider == DIGISTORE24 and fields.get("transaction_id"):
-        return "digistore24:%s:%s" % (notification.event, fields["transaction_id"])
+    if notification.provider == PROMOPIT:
+        transaction = field_ignoring_case(fields, "promopit_txn_id")
+        if transaction:
+            return "promopit:" + transaction
+    else:
+        transaction = field_ignoring_case(fields, "transaction_id")
+        if transaction:
+            return "digistore24:%s:%s" % (notification.event, transaction)
     # No transaction id (a connection test, say): only an exact copy is the same notification.
-    canonical = json_text(dict(sorted(fields.items()))).encode("utf-8")
+    canonical = json_text(dict(sorted((key.translate(_ASCII_UPPER), value) for key, value in fields.items())))
     return "%s:%s:sha256:%s" % (notification.provider, notification.event,
-                                hashlib.sha256(canonical).hexdigest())
+                                hashlib.sha256(canonical.encode("utf-8")).hexdigest())
+
+
+def field_ignoring_case(fields, name):
+    """A field by its name in any ASCII case. The upper-keys signature variant fixes the keys of a
+    call only up to their case, so a replayed copy may say Transaction_ID: it is the same
+    notification all the same, and must not run its handler a second time."""
+    if name in fields:
+        return fields[name]
+    wanted = name.translate(_ASCII_UPPER)
+    for key, value in fields.items():
+        if key.translate(_ASCII_UPPER) == wanted:
+            return value
+    return None
 
 
 def claim_notification(connection, config, notification, dispatch):
@@ -1430,9 +1485,7 @@ def run_handler(handler, notification):
     try:
         return handler(notification)
     except (Exception, SystemExit) as error:
-        summary = ("%s: %s" % (type(error).__name__, error))[:500].translate(_CONTROL_CHARACTERS)
-        for secret in log.secrets:
-            summary = summary.replace(secret, "[secret]")
+        summary = log.mask(("%s: %s" % (type(error).__name__, error)).translate(_CONTROL_CHARACTERS))[:500]
         log.exception("%s handler %s failed for %s", notification.provider,
                       getattr(handler, "__name__", "?"), notification.reference)
         raise HandlerFailed(summary)
@@ -1955,14 +2008,16 @@ def command_check(args):
             journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
             counts = dict(connection.execute(
                 "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
-            report(result == "ok", "event store %s: integrity %s, journal %s" % (store_path(config), result, journal),
-                   "move the damaged file aside; the next call starts a new store")
+            report(result == "ok", "event store %s: integrity %s, journal %s" % (
+                store_path(config), result.splitlines()[0], journal),
+                "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
             note("stored: %s" % (", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())) or "nothing yet"))
             if counts.get("failed"):
                 note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
                      % counts["failed"])
         except (StorageError, sqlite3.Error) as error:
-            report(False, "event store: %s" % error, "see the message")
+            report(False, "event store: %s" % error, "see the message; for a damaged store: "
+                   "python3 ipn_receiver.py repair")
         for name in (STORE_FILE_NAME, LOG_FILE_NAME):
             path = os.path.join(data_dir, name)
             if os.path.exists(path):
@@ -1970,6 +2025,33 @@ def command_check(args):
                 report(not mode & 0o077, "%s mode %03o" % (name, mode), "chmod 600 %s" % path)
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
+
+
+def command_repair(args):
+    """Set a damaged store aside and start a new one with every row that can still be read."""
+    import sqlite3
+    config = settings()
+    path = store_path(config)
+    if not os.path.exists(path):
+        print("no store at %s yet; nothing to repair" % path)
+        return 0
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        result = str(error)
+    if result == "ok" and not args.force:
+        print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
+        return 0
+    connection = recover_damaged_store(config, "repair: " + result.splitlines()[0], force=True)
+    count = connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
+    check = connection.execute("PRAGMA integrity_check").fetchone()[0]
+    print("set the damaged store aside beside the new one; the new store holds %d notifications, "
+          "integrity %s" % (count, check))
+    return 0 if check == "ok" else 1
 
 
 def build_parser():
@@ -2012,6 +2094,10 @@ def build_parser():
 
     check = commands.add_parser("check", help="health report: settings, folders, store; exit 1 on problems")
     check.set_defaults(run=command_check)
+
+    repair = commands.add_parser("repair", help="set a damaged store aside, keep every readable row")
+    repair.add_argument("--force", action="store_true", help="even if it passes its integrity check")
+    repair.set_defaults(run=command_repair)
     return parser
 
 

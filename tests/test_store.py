@@ -105,6 +105,24 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual(keys, ["digistore24:on_payment:1", "digistore24:on_refund:1",
                                 "digistore24:on_payment:2", "promopit:PP-1"])
 
+    def test_a_case_changed_copy_of_an_upper_keys_call_is_still_a_copy(self):
+        # That variant signs keys only up to their case: a captured call replayed with
+        # Transaction_ID instead of transaction_id verifies, and must not run the handler again.
+        seen = []
+        self.handle("on_payment", seen.append)
+        fields = dict(payment("4711"))
+        del fields["sha_sign"]
+        original = signed(fields, upper_keys=True)
+        replay = {("Transaction_ID" if key == "transaction_id" else key): value for key, value in original.items()}
+        self.assertEqual(post(original).body, "OK")
+        self.assertEqual(post(replay).body, "OK")
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(self.rows()[0]["deliveries"], 2)
+        test = signed({"event": "connection_test", "ipn_version": "1.6"}, upper_keys=True)
+        post(test)
+        post({("IPN_Version" if key == "ipn_version" else key): value for key, value in test.items()})
+        self.assertEqual(self.rows()[1]["deliveries"], 2)
+
     def test_without_a_transaction_id_only_exact_copies_collapse(self):
         test = fixture_fields("digistore24_connection_test")
         post(test)

@@ -1,0 +1,88 @@
+"""Security properties, end to end through application(); the fuzz run checks them at scale.
+
+- every secret is compared with hmac.compare_digest, and its verdict is what decides;
+- no secret in any answer, log line, stored row or exception message, whatever the request;
+- error answers never repeat the request's data;
+- the status line reveals no setting.
+"""
+
+import hmac
+import os
+from unittest import mock
+
+from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, call, environ_for, ipn_receiver, payment, post,
+                     promopit_sale)
+
+
+class TimingSafeComparison(ReceiverTestCase):
+    def test_the_signature_and_the_isn_key_go_through_compare_digest(self):
+        for fields, secret_kind in ((payment(), "signature"), (promopit_sale(), "isn key")):
+            with mock.patch.object(hmac, "compare_digest", wraps=hmac.compare_digest) as spy:
+                self.assertEqual(post(fields).body, "OK")
+            self.assertGreaterEqual(spy.call_count, 1, secret_kind)
+            for args, _ in spy.call_args_list:
+                self.assertIsInstance(args[0], bytes)         # bytes: any received value compares
+            # The comparison's verdict decides: told "different", the same genuine call is refused.
+            with mock.patch.object(hmac, "compare_digest", return_value=False):
+                answer = post(dict(fields, transaction_id="other", promopit_txn_id="other"))
+            self.assertEqual(answer.status, 403, secret_kind)
+
+    def test_no_plain_comparison_of_secrets_in_the_code(self):
+        with open(ipn_receiver.__file__, encoding="utf-8") as file:
+            source = file.read()
+        for plain in ("== passphrase", "passphrase ==", "== isn_key", "isn_key ==", "== received",
+                      "received ==", "== expected", "expected =="):
+            self.assertNotIn(plain, source)
+
+
+class NothingLeaks(ReceiverTestCase):
+    settings = {"LOG_LEVEL": "DEBUG"}
+
+    def test_no_secret_in_any_answer(self):
+        requests = [environ_for(method="GET", content_type=None), environ_for(method="HEAD", content_type=None)]
+        answers = [call(environ) for environ in requests]
+        answers += [post(payment()), post(dict(payment(), sha_sign="0")), post(promopit_sale(isn_key="x")),
+                    post({"order_id": "1"})]
+        ipn_receiver.use_settings(SHA_PASSPHRASE=ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"], DATA_DIR=self.data_dir)
+        answers.append(post(payment()))
+        for answer in answers:
+            for secret in (PASSPHRASE, ISN_KEY, ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"], payment()["sha_sign"]):
+                self.assertFalse(secret in answer.body, "a secret in an answer")
+                self.assertFalse(any(secret in value for value in answer.headers.values()), "a secret in a header")
+
+    def test_the_status_line_names_no_setting(self):
+        body = call(environ_for(method="GET", content_type=None)).body
+        for setting in ("SHA_PASSPHRASE", "ISN_KEY", "DATA_DIR", self.data_dir, "LOG_LEVEL", ipn_receiver.__version__):
+            self.assertNotIn(setting, body)
+
+    def test_no_secret_in_exception_messages(self):
+        errors = []
+        for name in ipn_receiver.SECRET_SETTINGS:
+            config = {"SHA_PASSPHRASE": "", "ISN_KEY": ""}
+            errors.append(ipn_receiver.secret_problem(config, name))
+        try:
+            ipn_receiver.finish_settings(dict(ipn_receiver.load_settings({}), LOG_LEVEL=PASSPHRASE,
+                                              SHA_PASSPHRASE=PASSPHRASE), {"LOG_LEVEL": "x", "MAX_BODY_BYTES": "x",
+                                                                            "PROCESSING_TIMEOUT": "x"}, None)
+        except ipn_receiver.ConfigError as error:
+            errors.append(str(error))
+        self.handle("on_payment", lambda n: (_ for _ in ()).throw(ValueError("key " + PASSPHRASE)))
+        post(payment())
+        errors.append(self.rows()[0]["last_error"])
+        for text in errors:
+            self.assertFalse(PASSPHRASE in text or ISN_KEY in text, "a secret in an error message")
+
+    def test_nothing_secret_in_the_data_folder_but_where_it_must_be(self):
+        post(payment())
+        post(promopit_sale())
+        ipn_receiver.close_store()
+        for name in os.listdir(self.data_dir):
+            with open(os.path.join(self.data_dir, name), "rb") as file:
+                content = file.read()
+            for secret in (PASSPHRASE, ISN_KEY, payment()["sha_sign"]):
+                self.assertFalse(secret.encode() in content, "a secret in " + name)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
