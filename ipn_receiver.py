@@ -722,6 +722,10 @@ def digistore24_signature_is_valid(fields, received, passphrase):
     # An empty passphrase would make the signature something anyone can compute: never accept.
     if not passphrase or not received:
         return False
+    # Nor a call with no non-empty field: the passphrase only follows pairs, so with none the
+    # signed text is empty, and its hash, the same for every passphrase, proves nothing.
+    if not any(value != "" for key, value in fields.items() if key not in SIGNATURE_FIELDS):
+        return False
     # The sender may write the hex digits in either case. Compare bytes: hmac.compare_digest
     # refuses str with non-ASCII characters, and a forged value may contain any.
     received = received.upper().encode("utf-8")

@@ -337,7 +337,7 @@ class Fuzz(unittest.TestCase):
 
     def test_4_over_the_whole_run(self):
         """Runs last: the error answers were few and fixed, and no secret reached log or store."""
-        if self.requests < sum(EXAMPLES.values()):
+        if self.requests == 0:
             self.skipTest("run together with the fuzz tests above")
         print("\n  fuzz: %d requests, %d accepted notifications, %d distinct error answers, %d handler "
               "failures" % (self.requests, len(self.accepted), len(self.error_bodies), len(self.raised)),

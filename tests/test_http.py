@@ -129,6 +129,14 @@ class Answers(ReceiverTestCase):
         self.assertAnswer(post(payment("9", event="on_refund")), 200, "OK")
         self.assertEqual(self.rows()[0]["status"], "ignored")
 
+    def test_a_call_with_only_empty_fields_is_refused(self):
+        import hashlib
+        anyones = hashlib.sha512(b"").hexdigest().upper()
+        for fields in ({"event": "", "sha_sign": anyones}, {"x": "", "y": "", "event": "", "sha_sign": anyones}):
+            answer = post(fields)                     # unverifiable, and so without an event
+            self.assertEqual((answer.status, answer.body), (400, "ERROR: missing event"))
+        self.assertEqual(self.rows(), [])
+
     def test_missing_event(self):
         fields = {"order_id": "1", "transaction_id": "2"}
         self.assertAnswer(post(dict(fields, sha_sign="00")), 400, "ERROR: missing event")

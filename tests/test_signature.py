@@ -162,6 +162,15 @@ class NeverWithoutASecret(unittest.TestCase):
         self.assertFalse(is_valid(fields, forged, ""))
         self.assertFalse(is_valid(fields, forged, None))
 
+    def test_a_call_with_nothing_signed_never_verifies(self):
+        # With no non-empty field the signed text is empty: its hash is the same for every
+        # passphrase, so anyone can compute it. (Found by fuzzing.)
+        for fields in ({}, {"event": ""}, {"a": "", "b": "", "sha_sign": "X"}):
+            nothing = sign("anything at all", fields)
+            self.assertEqual(nothing, hashlib.sha512(b"").hexdigest().upper())
+            self.assertFalse(is_valid(fields, nothing, PASSPHRASE))
+            self.assertFalse(is_valid(fields, sign(PASSPHRASE, fields, upper_keys=True), PASSPHRASE))
+
     def test_a_missing_or_empty_signature_never_verifies(self):
         self.assertFalse(is_valid({"a": "1"}, "", "p"))
         self.assertFalse(is_valid({"a": "1"}, None, "p"))
