@@ -1577,7 +1577,7 @@ def application(environ, start_response):
 
 
 # =================================================================================================
-#  Commands: serve, send, demo, events, show, replay, check
+#  Commands: serve, send, demo, events, show, replay, check, repair
 # =================================================================================================
 
 DIGISTORE24_EVENTS = ("connection_test", "on_payment", "on_payment_missed", "on_refund", "on_chargeback",

@@ -25,7 +25,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from helpers import ISN_KEY, PASSPHRASE, REPO, SCRIPT, fixture_fields, payment, promopit_sale, urlencode
+from helpers import ISN_KEY, PASSPHRASE, PYTHON, REPO, SCRIPT, fixture_fields, payment, promopit_sale, urlencode
 
 README = os.path.join(REPO, "README.md")
 MODULES = "/usr/lib/apache2/modules"
@@ -180,8 +180,10 @@ class Target:
     def launch(cls, argv, env=None, cwd=None, as_user=False, name="server"):
         """Start a process in its own session; its output goes to server/<name>.log."""
         log = open(os.path.join(cls.server_dir, name + ".log"), "ab")
-        environment = dict(os.environ if env is None else env)
-        environment.pop("GATEWAY_INTERFACE", None)
+        # A server's environment, not the test runner's: no GATEWAY_INTERFACE, and no PYTHONHOME
+        # or the like of the Python running the tests (Debian's unpacked interpreters set it).
+        environment = {key: value for key, value in (os.environ if env is None else env).items()
+                       if not key.startswith("PYTHON") and key != "GATEWAY_INTERFACE"}
         preexec = None
         if as_user and cls.user:
             uid, gid = cls.user.pw_uid, cls.user.pw_gid
@@ -430,7 +432,7 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                 self.assertEqual(status, 500)
                 self.assertNotIn(b"import ", body)                 # an error page, not the source
                 script = os.path.join(self.home, "public_html", name, "ipn_receiver.py")
-                done = subprocess.run([sys.executable, script, "check"], stdout=subprocess.PIPE,
+                done = subprocess.run([PYTHON, script, "check"], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, timeout=60,
                                       env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, name + "-data")))
                 self.assertEqual(done.returncode, 1)
@@ -564,23 +566,21 @@ class NginxFcgiwrap(Target, unittest.TestCase):
 
 # ---- WSGI servers --------------------------------------------------------------------------
 
-def tool(name):
-    """A console script installed beside this Python (a virtual environment's bin), or on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), name)
-    return here if os.path.exists(here) else shutil.which(name)
-
-
 class WsgiServer(Target):
+    """A WSGI server installed for the Python running the tests, started as README.md says, with
+    its command run by that same Python."""
+
     serves_files = False
     script_path = "/"
-    command = "?"
-    package = "?"
+    command = module = package = snippet_name = "?"
+    runner = ()                 # how this Python runs the command: ["-m", "gunicorn"], ...
     protected = ("/config.ini", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log", "/ipn_receiver.py")
 
     @classmethod
     def setUpClass(cls):
-        if not tool(cls.command):
-            raise unittest.SkipTest("%s: %s is not installed (pip install %s)" % (cls.name, cls.command, cls.package))
+        import importlib.util
+        if importlib.util.find_spec(cls.module) is None:
+            raise unittest.SkipTest("%s: not installed for this Python (pip install %s)" % (cls.name, cls.package))
         Target.setUpClass.__func__(cls)
 
     @classmethod
@@ -590,26 +590,30 @@ class WsgiServer(Target):
     @classmethod
     def start(cls):
         # The README's command line, as the vendor would type it in their own shell.
+        import shlex
         command = cls.readme(cls.snippet_name).strip()
-        command = command.replace(" %s " % cls.command, " %s " % tool(cls.command), 1)
+        command = command.replace(" %s " % cls.command, " %s " % " ".join(shlex.quote(part) for part in [PYTHON] + list(cls.runner)), 1)
         cls.launch(["/bin/sh", "-c", command.replace("&& ", "&& exec ")])
 
 
 class Gunicorn(WsgiServer, unittest.TestCase):
     name = "gunicorn"
-    command = package = snippet_name = "gunicorn"
+    command = module = package = snippet_name = "gunicorn"
+    runner = ("-m", "gunicorn")
 
 
 class Waitress(WsgiServer, unittest.TestCase):
     name = "waitress"
     command = "waitress-serve"
-    package = snippet_name = "waitress"
+    module = package = snippet_name = "waitress"
+    runner = ("-m", "waitress")
 
 
 class Uwsgi(WsgiServer, unittest.TestCase):
     name = "uwsgi"
     command = snippet_name = "uwsgi"
-    package = "pyuwsgi"
+    module = package = "pyuwsgi"
+    runner = ("-c", "import sys; from pyuwsgi import run; sys.exit(run())")    # what its `uwsgi` script does
 
 
 if __name__ == "__main__":
