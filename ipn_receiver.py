@@ -497,12 +497,6 @@ class Log:
                 pass
         self._ready = False
 
-    @property
-    def path(self):
-        """The log file's path (None when the data folder is not usable)."""
-        self._setup()
-        return self._path
-
     def _setup(self):
         if self._ready:
             return
@@ -523,8 +517,8 @@ class Log:
             except OSError as error:
                 self._path = None
                 if self.to_stderr:
-                        sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging "
-                                     "to stderr only. Run `python3 ipn_receiver.py check`.\n"
+                    sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
+                                     "stderr only. Run `python3 ipn_receiver.py check`.\n"
                                      % (config["DATA_DIR"], error.strerror))
         if not self.one_shot:
             self._start_python_logging()
