@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from helpers import PYTHON, REPO, cgi_environment, ipn_receiver, parse_cgi_output, payment, promopit_sale, urlencode
+from helpers import PYTHON, REPO, cgi_environment, parse_cgi_output, payment, promopit_sale, urlencode
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 

@@ -33,7 +33,7 @@ except ImportError:
     raise unittest.SkipTest("hypothesis is not installed (pip install hypothesis)")
 
 from helpers import (FORM, ISN_KEY, PASSPHRASE, call, environ_for, fixture, fixture_fields, forget_settings,
-                     ipn_receiver, payment, signed)
+                     ipn_receiver, payment)
 
 
 

@@ -17,7 +17,7 @@
 import unittest
 from unittest import mock
 
-from helpers import (FORM, PASSPHRASE, ReceiverTestCase, call, environ_for, fixture, fixture_fields,
+from helpers import (PASSPHRASE, ReceiverTestCase, call, environ_for, fixture_fields,
                      ipn_receiver, payment, post, promopit_sale, signed, urlencode)
 from test_signature import WORKED_EXAMPLES
 

@@ -4,7 +4,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from unittest import mock
 
 from helpers import (PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for, ipn_receiver,

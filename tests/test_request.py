@@ -3,7 +3,7 @@
 import io
 import unittest
 
-from helpers import FORM, ReceiverTestCase, call, environ_for, ipn_receiver, payment, promopit_sale, urlencode
+from helpers import ReceiverTestCase, call, environ_for, ipn_receiver, payment, promopit_sale, urlencode
 
 parse = ipn_receiver.parse_urlencoded
 Refusal = ipn_receiver.Refusal
