@@ -18,6 +18,12 @@ Edit the two blocks marked EDIT HERE (settings, then one handler per event); not
 banner "NOTHING BELOW NEEDS EDITING" does. README.md explains everything else.
 """
 
+import hashlib
+import hmac
+import os
+import sys
+import time
+
 # =================================================================================================
 #  SETTINGS                                                                            EDIT HERE
 # =================================================================================================
@@ -194,61 +200,7 @@ PROMOPIT_HANDLERS = {
 #  NOTHING BELOW NEEDS EDITING
 # =================================================================================================
 # =================================================================================================
-#
-# Why the code below is a string: as a CGI program, this file is run afresh for every notification,
-# and Python compiles the file it runs every time (only imported modules get their bytecode cached
-# in __pycache__). For this file that compiling would cost more time than everything else a
-# request does. A string costs next to nothing to compile, so the machinery is kept in MACHINERY,
-# compiled once, and cached in __pycache__ beside this file like an imported module's bytecode.
-# It is ordinary Python, run in this module as if written here: its functions are attributes of
-# ipn_receiver, and tracebacks show its lines in this file as usual. For the same reason, only what
-# every POST needs is imported at the top of it; nothing on the way of a CGI call imports `re`,
-# `json`, `logging` or `urllib`.
 
-import hashlib
-import os
-import sys
-
-
-def load_machinery(source, first_line):
-    """Run `source` (MACHINERY, which starts on line `first_line` of this file) in this module.
-
-    Its bytecode is cached in __pycache__/<this file's name>.<python>.machinery and compiled again
-    whenever this file, its place or the Python version changes. Where __pycache__ cannot be
-    written, it is compiled on every run: slower, otherwise the same.
-    """
-    import marshal
-    path = os.path.abspath(__file__)
-    key = hashlib.sha256(("%s|%s|%d|" % (sys.version, path, first_line) + source).encode("utf-8")).digest()
-    cache = os.path.join(os.path.dirname(path), "__pycache__", "%s.%s.machinery" % (
-        os.path.basename(path), sys.implementation.cache_tag))
-    code = None
-    try:
-        with open(cache, "rb") as file:
-            data = file.read()
-        if data[:len(key)] == key:
-            code = marshal.loads(data[len(key):])
-    except (OSError, EOFError, ValueError, TypeError):
-        pass
-    if code is None:
-        code = compile("\n" * (first_line - 1) + source, path, "exec")
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            partial = "%s.%d.tmp" % (cache, os.getpid())
-            with open(partial, "wb") as file:
-                file.write(key + marshal.dumps(code))
-            os.replace(partial, cache)      # whole or not at all, even with calls running at once
-        except OSError:
-            pass
-    exec(code, globals())
-
-
-MACHINERY = r'''
-import hashlib
-import hmac
-import os
-import sys
-import time
 
 __version__ = "1.0.0"
 
@@ -2153,8 +2105,7 @@ def main(argv=None):
     except StorageError as error:
         print("ERROR: %s" % error, file=sys.stderr)
         return 1
-'''
-load_machinery(MACHINERY, sys._getframe().f_lineno - MACHINERY.count("\n") - 1)   # (keep right below)
+
 
 if __name__ == "__main__":
     sys.exit(main())

