@@ -21,6 +21,11 @@ if REPO not in sys.path:
 
 import ipn_receiver  # noqa: E402
 
+try:
+    import hypothesis
+except ImportError:
+    hypothesis = None
+
 SCRIPT = os.path.join(REPO, "ipn_receiver.py")
 # The interpreter for the processes tests start. Usually this one; CI names a launcher here for
 # interpreters that cannot be started by their own path (Debian's, unpacked by debian-python).
@@ -32,6 +37,24 @@ FORM = "application/x-www-form-urlencoded"
 # The secrets the fixtures were signed with (PROTOCOL.md's samples).
 PASSPHRASE = "s3cret-passphrase"
 ISN_KEY = "pp-isn-7f3a9c2e51"
+
+
+def generated(make_strategy, examples=500):
+    """Run the decorated test once for each of `examples` inputs that hypothesis draws from
+    make_strategy(hypothesis.strategies), the same inputs on every run (derandomized). Where
+    hypothesis is not installed, the test is skipped with a line saying so."""
+    import functools
+
+    def decorate(test):
+        if hypothesis is None:
+            @functools.wraps(test)
+            def skipped(self):
+                self.skipTest("hypothesis is not installed (pip install hypothesis)")
+            return skipped
+        return hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                                   suppress_health_check=list(hypothesis.HealthCheck))(
+            hypothesis.given(make_strategy(hypothesis.strategies))(test))
+    return decorate
 
 
 def fixture(name):
