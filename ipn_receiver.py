@@ -220,7 +220,16 @@ PROMOPIT = "promopit"
 # =================================================================================================
 
 class ConfigError(Exception):
-    """A setting or the INI file is wrong. The message is one line: where, what, and the fix."""
+    """A setting or the INI file is wrong.
+
+    The message is one line for the log and `check`: where, what, and the fix. `location` is the
+    short part an HTTP answer may show ("config.ini line 4"): a caller who has not proved who it
+    is learns no path and no value.
+    """
+
+    def __init__(self, message, location="the settings"):
+        Exception.__init__(self, message)
+        self.location = location
 
 
 #  name                 INI section    INI key               environment variable
@@ -255,31 +264,33 @@ def load_settings(environ=None):
     """Read the settings: this file's constants, overridden by the INI file, then by the environment."""
     environ = os.environ if environ is None else environ
     values = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
-    where = {name: "%s in ipn_receiver.py" % name for name in values}
+    where = {name: ("%s at the top of ipn_receiver.py" % name, "ipn_receiver.py") for name in values}
     config_file = environ.get("IPN_CONFIG") or None
     if config_file:
         config_file = os.path.abspath(os.path.expanduser(config_file))
         if not os.path.isfile(config_file):
             raise ConfigError("IPN_CONFIG names %s, which is not a file; correct the path or unset "
-                              "IPN_CONFIG" % config_file)
+                              "IPN_CONFIG" % config_file, "the environment variable IPN_CONFIG")
     elif os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
         config_file = os.path.join(HERE, CONFIG_FILE_NAME)
     if config_file:
-        ini = read_ini_file(config_file)
-        for name, section, key, _ in SETTINGS_SOURCES:
+        name, lines = os.path.basename(config_file), {}
+        ini = read_ini_file(config_file, lines)
+        for setting, section, key, _ in SETTINGS_SOURCES:
             value = ini.get(section, {}).pop(key, "")
             if value != "":
-                values[name] = value
-                where[name] = "%s, [%s] %s" % (os.path.basename(config_file), section, key)
+                values[setting] = value
+                line = "%s line %d" % (name, lines[section, key])
+                where[setting] = ("%s, [%s] %s" % (line, section, key), line)
         for section, keys in ini.items():
-            for key in keys:
-                raise ConfigError("%s: unknown setting [%s] %s; the settings are %s" % (
-                    os.path.basename(config_file), section, key,
-                    ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)))
-    for name, _, _, variable in SETTINGS_SOURCES:
+            for key in keys:                    # never shown: it may be a secret pasted alone
+                line = "%s line %d" % (name, lines[section, key])
+                raise ConfigError("%s: unknown setting in [%s]; the settings are %s" % (
+                    line, section, ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)), line)
+    for setting, _, _, variable in SETTINGS_SOURCES:
         if environ.get(variable, "") != "":
-            values[name] = environ[variable]
-            where[name] = "environment variable %s" % variable
+            values[setting] = environ[variable]
+            where[setting] = ("environment variable %s" % variable, "the environment variable " + variable)
     return finish_settings(values, where, config_file)
 
 
@@ -295,7 +306,7 @@ def use_settings(**values):
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     merged.update(values)
-    where = {name: "use_settings(%s=...)" % name for name in merged}
+    where = {name: ("use_settings(%s=...)" % name, "use_settings()") for name in merged}
     _settings = finish_settings(merged, where, None)
     log.reset()
     close_store()
@@ -303,69 +314,103 @@ def use_settings(**values):
 
 
 def finish_settings(values, where, config_file):
-    """Check and convert raw setting values; `where` says where each came from, for messages."""
-    result = {"config_file": config_file, "where": where}
+    """Check and convert raw setting values.
+
+    `where[name]` is (where the value came from, for messages; the short form an answer may show).
+    """
+    result = {"config_file": config_file, "where": {name: long for name, (long, _) in where.items()}}
     for name in SECRET_SETTINGS:
-        result[name] = str(values[name]) if values[name] is not None else ""
+        secret = str(values[name]) if values[name] is not None else ""
+        try:
+            secret.encode("utf-8")
+        except UnicodeEncodeError:
+            # The environment holds bytes; Python keeps those that are not UTF-8 as lone
+            # surrogates, which no signature can be computed over. (Apache's SetEnv in a file saved
+            # as Latin-1, say.)
+            raise ConfigError("%s: %s is not valid UTF-8 text; save the file that sets it as UTF-8"
+                              % (where[name][0], name), where[name][1])
+        result[name] = secret
     level = str(values["LOG_LEVEL"]).strip().upper()
     if level == "WARN":
         level = "WARNING"
     if level not in LOG_LEVELS:
-        raise ConfigError("%s: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR" % where["LOG_LEVEL"])
+        raise ConfigError("%s: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR" % where["LOG_LEVEL"][0],
+                          where["LOG_LEVEL"][1])
     result["LOG_LEVEL"] = level
     for name, example in (("MAX_BODY_BYTES", "1048576"), ("PROCESSING_TIMEOUT", "300")):
-        try:
-            number = int(str(values[name]).strip())
-        except ValueError:
-            number = 0
+        text = str(values[name]).strip()
+        number = int(text) if is_whole_number(text) else 0
         if number <= 0:
             raise ConfigError("%s: %s must be a whole number greater than 0, like %s" % (
-                where[name], name, example))
+                where[name][0], name, example), where[name][1])
         result[name] = number
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
     result["DATA_DIR"] = os.path.join(HERE, os.path.expanduser(data_dir))  # absolute stays absolute
     return result
 
 
-def read_ini_file(path):
+def is_whole_number(text):
+    """True for a string of ASCII digits, at most 18 of them. (int() takes other scripts' digits,
+    "1_000" and spaces too, and on newer Pythons refuses very long numbers with an error.)"""
+    return 0 < len(text) <= 18 and not text.strip("0123456789")
+
+
+def read_ini_file(path, lines=None):
     """Read an INI file into {section: {key: value}}; ConfigError (one line) for anything malformed.
 
-    This reads the plain subset of INI that configparser also reads (sections, `key = value` or
-    `key: value`, whole-line # and ; comments), without configparser's import cost on every CGI
-    call. Values are taken literally: no quotes needed, no inline comments, no % interpolation, so a
-    passphrase may contain any character. Spaces around a value are dropped.
+    `lines`, when given, is filled with {(section, key): line number}.
+
+    This reads what configparser.ConfigParser(interpolation=None) reads, without its import cost
+    on every CGI call (tests/test_settings.py compares the two on generated files). Values are
+    taken literally: no quotes needed, no inline comments, no % interpolation, so a passphrase may
+    contain any character; spaces around a value are dropped, as configparser drops them. Where
+    the two differ, it is on purpose:
+    - section names are compared in any case ([Receiver] is [receiver]), and spaces inside the
+      brackets are dropped: configparser would make those other, unknown sections;
+    - a line that starts with a space is refused: configparser would take it as the continuation
+      of the value above, which in a pasted passphrase is a mistake nobody sees;
+    - a UTF-8 byte order mark at the start is allowed (Windows editors write one);
+    - [DEFAULT] is not special: it is an unknown section.
     """
     name = os.path.basename(path)
     try:
         with open(path, "rb") as file:
             text = file.read().decode("utf-8-sig")    # -sig: Windows editors may add a BOM
     except OSError as error:
-        raise ConfigError("%s: cannot be read (%s); check its permissions" % (path, error.strerror))
+        raise ConfigError("%s: cannot be read (%s); check its permissions" % (path, error.strerror), name)
     except UnicodeDecodeError:
-        raise ConfigError("%s: is not UTF-8 text; save it as UTF-8" % name)
-    sections, current = {}, None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+        raise ConfigError("%s: is not UTF-8 text; save it as UTF-8" % name, name)
+    sections, current, lines = {}, None, {} if lines is None else lines
+    # Lines end as in Python's text files (\n, \r\n or \r), and nowhere else: str.splitlines()
+    # would also break at U+2028, U+0085, form feeds, ..., which a passphrase may contain.
+    for number, raw in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        line, at = raw.strip(), "%s line %d" % (name, number)
         if not line or line[0] in "#;":
             continue
-        if raw[0] in " \t":
-            raise ConfigError("%s line %d: starts with a space; write each setting on one line, "
-                              "at the start of the line" % (name, number))
+        if raw[0].isspace():
+            raise ConfigError("%s: starts with a space; write each setting on one line, at the start "
+                              "of the line" % at, at)
         if line[0] == "[":
-            if not line.endswith("]") or not line[1:-1].strip():
-                raise ConfigError("%s line %d: a section header looks like [receiver]" % (name, number))
-            current = sections.setdefault(line[1:-1].strip().lower(), {})
+            end = line.rfind("]")                   # what follows the last "]" is ignored
+            section = line[1:end].strip().lower() if end > 0 else ""
+            if not section:
+                raise ConfigError("%s: a section header looks like [receiver]" % at, at)
+            if section in sections:
+                raise ConfigError("%s: [%s] appears a second time; keep one" % (at, section), at)
+            current = sections[section] = {}
             continue
         cut = min(i for i in (line.find("="), line.find(":"), len(line)) if i >= 0)
         key = line[:cut].strip().lower()
         if cut == len(line) or not key:
-            raise ConfigError("%s line %d: expected `key = value`" % (name, number))
+            raise ConfigError("%s: expected `key = value`" % at, at)
         if current is None:
-            raise ConfigError("%s line %d: %s comes before any [section]; put it under its section, "
-                              "see config.example.ini" % (name, number, key))
+            raise ConfigError("%s: a setting before any [section]; put it under its section, see "
+                              "config.example.ini" % at, at)
         if key in current:
-            raise ConfigError("%s line %d: %s is set twice in its section; keep one" % (name, number, key))
+            raise ConfigError("%s: this setting is set a second time in its section (line %d); keep "
+                              "one" % (at, lines[section, key]), at)
         current[key] = line[cut + 1:].strip()
+        lines[section, key] = number
     return sections
 
 
@@ -389,8 +434,58 @@ def secret_problem(config, name):
 #  Logging: one line per request to DATA_DIR/ipn_receiver.log and to stderr
 # =================================================================================================
 
-_CONTROL_CHARACTERS = {code: "\\x%02x" % code for code in list(range(32)) + [127] if code != 9}
-_CONTROL_CHARACTERS.update({10: "\\n", 13: "\\r"})
+# Every control character and every Unicode line break, written as a visible escape: text from a
+# request (or from a handler's exception) can neither start a line of its own nor hide what follows
+# behind terminal or bidirectional-text control codes.
+_ESCAPES = {code: "\\x%02x" % code for code in list(range(32)) + list(range(127, 160))}
+_ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
+_ESCAPES.update({code: "\\u%04x" % code for code in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B,
+                                                    0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069)})
+LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
+
+
+def one_line(text):
+    """`text` as one line of printable text: control characters and line breaks escaped (a newline
+    becomes \\n), and lone surrogates (bytes that were not UTF-8) as \\udcxx."""
+    return text.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def shortened(text, size=80):
+    """At most `size` characters of text nobody has vouched for: junk must not fill the log."""
+    return text if len(text) <= size else "%s...(%d characters)" % (text[:size], len(text))
+
+
+def log_line(level, text, when):
+    """A line of the log, exactly as logging.Formatter(LOG_FORMAT) writes it for a record made at
+    `when` (a time.time() value): tests/test_logging.py compares the two."""
+    return "%s,%03d %s [%d] %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)),
+                                   int((when - int(when)) * 1000), LEVEL_NAMES[level], os.getpid(), text)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
+
+
+def traceback_lines(error, seen=None):
+    """The traceback of `error`, after those of the exceptions it came from, as a list of lines.
+
+    Only the traceback's own structure makes lines: the exception's message may hold request data,
+    so it stays one line (the log escapes its line breaks like any other text's).
+    """
+    import traceback
+    seen = set() if seen is None else seen
+    seen.add(id(error))
+    lines = []
+    if error.__cause__ is not None and id(error.__cause__) not in seen:
+        lines += traceback_lines(error.__cause__, seen)
+        lines += ["", "The above exception was the direct cause of the following exception:", ""]
+    elif error.__context__ is not None and not error.__suppress_context__ and id(error.__context__) not in seen:
+        lines += traceback_lines(error.__context__, seen)
+        lines += ["", "During handling of the above exception, another exception occurred:", ""]
+    lines.append("Traceback (most recent call last):")
+    for frame in traceback.format_tb(error.__traceback__):
+        lines += frame.rstrip("\n").split("\n")
+    lines.append("".join(traceback.format_exception_only(type(error), error)).rstrip("\n"))
+    return lines
 
 
 class Log:
@@ -398,9 +493,10 @@ class Log:
 
     Each call writes one line ("2026-11-21 08:10:00,123 INFO [pid] message") to
     DATA_DIR/ipn_receiver.log (created 0600, rotated at 1 MiB, three old files kept) and to stderr,
-    which is the web server's error log under CGI. Line breaks and control characters in a
-    message are escaped, so data from a request cannot forge log lines, and the configured
-    secrets are replaced by [secret] wherever they appear.
+    which is the web server's error log under CGI; log.exception adds the traceback's lines below
+    it. The configured secrets are replaced by [secret] wherever they appear, and then, last,
+    every control character and line break in the text is escaped, so no data from a request can
+    make a line of its own.
 
     In long-running processes (WSGI servers, the local server, the commands) the lines go through
     Python's logging, as the logger "ipn_receiver", so your server's logging setup sees them. A
@@ -483,7 +579,7 @@ class Log:
             def emit(self, record):
                 owner._write_file(self.format(record) + "\n")
 
-        formatter = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+        formatter = logging.Formatter(LOG_FORMAT)
         logger = logging.getLogger("ipn_receiver")
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
@@ -504,17 +600,16 @@ class Log:
             self._setup()
             if level < self.level:
                 return
-            text = (str(message) % args if args else str(message)).translate(_CONTROL_CHARACTERS)
-            if with_traceback:
-                import traceback
-                text += "\n" + traceback.format_exc().rstrip()
-            text = self.mask(text)
+            lines = [str(message) % args if args else str(message)]
+            error = sys.exc_info()[1] if with_traceback else None
+            if error is not None:
+                lines += traceback_lines(error)
+            # Masking first, escaping last: after it, each line of the record is one line of the file.
+            text = "\n".join(one_line(self.mask(line)) for line in lines)
             if self._logger is not None:
                 self._logger.log(level, "%s", text)
                 return
-            now = time.time()
-            line = "%s,%03d %s [%d] %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
-                                             int(now * 1000) % 1000, LEVEL_NAMES[level], os.getpid(), text)
+            line = log_line(level, text, time.time()) + "\n"
             self._write_file(line)
             if self.to_stderr:
                 sys.stderr.write(line)
@@ -548,10 +643,12 @@ class Log:
         if mine.st_size < LOG_FILE_MAX_BYTES:
             return
         try:
-            import fcntl                    # so that two processes do not rotate at once
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):
+            import fcntl                    # so that two processes do not rotate at once; one that
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)    # finds it busy leaves it
+        except ImportError:
             pass
+        except OSError:
+            return
         try:
             if os.stat(self._path).st_ino == mine.st_ino:   # nobody rotated while we waited
                 for number in range(LOG_FILE_BACKUPS - 1, 0, -1):
@@ -564,7 +661,6 @@ class Log:
             self._open_file()
 
 
-LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
 log = Log()
 
 
@@ -576,46 +672,60 @@ class Notification:
     """One verified notification: what a handler receives.
 
     provider   "digistore24" or "promopit"
-    event      the event name: "on_payment", ... for Digistore24, "sale" for PromoPit
-    fields     every field of the call as a dict of str, in the order sent; the secrets are
-               removed (no sha_sign, SHASIGN or isn_key)
+    event      the event: Digistore24's field "event" ("on_payment", ...), "sale" for PromoPit
+    fields     the fields the sender vouched for, a dict of str in the order sent (see
+               vouched_fields): no field sent empty, and no secret (sha_sign, SHASIGN, isn_key).
+               In a call signed with Digistore24's upper-case-keys variant every key is in lower
+               case, since that variant signs keys only up to their case.
     is_test    True for Digistore24's api_mode=test and PromoPit's test_mode=1
     add_info   PromoPit: the buyer's answers to your extra questions, {label: answer} in order
     id         the notification's number in the event store (see `ipn_receiver.py events`)
+    key        what makes two deliveries the same notification (see duplicate_key)
     """
 
-    def __init__(self, provider, event, fields):
+    def __init__(self, provider, fields):
         self.provider = provider
-        self.event = event
         self.fields = fields
         self.id = None
         if provider == PROMOPIT:
-            self.is_test = fields.get("test_mode", "") == "1"
+            self.event = "sale"
+            self.is_test = fields.get("test_mode") == "1"
             self.add_info = promopit_answers(fields)
         else:
-            self.is_test = fields.get("api_mode", "") == "test"
+            self.event = fields.get("event", "")
+            self.is_test = fields.get("api_mode") == "test"
             self.add_info = {}
+        self.key = duplicate_key(self)
 
     def get(self, name, default=""):
-        """The field `name`, or `default` when the call has no such field."""
-        return self.fields.get(name, default)
+        """The field `name`, or `default` when the call has none or sent it empty.
+
+        A name is looked up as written, then in lower case, so "placeholder_TITLE" is found in a
+        call signed with the upper-case-keys variant too.
+        """
+        value = self.fields.get(name)
+        if value is None:
+            value = self.fields.get(name.translate(_ASCII_LOWER))
+        return default if value is None else value
 
     def __getitem__(self, name):
-        try:
-            return self.fields[name]
-        except KeyError:
-            raise KeyError("%s: this %s notification has no field %r" % (self.event, self.provider, name))
+        value = self.get(name, None)
+        if value is None:
+            raise KeyError("%s: this %s notification has no field %r (a field sent empty is left out; "
+                           "notification.get(%r) returns an empty string for it)" % (self.event, self.provider,
+                                                                                    name, name))
+        return value
 
     def __contains__(self, name):
-        return name in self.fields
+        return self.get(name, None) is not None
 
     @property
     def reference(self):
         """The order or transaction id that names this notification in the log."""
         if self.provider == PROMOPIT:
-            return "txn " + self.fields.get("promopit_txn_id", "-")
-        order, transaction = self.fields.get("order_id", ""), self.fields.get("transaction_id", "")
-        return "order %s txn %s" % (order or "-", transaction or "-")
+            return "txn " + shortened(self.get("promopit_txn_id", "-"), 40)
+        return "order %s txn %s" % (shortened(self.get("order_id", "-"), 40),
+                                    shortened(self.get("transaction_id", "-"), 40))
 
     def __repr__(self):
         return "<Notification %s %s %s>" % (self.provider, self.event, self.reference)
@@ -636,7 +746,10 @@ def promopit_answers(fields):
 # =================================================================================================
 
 SIGNATURE_FIELDS = ("sha_sign", "SHASIGN")
+# What Digistore24 sends as the signature when its IPN connection has no passphrase.
+NO_SIGNATURE = "no_signature_passphrase_provided"
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def digistore24_signature(passphrase, fields, upper_keys=False):
@@ -663,23 +776,67 @@ def digistore24_signature(passphrase, fields, upper_keys=False):
     return hashlib.sha512(text.encode("utf-8")).hexdigest().upper()
 
 
-def digistore24_signature_is_valid(fields, received, passphrase):
-    """True when `received` is the signature of `fields` under `passphrase`, in either key case."""
-    # An empty passphrase would make the signature something anyone can compute: never accept.
+def digistore24_signature_variant(fields, received, passphrase):
+    """Which of Digistore24's signatures `received` is for `fields` under `passphrase`: "exact"
+    (the keys as sent), "upper_keys" (the variant that signs upper-cased keys), or None."""
+    # 1. An empty passphrase would make the signature something anyone can compute: never accept.
     if not passphrase or not received:
-        return False
-    # Nor a call with no non-empty field: the passphrase only follows pairs, so with none the
-    # signed text is empty, and its hash, the same for every passphrase, proves nothing.
+        return None
+    # 2. Nor a call with no non-empty field: the passphrase only follows pairs, so with none the
+    #    signed text is empty, and its hash, the same for every passphrase, proves nothing.
     if not any(value != "" for key, value in fields.items() if key not in SIGNATURE_FIELDS):
-        return False
-    # The sender may write the hex digits in either case. Compare bytes: hmac.compare_digest
-    # refuses str with non-ASCII characters, and a forged value may contain any.
+        return None
+    # 3. The sender may write the hex digits in either case. Compare bytes: hmac.compare_digest
+    #    refuses str with non-ASCII characters, and a forged value may contain any.
     received = received.upper().encode("utf-8")
-    for upper_keys in (False, True):
-        expected = digistore24_signature(passphrase, fields, upper_keys).encode("ascii")
+    for variant in ("exact", "upper_keys"):
+        expected = digistore24_signature(passphrase, fields, variant == "upper_keys").encode("ascii")
         if hmac.compare_digest(expected, received):
-            return True
-    return False
+            return variant
+    return None
+
+
+def digistore24_signature_is_valid(fields, received, passphrase):
+    """True when `received` is the signature of `fields` under `passphrase`, in either variant."""
+    return digistore24_signature_variant(fields, received, passphrase) is not None
+
+
+def vouched_fields(fields, variant=None):
+    """The fields of a verified call as its sender vouched for them: what a handler sees, what is
+    stored, and all that decides anything (the event, is_test, which notification it is).
+
+    `variant` is the Digistore24 signature that verified the call; None for PromoPit. A captured
+    call may be sent again re-encoded in every way its signature allows; each such copy must give
+    the very same fields, or it would count as another notification and run its handler again.
+    """
+    # 1. An empty field carries nothing: Digistore24 does not sign it, so anyone may add, drop or
+    #    rename empty fields. (PromoPit signs nothing; its empty fields are left out alike, so that
+    #    padding cannot turn one sale into two.)
+    signed = [(key, value) for key, value in fields.items() if value != ""]
+    if variant is None:
+        return dict(signed)
+    # 2. The upper-keys variant signs keys only up to their ASCII case, so the case of a key
+    #    carries nothing either: every key is taken in lower case. A call none of whose signed keys
+    #    has a lower-case letter reads the same in both variants (its lower-case copy verifies
+    #    too), so it is taken the same way.
+    if variant == "exact":
+        keys = "".join(key for key, _ in signed).encode("utf-8")
+        variant = "upper_keys" if keys == keys.upper() else "exact"        # bytes: ASCII only
+    vouched = {}
+    for key, value in signed:
+        # 3. The signed text "key=value" has no escaping: "custom" = "a=b" signs the same as a key
+        #    "custom=a" with the value "b". Digistore24's keys never hold "=", so none may.
+        if "=" in key:
+            raise Refusal(400, "a field name contains \"=\"; Digistore24 never sends one, so this "
+                               "call was altered on the way")
+        if variant == "upper_keys":
+            key = key.translate(_ASCII_LOWER)
+            # 4. Two keys that differ only in case would be one key twice: which one counts?
+            if key in vouched:
+                raise Refusal(400, "two field names differ only in upper and lower case; Digistore24 "
+                                   "never sends that, so this call was altered on the way")
+        vouched[key] = value
+    return vouched
 
 
 def isn_key_is_valid(received, isn_key):
@@ -703,19 +860,21 @@ class Refusal(Exception):
 
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+TOO_LARGE = "the body is larger than MAX_BODY_BYTES allows; raise MAX_BODY_BYTES if your notifications are this large"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def read_body(environ, limit):
     """The request body as bytes; Refusal (411, 413, 400) when it cannot or must not be read."""
-    length = environ.get("CONTENT_LENGTH", "").strip()
+    length = environ.get("CONTENT_LENGTH", "").strip(" \t")
     stream = environ["wsgi.input"]
     if length:
-        if not length.isdigit():
-            raise Refusal(400, "Content-Length is not a number")
+        # Only ASCII digits: int() would also take "²", Arabic-Indic digits and "1_0".
+        if length.strip("0123456789"):
+            raise Refusal(400, "Content-Length is not a whole number of bytes")
+        if len(length) > 18 or int(length) > limit:     # refused before a byte of it is read
+            raise Refusal(413, TOO_LARGE)
         length = int(length)
-        if length > limit:                  # refused before a byte of it is read
-            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
         body = read_exactly(stream, length)
         if len(body) < length:
             raise Refusal(400, "the body ended before Content-Length bytes arrived")
@@ -726,7 +885,7 @@ def read_body(environ, limit):
     if environ.get("wsgi.input_terminated") or environ.get("wsgi.run_once"):
         body = read_exactly(stream, limit + 1)
         if len(body) > limit:
-            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
+            raise Refusal(413, TOO_LARGE)
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and "uwsgi.version" in environ:
         return read_uwsgi_chunks(limit)
@@ -751,7 +910,7 @@ def read_uwsgi_chunks(limit):
             return b"".join(parts)
         size += len(part)
         if size > limit:
-            raise Refusal(413, "the body is larger than MAX_BODY_BYTES (%d bytes)" % limit)
+            raise Refusal(413, TOO_LARGE)
         parts.append(part)
 
 
@@ -787,9 +946,12 @@ def parse_content_type(value):
 def parse_urlencoded(body):
     """[(name, value)] as bytes from an application/x-www-form-urlencoded body.
 
-    Decoded like PHP's $_POST (what the senders' own samples are written against): "+" is a space,
+    This stands in for urllib.parse.parse_qsl, whose import costs a CGI call about 4.6 ms, and
+    decodes as PHP's $_POST does (what the senders' samples are written against): "+" is a space,
     %XX a byte, a malformed %-escape is kept as it is, a pair without "=" has the value "", and a
-    pair with an empty name is dropped.
+    pair with an empty name is dropped (parse_qsl keeps it; PHP drops it). Names are kept as sent,
+    where PHP would turn spaces, dots and "[" into "_": Digistore24 signs them as sent.
+    tests/test_request.py compares this with both on generated bodies.
     """
     pairs = []
     for item in body.split(b"&"):
@@ -844,11 +1006,18 @@ def parse_multipart(body, boundary):
     raise Refusal(400, "the multipart body is incomplete (no closing boundary)")
 
 
-def provider_of(names):
-    """Which sender a body is from, judged by its field names; None if neither."""
-    if b"isn_key" in names:
+def provider_of(pairs):
+    """Which sender a form is from, judged by its field names: PromoPit's carry isn_key,
+    Digistore24's sha_sign (or SHASIGN) and event. None if neither; Refusal if both."""
+    names = {name for name, _ in pairs}
+    promopit = b"isn_key" in names
+    digistore24 = b"sha_sign" in names or b"SHASIGN" in names
+    if promopit and digistore24:
+        raise Refusal(400, "the call has both an isn_key and a sha_sign field; PromoPit sends only "
+                           "the first and Digistore24 only the second")
+    if promopit:
         return PROMOPIT
-    if b"sha_sign" in names or b"SHASIGN" in names or b"event" in names:
+    if digistore24 or b"event" in names:
         return DIGISTORE24
     return None
 
@@ -883,13 +1052,13 @@ def read_form(environ, limit):
     if not body.strip():
         raise Refusal(400, "the body is empty; expected the form fields of a notification")
     if media_type == FORM_TYPES[0]:
-        pairs = parse_urlencoded(body.strip())
+        pairs = parse_urlencoded(body)
     else:
         pairs = parse_multipart(body, parameters.get("boundary", ""))
-    provider = provider_of({name for name, _ in pairs})
+    provider = provider_of(pairs)
     if provider is None:
-        raise Refusal(400, "not a Digistore24 or PromoPit notification (no sha_sign, event or "
-                           "isn_key field)")
+        raise Refusal(400, "not a Digistore24 or PromoPit notification (it has no sha_sign, event or "
+                           "isn_key field); register this URL only with Digistore24 and PromoPit")
     return provider, decode_fields(pairs, provider)
 
 
@@ -910,7 +1079,6 @@ CREATE TABLE IF NOT EXISTS notifications (
     event         TEXT NOT NULL,
     duplicate_key TEXT NOT NULL UNIQUE,     -- what makes two deliveries the same notification
     is_test       INTEGER NOT NULL,
-    fields        TEXT NOT NULL,            -- JSON object, without sha_sign, SHASIGN, isn_key
     status        TEXT NOT NULL,            -- processing, done, failed, ignored
     attempts      INTEGER NOT NULL,         -- handler runs started
     deliveries    INTEGER NOT NULL,         -- how often it arrived (retries included)
@@ -918,10 +1086,18 @@ CREATE TABLE IF NOT EXISTS notifications (
     answer        TEXT,                     -- the body sent for it; a copy gets the same
     claim         TEXT,                     -- who runs the handler now (status processing)
     claimed_at    REAL,                     -- when that run started
-    updated_at    REAL NOT NULL
+    updated_at    REAL NOT NULL,
+    fields        TEXT NOT NULL             -- JSON object: the vouched fields (no empty one, no secret)
 )"""
-BUSY_TIMEOUT_SECONDS = 30       # how long a call waits for another's write to finish
-STORAGE_ERROR = (503, "ERROR: storage unavailable")
+# (fields, the long one, comes last: a damaged page in the middle of it leaves the others readable.
+# Stores made by version 1.0.0 have it in the middle; every query names its columns.)
+BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
+LOCK_TIMEOUT_SECONDS = 10       # how long a call waits for the store lock; then 503, and a retry
+STORAGE_ERROR = ("ERROR: storage unavailable: the receiver could not write its event store; run "
+                 "`python3 ipn_receiver.py check` on the server (the reason is in ipn_receiver.log)")
+STORE_BUSY = ("ERROR: the event store is busy: another process has held it for over %d s; the sender "
+              "retries later, and if this repeats, run `python3 ipn_receiver.py check` on the server"
+              % LOCK_TIMEOUT_SECONDS)
 _HTACCESS = """# Written by ipn_receiver: nothing in this folder may be served on the web.
 <IfModule mod_authz_core.c>
     Require all denied
@@ -937,6 +1113,10 @@ _connections = {}    # (process id, thread id) -> (connection, (inode, device) o
 
 class StorageError(Exception):
     """The store cannot be opened or written; the call gets 503 and the sender retries."""
+
+
+class StoreBusy(StorageError):
+    """The store lock was not free within LOCK_TIMEOUT_SECONDS."""
 
 
 def ensure_data_dir(path):
@@ -958,11 +1138,14 @@ class StoreLock:
 
     SQLite serializes writers by itself, but a writer that finds the store busy polls it,
     sleeping 1, 2, 5, 10, ... ms between tries, so a moment of contention can cost a call 50 ms
-    and more. A writer waiting for this lock is woken by the kernel the moment it is free. The
-    lock also guards the rare operations on the store as a whole (creating, migrating, setting a
-    damaged one aside), and a thread that holds it may take it again: those call each other.
-    Where it cannot be taken (no fcntl, a file system without locks), SQLite's locking, which
-    alone keeps the store correct, does the work.
+    and more. A writer waiting for this lock tries again every millisecond. The lock also guards
+    the rare operations on the store as a whole (creating, migrating, setting a damaged one
+    aside), and a thread that holds it may take it again: those call each other.
+
+    A process that holds the lock too long (frozen, stopped, or salvaging a large damaged store)
+    makes the others wait LOCK_TIMEOUT_SECONDS at most: then StoreBusy, a 503, and the sender
+    retries later. Where the lock cannot be taken at all (no fcntl, a file system without
+    locks), SQLite's locking, which alone keeps the store correct, does the work.
     """
 
     held = {}       # (lock file, thread id) -> how deep this thread holds it
@@ -975,10 +1158,10 @@ class StoreLock:
         if depth == 0:
             self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                import fcntl
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-            except (ImportError, OSError):
-                pass
+                lock_within(self.fd, LOCK_TIMEOUT_SECONDS)
+            except BaseException:
+                os.close(self.fd)
+                raise
         StoreLock.held[self.key] = depth + 1
         return self
 
@@ -987,6 +1170,29 @@ class StoreLock:
         if StoreLock.held[self.key] == 0:
             del StoreLock.held[self.key]
             os.close(self.fd)               # releases the lock
+
+
+def lock_within(fd, seconds):
+    """Take an exclusive flock on `fd`, trying every millisecond; StoreBusy after `seconds`.
+
+    (A blocking flock cannot be given a timeout that works in every thread of a WSGI server.)
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StoreBusy("the store lock was held by another process for more than %d s; if this "
+                                "repeats, look for a stuck process" % seconds)
+            time.sleep(0.001)
+        except OSError:
+            return                          # a file system without locks
 
 
 def store_path(config):
@@ -1138,45 +1344,64 @@ def store_is_damaged(error):
     return "malformed" in text or "not a database" in text
 
 
-def recover_damaged_store(config, error, force=False):
+def write_to_store(config, write):
+    """Run write(connection) on the live store, under the store lock, and return what it returns.
+
+    The connection is taken under the lock, so it is to the store's file as it is now, never to
+    one that a repair or another call's recovery has just set aside: what is written is in the
+    live store. If the store turns out to be damaged, it is set aside, and `write` runs once more
+    on the new one.
+    """
+    ensure_data_dir(config["DATA_DIR"])
+    with StoreLock(config["DATA_DIR"]):
+        try:
+            return write(open_store(config))
+        except Exception as error:
+            if not store_is_damaged(error):
+                raise
+            damage = str(error)
+        return write(set_damaged_store_aside(config, damage))
+
+
+def set_damaged_store_aside(config, reason):
     """Move a damaged store aside, start a new one, and copy into it every row still readable.
 
-    The sender keeps retrying what failed, so new calls are taken again at once; the damaged
-    file is kept beside the new one, never deleted. Returns a connection to the new store.
-    Without `force`, a store another process has recovered meanwhile is left as it is.
+    The caller holds the store lock, so the file set aside is the one found damaged: no other
+    process can have replaced it meanwhile. The sender keeps retrying what failed, so new calls
+    are taken again at once; the damaged file is kept beside the new one, never deleted.
+    Returns a connection to the new store.
     """
-    import sqlite3
     path = store_path(config)
     close_store()
-    with StoreLock(config["DATA_DIR"]):
-        try:                                # another process may have recovered it meanwhile
-            probe = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-            try:
-                probe.execute("SELECT count(*) FROM notifications").fetchone()
-                if not force:
-                    return open_store(config)
-            finally:
-                probe.close()
-        except sqlite3.Error as probe_error:
-            if not store_is_damaged(probe_error):
-                raise StorageError(describe_storage_error(probe_error, path))
-        aside = "%s.damaged-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.replace(path + suffix, aside + suffix)
-        connection = open_store(config)
-        copied = salvage_rows(aside, connection)
+    aside = "%s.damaged-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
+    number = 1
+    while os.path.exists(aside + ("" if number == 1 else "-%d" % number)):
+        number += 1                         # never over an earlier damaged copy
+    aside += "" if number == 1 else "-%d" % number
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    connection = open_store(config)
+    copied = salvage_rows(aside, connection)
     log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
               "%d notifications were copied from the damaged one. Keep the damaged copy until "
-              "`python3 ipn_receiver.py check` is clean.", path, error, os.path.basename(aside), copied)
+              "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied)
     return connection
+
+
+STORE_COLUMNS = ("id", "received_at", "provider", "event", "duplicate_key", "is_test", "fields", "status",
+                 "attempts", "deliveries", "last_error", "answer", "claim", "claimed_at", "updated_at")
+# What a column of a partly readable row becomes when it is salvaged. Such a row still answers its
+# copies and keeps its handler from running again, as long as its duplicate key can be read.
+UNREADABLE = {"received_at": 0, "provider": "?", "event": "?", "is_test": 0, "fields": "{}", "status": "failed",
+              "attempts": 0, "deliveries": 0, "updated_at": 0,
+              "last_error": "salvaged from a damaged store: some of its columns could not be read"}
 
 
 def salvage_rows(damaged_path, connection):
     """Copy every row that can still be read from a damaged store into `connection`; how many."""
     import sqlite3
-    columns = ("id, received_at, provider, event, duplicate_key, is_test, fields, status, attempts, "
-               "deliveries, last_error, answer, claim, claimed_at, updated_at")
+    columns = ", ".join(STORE_COLUMNS)
     rows = {}
     try:
         source = sqlite3.connect(damaged_path)
@@ -1195,11 +1420,7 @@ def salvage_rows(damaged_path, connection):
                 top = 0
             number, misses = 1, 0
             while number <= top or misses < 1000:
-                try:
-                    row = source.execute("SELECT %s FROM notifications WHERE id = ?" % columns,
-                                         (number,)).fetchone()
-                except sqlite3.Error:
-                    row = None
+                row = salvage_row(source, number)
                 if row:
                     rows[number], misses = row, 0
                 else:
@@ -1212,12 +1433,41 @@ def salvage_rows(damaged_path, connection):
         try:
             for row in rows.values():
                 connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
-                                   % (columns, ", ".join("?" * 15)), row)
+                                   % (columns, ", ".join("?" * len(STORE_COLUMNS))), row)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
     return len(rows)
+
+
+def salvage_row(source, number):
+    """Row `number` of a damaged store, None when it is not there or its duplicate key is lost.
+
+    A row is stored across several pages when its fields are long, and one damaged page may
+    make some of its columns unreadable but not others: those are read one by one.
+    """
+    import sqlite3
+    try:
+        return source.execute("SELECT %s FROM notifications WHERE id = ?" % ", ".join(STORE_COLUMNS),
+                              (number,)).fetchone()
+    except sqlite3.Error:
+        pass
+    row = {}
+    for column in STORE_COLUMNS:
+        try:
+            found = source.execute("SELECT id, %s FROM notifications WHERE id = ?" % column, (number,)).fetchone()
+        except sqlite3.Error:
+            continue
+        if found is None:
+            return None
+        row[column] = found[1]
+    if row.get("duplicate_key") is None:
+        return None
+    if len(row) < len(STORE_COLUMNS):
+        row = dict(UNREADABLE, **{column: value for column, value in row.items() if value is not None})
+        row["last_error"] = UNREADABLE["last_error"]
+    return tuple(row.get(column) for column in STORE_COLUMNS)
 
 
 def json_text(fields):
@@ -1235,50 +1485,37 @@ def json_string(text):
 
 
 def duplicate_key(notification):
-    """What makes two deliveries the same notification, and so the handler run only once."""
+    """What makes two deliveries the same notification, and so the handler run only once.
+
+    It is built from the vouched fields alone (see vouched_fields), so that every copy of a call
+    its signature allows, re-encoded however, is the same notification.
+    """
     fields = notification.fields
+    # ":" separates the parts, so an event name cannot take the place of a transaction id.
+    event = notification.event.replace("%", "%25").replace(":", "%3A")
     if notification.provider == PROMOPIT:
-        transaction = field_ignoring_case(fields, "promopit_txn_id")
-        if transaction:
-            return "promopit:" + transaction
-    else:
-        transaction = field_ignoring_case(fields, "transaction_id")
-        if transaction:
-            return "digistore24:%s:%s" % (notification.event, transaction)
-    # No transaction id (a connection test, say): only an exact copy is the same notification.
-    canonical = json_text(dict(sorted((key.translate(_ASCII_UPPER), value) for key, value in fields.items())))
-    return "%s:%s:sha256:%s" % (notification.provider, notification.event,
-                                hashlib.sha256(canonical.encode("utf-8")).hexdigest())
+        # PromoPit's transaction id names a sale. (PromoPit signs nothing: whoever holds the ISN
+        # key may send any field, so this protects against copies, not against the key's holder.)
+        if fields.get("promopit_txn_id"):
+            return "promopit:" + fields["promopit_txn_id"]
+    elif fields.get("transaction_id"):
+        return "digistore24:%s:%s" % (event, fields["transaction_id"])
+    # No transaction id (a connection test, say): a hash of all the vouched fields, so only a copy
+    # of the same call is the same notification.
+    text = json_text(dict(sorted(fields.items())))
+    return "%s:%s:sha256:%s" % (notification.provider, event, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
-def field_ignoring_case(fields, name):
-    """A field by its name in any ASCII case. The upper-keys signature variant fixes the keys of a
-    call only up to their case, so a replayed copy may say Transaction_ID: it is the same
-    notification all the same, and must not run its handler a second time."""
-    if name in fields:
-        return fields[name]
-    wanted = name.translate(_ASCII_UPPER)
-    for key, value in fields.items():
-        if key.translate(_ASCII_UPPER) == wanted:
-            return value
-    return None
-
-
-def claim_notification(connection, config, notification, dispatch):
+def claim_notification(connection, notification, dispatch, timeout):
     """Record a delivery and decide what to do with it, in one write transaction.
 
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
     notification was handled before (or has no handler) and `body` is what to send, or ("busy",
-    None) when another process is running its handler right now.
+    None) when another process is running its handler right now. A claim older than `timeout`
+    seconds counts as abandoned (its process died) and is taken over.
     """
-    with StoreLock(config["DATA_DIR"]):
-        return claim_in_transaction(connection, notification, dispatch, config["PROCESSING_TIMEOUT"])
-
-
-def claim_in_transaction(connection, notification, dispatch, timeout):
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
-    key = duplicate_key(notification)
     status = "processing" if dispatch else "ignored"
     connection.execute("BEGIN IMMEDIATE")   # take the write lock first: no one decides in between
     try:
@@ -1286,7 +1523,7 @@ def claim_in_transaction(connection, notification, dispatch, timeout):
             "INSERT OR IGNORE INTO notifications (received_at, provider, event, duplicate_key, "
             "is_test, fields, status, attempts, deliveries, answer, claim, claimed_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-            (now, notification.provider, notification.event, key, int(notification.is_test),
+            (now, notification.provider, notification.event, notification.key, int(notification.is_test),
              json_text(notification.fields), status, int(dispatch), None if dispatch else "OK",
              claim if dispatch else None, now if dispatch else None, now))
         if cursor.rowcount == 1:
@@ -1295,7 +1532,7 @@ def claim_in_transaction(connection, notification, dispatch, timeout):
         else:
             row_id, status, answer, claimed_at = connection.execute(
                 "SELECT id, status, answer, claimed_at FROM notifications WHERE duplicate_key = ?",
-                (key,)).fetchone()
+                (notification.key,)).fetchone()
             notification.id = row_id
             abandoned = status == "processing" and (claimed_at or 0) < now - timeout
             if status == "failed" or abandoned:
@@ -1311,27 +1548,80 @@ def claim_in_transaction(connection, notification, dispatch, timeout):
         connection.execute("COMMIT")
         return decision
     except BaseException:
-        try:
-            connection.execute("ROLLBACK")
-        except Exception:
-            pass
+        rollback(connection)
         raise
 
 
-def finish_notification(connection, config, notification, claim, status, answer=None, error=None):
-    """Record a handler run's outcome. False when another process took the claim over meanwhile."""
-    with StoreLock(config["DATA_DIR"]):
-        cursor = connection.execute(
-            "UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
-            "updated_at = ? WHERE id = ? AND claim = ?",
-            (status, answer, error, time.time(), notification.id, claim))
-    return cursor.rowcount == 1
+def record_outcome(connection, notification, claim, status, answer=None, error=None):
+    """Record how a handler run ended ("done" with its answer, or "failed" with an error line).
+
+    Returns the answer the store now holds for the notification when it is done, else None. So
+    OK goes out only for what the live store holds as done, and every copy gets the same answer.
+    """
+    now = time.time()
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        row = connection.execute("SELECT id, status, claim, answer FROM notifications WHERE duplicate_key = ?",
+                                 (notification.key,)).fetchone()
+        if row is None:
+            # The store was replaced while the handler ran (a repair, or another call's recovery
+            # from damage) and the row could not be salvaged: it is written anew.
+            cursor = connection.execute(
+                "INSERT INTO notifications (received_at, provider, event, duplicate_key, is_test, fields, "
+                "status, attempts, deliveries, last_error, answer, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "1, 1, ?, ?, ?)", (now, notification.provider, notification.event, notification.key,
+                                   int(notification.is_test), json_text(notification.fields), status, error,
+                                   answer, now))
+            notification.id = cursor.lastrowid
+            result = answer if status == "done" else None
+        elif row[1] == "done":
+            # Another run (after PROCESSING_TIMEOUT) finished first: its answer stands.
+            result = row[3]
+        elif row[2] == claim or status == "done":
+            connection.execute("UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
+                               "updated_at = ? WHERE id = ?", (status, answer, error, now, row[0]))
+            result = answer if status == "done" else None
+        else:
+            result = None                   # this run failed; the run that took over decides
+        connection.execute("COMMIT")
+    except BaseException:
+        rollback(connection)
+        raise
+    if row is not None and row[2] != claim:
+        log.warning("notification #%d: its handler ran longer than PROCESSING_TIMEOUT, so a retry ran it "
+                    "again meanwhile; raise PROCESSING_TIMEOUT", row[0])
+    return result
+
+
+def rollback(connection):
+    try:
+        connection.execute("ROLLBACK")
+    except Exception:
+        pass                                # nothing to roll back: the error ended the transaction
 
 
 # =================================================================================================
 #  Handling a notification: verify, store, dispatch, answer
 # =================================================================================================
+# Every answer below is read by a vendor in Digistore24's IPN log ("Message by server"), which
+# Digistore24 tells them to read and follow: one line each, what is wrong and what to do. An
+# answer to a caller who has not proved who it is names no path and no setting's value.
 
+NO_SIGNATURE_ANSWER = (
+    "no signature: Digistore24 sent none because its IPN connection has no passphrase; enter one there "
+    "(Settings > Integrations (IPN), edit the connection, IPN passphrase) and the same one as "
+    "SHA_PASSPHRASE of ipn_receiver")
+INVALID_SIGNATURE_ANSWER = (
+    "invalid sha signature: the passphrase of this IPN connection in Digistore24 is not the "
+    "SHA_PASSPHRASE of ipn_receiver; enter the same passphrase in both")
+MISSING_EVENT_ANSWER = (
+    "missing event: the call has no event field and no valid signature, so it is not a Digistore24 IPN "
+    "call; register this URL only with Digistore24 and PromoPit")
+INVALID_ISN_KEY_ANSWER = (
+    "invalid isn key: the ISN key sent is not the ISN_KEY of ipn_receiver; copy the ISN key from "
+    "the product's ISN settings at PromoPit into ISN_KEY")
+BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; "
+               "the sender retries later, nothing to do")
 ANSWER_KEYS = ("thankyou_url", "username", "password", "loginurl", "headline", "show_on", "hide_on")
 
 
@@ -1346,15 +1636,18 @@ def handle_post(environ):
         received = fields.pop("sha_sign", None)
         alternative = fields.pop("SHASIGN", None)
         received = received if received is not None else alternative
+        if received == NO_SIGNATURE:
+            raise Refusal(403, NO_SIGNATURE_ANSWER)
         problem = secret_problem(config, "SHA_PASSPHRASE")
         if problem:
             raise Refusal(503, problem)
-        if not digistore24_signature_is_valid(fields, received, config["SHA_PASSPHRASE"]):
-            raise Refusal(403, "invalid sha signature") if fields.get("event") else \
-                Refusal(400, "missing event")
+        variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
+        if variant is None:
+            raise Refusal(403, INVALID_SIGNATURE_ANSWER) if fields.get("event") else \
+                Refusal(400, MISSING_EVENT_ANSWER)
         # A genuine call without an event (PROTOCOL.md's signature examples are such calls) is
         # treated as an unknown event: stored, answered OK, not dispatched.
-        event = fields.get("event", "")
+        notification = Notification(DIGISTORE24, vouched_fields(fields, variant))
         handlers = DIGISTORE24_HANDLERS
     else:
         received = fields.pop("isn_key")
@@ -1362,113 +1655,121 @@ def handle_post(environ):
         if problem:
             raise Refusal(503, problem)
         if not isn_key_is_valid(received, config["ISN_KEY"]):
-            raise Refusal(403, "invalid isn key")
-        event = "sale"
+            raise Refusal(403, INVALID_ISN_KEY_ANSWER)
+        notification = Notification(PROMOPIT, vouched_fields(fields))
         handlers = PROMOPIT_HANDLERS
-    notification = Notification(provider, event, fields)
-    status, body, outcome = dispatch(notification, handlers.get(event), config)
-    return status, body, "%s %s %s: %s" % (provider, event, notification.reference, outcome)
+    status, body, outcome = dispatch(notification, handlers.get(notification.event), config)
+    return status, body, "%s %s %s: %s" % (notification.provider, shortened(notification.event, 40),
+                                           notification.reference, outcome)
 
 
 def dispatch(notification, handler, config):
     """Store the notification, run its handler once, and return (status, body, outcome)."""
     try:
-        connection, (decision, value) = record_delivery(config, notification, handler is not None)
+        decision, value = write_to_store(config, lambda connection: claim_notification(
+            connection, notification, handler is not None, config["PROCESSING_TIMEOUT"]))
     except Exception as error:
-        log.error("%s", error if isinstance(error, StorageError)
-                  else describe_storage_error(error, store_path(config)))
-        return STORAGE_ERROR + ("storage unavailable",)
+        return storage_failure(error, config, "storage unavailable")
     if decision == "busy":
-        return 503, "ERROR: already being processed", "a copy is being processed right now"
+        return 503, BUSY_ANSWER, "a copy is being processed right now"
     if decision == "answer":
         if handler is None:
             return 200, value, "no handler for this event: stored, answered OK"
         return 200, value, "duplicate of #%d, answered as before" % notification.id
-    return run_and_record(connection, notification, handler, value, config)
+    return run_and_record(notification, handler, value, config)
 
 
-def record_delivery(config, notification, dispatchable):
-    """(connection, decision of claim_notification); a damaged store is recovered on the way."""
+def storage_failure(error, config, outcome):
+    """Log why the store failed; the 503 (status, body, outcome) for the sender, who retries."""
+    log.error("%s", error if isinstance(error, StorageError) else describe_storage_error(error, store_path(config)))
+    return 503, STORE_BUSY if isinstance(error, StoreBusy) else STORAGE_ERROR, outcome
+
+
+def run_and_record(notification, handler, claim, config):
+    """Run the handler of a claimed notification and record the outcome: (status, body, outcome).
+
+    The handler's work is done once it returns, so nothing after it may fail the call: a retry
+    would run the handler again. Its answer lines are made safe to send (answer_body), and the
+    outcome is written to the live store; only what the store holds as done is answered OK.
+    """
+    name, failure = getattr(handler, "__name__", notification.event), None
     try:
-        connection = open_store(config)
-        return connection, claim_notification(connection, config, notification, dispatchable)
-    except Exception as error:
-        if not store_is_damaged(error):
-            raise
-        connection = recover_damaged_store(config, error)
-    return connection, claim_notification(connection, config, notification, dispatchable)
-
-
-def run_and_record(connection, notification, handler, claim, config):
-    """Run the handler of a claimed notification and record the outcome: (status, body, outcome)."""
+        result = handler(notification)
+    except (Exception, SystemExit) as error:
+        log.exception("%s handler %s failed for %s", notification.provider, name, notification.reference)
+        failure = type(error).__name__
+        outcome = ("failed", None, error_line(error))
+    else:
+        outcome = ("done", answer_body(notification, result), None)
     try:
-        body = answer_body(notification, run_handler(handler, notification))
-    except HandlerFailed as failure:
-        try:
-            finish_notification(connection, config, notification, claim, "failed", error=failure.summary)
-        except Exception as error:
-            log.error("%s", describe_storage_error(error, store_path(config)))
-        return 500, "ERROR: handler failed", "handler failed: " + failure.summary
-    try:
-        if not finish_notification(connection, config, notification, claim, "done", answer=body):
-            log.warning("notification #%d: the claim was taken over while its handler ran longer "
-                        "than PROCESSING_TIMEOUT (%d s); raise PROCESSING_TIMEOUT",
-                        notification.id, config["PROCESSING_TIMEOUT"])
+        answer = write_to_store(config, lambda connection: record_outcome(connection, notification, claim, *outcome))
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
-        log.error("%s", describe_storage_error(error, store_path(config)))
-        return STORAGE_ERROR + ("handler ran, but its outcome could not be stored",)
-    return 200, body, "handled as #%d" % notification.id
+        return storage_failure(error, config, "handler ran, but its outcome could not be stored")
+    if answer is not None:
+        return 200, answer, "handled as #%d" % notification.id
+    return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
+        shortened(name, 40), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
 
 
-class HandlerFailed(Exception):
-    """A handler raised (or returned something unusable); `summary` is one line for the store."""
-
-    def __init__(self, summary):
-        Exception.__init__(self, summary)
-        self.summary = summary
-
-
-def run_handler(handler, notification):
-    """Call the handler; HandlerFailed, with the traceback in the log, if it raises."""
-    try:
-        return handler(notification)
-    except (Exception, SystemExit) as error:
-        summary = log.mask(("%s: %s" % (type(error).__name__, error)).translate(_CONTROL_CHARACTERS))[:500]
-        log.exception("%s handler %s failed for %s", notification.provider,
-                      getattr(handler, "__name__", "?"), notification.reference)
-        raise HandlerFailed(summary)
+def error_line(error):
+    """An exception as one line for the store: its type and message, secrets masked, at most 500
+    characters. (Never for an answer: the message may hold a buyer's data.)"""
+    return one_line(log.mask("%s: %s" % (type(error).__name__, error)))[:500]
 
 
 def answer_body(notification, result):
-    """The body of the OK answer: "OK", and for on_payment the `key: value` lines it returned."""
+    """The body of the OK answer: "OK", and for on_payment the `key: value` lines it returned.
+
+    The work is done when this runs, so whatever the handler returned, it never fails: a line
+    break or control character in a line becomes a space, a configured secret becomes [secret],
+    and anything that cannot be sent is left out, each with a warning in the log.
+    """
     if result is None:
         return "OK"
-    name = notification.event
-    if not isinstance(result, dict):
-        raise_answer_problem(notification, "returned %s; return a dict of answer lines or None"
-                             % type(result).__name__)
-    if name != "on_payment":
-        if result:
-            log.warning("%s returned answer lines; only on_payment's are sent, these are ignored", name)
+    try:
+        if not isinstance(result, dict):
+            log.error("%s returned %s, not a dict of answer lines: answered OK without lines",
+                      notification.event, type(result).__name__)
+            return "OK"
+        if notification.event != "on_payment":
+            if result:
+                log.warning("%s returned answer lines; only on_payment's are sent, these are ignored",
+                            notification.event)
+            return "OK"
+        lines = ["OK"]
+        for key, value in result.items():
+            key, value = str(key), "" if value is None else str(value)
+            line = "%s: %s" % (answer_text(key.replace(":", " ")).strip(), answer_text(value))
+            if line != "%s: %s" % (key.strip(), value):
+                log.warning("on_payment's answer line %s had a line break, control character, colon in its "
+                            "key or secret in it; sent with that replaced", shortened(key, 40))
+            if line.startswith(":"):
+                log.warning("on_payment returned an answer line without a key; it is left out")
+                continue
+            if line.split(":")[0].rstrip("0123456789").rstrip("_") not in ANSWER_KEYS:
+                log.warning("on_payment returned the answer line %s, which Digistore24 does not know; "
+                            "known: %s", shortened(key, 40), ", ".join(ANSWER_KEYS))
+            lines.append(line)
+        return "\n".join(lines)
+    except Exception:
+        log.exception("%s: its answer lines could not be read; answered OK without them", notification.event)
         return "OK"
-    lines = ["OK"]
-    for key, value in result.items():
-        key, value = str(key).strip(), "" if value is None else str(value)
-        if not key or ":" in key or "\n" in key or "\r" in key or "\n" in value or "\r" in value:
-            raise_answer_problem(notification, "returned the answer line %r with a line break or "
-                                 "colon in it; keys and values must be single lines" % key[:40])
-        if key.rstrip("0123456789").rstrip("_") not in ANSWER_KEYS:
-            log.warning("on_payment returned the answer line %r, which Digistore24 does not know; "
-                        "known: %s", key, ", ".join(ANSWER_KEYS))
-        lines.append("%s: %s" % (key, value))
-    return "\n".join(lines)
 
 
-def raise_answer_problem(notification, problem):
-    log.error("%s %s", notification.event, problem)
-    raise HandlerFailed("%s %s" % (notification.event, problem))
+def answer_text(text):
+    """`text` safe for a line of the answer: every control character and line break a space,
+    every lone surrogate U+FFFD, every configured secret [secret]."""
+    text = log.mask(text.translate(_ANSWER_SPACES))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= character <= "\udfff" else character for character in text)
+    return text
+
+
+_ANSWER_SPACES = {code: " " for code in _ESCAPES}
 
 
 # =================================================================================================
@@ -1482,6 +1783,12 @@ STATUS_LINES = {
     500: "500 Internal Server Error", 503: "503 Service Unavailable",
 }
 STATUS_TEXT = "OK ipn_receiver is up; it takes Digistore24 and PromoPit notifications by POST"
+NOT_FOUND_ANSWER = "ERROR: not found: nothing is below the receiver's URL; register the URL of the script itself"
+METHOD_ANSWER = "ERROR: method not allowed: notifications are sent by POST (GET and HEAD show a status line)"
+CONFIG_ERROR_ANSWER = ("ERROR: configuration error in %s; run `python3 ipn_receiver.py check` on the server to "
+                       "see what to change")
+INTERNAL_ERROR_ANSWER = ("ERROR: internal error in ipn_receiver; the traceback is in ipn_receiver.log; the "
+                         "sender retries, and the receiver's authors would like to see it")
 
 
 def application(environ, start_response):
@@ -1493,27 +1800,28 @@ def application(environ, start_response):
             # A URL below the receiver's own (/ipn_receiver.py/config.ini, say): nothing is there.
             # Only where the server says where the receiver is (SCRIPT_NAME): a WSGI server
             # behind a proxy may pass any path, and the receiver answers it.
-            status, body, outcome = 404, "ERROR: not found; the receiver's URL has no path below it", "not found"
+            status, body, outcome = 404, NOT_FOUND_ANSWER, "not found"
         elif method in ("GET", "HEAD"):
             status, body, outcome = 200, STATUS_TEXT, "status line"
         elif method != "POST":
-            status, body, outcome = 405, "ERROR: method not allowed; notifications are sent by " \
-                                         "POST (GET and HEAD show a status line)", "method not allowed"
+            status, body, outcome = 405, METHOD_ANSWER, "method not allowed"
         else:
             status, body, outcome = handle_post(environ)
     except Refusal as refusal:
         status, body, outcome = refusal.status, refusal.body, "refused: " + str(refusal)
     except ConfigError as error:
+        # The details (a path, a line of the file) go to the log only: whoever sent this request
+        # has not proved who it is.
         log.error("configuration error: %s", error)
-        status, body = 503, "ERROR: configuration error: %s" % error
+        status, body = 503, CONFIG_ERROR_ANSWER % error.location
         outcome = "configuration error"
     except Exception:                       # a bug in the receiver: the log gets the traceback
         log.exception("internal error")
-        status, body, outcome = 500, "ERROR: internal error; see the receiver's log", "internal error"
+        status, body, outcome = 500, INTERNAL_ERROR_ANSWER, "internal error"
     milliseconds = (time.perf_counter() - started) * 1000
     log_line = log.warning if status in (403, 500, 503) or (status >= 400 and method == "POST") else log.info
-    log_line("%s -> %d, %s (%.1f ms)", method, status, outcome, milliseconds)
-    data = body.encode("utf-8")
+    log_line("%s -> %d, %s (%.1f ms)", shortened(method, 20), status, outcome, milliseconds)
+    data = body.encode("utf-8", "replace")
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
                ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
     if status == 405:
@@ -1550,15 +1858,28 @@ def command_serve(args):
     return 0
 
 
+LOCAL_SERVER_TIMEOUT = 30       # seconds a connection of the local server may stay silent
+
+
 def make_local_server(host, port):
-    """A threaded wsgiref server for `application` on host:port (port 0: a free one)."""
+    """A threaded wsgiref server for `application` on host:port (port 0: a free one).
+
+    Each connection has its own thread, and a client that sends nothing for LOCAL_SERVER_TIMEOUT
+    seconds is dropped: half-sent requests cannot hold threads for ever.
+    """
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
+        def handle_error(self, request, client_address):
+            if not isinstance(sys.exc_info()[1], OSError):      # not a client gone silent or away
+                WSGIServer.handle_error(self, request, client_address)
+
     class Handler(WSGIRequestHandler):
+        timeout = LOCAL_SERVER_TIMEOUT
+
         def log_message(self, format, *args):
             pass                            # application logs every request itself
 
@@ -1862,21 +2183,19 @@ def command_replay(args):
             row["event"], "PROMOPIT_HANDLERS" if row["provider"] == PROMOPIT else "DIGISTORE24_HANDLERS"),
             file=sys.stderr)
         return 1
-    notification = Notification(row["provider"], row["event"], json.loads(row["fields"]))
-    notification.id = row["id"]
-    connection = open_store(config)
+    notification = Notification(row["provider"], json.loads(row["fields"]))
+    notification.id, notification.key = row["id"], row["duplicate_key"]
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
     now = time.time()
-    with StoreLock(config["DATA_DIR"]):
-        taken = connection.execute(
-            "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
-            "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
-            (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount
+    taken = write_to_store(config, lambda connection: connection.execute(
+        "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
+        "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
+        (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount)
     if not taken:
         print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
               file=sys.stderr)
         return 1
-    status, body, outcome = run_and_record(connection, notification, handler, claim, config)
+    status, body, outcome = run_and_record(notification, handler, claim, config)
     log.info("replay of #%d: %s", row["id"], outcome)
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
     print(body)
@@ -1897,8 +2216,8 @@ def command_check(args):
     def note(text):
         print("note     " + text)
 
-    report(sys.version_info >= (3, 8), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
-           "use Python 3.8 or later: change the first line of ipn_receiver.py to its path")
+    report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
+           "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
     try:
         config = load_settings()
     except ConfigError as error:
@@ -1947,6 +2266,7 @@ def command_check(args):
                "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
+    check_web_folder(report, note, data_dir)
     for name in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a damaged store was set aside: %s" % name,
@@ -1977,31 +2297,73 @@ def command_check(args):
     return 1 if problems else 0
 
 
+def check_web_folder(report, note, data_dir):
+    """What `check` says about the folder of the script, which may be on the web.
+
+    Python writes compiled copies of the files it imports into __pycache__ (a launcher or wrapper
+    that imports ipn_receiver, the tests, ...). Those copies hold the settings at the top of the
+    file, secrets included, and a web server hands them out like any other file unless told not
+    to. Where an .htaccess sits beside the script, the folder is on the web, served by Apache.
+    """
+    rules = None
+    if os.path.isfile(os.path.join(HERE, ".htaccess")):
+        with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
+            rules = file.read()
+        report("pyc" in rules and "-Indexes" in rules,
+               ".htaccess beside the script denies .pyc files and folder listings",
+               "add what the .htaccess of README.md's deployment guide says: pyc in its FilesMatch, "
+               "and Options -Indexes")
+    compiled = []
+    for folder, folders, files in os.walk(HERE):
+        depth = os.path.relpath(folder, HERE).count(os.sep)
+        folders[:] = [name for name in folders if depth < 2 and not name.startswith(".")
+                      and os.path.join(folder, name) != data_dir]
+        compiled += [os.path.relpath(os.path.join(folder, name), HERE) for name in files if name.endswith(".pyc")]
+    if not compiled:
+        return
+    shown = "compiled Python files beside the script (%s)" % ", ".join(sorted(compiled)[:3] + (
+        ["..."] if len(compiled) > 3 else []))
+    fix = ("delete them (rm -r __pycache__) and deny them as the .htaccess of README.md's deployment "
+           "guide does: they hold the settings at the top of ipn_receiver.py, secrets included")
+    if rules is None:
+        note("%s; if this folder is on the web, %s" % (shown, fix))
+    elif "pyc" in rules:
+        note("%s; the .htaccess denies them" % shown)
+    else:
+        report(False, shown, fix)
+
+
 def command_repair(args):
     """Set a damaged store aside and start a new one with every row that can still be read."""
-    import sqlite3
     config = settings()
     path = store_path(config)
     if not os.path.exists(path):
         print("no store at %s yet; nothing to repair" % path)
         return 0
-    try:
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-        try:
-            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            connection.close()
-    except sqlite3.Error as error:
-        result = str(error)
-    if result == "ok" and not args.force:
-        print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
-        return 0
-    connection = recover_damaged_store(config, "repair: " + result.splitlines()[0], force=True)
+    with StoreLock(config["DATA_DIR"]):      # no call writes meanwhile
+        result = integrity_of(path)
+        if result == "ok" and not args.force:
+            print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
+            return 0
+        connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0])
     count = connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
     check = connection.execute("PRAGMA integrity_check").fetchone()[0]
     print("set the damaged store aside beside the new one; the new store holds %d notifications, "
           "integrity %s" % (count, check))
     return 0 if check == "ok" else 1
+
+
+def integrity_of(path):
+    """SQLite's integrity check of the store at `path`: "ok", or what is wrong."""
+    import sqlite3
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            return connection.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        return str(error)
 
 
 def build_parser():

@@ -203,9 +203,8 @@ def measure_gunicorn(seconds, folder):
     wrk = shutil.which("wrk")
     if not wrk:
         return {"skip": "wrk is missing (apt-get install wrk)"}
-    try:
-        import gunicorn  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("gunicorn") is None:
         return {"skip": "gunicorn is missing (pip install gunicorn)"}
     app = os.path.join(folder, "wsgi")
     os.makedirs(app)

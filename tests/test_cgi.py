@@ -10,8 +10,8 @@ import tempfile
 import unittest
 from wsgiref.handlers import BaseCGIHandler
 
-from helpers import (PYTHON, REPO, SCRIPT, cgi_environment, environ_for, ipn_receiver, parse_cgi_output, payment,
-                     promopit_sale, urlencode)
+from helpers import (FORM, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
+                     parse_cgi_output, payment, promopit_sale, urlencode)
 
 
 def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=PYTHON):
@@ -42,7 +42,7 @@ class CgiProgram(unittest.TestCase):
         self.assertEqual(self.run_request(urlencode(promopit_sale()))[:3:2], (200, b"OK"))
         self.assertEqual(self.run_request(urlencode(payment("5", event="on_refund")))[:3:2], (200, b"OK"))
         forged = dict(payment(), sha_sign="00")
-        self.assertEqual(self.run_request(urlencode(forged))[:3:2], (403, b"ERROR: invalid sha signature"))
+        self.assertEqual(self.run_request(urlencode(forged))[:3:2], (403, ("ERROR: " + ipn_receiver.INVALID_SIGNATURE_ANSWER).encode()))
 
     def test_get_head_and_other_methods(self):
         status, headers, body, _ = self.run_request(method="GET", content_type=None)
@@ -131,6 +131,24 @@ class SameAsWsgiref(unittest.TestCase):
         ours = io.BytesIO()
         ipn_receiver.run_cgi(dict(environ), io.BytesIO(body), ours)
         return theirs.getvalue(), ours.getvalue()
+
+    @generated(lambda st: st.tuples(
+        st.sampled_from(["GET", "HEAD", "POST", "POST", "POST", "PUT", "OPTIONS"]),
+        st.sampled_from(["signed", "forged", "bytes", "form"]), st.binary(max_size=300),
+        st.sampled_from(["", "/", "/x"]), st.sampled_from([None, "on", "off", "1"]),
+        st.sampled_from([FORM, "text/plain", None])), examples=300)
+    def test_same_bytes_on_generated_requests(self, request):
+        method, kind, data, path, https, content_type = request
+        body = {"signed": urlencode(payment(data.hex()[:20] or "empty")),
+                "forged": urlencode(dict(payment(data.hex()[:20]), sha_sign=data.hex())),
+                "bytes": data, "form": b"event=" + data}[kind]
+        environ = {key: value for key, value in environ_for(body, method=method, content_type=content_type,
+                                                            SCRIPT_NAME="/ipn", PATH_INFO=path).items()
+                   if not key.startswith("wsgi.")}
+        if https:
+            environ["HTTPS"] = https
+        theirs, ours = self.answers(environ, body)
+        self.assertEqual(ours, theirs)
 
     def test_same_bytes_for_each_kind_of_answer(self):
         cases = [("GET", b""), ("HEAD", b""), ("PUT", b""), ("POST", urlencode(payment("1"))),

@@ -48,7 +48,7 @@ class Inspecting(CommandTestCase):
         post(payment())
         code, output, _ = self.command("show", "1")
         self.assertEqual(code, 0)
-        self.assertIn("fields (172):", output)
+        self.assertIn("fields (114):", output)
         self.assertIn("placeholder_DESCRIPTION", output)
         self.assertIn("answer         OK\n               username: jane", output)
         self.assertNotIn(PASSPHRASE, output)
@@ -81,7 +81,8 @@ class Replaying(CommandTestCase):
         post(payment())
         record = os.path.join(self.data_dir, "record.txt")
         code, output, _ = self.command("replay", "1", script=WORKER, IPN_TEST_FAIL="1", IPN_TEST_RECORD=record)
-        self.assertEqual((code, output.splitlines()[-1]), (1, "ERROR: handler failed"))
+        self.assertEqual((code, output.splitlines()[-1]), (1, "ERROR: handler record failed (RuntimeError) for "
+                                                              "notification #1; the traceback is in ipn_receiver.log"))
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("failed", 2, "RuntimeError: told to fail"))
 
@@ -130,11 +131,60 @@ class Check(CommandTestCase):
             file.write("[receiver]\nmax_body_bytes = big\n")
         code, output, _ = self.command("check", IPN_CONFIG=config)
         self.assertEqual(code, 1)
-        self.assertIn("ipn.ini, [receiver] max_body_bytes: MAX_BODY_BYTES must be a whole number", output)
+        self.assertIn("ipn.ini line 2, [receiver] max_body_bytes: MAX_BODY_BYTES must be a whole number", output)
         code, output, errors = self.command("events", IPN_CONFIG=config)
         self.assertEqual(code, 2)
         self.assertEqual(errors.count("\n"), 1)
         self.assertTrue(errors.startswith("ERROR: ipn.ini"))
+
+
+class CheckTheWebFolder(CommandTestCase):
+    """Compiled copies of the receiver (__pycache__, written wherever something imports it) hold
+    its settings, secrets included: `check` reports them where the folder may be on the web."""
+
+    def web_folder(self, htaccess=None):
+        folder = os.path.join(self.data_dir, "public_html")
+        os.makedirs(os.path.join(folder, "__pycache__"))
+        shutil.copy(SCRIPT, folder)
+        with open(os.path.join(folder, "__pycache__", "ipn_receiver.cpython-311.pyc"), "wb") as file:
+            file.write(b"compiled")
+        if htaccess is not None:
+            with open(os.path.join(folder, ".htaccess"), "w") as file:
+                file.write(htaccess)
+        return os.path.join(folder, "ipn_receiver.py")
+
+    def test_an_htaccess_that_lets_them_out_is_a_problem(self):
+        script = self.web_folder("Options +ExecCGI\nAddHandler cgi-script .py\n")
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  .htaccess beside the script denies .pyc files and folder listings", output)
+        self.assertIn("PROBLEM  compiled Python files beside the script (__pycache__/ipn_receiver.cpython-311.pyc)",
+                      output)
+
+    def test_the_deployment_guides_htaccess_denies_them(self):
+        script = self.web_folder('Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n'
+                                 '<FilesMatch "\\.(ini|log|sqlite3|pyc)$">\n    Require all denied\n</FilesMatch>\n')
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 0, output)
+        self.assertIn("note     compiled Python files beside the script (__pycache__/ipn_receiver.cpython-311.pyc); "
+                      "the .htaccess denies them", output)
+
+    def test_without_an_htaccess_they_are_noted(self):
+        script = self.web_folder()
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 0, output)
+        self.assertIn("if this folder is on the web, delete them", output)
+
+    def test_python_36_is_enough(self):
+        import contextlib
+        import io
+        import sys
+        for version, verdict in (((3, 6, 0, "final", 0), "ok      "), ((3, 5, 10, "final", 0), "PROBLEM ")):
+            output = io.StringIO()
+            with mock.patch.object(sys, "version_info", version), contextlib.redirect_stdout(output):
+                ipn_receiver.main(["check"])
+            self.assertIn(verdict + " Python ", output.getvalue())
+        self.assertIn("use Python 3.6 or later", output.getvalue())
 
 
 class Help(unittest.TestCase):

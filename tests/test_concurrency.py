@@ -13,7 +13,9 @@ import tempfile
 import time
 import unittest
 
-from helpers import PYTHON, REPO, cgi_environment, parse_cgi_output, payment, promopit_sale, urlencode
+from helpers import PYTHON, REPO, cgi_environment, ipn_receiver, parse_cgi_output, payment, promopit_sale, urlencode
+
+BUSY = ipn_receiver.BUSY_ANSWER
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -68,7 +70,7 @@ class CopiesAtTheSameMoment(ProcessTestCase):
             time.sleep(0.02)
         second = self.start_cgi(body, IPN_TEST_SLEEP="1")
         answers = [self.finish_cgi(first), self.finish_cgi(second)]
-        self.assertEqual(answers[1], (503, "ERROR: already being processed"))
+        self.assertEqual(answers[1], (503, BUSY))
         self.assertEqual(answers[0][0], 200)
         self.assertTrue(answers[0][1].startswith("OK\nusername: buyer\npassword: "))
         # The sender retries the refused copy later and gets the very same answer.
@@ -85,7 +87,7 @@ class CopiesAtTheSameMoment(ProcessTestCase):
         self.assertEqual(len(oks) + len(busy), 6)
         self.assertTrue(oks)
         self.assertEqual(set(oks), {oks[0]})
-        self.assertEqual(set(busy), {"ERROR: already being processed"} if busy else set())
+        self.assertEqual(set(busy), {BUSY} if busy else set())
 
 
 class KilledMidHandler(ProcessTestCase):
@@ -105,7 +107,7 @@ class KilledMidHandler(ProcessTestCase):
         self.assertEqual(store.execute("SELECT status FROM notifications").fetchone()[0], "processing")
         # Within the timeout a retry is told to come back later...
         self.assertEqual(self.finish_cgi(self.start_cgi(body, IPN_PROCESSING_TIMEOUT="2")),
-                         (503, "ERROR: already being processed"))
+                         (503, BUSY))
         # ...after it, the retry takes the claim over and runs the handler to the end.
         time.sleep(2.1)
         status, text = self.finish_cgi(self.start_cgi(body, IPN_PROCESSING_TIMEOUT="2"))
@@ -166,7 +168,7 @@ class Stress(ProcessTestCase):
         for result in results:
             status, text = result["tries"][-1]
             busy += len(result["tries"]) - 1
-            storage_failures += sum(1 for s, t in result["tries"] if t == "ERROR: storage unavailable")
+            storage_failures += sum(1 for s, t in result["tries"] if t == ipn_receiver.STORAGE_ERROR)
             final[result["tag"]] = (status, text)
         print("\n  stress: %d calls from %d processes, %d distinct; %d answered 'already being "
               "processed' and retried, %d failed for storage" % (

@@ -5,9 +5,11 @@
 | GET / HEAD                                      | 200, a status line starting "OK"         |
 | a verified notification                         | 200 "OK" (+ on_payment's answer lines)   |
 | an unknown event, or none, verified             | 200 "OK", stored, not dispatched         |
+| "no_signature_passphrase_provided" as signature | 403 "ERROR: no signature: ..."           |
 | a wrong signature / ISN key                     | 403 "ERROR: invalid sha signature/isn key"|
 | the needed secret not set, or the placeholder   | 503 "ERROR: <SETTING> is not set ..."    |
-| the handler raised                              | 500 "ERROR: handler failed"              |
+| a configuration error                           | 503 naming the file, the line and check  |
+| the handler raised                              | 500 naming handler, exception type, id   |
 | not a form of a known sender, missing event     | 400                                      |
 | body over MAX_BODY_BYTES / other content types  | 413 / 415                                |
 | other methods                                   | 405 with Allow                           |
@@ -20,6 +22,10 @@ from unittest import mock
 from helpers import (PASSPHRASE, ReceiverTestCase, call, environ_for, fixture_fields,
                      ipn_receiver, payment, post, promopit_sale, signed, urlencode)
 from test_signature import WORKED_EXAMPLES
+
+INVALID_SIGNATURE = "ERROR: " + ipn_receiver.INVALID_SIGNATURE_ANSWER
+INVALID_ISN_KEY = "ERROR: " + ipn_receiver.INVALID_ISN_KEY_ANSWER
+MISSING_EVENT = "ERROR: " + ipn_receiver.MISSING_EVENT_ANSWER
 
 
 class Answers(ReceiverTestCase):
@@ -49,8 +55,8 @@ class Answers(ReceiverTestCase):
         for method in ("GET", "POST"):
             answer = call(environ_for(urlencode(payment()), method=method, SCRIPT_NAME="/ipn_receiver.py",
                                       PATH_INFO="/config.ini"))
-            self.assertEqual((answer.status, answer.body),
-                             (404, "ERROR: not found; the receiver's URL has no path below it"))
+            self.assertEqual((answer.status, answer.body), (404, "ERROR: not found: nothing is below the "
+                                                                 "receiver's URL; register the URL of the script itself"))
         self.assertEqual(self.rows(), [])
         # Its own URL, with or without a slash, and any URL where the server does not say
         # where the receiver is (a WSGI server behind a proxy):
@@ -86,20 +92,20 @@ class Answers(ReceiverTestCase):
             tampered = dict(original)
             tampered[key] = original[key] + "1" if original[key] else "1"
             with self.subTest(field=key):
-                self.assertAnswer(post(tampered), 403, "ERROR: invalid sha signature")
+                self.assertAnswer(post(tampered), 403, INVALID_SIGNATURE)
         renamed = dict(original)
         renamed["Order_id"] = renamed.pop("order_id")
-        self.assertAnswer(post(renamed), 403, "ERROR: invalid sha signature")
+        self.assertAnswer(post(renamed), 403, INVALID_SIGNATURE)
         self.assertAnswer(post(dict(original, sha_sign=original["sha_sign"][:-1] + "0")), 403,
-                          "ERROR: invalid sha signature")
-        self.assertAnswer(post(dict(original, extra="1")), 403, "ERROR: invalid sha signature")
+                          INVALID_SIGNATURE)
+        self.assertAnswer(post(dict(original, extra="1")), 403, INVALID_SIGNATURE)
         self.assertEqual(self.rows(), [])
 
     def test_a_forged_worked_example_is_refused(self):
         for passphrase, fields, upper_keys, sha_sign in WORKED_EXAMPLES:
             ipn_receiver.use_settings(SHA_PASSPHRASE=passphrase, DATA_DIR=self.data_dir)
             tampered = dict(fields, sha_sign=sha_sign, event="on_refund")
-            self.assertAnswer(post(tampered), 403, "ERROR: invalid sha signature")
+            self.assertAnswer(post(tampered), 403, INVALID_SIGNATURE)
 
     def test_signature_variants_are_accepted(self):
         self.assertAnswer(post(signed(payment("1"), upper_keys=True)), 200, "OK")
@@ -112,8 +118,8 @@ class Answers(ReceiverTestCase):
 
     def test_promopit(self):
         self.assertAnswer(post(promopit_sale()), 200, "OK")
-        self.assertAnswer(post(promopit_sale(isn_key="wrong")), 403, "ERROR: invalid isn key")
-        self.assertAnswer(post(promopit_sale(isn_key="")), 403, "ERROR: invalid isn key")
+        self.assertAnswer(post(promopit_sale(isn_key="wrong")), 403, INVALID_ISN_KEY)
+        self.assertAnswer(post(promopit_sale(isn_key="")), 403, INVALID_ISN_KEY)
 
     def test_unknown_events_are_answered_ok_stored_and_not_dispatched(self):
         called = []
@@ -134,12 +140,12 @@ class Answers(ReceiverTestCase):
         anyones = hashlib.sha512(b"").hexdigest().upper()
         for fields in ({"event": "", "sha_sign": anyones}, {"x": "", "y": "", "event": "", "sha_sign": anyones}):
             answer = post(fields)                     # unverifiable, and so without an event
-            self.assertEqual((answer.status, answer.body), (400, "ERROR: missing event"))
+            self.assertEqual((answer.status, answer.body), (400, MISSING_EVENT))
         self.assertEqual(self.rows(), [])
 
     def test_missing_event(self):
         fields = {"order_id": "1", "transaction_id": "2"}
-        self.assertAnswer(post(dict(fields, sha_sign="00")), 400, "ERROR: missing event")
+        self.assertAnswer(post(dict(fields, sha_sign="00")), 400, MISSING_EVENT)
 
     def test_not_a_notification(self):
         for body in (b"order_id=1&product=2", b"\x00\x01\x02", b"<xml/>"):
@@ -165,27 +171,48 @@ class Answers(ReceiverTestCase):
         self.assertEqual(post(signed(payment(), passphrase=placeholder)).status, 503)
         self.assertEqual(self.rows(), [])
 
-    def test_a_configuration_error_is_503_with_the_reason(self):
+    def test_a_configuration_error_is_503_naming_where_and_check(self):
         ipn_receiver._settings = None
         with mock.patch.dict("os.environ", {"IPN_LOG_LEVEL": "LOUD", "IPN_DATA_DIR": self.data_dir}):
             answer = post(payment())
-        self.assertEqual(answer.status, 503)
-        self.assertIn("ERROR: configuration error: environment variable IPN_LOG_LEVEL", answer.body)
+        self.assertAnswer(answer, 503, "ERROR: configuration error in the environment variable IPN_LOG_LEVEL; run "
+                                       "`python3 ipn_receiver.py check` on the server to see what to change")
 
-    def test_a_raising_handler_is_500_and_the_traceback_goes_to_the_log_only(self):
+    def test_signed_without_a_passphrase_says_where_to_set_one(self):
+        # What Digistore24 sends when its IPN connection has no passphrase (seen in real calls).
+        for name in ("sha_sign", "SHASIGN"):
+            fields = dict(fixture_fields("digistore24_on_payment"))
+            del fields["sha_sign"]
+            fields[name] = "no_signature_passphrase_provided"
+            answer = post(fields)
+            self.assertEqual(answer.status, 403)
+            self.assertEqual(answer.body, "ERROR: no signature: Digistore24 sent none because its IPN connection "
+                                          "has no passphrase; enter one there (Settings > Integrations (IPN), edit "
+                                          "the connection, IPN passphrase) and the same one as SHA_PASSPHRASE of "
+                                          "ipn_receiver")
+        # Even where the receiver has no passphrase either: the same passphrase goes into both.
+        ipn_receiver.use_settings(SHA_PASSPHRASE="", DATA_DIR=self.data_dir)
+        self.assertTrue(post(fields).body.startswith("ERROR: no signature: "))
+        self.assertEqual(self.rows(), [])
+
+    def test_a_raising_handler_is_500_naming_it_and_the_traceback_goes_to_the_log_only(self):
         def broken(notification):
-            raise RuntimeError("database of accounts is down")
-        self.handle("on_payment", broken)
-        answer = post(payment())
-        self.assertAnswer(answer, 500, "ERROR: handler failed")
+            raise RuntimeError("database of accounts is down for jane@example.com")
+        self.handle("on_refund", broken)
+        answer = post(payment(event="on_refund"))
+        self.assertAnswer(answer, 500, "ERROR: handler broken failed (RuntimeError) for notification #1; the "
+                                       "traceback is in ipn_receiver.log")
         log = self.log_text()
         self.assertIn("Traceback (most recent call last)", log)
         self.assertIn("RuntimeError: database of accounts is down", log)
         self.assertIn("in broken", log)
 
     def test_a_handler_calling_sys_exit_is_a_failed_handler_not_a_dead_process(self):
-        self.handle("on_payment", lambda n: __import__("sys").exit(3))
-        self.assertAnswer(post(payment()), 500, "ERROR: handler failed")
+        def on_payment(notification):
+            __import__("sys").exit(3)
+        self.handle("on_payment", on_payment)
+        self.assertAnswer(post(payment()), 500, "ERROR: handler on_payment failed (SystemExit) for notification "
+                                                "#1; the traceback is in ipn_receiver.log")
 
     def test_every_error_body_starts_with_error(self):
         answers = [call(environ_for(b"x", content_type="text/plain")), call(environ_for(b"", method="PUT")),
@@ -218,17 +245,47 @@ class AccessData(ReceiverTestCase):
         self.assertEqual(post(payment(event="on_refund")).body, "OK")
         self.assertIn("only on_payment's are sent", self.log_text())
 
-    def test_a_line_break_in_a_value_fails_the_handler_without_leaking_the_value(self):
-        self.handle("on_payment", lambda n: {"password": "secret-one\nthankyou_url: https://evil"})
-        answer = post(payment())
-        self.assertEqual((answer.status, answer.body), (500, "ERROR: handler failed"))
-        self.assertNotIn("secret-one", self.log_text())
-        self.assertEqual(self.rows()[0]["status"], "failed")
+    def test_line_breaks_and_controls_become_spaces_never_a_failure_after_the_work(self):
+        # The account exists once the handler returns: failing now would make every retry
+        # create another. So the answer is made safe to send, with a warning in the log.
+        runs = []
 
-    def test_a_non_dict_result_fails_the_handler(self):
-        self.handle("on_payment", lambda n: "OK")
-        self.assertEqual(post(payment()).status, 500)
-        self.assertIn("returned str", self.rows()[0]["last_error"])
+        def grant(notification):
+            runs.append(1)
+            return {"username": "Jane\r\nthankyou_url: https://evil", "head\x00line": "Welcome\u2028\x0b\x85 Jane",
+                    "password": "secret-one\ud800"}
+        self.handle("on_payment", grant)
+        for _ in range(3):
+            answer = post(payment())
+            self.assertEqual(answer.status, 200)
+            self.assertEqual(answer.body, "OK\nusername: Jane  thankyou_url: https://evil\nhead line: Welcome    Jane\n"
+                                          "password: secret-one\ufffd")
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(self.rows()[0]["status"], "done")
+        self.assertIn("had a line break, control character", self.log_text())
+        self.assertNotIn("secret-one", self.log_text())
+
+    def test_a_colon_in_a_key_becomes_a_space(self):
+        self.handle("on_payment", lambda n: {"pass:word": "x", "": "lost", "  ": "lost too"})
+        self.assertEqual(post(payment()).body, "OK\npass word: x")
+
+    def test_a_non_dict_result_is_answered_ok_without_lines(self):
+        self.handle("on_payment", lambda n: "username: jane")
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (200, "OK"))
+        self.assertIn("on_payment returned str, not a dict of answer lines", self.log_text())
+
+    def test_a_result_that_cannot_be_read_is_answered_ok_without_lines(self):
+        class Unprintable:
+            def __str__(self):
+                raise ValueError("no")
+        self.handle("on_payment", lambda n: {"username": Unprintable()})
+        self.assertEqual(post(payment()).body, "OK")
+        self.assertIn("its answer lines could not be read", self.log_text())
+
+    def test_a_secret_in_an_answer_line_is_masked(self):
+        self.handle("on_payment", lambda n: {"password": "is " + PASSPHRASE, PASSPHRASE: "key"})
+        self.assertEqual(post(payment()).body, "OK\npassword: is [secret]\n[secret]: key")
 
     def test_unknown_keys_are_sent_with_a_warning(self):
         self.handle("on_payment", lambda n: {"licence_key": "ABC"})
@@ -249,7 +306,10 @@ class TheNotification(ReceiverTestCase):
         notification = seen[0]
         self.assertEqual((notification.provider, notification.event), ("digistore24", "on_payment"))
         self.assertTrue(notification.is_test)                       # the sample has api_mode=test
-        self.assertEqual(len(notification.fields), 172)
+        # The fields the signature covers, in the order sent: every non-empty one, no signature.
+        sent = [(key, value) for key, value in fields.items() if key != "sha_sign"]
+        self.assertEqual(list(notification.fields.items()), [(key, value) for key, value in sent if value])
+        self.assertEqual(len(notification.fields), 114)             # of 172: 58 were sent empty
         self.assertNotIn("sha_sign", notification.fields)
         self.assertEqual(notification["order_id"], "A1B2C3D4")
         self.assertEqual(notification.get("purchase_id"), "")
@@ -258,8 +318,27 @@ class TheNotification(ReceiverTestCase):
         with self.assertRaises(KeyError) as caught:
             notification["purchase_id"]
         self.assertIn("no field 'purchase_id'", str(caught.exception))
+        # A field sent empty is not there: get() gives "" for it, [] says so.
+        self.assertEqual(fields["affiliate_name"], "")
+        self.assertEqual(notification.get("affiliate_name"), "")
+        self.assertNotIn("affiliate_name", notification)
+        with self.assertRaises(KeyError) as caught:
+            notification["affiliate_name"]
+        self.assertIn("a field sent empty is left out", str(caught.exception))
         self.assertEqual(notification.add_info, {})
         self.assertIsInstance(notification.id, int)
+
+    def test_upper_keys_variant_fields_are_in_lower_case_and_found_in_any_case(self):
+        seen = self.capture()
+        fields = dict(payment())
+        del fields["sha_sign"]
+        post(signed({key.upper(): value for key, value in fields.items()}, upper_keys=True))
+        notification = seen[0]
+        self.assertEqual(notification["order_id"], "A1B2C3D4")
+        self.assertEqual(notification.get("ORDER_ID"), "A1B2C3D4")
+        self.assertEqual(notification.get("placeholder_TITLE"), fields["placeholder_TITLE"])
+        self.assertIn("placeholder_title", notification.fields)
+        self.assertTrue(all(key == key.lower() for key in notification.fields))
 
     def test_live_mode_is_not_a_test(self):
         seen = self.capture()

@@ -4,12 +4,16 @@ import logging
 import os
 import re
 import subprocess
+import unittest
 from unittest import mock
 
-from helpers import (PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for, ipn_receiver,
-                     payment, post, promopit_sale, urlencode)
+from helpers import (PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for,
+                     generated, ipn_receiver, payment, post, promopit_sale, urlencode)
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \[\d+\] .+$")
+# The lines Python's own tracebacks are made of, and nothing that could pass for a record.
+TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\):|  File \".*|    .*|\w+(\.\w+)*(: .*)?|"
+                            r"The above exception .*|During handling .*|)$")
 
 
 class RequestLines(ReceiverTestCase):
@@ -41,13 +45,52 @@ class RequestLines(ReceiverTestCase):
         self.assertEqual(mode, 0o600)
 
     def test_request_data_cannot_forge_log_lines(self):
-        post(payment(event="on_x\n2026-01-01 00:00:00,000 ERROR [1] forged\r\x1b[31m"))
+        # Every Unicode line break and control character: str.splitlines() breaks at all of these.
+        for breaker in ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"):
+            self.handle("on_x", lambda notification: None)
+            post(payment(breaker.encode().hex(), event="on_x%s2026-01-01 00:00:00,000 ERROR [1] forged" % breaker))
+        post(payment("controls", event="on_x\x1b[31m\x00\x9b\u202e"))
         text = self.log_text()
-        self.assertNotIn("\nforged", text)
         self.assertNotIn("\n2026-01-01", text)
-        self.assertIn("on_x\\n2026-01-01 00:00:00,000 ERROR [1] forged\\r\\x1b[31m", text)
         for line in text.splitlines():
             self.assertRegex(line, LINE)
+        self.assertIn("on_x\\n2026-01-01 00:00:00,000 ERROR [1] f...", text)   # shortened: up to 40
+        self.assertIn("on_x\\u2028202", text)
+        self.assertIn("on_x\\x1b[31m\\x00\\x9b\\u202e", text)
+
+    def test_an_exception_message_cannot_forge_log_lines_in_the_traceback(self):
+        def on_payment(notification):
+            raise ValueError("unknown product " + notification["custom"])
+        self.handle("on_payment", on_payment)
+        post(payment(custom="x\n2026-01-01 00:00:00,000 ERROR [1] forged\u2028\x85 too"))
+        text = self.log_text()
+        self.assertIn("Traceback (most recent call last):", text)    # the traceback is there,
+        self.assertIn("ValueError: unknown product x\\n2026-01-01 00:00:00,000 ERROR [1] forged\\u2028\\x85 too",
+                      text)                                           # its message on one line
+        for line in text.splitlines():                # every line a record or part of a traceback
+            self.assertTrue(LINE.match(line) or TRACEBACK_LINE.match(line), line)
+
+    def test_junk_nobody_vouched_for_is_shortened(self):
+        # 560 requests with an 8 KB method each would otherwise rotate every log file away.
+        for _ in range(20):
+            call(environ_for(method="X" * 8192, content_type=None))
+        text = self.log_text()
+        self.assertLess(len(text), 20 * 300)
+        self.assertIn("X" * 20 + "...(8192 characters) -> 405", text)
+
+    def test_chained_exceptions_are_in_the_traceback(self):
+        def on_payment(notification):
+            try:
+                {}["missing"]
+            except KeyError as error:
+                raise RuntimeError("could not grant access") from error
+        self.handle("on_payment", on_payment)
+        post(payment())
+        text = self.log_text()
+        self.assertIn("KeyError: 'missing'", text)
+        self.assertIn("The above exception was the direct cause of the following exception:", text)
+        self.assertIn("RuntimeError: could not grant access", text)
+        self.assertLess(text.index("KeyError"), text.index("RuntimeError"))
 
 
 class NoSecrets(ReceiverTestCase):
@@ -71,6 +114,12 @@ class NoSecrets(ReceiverTestCase):
         for secret in (PASSPHRASE, ISN_KEY, sent["sha_sign"], sent["sha_sign"].lower()):
             self.assertFalse(secret in text, "a secret or signature is in the log")
 
+    def test_every_occurrence_of_a_secret_is_masked(self):
+        ipn_receiver.log.info("%s and %s and %s%s", PASSPHRASE, ISN_KEY, PASSPHRASE, PASSPHRASE)
+        text = self.log_text()
+        self.assertIn("[secret] and [secret] and [secret][secret]", text)
+        self.assertFalse(PASSPHRASE in text or ISN_KEY in text)
+
     def test_a_secret_a_handler_logs_by_mistake_is_masked(self):
         def careless(notification):
             ipn_receiver.log.info("using passphrase %s", PASSPHRASE)
@@ -82,6 +131,23 @@ class NoSecrets(ReceiverTestCase):
         self.assertIn("ValueError: bad key [secret]", text)
         self.assertFalse(PASSPHRASE in text or ISN_KEY in text)
         self.assertEqual(self.rows()[0]["last_error"], "ValueError: bad key [secret]")
+
+
+class LikeTheLoggingModule(unittest.TestCase):
+    """A one-shot CGI call writes its log lines itself, since importing logging would cost it about
+    8 ms: log_line must write what logging.Formatter(LOG_FORMAT) writes for the same record."""
+
+    @generated(lambda st: st.tuples(st.integers(0, 4102444800), st.integers(0, 999),
+                                    st.sampled_from([10, 20, 30, 40]), st.text()), examples=1000)
+    def test_the_same_line_as_logging(self, record):
+        seconds, milliseconds, level, text = record
+        # The instant is taken in the middle of a millisecond: at its very edge, a float's rounding
+        # may make either of the two (or logging of different Python versions) say the next one.
+        when = seconds + milliseconds / 1000 + 0.0004
+        theirs = logging.LogRecord("ipn_receiver", level, __file__, 1, "%s", (text,), None)
+        theirs.created, theirs.msecs = when, int((when - int(when)) * 1000)
+        expected = logging.Formatter(ipn_receiver.LOG_FORMAT).format(theirs)
+        self.assertEqual(ipn_receiver.log_line(level, text, when), expected)
 
 
 class Rotation(ReceiverTestCase):
@@ -142,11 +208,12 @@ class OneShotCgi(ReceiverTestCase):
             file.write("[receiver]\nlog_level = INFO\n")
         body = urlencode(payment())
         environment = cgi_environment(self.data_dir, body=body, IPN_CONFIG=os.path.join(self.data_dir, "ipn.ini"))
-        done = subprocess.run([PYTHON, "-S", "-X", "importtime", SCRIPT], env=environment, input=body,
+        # -v: Python says "import 'name' # ..." for every module it imports (on every version).
+        done = subprocess.run([PYTHON, "-S", "-v", SCRIPT], env=environment, input=body,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK"), done.stderr[-2000:])
-        imported = {line.split("|")[-1].strip() for line in done.stderr.decode().splitlines()
-                    if line.startswith("import time:")}
+        imported = set(re.findall(r"^import '([\w.]+)' ", done.stderr.decode(), re.M))
+        self.assertIn("hashlib", imported)                  # (what the receiver needs is seen)
         self.assertFalse(imported & set(self.HEAVY), sorted(imported & set(self.HEAVY)))
         self.assertIn("_sqlite3", imported)
         self.assertNotIn("sqlite3", imported)               # the package: its datetime adapters cost

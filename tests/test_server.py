@@ -9,10 +9,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import unittest
 import urllib.request
 
-from helpers import PYTHON, ISN_KEY, PASSPHRASE, SCRIPT
+from helpers import PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ipn_receiver
 
 
 def clean_environment(**values):
@@ -70,9 +71,9 @@ class LocalServer(unittest.TestCase):
         code, output, _ = self.send("on_payment", "--set", "order_id=ABC123", "--set", "custom=a=b")
         self.assertEqual(code, 0)
         code, output, _ = self.send("on_payment", "--set", "sha_sign=FORGED")
-        self.assertEqual((code, output), (1, "HTTP 403\nERROR: invalid sha signature\n"))
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n" % ipn_receiver.INVALID_SIGNATURE_ANSWER))
         code, output, _ = self.send("sale", IPN_ISN_KEY="wrong-key")
-        self.assertEqual((code, output), (1, "HTTP 403\nERROR: invalid isn key\n"))
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n" % ipn_receiver.INVALID_ISN_KEY_ANSWER))
         self.stop()
         self.assertIn("order ABC123", self.console)       # the server logged each request
 
@@ -94,6 +95,52 @@ class LocalServer(unittest.TestCase):
                 answer += part
         self.assertTrue(answer.startswith(b"HTTP/1.0 411") or answer.startswith(b"HTTP/1.1 411"), answer)
         self.assertIn(b"ERROR: a POST needs a Content-Length", answer)
+
+
+class SilentClients(unittest.TestCase):
+    """A client that sends half a request and then nothing must not hold a thread for ever."""
+
+    def setUp(self):
+        from unittest import mock
+        self.folder = tempfile.mkdtemp(prefix="ipn-server-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.folder)
+        ipn_receiver.log.to_stderr = False
+        self.addCleanup(setattr, ipn_receiver, "_settings", None)
+        self.addCleanup(ipn_receiver.close_store)
+        self.addCleanup(ipn_receiver.log.reset)
+        with mock.patch.object(ipn_receiver, "LOCAL_SERVER_TIMEOUT", 0.5):
+            self.server = ipn_receiver.make_local_server("127.0.0.1", 0)
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(self.server.shutdown)
+
+    def half_sent(self, data):
+        """What the server answers to `data` followed by silence, and when it closes; None if it
+        waits longer than 10 s."""
+        with socket.create_connection(("127.0.0.1", self.server.server_port), timeout=10) as connection:
+            connection.sendall(data)
+            answer = b""
+            try:
+                while True:
+                    part = connection.recv(4096)
+                    if not part:
+                        return answer
+                    answer += part
+            except socket.timeout:
+                return None
+
+    def test_a_body_that_stops_coming_is_refused(self):
+        answer = self.half_sent(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                                b"Content-Length: 100\r\n\r\nevent=on_pay")
+        self.assertIsNotNone(answer, "the server waited for the rest of the body without end")
+        self.assertIn(b" 400 ", answer.split(b"\r\n")[0])
+        self.assertIn(b"ERROR: the body", answer)
+
+    def test_headers_that_stop_coming_are_dropped(self):
+        self.assertIsNotNone(self.half_sent(b"POST / HTTP/1.1\r\nHost: x\r\n"),
+                             "the server waited for the rest of the headers without end")
 
 
 class Send(unittest.TestCase):

@@ -25,7 +25,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from helpers import ISN_KEY, PASSPHRASE, PYTHON, REPO, SCRIPT, fixture_fields, payment, promopit_sale, urlencode
+from helpers import ISN_KEY, PASSPHRASE, PYTHON, REPO, SCRIPT, fixture_fields, ipn_receiver, payment, promopit_sale, urlencode
 
 README = os.path.join(REPO, "README.md")
 MODULES = "/usr/lib/apache2/modules"
@@ -184,15 +184,14 @@ class Target:
         # or the like of the Python running the tests (Debian's unpacked interpreters set it).
         environment = {key: value for key, value in (os.environ if env is None else env).items()
                        if not key.startswith("PYTHON") and key != "GATEWAY_INTERFACE"}
-        preexec = None
-        if as_user and cls.user:
-            uid, gid = cls.user.pw_uid, cls.user.pw_gid
+        user = cls.user if as_user else None
 
-            def preexec():
-                os.setgid(gid)
-                os.setuid(uid)
+        def become_the_user():
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
         process = subprocess.Popen(argv, env=environment, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=become_the_user if user else None)
         log.close()
         cls.processes.append(process)
         return process
@@ -271,7 +270,7 @@ class Target:
     def test_a_forged_call_is_refused_and_not_stored(self):
         forged = payment("forged-%d" % self.port, sha_sign="")
         forged["sha_sign"] = "A" * 128
-        self.assertEqual(request(self.url(), urlencode(forged)), (403, b"ERROR: invalid sha signature"))
+        self.assertEqual(request(self.url(), urlencode(forged)), (403, b"ERROR: invalid sha signature: " + ipn_receiver.INVALID_SIGNATURE_ANSWER.split(": ", 1)[1].encode()))
         self.assertNotIn("digistore24:on_payment:forged-%d" % self.port, self.rows())
 
     def test_get_runs_the_script_and_never_shows_its_source(self):
@@ -363,7 +362,7 @@ class Apache(Target):
         user = ""
         if cls.user:
             user = "User %s\nGroup %s\n" % (cls.user.pw_name, grp.getgrgid(cls.user.pw_gid).gr_name)
-        modules = ("mpm_%s" % cls.mpm, "authz_core", "mime", "dir", "alias", "env") + cls.modules
+        modules = ("mpm_%s" % cls.mpm, "authz_core", "mime", "dir", "autoindex", "alias", "env") + cls.modules
         loads = "".join("LoadModule %s_module %s/mod_%s.so\n" % (m, MODULES, m) for m in modules)
         return ("ServerRoot %(s)s\nServerName 127.0.0.1\nListen 127.0.0.1:%(port)d\n"
                 "PidFile %(s)s/httpd.pid\nDefaultRuntimeDir %(s)s\nErrorLog %(s)s/error.log\n"
@@ -401,13 +400,16 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
     script_path = "/ipn/ipn_receiver.py"
     protected = ("/ipn/config.ini", "/ipn/ipn_data/", "/ipn/ipn_data/events.sqlite3",
                  "/ipn/ipn_data/events.sqlite3-wal", "/ipn/ipn_data/ipn_receiver.log",
-                 "/ipn/ipn_data/.htaccess", "/ipn/.htaccess")
+                 "/ipn/ipn_data/.htaccess", "/ipn/.htaccess", "/ipn/", "/ipn/__pycache__/")
 
     @classmethod
     def lay_out(cls):
         folder = os.path.join(cls.home, "public_html", "ipn")
         cls.place_receiver(folder)
         cls.write(os.path.join(folder, ".htaccess"), cls.readme("apache-htaccess"))
+        # The launcher of README.md: it imports ipn_receiver, so Python caches its bytecode in
+        # __pycache__ beside it, the settings at the top of the file with it.
+        cls.write(os.path.join(folder, "ipn.py"), cls.readme("launcher"), 0o755)
         # Two classic upload mistakes, each in a folder of its own: CRLF line endings (a text-mode
         # upload) and a missing run bit.
         with open(SCRIPT, "rb") as file:
@@ -423,6 +425,29 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
     @classmethod
     def server_snippet(cls):
         return ""
+
+    def test_the_launcher_answers_and_its_compiled_copies_cannot_be_downloaded(self):
+        answer = request(self.url("/ipn/ipn.py"), urlencode(payment("launcher-%d" % self.port)))
+        self.assertEqual(answer, (200, b"OK"))
+        self.assertEqual(self.rows()["digistore24:on_payment:launcher-%d" % self.port], ("done", "OK"))
+        cache = os.path.join(self.home, "public_html", "ipn", "__pycache__")
+        compiled = [name for name in os.listdir(cache) if name.endswith(".pyc")]
+        self.assertTrue(compiled, "the launcher's import wrote no bytecode")
+        for name in compiled:
+            with open(os.path.join(cache, name), "rb") as file:
+                self.assertIn(b"sha_passphrase", file.read())      # what makes it worth protecting
+            for path in ("/ipn/__pycache__/" + name, "/ipn/__pycache__/", "/ipn/"):
+                status, body = request(self.url(path))
+                self.assertIn(status, (403, 404), path)
+                self.assertNotIn(b".pyc", body)                     # no folder listing names it
+                self.assertNotIn(b"sha_passphrase", body)
+        # And `check`, run there, says that the .htaccess denies them.
+        done = subprocess.run([PYTHON, os.path.join(self.home, "public_html", "ipn", "ipn_receiver.py"), "check"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                              env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, "check-data")))
+        self.assertIn("ok       .htaccess beside the script denies .pyc files and folder listings",
+                      done.stdout.decode())
+        self.assertIn("the .htaccess denies them", done.stdout.decode())
 
     def test_upload_mistakes_give_500_and_check_names_the_fix(self):
         for name, problem in (("crlf", "save the file with Unix (LF) line endings"),

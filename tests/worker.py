@@ -9,12 +9,18 @@ The recording handler appends "<provider>:<event>:<id>" to the file IPN_TEST_REC
 run (O_APPEND, so lines from many processes never mix), sleeps IPN_TEST_SLEEP seconds, raises
 when IPN_TEST_FAIL is set, and gives on_payment a fresh random password, so that a copy answered
 with the same password proves it got the stored answer rather than a second run.
+
+IPN_TEST_KILL="<start of an SQL statement>|<seconds>" makes the process kill itself (SIGKILL) when
+the store is about to run the first statement that starts so: at once, or after that many seconds
+on a timer (a timer started as a COMMIT begins may fire while SQLite is writing).
 """
 
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,6 +41,33 @@ def record(notification):
     if notification.event == "on_payment":
         return {"username": "buyer", "password": os.urandom(6).hex()}
 
+
+def kill_at(prefix, seconds):
+    """Have every store connection kill this process at the first statement starting with prefix."""
+    import _sqlite3
+
+    def watch(statement):
+        if statement.lstrip().startswith(prefix):
+            if seconds:
+                threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    class Sqlite:
+        def __getattr__(self, name):
+            return getattr(_sqlite3, name)
+
+        def connect(self, *args, **kwargs):
+            connection = _sqlite3.connect(*args, **kwargs)
+            connection.set_trace_callback(watch)
+            return connection
+
+    ipn_receiver.sqlite3_module = Sqlite
+
+
+if os.environ.get("IPN_TEST_KILL"):
+    prefix, _, seconds = os.environ["IPN_TEST_KILL"].partition("|")
+    kill_at(prefix, float(seconds or 0))
 
 for table in (ipn_receiver.DIGISTORE24_HANDLERS, ipn_receiver.PROMOPIT_HANDLERS):
     for event in table:
@@ -63,7 +96,7 @@ def run_job(job):
         while True:
             status, text = answer(body.encode("utf-8"))
             tries.append([status, text])
-            if not (status == 503 and text == "ERROR: already being processed") or len(tries) > 500:
+            if not (status == 503 and text == ipn_receiver.BUSY_ANSWER) or len(tries) > 500:
                 break
             time.sleep(0.005)
         results.append({"tag": tag, "tries": tries})

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Mutation testing of the security-critical code: would the tests notice a deliberate bug?
+
+    pip install "mutmut<3"
+    python3 tests/mutation.py [--jobs N] [--only NAME ...] [--list]
+
+mutmut (2.x) makes the mutants: each is ipn_receiver.py with one small change in one of the
+functions named in FUNCTIONS (an operator flipped, a constant changed, a condition negated, a
+keyword argument dropped, ...). For each one, this runs the fast test modules (TESTS) against a
+copy of the repository holding the mutant, and stops at the first failure. A mutant is killed when
+a test fails (or the tests hang past TIMEOUT seconds); it survives when they all pass.
+
+Not every change is a bug: some mutants do exactly what the original does (an equivalent mutant).
+Each one found is in EQUIVALENT below with the reason it changes nothing; every other survivor is a
+hole in the tests, and gets a test that kills it. The score printed at the end is killed /
+(mutants - equivalent ones). It takes about N minutes on 2 cores (see README.md); it is not part of
+.ci/run.
+"""
+
+import argparse
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SOURCE = os.path.join(REPO, "ipn_receiver.py")
+TIMEOUT = 180
+
+# The security-critical code: verification, the vouched fields and the duplicate key, the order of
+# claiming and recording, masking and escaping, the answer, reading the request and CGI framing.
+FUNCTIONS = [
+    "digistore24_signature", "digistore24_signature_variant", "isn_key_is_valid", "vouched_fields",
+    "provider_of", "Notification.__init__", "Notification.get", "duplicate_key",
+    "handle_post", "dispatch", "run_and_record", "claim_notification", "record_outcome", "write_to_store",
+    "lock_within", "set_damaged_store_aside",
+    "Log.mask", "Log._log", "one_line", "shortened", "error_line", "answer_body", "answer_text",
+    "read_body", "read_exactly", "parse_urlencoded", "percent_decode", "run_cgi", "application",
+]
+# Fast first: most mutants are killed by the first module that looks at their function.
+TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
+         "tests.test_request", "tests.test_store", "tests.test_logging", "tests.test_cgi"]
+
+# (function, the mutated line, stripped): why the mutant changes nothing that can be observed.
+EQUIVALENT = {
+}
+
+
+def function_lines(source):
+    """{qualified function name: (first line, last line)}, 1-based, from the source's syntax tree."""
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = (node.lineno, last_line(node))
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    found["%s.%s" % (node.name, item.name)] = (item.lineno, last_line(item))
+    return found
+
+
+def last_line(node):
+    return max(getattr(child, "lineno", node.lineno) for child in ast.walk(node))
+
+
+def mutants(source, names):
+    """[(function, line number, original line, mutated source)] for the functions named."""
+    import mutmut
+    spans = function_lines(source)
+    missing = [name for name in names if name not in spans]
+    if missing:
+        raise SystemExit("not functions of ipn_receiver.py: " + ", ".join(missing))
+    found = []
+    for mutation_id in mutmut.list_mutations(mutmut.Context(source=source, filename=SOURCE)):
+        line = mutation_id.line_number + 1
+        for name in names:
+            first, last = spans[name]
+            if first <= line <= last:
+                context = mutmut.Context(source=source, mutation_id=mutation_id, filename=SOURCE)
+                mutated, _ = mutmut.mutate(context)
+                found.append((name, line, mutation_id.line.strip(), mutated))
+    return found
+
+
+def workspace():
+    """A copy of the repository's receiver and tests, for one worker."""
+    folder = tempfile.mkdtemp(prefix="ipn-mutation-")
+    shutil.copytree(HERE, os.path.join(folder, "tests"), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(SOURCE, os.path.join(folder, "ipn_receiver.py"))
+    return folder
+
+
+def killed(folder, mutated):
+    """Whether the tests fail (or hang) with `mutated` as ipn_receiver.py."""
+    with open(os.path.join(folder, "ipn_receiver.py"), "w", encoding="utf-8") as file:
+        file.write(mutated)
+    environment = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    environment.pop("GATEWAY_INTERFACE", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "unittest", "-f", "-q"] + TESTS, cwd=folder, env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return True
+    return done.returncode != 0
+
+
+def mutated_line(mutated, line):
+    return mutated.split("\n")[line - 1].strip()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="tests run side by side")
+    parser.add_argument("--only", nargs="*", help="only these functions")
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    args = parser.parse_args()
+    import importlib.util
+    if importlib.util.find_spec("mutmut") is None:
+        print('mutmut is not installed: pip install "mutmut<3"', file=sys.stderr)
+        return 2
+    with open(SOURCE, encoding="utf-8") as file:
+        source = file.read()
+    todo = mutants(source, args.only or FUNCTIONS)
+    if args.list:
+        for name, line, original, mutated in todo:
+            print("%-28s %5d  %s\n%-34s->  %s" % (name, line, original, "", mutated_line(mutated, line)))
+        print("%d mutants" % len(todo))
+        return 0
+    folders = [workspace() for _ in range(args.jobs)]
+    free = list(folders)
+    started = time.time()
+    try:
+        def run(item):
+            folder = free.pop()
+            try:
+                return item, killed(folder, item[3])
+            finally:
+                free.append(folder)
+
+        survivors, done = [], 0
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for (name, line, original, mutated), was_killed in pool.map(run, todo):
+                done += 1
+                if not was_killed:
+                    survivors.append((name, line, original, mutated_line(mutated, line)))
+                if done % 25 == 0:
+                    print("  %d of %d mutants run, %d survived so far (%.0f s)" % (
+                        done, len(todo), len(survivors), time.time() - started), file=sys.stderr)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    equivalent = [s for s in survivors if (s[0], s[3]) in EQUIVALENT]
+    holes = [s for s in survivors if (s[0], s[3]) not in EQUIVALENT]
+    print("\n%d mutants of %d functions in %.0f s: %d killed, %d equivalent, %d survived" % (
+        len(todo), len(args.only or FUNCTIONS), time.time() - started, len(todo) - len(survivors),
+        len(equivalent), len(holes)))
+    for name, line, original, changed in equivalent:
+        print("  equivalent  %s line %d: %s  ->  %s\n              %s" % (
+            name, line, original, changed, EQUIVALENT[name, changed]))
+    for name, line, original, changed in holes:
+        print("  SURVIVED    %s line %d: %s  ->  %s" % (name, line, original, changed))
+    scored = len(todo) - len(equivalent)
+    print("score: %d of %d non-equivalent mutants killed (%.1f%%)" % (
+        scored - len(holes), scored, 100.0 * (scored - len(holes)) / scored if scored else 100))
+    return 1 if holes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
