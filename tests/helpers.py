@@ -176,6 +176,21 @@ class ReceiverTestCase(unittest.TestCase):
         with open(path, encoding="utf-8") as file:
             return file.read()
 
+    def log_messages(self):
+        """[(level, message)] of the log's records, without the time and process id in front and
+        without the lines of tracebacks; a request line's "(... ms)" at the end is dropped."""
+        import re
+        found = []
+        for line in self.log_text().splitlines():
+            record = re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) \[\d+\] (.*)$", line)
+            if record:
+                found.append((record.group(1), re.sub(r" \(\d+\.\d ms\)$", "", record.group(2))))
+        return found
+
+    def assertLogged(self, level, message):
+        """A record of the log says exactly `message` at `level`."""
+        self.assertIn((level, message), self.log_messages())
+
     def rows(self, where="", parameters=()):
         """The store's rows as dicts, oldest first (read with a connection of our own)."""
         path = os.path.join(self.data_dir, ipn_receiver.STORE_FILE_NAME)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from unittest import mock
 from wsgiref.handlers import BaseCGIHandler
 
 from helpers import (FORM, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
@@ -122,12 +123,12 @@ class SameAsWsgiref(unittest.TestCase):
         self.addCleanup(setattr, sys, "stdout", sys.stdout)
         self.addCleanup(setattr, ipn_receiver.log, "one_shot", False)
 
-    def answers(self, environ, body):
+    def answers(self, environ, body, app=None):
         class OneShot(BaseCGIHandler):
             wsgi_run_once = True
         theirs = io.BytesIO()
-        OneShot(io.BytesIO(body), theirs, io.StringIO(), dict(environ), multithread=False,
-                multiprocess=True).run(ipn_receiver.application)
+        OneShot(io.BytesIO(body), theirs, sys.stderr, dict(environ), multithread=False,
+                multiprocess=True).run(app or ipn_receiver.application)
         ours = io.BytesIO()
         ipn_receiver.run_cgi(dict(environ), io.BytesIO(body), ours)
         return theirs.getvalue(), ours.getvalue()
@@ -149,6 +150,28 @@ class SameAsWsgiref(unittest.TestCase):
             environ["HTTPS"] = https
         theirs, ours = self.answers(environ, body)
         self.assertEqual(ours, theirs)
+
+    def test_any_wsgi_application_gets_what_cgihandler_gives_it(self):
+        """run_cgi hands the application the environ CGIHandler would, and writes every piece of
+        the body it returns (a probe in place of the receiver's own application)."""
+        keys = ("wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.url_scheme",
+                "REQUEST_METHOD", "CONTENT_LENGTH")
+
+        def probe(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            seen = [repr((key, environ.get(key))).encode() for key in keys]
+            seen.append(repr(environ["wsgi.errors"] is sys.stderr).encode())
+            seen.append(environ["wsgi.input"].read())
+            return [b"\n".join(seen[:3]), b"|", b"\n".join(seen[3:])]
+
+        for https in (None, "on", "ON", "1", "yes", "off", "0"):
+            environ = {key: value for key, value in environ_for(b"a=1").items() if not key.startswith("wsgi.")}
+            if https:
+                environ["HTTPS"] = https
+            with mock.patch.object(ipn_receiver, "application", probe):
+                theirs, ours = self.answers(environ, b"a=1", app=probe)
+            self.assertEqual(ours, theirs, https)
+            self.assertIn(b"'https'" if https in ("on", "1", "yes") else b"'http'", ours)
 
     def test_same_bytes_for_each_kind_of_answer(self):
         cases = [("GET", b""), ("HEAD", b""), ("PUT", b""), ("POST", urlencode(payment("1"))),

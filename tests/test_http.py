@@ -33,6 +33,9 @@ class Answers(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body), (status, body))
         self.assertEqual(answer.headers["Content-Type"], "text/plain; charset=utf-8")
         self.assertEqual(answer.headers["Content-Length"], str(len(answer.body.encode("utf-8"))))
+        # No cache may keep an answer (it may hold access data), and no browser guess its type.
+        self.assertEqual(answer.headers["Cache-Control"], "no-store")
+        self.assertEqual(answer.headers["X-Content-Type-Options"], "nosniff")
 
     def test_get_and_head_say_the_receiver_is_up_and_reveal_nothing(self):
         answer = call(environ_for(method="GET", content_type=None))
@@ -83,6 +86,31 @@ class Answers(ReceiverTestCase):
             ipn_receiver.use_settings(SHA_PASSPHRASE=passphrase, DATA_DIR=self.data_dir)
             with self.subTest(fields=fields, upper_keys=upper_keys):
                 self.assertAnswer(post(dict(fields, sha_sign=sha_sign)), 200, "OK")
+        # The first two sign the same fields in either variant: one notification. Those without an
+        # event are stored with none.
+        self.assertEqual([row["event"] for row in self.rows()], ["", "", "on_payment", "on_payment", "on_payment"])
+
+    def test_an_internal_error_is_500_and_its_traceback_goes_to_the_log(self):
+        with mock.patch.object(ipn_receiver, "read_form", side_effect=ZeroDivisionError("a bug")):
+            self.assertAnswer(post(payment()), 500, "ERROR: internal error in ipn_receiver; the sender retries later; "
+                                                    "the traceback is in ipn_receiver.log, please report it with "
+                                                    "the version of ipn_receiver.py")
+        self.assertIn("ZeroDivisionError: a bug", self.log_text())
+
+    def test_altered_field_names_are_refused_in_words(self):
+        split = dict(payment("1"))
+        split["custom=a"] = "b"
+        self.assertAnswer(post(signed({k: v for k, v in split.items() if k != "sha_sign"})), 400,
+                          'ERROR: a field name contains "="; Digistore24 never sends one, so this call was altered '
+                          'on the way')
+        cased = {k: v for k, v in payment("2").items() if k != "sha_sign"}
+        cased["ORDER_ID"] = "x"
+        self.assertAnswer(post(signed(cased, upper_keys=True)), 400,
+                          "ERROR: two field names differ only in upper and lower case; Digistore24 never sends that, "
+                          "so this call was altered on the way")
+        self.assertAnswer(post(dict(payment("3"), isn_key="k")), 400,
+                          "ERROR: the call has both an isn_key and a sha_sign field; PromoPit sends only the first "
+                          "and Digistore24 only the second")
 
     def test_tampered_samples_are_refused(self):
         original = fixture_fields("digistore24_on_payment")
@@ -195,6 +223,14 @@ class Answers(ReceiverTestCase):
         self.assertTrue(post(fields).body.startswith("ERROR: no signature: "))
         self.assertEqual(self.rows(), [])
 
+    def test_a_handler_with_a_long_name_is_named_shortened(self):
+        def a_handler_whose_name_is_very_long_indeed_and_longer(notification):
+            raise KeyError("x")
+        self.handle("on_payment", a_handler_whose_name_is_very_long_indeed_and_longer)
+        self.assertAnswer(post(payment()), 500, "ERROR: handler a_handler_whose_name_is_very_long_indeed...(51 "
+                                                "characters) failed (KeyError) for notification #1; the traceback "
+                                                "is in ipn_receiver.log")
+
     def test_a_raising_handler_is_500_naming_it_and_the_traceback_goes_to_the_log_only(self):
         def broken(notification):
             raise RuntimeError("database of accounts is down for jane@example.com")
@@ -243,7 +279,7 @@ class AccessData(ReceiverTestCase):
     def test_other_events_send_only_ok(self):
         self.handle("on_refund", lambda n: {"username": "jane"})
         self.assertEqual(post(payment(event="on_refund")).body, "OK")
-        self.assertIn("only on_payment's are sent", self.log_text())
+        self.assertLogged("WARNING", "on_refund returned answer lines; only on_payment's are sent, these are ignored")
 
     def test_line_breaks_and_controls_become_spaces_never_a_failure_after_the_work(self):
         # The account exists once the handler returns: failing now would make every retry
@@ -262,18 +298,39 @@ class AccessData(ReceiverTestCase):
                                           "password: secret-one\ufffd")
         self.assertEqual(len(runs), 1)
         self.assertEqual(self.rows()[0]["status"], "done")
-        self.assertIn("had a line break, control character", self.log_text())
+        self.assertLogged("WARNING", "on_payment's answer line username had a line "
+                                     "break, control character, colon in its key or secret in it; sent with that "
+                                     "replaced")
         self.assertNotIn("secret-one", self.log_text())
 
     def test_a_colon_in_a_key_becomes_a_space(self):
-        self.handle("on_payment", lambda n: {"pass:word": "x", "": "lost", "  ": "lost too"})
-        self.assertEqual(post(payment()).body, "OK\npass word: x")
+        self.handle("on_payment", lambda n: {"": "lost", "pass:word": "x", "  ": "lost too", "username": "u"})
+        self.assertEqual(post(payment()).body, "OK\npass word: x\nusername: u")
+        self.assertLogged("WARNING", "on_payment returned an answer line without a key; it is left out")
+
+    def test_clean_lines_go_out_without_a_warning_and_none_is_empty(self):
+        self.handle("on_payment", lambda n: {"username": "jane", "password_2": "x", "headline": None})
+        self.assertEqual(post(payment()).body, "OK\nusername: jane\npassword_2: x\nheadline: ")
+        self.assertEqual([level for level, _ in self.log_messages()], ["INFO"])
+
+    def test_a_long_unknown_key_is_named_shortened(self):
+        key = "passwordX" + "x" * 50
+        self.handle("on_payment", lambda n: {key: "1"})
+        self.assertEqual(post(payment()).body, "OK\n%s: 1" % key)
+        self.assertLogged("WARNING", "on_payment returned the answer line %s...(59 characters), which Digistore24 "
+                                     "does not know; known: thankyou_url, username, password, loginurl, headline, "
+                                     "show_on, hide_on" % key[:40])
+
+    def test_a_lone_surrogate_at_either_end_of_its_range_becomes_a_replacement_character(self):
+        self.handle("on_payment", lambda n: {"username": "a\ud800b\udfffc"})
+        self.assertEqual(post(payment()).body, "OK\nusername: a\ufffdb\ufffdc")
+        self.assertEqual(self.rows()[0]["status"], "done")
 
     def test_a_non_dict_result_is_answered_ok_without_lines(self):
         self.handle("on_payment", lambda n: "username: jane")
         answer = post(payment())
         self.assertEqual((answer.status, answer.body), (200, "OK"))
-        self.assertIn("on_payment returned str, not a dict of answer lines", self.log_text())
+        self.assertLogged("ERROR", "on_payment returned str, not a dict of answer lines: answered OK without lines")
 
     def test_a_result_that_cannot_be_read_is_answered_ok_without_lines(self):
         class Unprintable:
@@ -281,7 +338,7 @@ class AccessData(ReceiverTestCase):
                 raise ValueError("no")
         self.handle("on_payment", lambda n: {"username": Unprintable()})
         self.assertEqual(post(payment()).body, "OK")
-        self.assertIn("its answer lines could not be read", self.log_text())
+        self.assertLogged("ERROR", "on_payment: its answer lines could not be read; answered OK without them")
 
     def test_a_secret_in_an_answer_line_is_masked(self):
         self.handle("on_payment", lambda n: {"password": "is " + PASSPHRASE, PASSPHRASE: "key"})

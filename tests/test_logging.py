@@ -76,7 +76,87 @@ class RequestLines(ReceiverTestCase):
             call(environ_for(method="X" * 8192, content_type=None))
         text = self.log_text()
         self.assertLess(len(text), 20 * 300)
-        self.assertIn("X" * 20 + "...(8192 characters) -> 405", text)
+        self.assertLogged("INFO", "X" * 20 + "...(8192 characters) -> 405, method not allowed")
+
+    def test_shortened_keeps_up_to_its_size(self):
+        self.assertEqual(ipn_receiver.shortened("x" * 80), "x" * 80)
+        self.assertEqual(ipn_receiver.shortened("x" * 81), "x" * 80 + "...(81 characters)")
+        self.assertEqual(ipn_receiver.shortened("abcdef", 5), "abcde...(6 characters)")
+
+    def test_each_outcome_in_its_own_words(self):
+        """The request line says what happened, at INFO, or at WARNING for a POST that failed."""
+        def broken(notification):
+            raise RuntimeError("boom")
+
+        def reentrant(notification):
+            post(payment("3", event="on_refund"))                # the sender's retry, while busy
+        self.handle("on_refund", reentrant)
+        self.handle("on_chargeback", broken)
+        call(environ_for(method="GET", content_type=None))
+        call(environ_for(method="GET", content_type=None, SCRIPT_NAME="/ipn.py", PATH_INFO="/config.ini"))
+        call(environ_for(method="PUT", content_type=None))
+        post(dict(payment("1"), sha_sign="0"))
+        call(environ_for(b"a=1"))
+        post(payment("1"))
+        post(payment("1"))
+        post(payment("2", event="on_unknown"))
+        post(payment("3", event="on_refund"))
+        post(payment("4", event="on_chargeback"))
+        without_method = environ_for(content_type=None)
+        del without_method["REQUEST_METHOD"]               # a server that sets none: taken as a GET
+        self.assertEqual(call(without_method).status, 200)
+        reference = "order A1B2C3D4 txn"
+        expected = [
+            ("INFO", "GET -> 200, status line"),
+            ("INFO", "GET -> 404, not found"),
+            ("INFO", "PUT -> 405, method not allowed"),
+            ("WARNING", "POST -> 403, refused: " + ipn_receiver.INVALID_SIGNATURE_ANSWER),
+            ("WARNING", "POST -> 400, refused: not a Digistore24 or PromoPit notification (it has no sha_sign, "
+                        "event or isn_key field); register this URL only with Digistore24 and PromoPit"),
+            ("INFO", "POST -> 200, digistore24 on_payment %s 1: handled as #1" % reference),
+            ("INFO", "POST -> 200, digistore24 on_payment %s 1: duplicate of #1, answered as before" % reference),
+            ("INFO", "POST -> 200, digistore24 on_unknown %s 2: no handler for this event: stored, answered OK"
+             % reference),
+            ("WARNING", "POST -> 503, digistore24 on_refund %s 3: a copy is being processed right now" % reference),
+            ("INFO", "POST -> 200, digistore24 on_refund %s 3: handled as #3" % reference),
+            ("ERROR", "digistore24 handler broken failed for %s 4" % reference),
+            ("WARNING", "POST -> 500, digistore24 on_chargeback %s 4: handler failed: RuntimeError: boom" % reference),
+        ]
+        messages = [entry for entry in self.log_messages()]
+        for entry in expected:
+            self.assertIn(entry, messages)
+        self.assertEqual(messages.count(("INFO", "GET -> 200, status line")), 2)
+
+    def test_storage_and_internal_failures_in_their_own_words(self):
+        import sqlite3
+        with mock.patch.object(ipn_receiver, "claim_notification", side_effect=sqlite3.OperationalError("disk I/O error")):
+            post(payment("1"))
+        with mock.patch.object(ipn_receiver, "handle_post", side_effect=RuntimeError("a bug")):
+            answer = post(payment("2"))
+        self.assertEqual((answer.status, answer.body), (500, ipn_receiver.INTERNAL_ERROR_ANSWER))
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        self.assertLogged("ERROR", "event store %s: disk I/O error; check that the data folder exists, is writable by "
+                                   "the web server's user and the disk is not full" % store)
+        self.assertLogged("WARNING", "POST -> 503, digistore24 on_payment order A1B2C3D4 txn 1: storage unavailable")
+        self.assertLogged("ERROR", "internal error")
+        self.assertLogged("WARNING", "POST -> 500, internal error")
+        self.assertIn("RuntimeError: a bug", self.log_text())
+
+    def test_the_time_a_request_took(self):
+        with mock.patch.object(ipn_receiver.time, "perf_counter", side_effect=[100.0, 100.0125]):
+            call(environ_for(method="GET", content_type=None))
+        self.assertIn("GET -> 200, status line (12.5 ms)\n", self.log_text())
+
+    def test_lone_surrogates_are_escaped(self):
+        ipn_receiver.log.info("bytes that were not UTF-8: %s", b"a\xff".decode("utf-8", "surrogateescape"))
+        self.assertLogged("INFO", "bytes that were not UTF-8: a\\udcff")
+
+    def test_only_log_exception_adds_a_traceback(self):
+        try:
+            raise ValueError("while handling this")
+        except ValueError:
+            ipn_receiver.log.error("an error line written inside an except block")
+        self.assertNotIn("Traceback", self.log_text())
 
     def test_chained_exceptions_are_in_the_traceback(self):
         def on_payment(notification):

@@ -121,6 +121,8 @@ class Rules(unittest.TestCase):
     def test_signature_fields_are_not_signed(self):
         base = {"order_id": "1"}
         self.assertEqual(sign("p", dict(base, sha_sign="X", SHASIGN="Y")), sign("p", base))
+        self.assertEqual(sign("p", dict(base, SHASIGN="Y")), sign("p", base))
+        self.assertEqual(sign("p", dict(base, sha_sign="X")), sign("p", base))
 
     def test_upper_keys_variant_sorts_by_the_uppercased_key(self):
         # "_" sorts after uppercase letters but before lowercase ones: uppercasing moves it.

@@ -51,10 +51,46 @@ class Recording(ReceiverTestCase):
 
     def test_the_handler_runs_while_the_row_is_processing_and_ok_comes_after_done(self):
         states = []
-        self.handle("on_payment", lambda n: states.append(self.rows()[0]["status"]))
+        self.handle("on_payment", lambda n: states.append((self.rows()[0]["status"], self.rows()[0]["claim"])))
         self.assertEqual(post(payment()).body, "OK")
-        self.assertEqual(states, ["processing"])
-        self.assertEqual(self.rows()[0]["status"], "done")
+        self.assertEqual([status for status, _ in states], ["processing"])
+        self.assertRegex(states[0][1], r"^\d+-[0-9a-f]{12}$")     # who runs it: process id and a nonce
+        self.assertEqual((self.rows()[0]["status"], self.rows()[0]["claim"]), ("done", None))
+        self.assertNotIn("PROCESSING_TIMEOUT", self.log_text())
+
+    def test_a_failed_transaction_is_rolled_back_and_the_next_call_is_taken(self):
+        # In a long-running process the connection stays open: a transaction left open by a
+        # failure would make every later call on it fail.
+        real_open = ipn_receiver.open_store
+
+        class FailingOnce:
+            """The store's connection, but the first statement starting with `prefix` fails."""
+
+            def __init__(self, connection, prefix):
+                self.connection, self.prefix = connection, prefix
+
+            def execute(self, sql, *args):
+                if self.prefix and sql.startswith(self.prefix):
+                    self.prefix = None
+                    raise sqlite3.OperationalError("disk I/O error")
+                return self.connection.execute(sql, *args)
+
+        for number, prefix in enumerate(("INSERT OR IGNORE", "UPDATE notifications SET status = ?")):
+            failing = []
+            with mock.patch.object(ipn_receiver, "open_store",
+                                   lambda config: failing[0] if failing else failing.append(
+                                       FailingOnce(real_open(config), prefix)) or failing[0]):
+                self.assertEqual(post(payment("fail-%d" % number)).status, 503, prefix)
+            self.assertEqual(post(payment("next-%d" % number)).body, "OK", prefix)
+
+    def test_a_done_row_without_a_stored_answer_is_answered_ok(self):
+        # (A row salvaged from a damaged store may have lost its answer.)
+        post(payment("1"))
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET answer = NULL")
+        connection.commit()
+        connection.close()
+        self.assertEqual(post(payment("1")).body, "OK")
 
     def test_no_secret_or_signature_is_stored(self):
         sent = payment()
@@ -147,6 +183,15 @@ class ExactlyOnce(ReceiverTestCase):
         post({("IPN_Version" if key == "ipn_version" else key): value for key, value in test.items()})
         self.assertEqual(self.rows()[1]["deliveries"], 2)
 
+    def test_an_event_name_cannot_pass_for_a_transaction_id(self):
+        # "digistore24:<event>:<transaction_id>": an event with ":" (or "%") is escaped, so that
+        # event "a:b" with transaction "c" is not event "a" with transaction "b:c".
+        for event, transaction, key in (("a:b", "c", "digistore24:a%3Ab:c"), ("a", "b:c", "digistore24:a:b:c"),
+                                        ("a%3Ab", "c", "digistore24:a%253Ab:c")):
+            notification = ipn_receiver.Notification("digistore24", {"event": event, "transaction_id": transaction})
+            self.assertEqual(notification.key, key)
+        self.assertIsNone(notification.id)                   # a number only once it is stored
+
     def test_without_a_transaction_id_only_exact_copies_collapse(self):
         test = fixture_fields("digistore24_connection_test")
         post(test)
@@ -176,6 +221,15 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual((second.status, second.body), (200, "OK\nusername: ok"))
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 2))
+
+    def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
+        def on_payment(notification):
+            raise ValueError("x\n" * 600)
+        self.handle("on_payment", on_payment)
+        post(payment())
+        error = self.rows()[0]["last_error"]
+        self.assertEqual(len(error), 500)
+        self.assertTrue(error.startswith("ValueError: x\\nx\\n"))
 
     def test_a_copy_arriving_while_the_first_is_processed_gets_503_and_is_not_dispatched(self):
         answers = []
@@ -218,7 +272,8 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK\nusername: first")
         row = self.rows()[0]
         self.assertEqual((row["status"], row["claim"], row["answer"]), ("done", None, "OK\nusername: first"))
-        self.assertIn("raise PROCESSING_TIMEOUT", self.log_text())
+        self.assertLogged("WARNING", "notification #1: its handler ran longer than PROCESSING_TIMEOUT, so a retry "
+                                     "ran it again meanwhile; raise PROCESSING_TIMEOUT")
         # ...and the other run, finishing later, answers what the store holds, as every copy will.
         connection = ipn_receiver.open_store(ipn_receiver.settings())
         notification = ipn_receiver.Notification("digistore24", json.loads(row["fields"]))
@@ -339,7 +394,11 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(integrity(self.store()), "ok")
         kept = {row["duplicate_key"] for row in self.rows()}
         self.assertEqual(kept, readable | {"digistore24:on_payment:new"})   # every readable row kept
-        self.assertIn("%d notifications were copied" % len(readable), self.log_text())
+        self.assertIn(("ERROR", "event store %s was damaged (database disk image is malformed); it was moved to %s, "
+                                "a new store was started and %d notifications were copied from the damaged one. "
+                                "Keep the damaged copy until `python3 ipn_receiver.py check` is clean."
+                       % (self.store(), aside[0], len(readable))), self.log_messages())
+        self.assertRegex(aside[0], r"^events\.sqlite3\.damaged-\d{8}-\d{6}$")
         # A copy of one that was kept gets its stored answer, not a second run.
         self.assertEqual(post(payment(sorted(readable)[0].split(":")[-1])).body, "OK")
         self.assertEqual(len(seen), 1)
@@ -373,14 +432,33 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("long", custom="MARKER" * 3000)).body, "OK\nusername: jane")
         self.assertEqual(runs, [])
 
-    def test_two_damaged_copies_set_aside_in_the_same_second_are_both_kept(self):
+    def test_damaged_copies_set_aside_in_the_same_second_are_all_kept(self):
         with mock.patch.object(ipn_receiver.time, "strftime", return_value="20261125-120000"):
-            for number in range(2):
+            for number in range(3):
                 post(payment(str(number)))
                 with ipn_receiver.StoreLock(self.data_dir):
                     ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
-        names = sorted(name for name in os.listdir(self.data_dir) if ".damaged-" in name and name.endswith(("0", "2")))
-        self.assertEqual(names, ["events.sqlite3.damaged-20261125-120000", "events.sqlite3.damaged-20261125-120000-2"])
+        names = sorted(name for name in os.listdir(self.data_dir) if ".damaged-" in name and name[-1].isdigit())
+        self.assertEqual(names, ["events.sqlite3.damaged-20261125-120000", "events.sqlite3.damaged-20261125-120000-2",
+                                 "events.sqlite3.damaged-20261125-120000-3"])
+
+    def test_the_journal_goes_aside_with_the_store(self):
+        # Its last commits may be in the -wal file alone: it is moved with the store, not lost.
+        post(payment("1"))
+        connection = sqlite3.connect(self.store())          # another process's, kept open:
+        connection.execute("SELECT count(*) FROM notifications").fetchone()     # -wal and -shm stay
+        self.assertTrue(os.path.exists(self.store() + "-wal") and os.path.exists(self.store() + "-shm"))
+        with open(self.store() + "-wal", "rb") as file:
+            journal = file.read()
+        with ipn_receiver.StoreLock(self.data_dir):
+            ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
+        aside = [name for name in os.listdir(self.data_dir) if name.endswith(".damaged-" + name.split(".damaged-")[-1])
+                 and not name.endswith(("-wal", "-shm"))][0]
+        for suffix in ("-wal", "-shm"):
+            self.assertTrue(os.path.exists(os.path.join(self.data_dir, aside + suffix)), suffix)
+        with open(os.path.join(self.data_dir, aside + "-wal"), "rb") as file:
+            self.assertEqual(file.read(), journal)
+        connection.close()
 
 
 class TheLiveStore(ReceiverTestCase):
@@ -424,6 +502,25 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual(self.rows()[0]["status"], "processing")
         self.assertIn("handler ran, but its outcome could not be stored", self.log_text())
 
+    def test_a_lock_held_a_moment_is_waited_for(self):
+        import fcntl
+        post(payment("1"))
+        holder = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        pauses = []
+        real_sleep = time.sleep
+
+        def sleep(seconds):                                 # the third pause: the holder lets go
+            pauses.append(seconds)
+            if len(pauses) == 3:
+                fcntl.flock(holder, fcntl.LOCK_UN)
+            real_sleep(seconds)
+        with mock.patch.object(ipn_receiver.time, "sleep", sleep):
+            self.assertEqual(post(payment("2")).body, "OK")
+        self.assertEqual(len(pauses), 3)
+        self.assertLessEqual(max(pauses), 0.001)             # a waiter tries again every millisecond
+
     def test_a_lock_held_too_long_gets_503_not_a_wait_for_ever(self):
         import fcntl
         post(payment("1"))
@@ -438,6 +535,8 @@ class TheLiveStore(ReceiverTestCase):
         fcntl.flock(holder, fcntl.LOCK_UN)
         self.assertFalse(caller.is_alive(), "the call waited for the lock without end")
         self.assertEqual((answers[0].status, answers[0].body), (503, ipn_receiver.STORE_BUSY))
+        self.assertLogged("ERROR", "the store lock was held by another process for more than 0 s; if this repeats, "
+                                   "look for a stuck process")
         self.assertEqual(post(payment("2")).body, "OK")       # the sender's retry, once it is free
 
 
