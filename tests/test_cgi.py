@@ -98,6 +98,22 @@ class TheFileAsUploaded(unittest.TestCase):
         self.assertNotIn(b"\r", content)
         self.assertTrue(os.stat(SCRIPT).st_mode & stat.S_IXUSR, "chmod 755 ipn_receiver.py")
 
+    def test_a_cgi_call_leaves_no_file_beside_the_script(self):
+        # Nothing compiled, cached or written there: Python never caches the file it runs, and
+        # the receiver writes only into DATA_DIR (here outside the script's folder).
+        folder = tempfile.mkdtemp(prefix="ipn-cgi-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        site = os.path.join(folder, "site")
+        os.mkdir(site)
+        shutil.copy(SCRIPT, site)
+        body = urlencode(payment())
+        environment = cgi_environment(os.path.join(folder, "data"), body=body)
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
+        for _ in range(2):
+            done = run_cgi_program(environment, body, script=os.path.join(site, "ipn_receiver.py"))
+            self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr[-2000:])
+        self.assertEqual(os.listdir(site), ["ipn_receiver.py"])
+
     def test_it_runs_through_its_shebang(self):
         folder = tempfile.mkdtemp(prefix="ipn-cgi-")
         self.addCleanup(shutil.rmtree, folder, True)
