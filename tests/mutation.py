@@ -68,6 +68,10 @@ EQUIVALENT = {
         "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
     ("claim_notification", 'decision = ("XXrunXX", claim)'):
         'dispatch tells "busy" and "answer" apart; whatever else it gets, it runs the handler',
+    ("read_body", 'if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "XXXX").lower() and "uwsgi.version" in environ:'):
+        'without the header, neither "" nor "xxxx" holds "chunked"',
+    ("run_cgi", 'https = environ.get("HTTPS", "XXoffXX") in ("on", "1", "yes")        # as wsgiref decides it'):
+        'without HTTPS, neither "off" nor "XXoffXX" is one of the values that mean https',
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

@@ -313,6 +313,22 @@ class AccessData(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK\nusername: jane\npassword_2: x\nheadline: ")
         self.assertEqual([level for level, _ in self.log_messages()], ["INFO"])
 
+    def test_a_known_key_with_something_after_it_is_unknown(self):
+        self.handle("on_payment", lambda n: {"passwordX": "1", "username_": "2"})
+        self.assertEqual(post(payment()).body, "OK\npasswordX: 1\nusername_: 2")
+        known = "known: thankyou_url, username, password, loginurl, headline, show_on, hide_on"
+        self.assertLogged("WARNING", "on_payment returned the answer line passwordX, which Digistore24 does not "
+                                     "know; " + known)
+        self.assertNotIn("username_,", self.log_text())     # (username_2's like: known)
+
+    def test_a_long_key_with_a_line_break_is_named_shortened(self):
+        key = "user" + "\x0b" * 50 + "name"
+        self.handle("on_payment", lambda n: {key: "1"})
+        post(payment())
+        self.assertLogged("WARNING", "on_payment's answer line user%s...(58 characters) had a line break, "
+                                     "control character, colon in its key or secret in it; sent with that replaced"
+                                     % ("\\x0b" * 36))
+
     def test_a_long_unknown_key_is_named_shortened(self):
         key = "passwordX" + "x" * 50
         self.handle("on_payment", lambda n: {key: "1"})
@@ -369,6 +385,7 @@ class TheNotification(ReceiverTestCase):
         self.assertEqual(len(notification.fields), 114)             # of 172: 58 were sent empty
         self.assertNotIn("sha_sign", notification.fields)
         self.assertEqual(notification["order_id"], "A1B2C3D4")
+        self.assertEqual(notification.get("placeholder_TITLE"), fields["placeholder_TITLE"])    # as signed
         self.assertEqual(notification.get("purchase_id"), "")
         self.assertEqual(notification.get("purchase_id", None), None)
         self.assertIn("email", notification)

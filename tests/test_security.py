@@ -110,7 +110,9 @@ class NothingLeaks(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body), (503, "ERROR: configuration error in ipn.ini line 3; run "
                                                              "`python3 ipn_receiver.py check` on the server to see "
                                                              "what to change"))
-        self.assertIn("ipn.ini line 3: unknown setting in [promopit]", stderr.getvalue())
+        self.assertRegex(stderr.getvalue(), r"ERROR \[\d+\] configuration error: ipn\.ini line 3: unknown setting in "
+                                            r"\[promopit\]; the settings are ")
+        self.assertRegex(stderr.getvalue(), r"WARNING \[\d+\] POST -> 503, configuration error \(\d+\.\d ms\)")
         self.assertNotIn("pasted-secret-value", stderr.getvalue().lower())
         ipn_receiver.log.reset()
         ipn_receiver._settings = None

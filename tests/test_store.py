@@ -500,7 +500,8 @@ class TheLiveStore(ReceiverTestCase):
             answer = post(payment())
         self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
         self.assertEqual(self.rows()[0]["status"], "processing")
-        self.assertIn("handler ran, but its outcome could not be stored", self.log_text())
+        self.assertLogged("WARNING", "POST -> 503, digistore24 on_payment order A1B2C3D4 txn 3999938: handler ran, "
+                                     "but its outcome could not be stored")
 
     def test_a_lock_held_a_moment_is_waited_for(self):
         import fcntl
