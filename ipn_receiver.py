@@ -213,6 +213,7 @@ __version__ = "1.0.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG_FILE_NAME = "config.ini"
 LOG_FILE_NAME = "ipn_receiver.log"
+ERROR_LOG_FILE_NAME = "ipn_receiver.errors.log"     # the errors alone: requests cannot flood it
 STORE_FILE_NAME = "events.sqlite3"
 LOG_FILE_MAX_BYTES = 1024 * 1024    # then ipn_receiver.log becomes ipn_receiver.log.1, ...
 LOG_FILE_BACKUPS = 3
@@ -351,7 +352,8 @@ def finish_settings(values, where, config_file):
                 where[name][0], name, example), where[name][1])
         result[name] = number
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
-    result["DATA_DIR"] = os.path.join(HERE, os.path.expanduser(data_dir))  # absolute stays absolute
+    # Absolute stays absolute; normalised, so that "/data//" and "/data" name one lock file.
+    result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, os.path.expanduser(data_dir)))
     return result
 
 
@@ -494,15 +496,71 @@ def traceback_lines(error, seen=None):
     return lines
 
 
+class LogFile:
+    """One log file: opened for appending (created 0600), rotated when full (the file becomes .1,
+    .1 becomes .2, ..., LOG_FILE_BACKUPS kept), followed when another process has rotated it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, line):
+        try:
+            self._rotate_if_needed()
+            os.write(self.fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def _reopen(self):
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _rotate_if_needed(self):
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(self.fd)
+        if on_disk is None or (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
+            self._reopen()                  # rotated (or removed) by another process: follow it
+            return
+        if mine.st_size < LOG_FILE_MAX_BYTES:
+            return
+        try:
+            import fcntl                    # so that two processes do not rotate at once; one that
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # finds it busy leaves it
+        except ImportError:
+            pass
+        except OSError:
+            return
+        try:
+            if os.stat(self.path).st_ino == mine.st_ino:    # nobody rotated while we waited
+                for number in range(LOG_FILE_BACKUPS - 1, 0, -1):
+                    older = "%s.%d" % (self.path, number)
+                    if os.path.exists(older):
+                        os.replace(older, "%s.%d" % (self.path, number + 1))
+                os.replace(self.path, self.path + ".1")
+        finally:
+            self._reopen()                  # closing also releases the lock
+
+
 class Log:
     """The receiver's log: log.debug/info/warning/error(message, *args) and log.exception(...).
 
     Each call writes one line ("2026-11-21 08:10:00,123 INFO [pid] message") to
-    DATA_DIR/ipn_receiver.log (created 0600, rotated at 1 MiB, three old files kept) and to stderr,
-    which is the web server's error log under CGI; log.exception adds the traceback's lines below
-    it. The configured secrets are replaced by [secret] wherever they appear, and then, last,
-    every control character and line break in the text is escaped, so no data from a request can
-    make a line of its own.
+    DATA_DIR/ipn_receiver.log and to stderr, which is the web server's error log under CGI;
+    log.exception adds the traceback's lines below it. Errors go to
+    DATA_DIR/ipn_receiver.errors.log too: anyone can send requests that are refused, and their
+    lines could rotate ipn_receiver.log away, but not that file, where no refusal goes. The
+    configured secrets are replaced by [secret] wherever they appear, and then, last, every
+    control character and line break in the text is escaped, so no data from a request can make
+    a line of its own.
 
     In long-running processes (WSGI servers, the local server, the commands) the lines go through
     Python's logging, as the logger "ipn_receiver", so your server's logging setup sees them. A
@@ -544,17 +602,15 @@ class Log:
         if self._ready and self._logger is not None:
             for handler in list(self._logger.handlers):
                 self._logger.removeHandler(handler)
-        if self._ready and self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+        if self._ready:
+            for file in self._files:
+                file.close()
         self._ready = False
 
     def _setup(self):
         if self._ready:
             return
-        self._ready, self._fd, self._path, self._logger = True, None, None, None
+        self._ready, self._files, self._logger = True, [], None
         self.level, self.secrets = 20, ()
         try:
             config = settings()
@@ -566,10 +622,9 @@ class Log:
                                  if len(config[name]) >= 4 and not secret_problem(config, name))
             try:
                 ensure_data_dir(config["DATA_DIR"])
-                self._path = os.path.join(config["DATA_DIR"], LOG_FILE_NAME)
-                self._open_file()
+                self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
+                               for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME)]
             except OSError as error:
-                self._path = None
                 if self.to_stderr:
                     sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
                                      "stderr only. Run `python3 ipn_receiver.py check`.\n"
@@ -583,13 +638,13 @@ class Log:
 
         class LogFileHandler(logging.Handler):
             def emit(self, record):
-                owner._write_file(self.format(record) + "\n")
+                owner._write_files(record.levelno, self.format(record) + "\n")
 
         formatter = logging.Formatter(LOG_FORMAT)
         logger = logging.getLogger("ipn_receiver")
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
-        handlers = [LogFileHandler()] if self._fd is not None else []
+        handlers = [LogFileHandler()] if self._files else []
         if self.to_stderr:
             handlers.append(logging.StreamHandler(sys.stderr))
         if not handlers:                    # else logging's "last resort" would print to stderr
@@ -616,55 +671,16 @@ class Log:
                 self._logger.log(level, "%s", text)
                 return
             line = log_line(level, text, time.time()) + "\n"
-            self._write_file(line)
+            self._write_files(level, line)
             if self.to_stderr:
                 sys.stderr.write(line)
                 sys.stderr.flush()
         except Exception:                   # a log line is never worth failing a request for
             pass
 
-    def _open_file(self):
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-
-    def _write_file(self, line):
-        if self._fd is None:
-            return
-        try:
-            self._rotate_if_needed()
-            os.write(self._fd, line.encode("utf-8", "replace"))
-        except OSError:
-            pass
-
-    def _rotate_if_needed(self):
-        """Rename the log to .1 (and .1 to .2, ...) when it is full; reopen if another process did."""
-        try:
-            on_disk = os.stat(self._path)
-        except FileNotFoundError:
-            on_disk = None
-        mine = os.fstat(self._fd)
-        if on_disk is None or (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
-            os.close(self._fd)              # rotated (or removed) by another process: follow it
-            self._open_file()
-            return
-        if mine.st_size < LOG_FILE_MAX_BYTES:
-            return
-        try:
-            import fcntl                    # so that two processes do not rotate at once; one that
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)    # finds it busy leaves it
-        except ImportError:
-            pass
-        except OSError:
-            return
-        try:
-            if os.stat(self._path).st_ino == mine.st_ino:   # nobody rotated while we waited
-                for number in range(LOG_FILE_BACKUPS - 1, 0, -1):
-                    older = "%s.%d" % (self._path, number)
-                    if os.path.exists(older):
-                        os.replace(older, "%s.%d" % (self._path, number + 1))
-                os.replace(self._path, self._path + ".1")
-        finally:
-            os.close(self._fd)              # closing also releases the lock
-            self._open_file()
+    def _write_files(self, level, line):
+        for file in self._files[:2 if level >= 40 else 1]:
+            file.write(line)
 
 
 log = Log()
@@ -1157,7 +1173,7 @@ class StoreLock:
     held = {}       # (lock file, thread id) -> how deep this thread holds it
 
     def __init__(self, data_dir):
-        self.key = (os.path.join(data_dir, ".lock"), _thread_id())
+        self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread_id())
 
     def __enter__(self):
         depth = StoreLock.held.get(self.key, 0)
@@ -1272,11 +1288,7 @@ def create_store_file(path, data_dir):
             return
         # A journal left behind by a deleted store would be replayed into the new one. It goes
         # first: once the file exists, other processes may already be using new journal files.
-        for suffix in ("-wal", "-shm", "-journal"):
-            try:
-                os.remove(path + suffix)
-            except FileNotFoundError:
-                pass
+        remove_store_files(path)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
@@ -1370,29 +1382,54 @@ def write_to_store(config, write):
 
 
 def set_damaged_store_aside(config, reason):
-    """Move a damaged store aside, start a new one, and copy into it every row still readable.
+    """Put a new store, holding every row still readable, in place of a damaged one, which is kept
+    beside it (never deleted). Returns a connection to the new store.
 
-    The caller holds the store lock, so the file set aside is the one found damaged: no other
-    process can have replaced it meanwhile. The sender keeps retrying what failed, so new calls
-    are taken again at once; the damaged file is kept beside the new one, never deleted.
-    Returns a connection to the new store.
+    The new store is filled first, under another name, and put in place only once it holds all
+    that could be salvaged. If that fails (a full disk, say), the damaged store stays where it was
+    and the call gets 503: a store emptied by a failed repair would let every handler run again.
+    The caller holds the store lock, so no other process replaces the store meanwhile.
     """
     path = store_path(config)
+    salvaged = path + ".salvage"
+    remove_store_files(salvaged)                # what a failed attempt may have left
+    try:
+        os.close(os.open(salvaged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        connection = sqlite3_module().connect(salvaged, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            connection.execute("PRAGMA synchronous=FULL")
+            migrate_store(connection)
+            copied = salvage_rows(path, connection)
+        finally:
+            connection.close()                  # the last connection: its journal goes into the file
+    except BaseException:
+        remove_store_files(salvaged)
+        raise
     close_store()
     aside = "%s.damaged-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
     number = 1
     while os.path.exists(aside + ("" if number == 1 else "-%d" % number)):
-        number += 1                         # never over an earlier damaged copy
+        number += 1                             # never over an earlier damaged copy
     aside += "" if number == 1 else "-%d" % number
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.replace(path + suffix, aside + suffix)
-    connection = open_store(config)
-    copied = salvage_rows(aside, connection)
+    for suffix in ("-wal", "-shm", ""):         # the file itself last: then it is complete
+        if os.path.exists(salvaged + suffix):
+            os.replace(salvaged + suffix, path + suffix)
     log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
               "%d notifications were copied from the damaged one. Keep the damaged copy until "
               "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied)
-    return connection
+    return open_store(config)
+
+
+def remove_store_files(path):
+    """Remove a store file and its journals, where they exist."""
+    for suffix in ("-wal", "-shm", "-journal", ""):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
 
 
 STORE_COLUMNS = ("id", "received_at", "provider", "event", "duplicate_key", "is_test", "fields", "status",
@@ -1434,16 +1471,15 @@ def salvage_rows(damaged_path, connection):
                 number += 1
     finally:
         source.close()
-    with StoreLock(os.path.dirname(damaged_path)):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows.values():
-                connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
-                                   % (columns, ", ".join("?" * len(STORE_COLUMNS))), row)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for row in rows.values():
+            connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
+                               % (columns, ", ".join("?" * len(STORE_COLUMNS))), row)
+        connection.execute("COMMIT")
+    except BaseException:
+        rollback(connection)
+        raise
     return len(rows)
 
 
@@ -1724,7 +1760,11 @@ def run_and_record(notification, handler, claim, config):
 def error_line(error):
     """An exception as one line for the store: its type and message, secrets masked, at most 500
     characters. (Never for an answer: the message may hold a buyer's data.)"""
-    return one_line(log.mask("%s: %s" % (type(error).__name__, error)))[:500]
+    try:
+        message = str(error)
+    except Exception:                       # a broken __str__ must not turn a failure into a bug
+        message = "(its message could not be read)"
+    return one_line(log.mask("%s: %s" % (type(error).__name__, message)))[:500]
 
 
 def answer_body(notification, result):
@@ -1867,27 +1907,67 @@ def command_serve(args):
     return 0
 
 
-LOCAL_SERVER_TIMEOUT = 30       # seconds a connection of the local server may stay silent
+LOCAL_SERVER_TIMEOUT = 30       # seconds a connection of the local server may last, in all
+LOCAL_SERVER_CONNECTIONS = 64   # connections it serves at once; one more is closed at once
 
 
 def make_local_server(host, port):
     """A threaded wsgiref server for `application` on host:port (port 0: a free one).
 
-    Each connection has its own thread, and a client that sends nothing for LOCAL_SERVER_TIMEOUT
-    seconds is dropped: half-sent requests cannot hold threads for ever.
+    Each connection has a thread of its own, for LOCAL_SERVER_TIMEOUT seconds at most: then its
+    socket is shut, whether the client sends nothing or a byte now and then (a client that sends
+    nothing for a third of that is told 400 at once). Half-sent requests
+    cannot hold threads for ever, and there are never more than LOCAL_SERVER_CONNECTIONS. (A
+    handler that runs longer still finishes and stores its answer, which the sender's retry gets.)
     """
+    import socket
     import socketserver
+    import threading
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    slots, limit = threading.BoundedSemaphore(LOCAL_SERVER_CONNECTIONS), LOCAL_SERVER_TIMEOUT
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
+
+        def process_request(self, request, client_address):
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)          # all busy: this one is closed at once
+                return
+            try:
+                socketserver.ThreadingMixIn.process_request(self, request, client_address)
+            except BaseException:
+                slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+            finally:
+                slots.release()
 
         def handle_error(self, request, client_address):
             if not isinstance(sys.exc_info()[1], OSError):      # not a client gone silent or away
                 WSGIServer.handle_error(self, request, client_address)
 
     class Handler(WSGIRequestHandler):
-        timeout = LOCAL_SERVER_TIMEOUT
+        timeout = limit / 3                     # for each read; the timer below, for it all
+
+        def setup(self):
+            WSGIRequestHandler.setup(self)
+            self.deadline = threading.Timer(limit, self.cut_off)
+            self.deadline.daemon = True
+            self.deadline.start()
+
+        def cut_off(self):
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def finish(self):
+            self.deadline.cancel()
+            WSGIRequestHandler.finish(self)
 
         def log_message(self, format, *args):
             pass                            # application logs every request itself
@@ -2118,8 +2198,9 @@ def reference_of(row):
     import json
     fields = json.loads(row["fields"])
     if row["provider"] == PROMOPIT:
-        return fields.get("promopit_txn_id", "")
-    return "/".join(value for value in (fields.get("order_id", ""), fields.get("transaction_id", "")) if value)
+        return one_line(fields.get("promopit_txn_id", ""))
+    return one_line("/".join(value for value in (fields.get("order_id", ""), fields.get("transaction_id", ""))
+                             if value))
 
 
 def local_time(timestamp):
@@ -2143,14 +2224,19 @@ def command_events(args):
         "id", "received", "provider", "event", "status", "try", "got", "order/transaction"))
     for row in rows:
         print("%6d  %-19s  %-11s  %-20s  %-10s  %3d  %3d  %s%s" % (
-            row["id"], local_time(row["received_at"]), row["provider"], row["event"][:20],
+            row["id"], local_time(row["received_at"]), row["provider"], one_line(row["event"])[:20],
             row["status"], row["attempts"], row["deliveries"], reference_of(row),
             "  (test)" if row["is_test"] else ""))
     return 0
 
 
 def command_show(args):
-    """Print one stored notification with all its fields."""
+    """Print one stored notification with all its fields.
+
+    Field values are the buyer's words (a name, an address, `custom` from the buy link): each is
+    printed on one line, its control characters escaped, so none can add a line to the output
+    or send the vendor's terminal an escape sequence.
+    """
     import json
     rows = store_rows(settings(), "WHERE id = ?", (args.id,))
     if not rows:
@@ -2159,11 +2245,12 @@ def command_show(args):
     row = rows[0]
     for key in ("id", "provider", "event", "status", "attempts", "deliveries", "is_test",
                 "duplicate_key", "last_error"):
-        print("%-14s %s" % (key, row[key] if row[key] is not None else "-"))
+        print("%-14s %s" % (key, one_line(str(row[key])) if row[key] is not None else "-"))
     for key in ("received_at", "claimed_at", "updated_at"):
         print("%-14s %s" % (key, local_time(row[key])))
-    print("answer         " + (row["answer"] or "-").replace("\n", "\n               "))
-    fields = json.loads(row["fields"])
+    answer = [one_line(line) for line in (row["answer"] or "-").split("\n")]
+    print("answer         " + "\n               ".join(answer))
+    fields = {one_line(key): one_line(value) for key, value in json.loads(row["fields"]).items()}
     print("fields (%d):" % len(fields))
     width = max([len(key) for key in fields] + [1])
     for key, value in fields.items():
@@ -2297,7 +2384,7 @@ def command_check(args):
         except (StorageError, sqlite3.Error) as error:
             report(False, "event store: %s" % error, "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
-        for name in (STORE_FILE_NAME, LOG_FILE_NAME):
+        for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             path = os.path.join(data_dir, name)
             if os.path.exists(path):
                 mode = os.stat(path).st_mode & 0o777
@@ -2354,7 +2441,12 @@ def command_repair(args):
         if result == "ok" and not args.force:
             print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
             return 0
-        connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0])
+        try:
+            connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0])
+        except (OSError, sqlite3_module().Error) as error:
+            print("ERROR: the store could not be repaired (%s); it was left as it was. Free disk space, "
+                  "then run repair again" % error, file=sys.stderr)
+            return 1
     count = connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
     check = connection.execute("PRAGMA integrity_check").fetchone()[0]
     print("set the damaged store aside beside the new one; the new store holds %d notifications, "
@@ -2435,7 +2527,13 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     """
     environ = dict(os.environ if environ is None else environ)
     stdin = sys.stdin.buffer if stdin is None else stdin
-    stdout = sys.stdout.buffer if stdout is None else stdout
+    if stdout is None:
+        # The answer goes out through a descriptor of its own. Descriptor 1, which a program that
+        # a handler starts writes to, becomes stderr (the server's error log): such output must
+        # not come before the answer's headers, or be taken for some.
+        sys.stdout.flush()
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
     sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
     log.one_shot = True
     https = environ.get("HTTPS", "off") in ("on", "1", "yes")        # as wsgiref decides it

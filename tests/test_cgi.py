@@ -84,6 +84,25 @@ class CgiProgram(unittest.TestCase):
         self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))
         self.assertIn(b"debugging on_payment on_payment", done.stderr)
 
+    def test_what_a_program_started_by_a_handler_writes_does_not_reach_the_answer(self):
+        wrapper = os.path.join(self.folder, "wrapper.py")
+        with open(wrapper, "w") as file:
+            file.write("import os, subprocess, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
+                       "def grant(n):\n"
+                       "    subprocess.run([sys.executable, '-c', 'print(\"Location: https://evil.example/\")'])\n"
+                       "    os.write(1, b'Set-Cookie: x=1\\n')\n"
+                       "    return {'username': 'jane'}\n"
+                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = grant\n"
+                       "sys.exit(ipn_receiver.main())\n" % REPO)
+        body = urlencode(payment())
+        done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+        self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"), done.stdout[:200])
+        self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK\nusername: jane"))
+        self.assertNotIn(b"evil", done.stdout)
+        self.assertNotIn(b"Set-Cookie", done.stdout)
+        self.assertIn(b"Location: https://evil.example/", done.stderr)     # in the error log instead
+        self.assertIn(b"Set-Cookie: x=1", done.stderr)
+
     def test_nothing_but_the_answer_is_on_stdout(self):
         done = run_cgi_program(cgi_environment(self.data_dir, body=urlencode(payment())), urlencode(payment()))
         self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"))

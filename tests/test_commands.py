@@ -55,6 +55,22 @@ class Inspecting(CommandTestCase):
         self.assertEqual(self.command("show", "99")[0], 1)
 
 
+    def test_show_and_events_print_the_buyers_words_on_one_line_each(self):
+        # A buyer chooses name, address and `custom`; Digistore24 signs whatever was entered.
+        post(payment(custom="x\nemail          attacker@evil.example\x1b]0;pwned\x07\u2028",
+                     event="on_payment\x1b[2J", order_id="A1\rB"))
+        code, output, _ = self.command("show", "1")
+        self.assertEqual(code, 0)
+        self.assertNotIn("\x1b", output)
+        self.assertNotIn("\u2028", output)
+        self.assertNotIn("\nemail          attacker", output)
+        self.assertIn("x\\nemail          attacker@evil.example\\x1b]0;pwned\\x07\\u2028", output)
+        code, output, _ = self.command("events")
+        self.assertNotIn("\x1b", output)
+        self.assertIn("A1\\rB/3999938", output)
+        self.assertEqual(len(output.splitlines()), 2)
+
+
 class Replaying(CommandTestCase):
     def test_replay_runs_a_failed_notification_again_and_records_it(self):
         self.handle("on_payment", lambda n: 1 / 0)

@@ -241,6 +241,27 @@ class Rotation(ReceiverTestCase):
         for name in names:
             self.assertLess(os.path.getsize(os.path.join(self.data_dir, name)), 2200)
 
+    def test_refused_requests_cannot_rotate_an_error_away(self):
+        # Anyone may send requests that are refused, as many as they like; the errors file, where
+        # no refusal goes, still has a failed handler's traceback afterwards.
+        def on_payment(notification):
+            raise RuntimeError("the mail server is down")
+        self.handle("on_payment", on_payment)
+        post(payment())
+        with mock.patch.object(ipn_receiver, "LOG_FILE_MAX_BYTES", 2000):
+            for number in range(200):
+                call(environ_for(b"a=1"))
+        names = os.listdir(self.data_dir)
+        main = "".join(open(os.path.join(self.data_dir, name)).read() for name in names
+                       if name.startswith("ipn_receiver.log"))
+        self.assertNotIn("the mail server is down", main)          # rotated away there...
+        with open(os.path.join(self.data_dir, "ipn_receiver.errors.log")) as file:
+            errors = file.read()
+        self.assertIn("RuntimeError: the mail server is down", errors)   # ...kept here
+        self.assertIn("Traceback (most recent call last):", errors)
+        self.assertNotIn("refused", errors)
+        self.assertEqual(os.stat(os.path.join(self.data_dir, "ipn_receiver.errors.log")).st_mode & 0o777, 0o600)
+
     def test_one_shot_mode_rotates_the_same_way(self):
         ipn_receiver.log.reset()
         ipn_receiver.log.one_shot = True

@@ -8,8 +8,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import select
 import tempfile
 import threading
+import time
 import unittest
 import urllib.request
 
@@ -109,7 +111,8 @@ class SilentClients(unittest.TestCase):
         self.addCleanup(setattr, ipn_receiver, "_settings", None)
         self.addCleanup(ipn_receiver.close_store)
         self.addCleanup(ipn_receiver.log.reset)
-        with mock.patch.object(ipn_receiver, "LOCAL_SERVER_TIMEOUT", 0.5):
+        with mock.patch.object(ipn_receiver, "LOCAL_SERVER_TIMEOUT", 0.5), \
+                mock.patch.object(ipn_receiver, "LOCAL_SERVER_CONNECTIONS", 3):
             self.server = ipn_receiver.make_local_server("127.0.0.1", 0)
         thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         thread.start()
@@ -141,6 +144,35 @@ class SilentClients(unittest.TestCase):
     def test_headers_that_stop_coming_are_dropped(self):
         self.assertIsNotNone(self.half_sent(b"POST / HTTP/1.1\r\nHost: x\r\n"),
                              "the server waited for the rest of the headers without end")
+
+    def test_a_body_that_trickles_in_is_cut_off(self):
+        # One byte now and then keeps every single read short, but not the request.
+        with socket.create_connection(("127.0.0.1", self.server.server_port), timeout=10) as connection:
+            connection.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                               b"Content-Length: 1000\r\n\r\n")
+            started, answer = time.time(), b""
+            try:
+                while time.time() - started < 20:
+                    connection.sendall(b"a")
+                    ready, _, _ = select.select([connection], [], [], 0.05)  # the pause between bytes
+                    if ready:
+                        part = connection.recv(4096)
+                        if not part:
+                            break
+                        answer += part
+            except OSError:
+                pass                                    # the server shut the connection
+            self.assertLess(time.time() - started, 20, "the trickle was never cut off")
+
+    def test_connections_beyond_the_limit_are_closed_at_once(self):
+        idle = [socket.create_connection(("127.0.0.1", self.server.server_port), timeout=10) for _ in range(3)]
+        try:
+            with socket.create_connection(("127.0.0.1", self.server.server_port), timeout=10) as extra:
+                extra.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                self.assertEqual(extra.recv(4096), b"")             # closed without an answer
+        finally:
+            for connection in idle:
+                connection.close()
 
 
 class Send(unittest.TestCase):

@@ -222,6 +222,22 @@ class ExactlyOnce(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 2))
 
+    def test_an_exception_whose_message_cannot_be_read_is_still_a_failed_handler(self):
+        class Broken(Exception):
+            def __str__(self):
+                return None                                 # a common bug: TypeError in str()
+
+        def on_payment(notification):
+            raise Broken()
+        self.handle("on_payment", on_payment)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (500, "ERROR: handler on_payment failed (Broken) for "
+                                                             "notification #1; the traceback is in ipn_receiver.log"))
+        row = self.rows()[0]
+        self.assertEqual((row["status"], row["last_error"]), ("failed", "Broken: (its message could not be read)"))
+        self.handle("on_payment", lambda n: None)
+        self.assertEqual(post(payment()).body, "OK")            # the retry runs it again at once
+
     def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
         def on_payment(notification):
             raise ValueError("x\n" * 600)
@@ -431,6 +447,43 @@ class StorageProblems(ReceiverTestCase):
         self.handle("on_payment", runs.append)
         self.assertEqual(post(payment("long", custom="MARKER" * 3000)).body, "OK\nusername: jane")
         self.assertEqual(runs, [])
+
+    def test_a_salvage_that_fails_leaves_the_damaged_store_in_place(self):
+        # A full disk, say, during the salvage: a store left empty would let every handler run
+        # again. The damaged store stays, the call gets 503, and the sender retries.
+        self.fill_and_checkpoint(60)
+        readable = damage_where_inserts_go(self.store())
+        runs = []
+        self.handle("on_payment", lambda n: runs.append(1))
+        full = sqlite3.OperationalError("database or disk is full")
+        with mock.patch.object(ipn_receiver, "salvage_rows", side_effect=full):
+            self.assertEqual((post(payment("new")).status, post(payment("new")).body[:26]),
+                             (503, "ERROR: storage unavailable"))
+            import contextlib
+            import io
+            with contextlib.redirect_stderr(io.StringIO()) as errors:
+                self.assertEqual(ipn_receiver.main(["repair"]), 1)
+            self.assertIn("it was left as it was", errors.getvalue())
+        self.assertFalse([name for name in os.listdir(self.data_dir) if "damaged" in name or "salvage" in name])
+        self.assertEqual(runs, [])
+        # Space again: the next call sets it aside, and no handled notification runs again.
+        self.assertEqual(post(payment("new")).body, "OK")
+        for key in readable:
+            self.assertEqual(post(payment(key.split(":")[-1])).body, "OK")
+        self.assertEqual(runs, [1])
+
+    def test_a_data_dir_spelled_with_a_trailing_slash_takes_one_lock(self):
+        # "/data//" and "/data" must name one lock file: the salvage takes the lock again.
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir + "//")
+        runs = []
+        self.handle("on_payment", runs.append)
+        post(payment("1"))
+        import contextlib
+        import io
+        with mock.patch.object(ipn_receiver, "LOCK_TIMEOUT_SECONDS", 1), contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
+        self.assertEqual(post(payment("1")).status, 200)
+        self.assertEqual(len(runs), 1)
 
     def test_damaged_copies_set_aside_in_the_same_second_are_all_kept(self):
         with mock.patch.object(ipn_receiver.time, "strftime", return_value="20261125-120000"):
