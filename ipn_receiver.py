@@ -496,6 +496,18 @@ def traceback_lines(error, seen=None):
     return lines
 
 
+_URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def secret_forms(secret):
+    """The ways a secret may be written into a log line: as it is, as repr() shows it inside
+    quotes, and percent-encoded as in a form or a URL (a handler logging a dict or a request)."""
+    encoded = "".join(character if character in _URL_SAFE else "".join("%%%02X" % byte for byte in
+                                                                        character.encode("utf-8"))
+                      for character in secret)
+    return {secret, repr(secret)[1:-1], encoded, encoded.replace("%20", "+")}
+
+
 class LogFile:
     """One log file: opened for appending (created 0600), rotated when full (the file becomes .1,
     .1 becomes .2, ..., LOG_FILE_BACKUPS kept), followed when another process has rotated it."""
@@ -618,8 +630,9 @@ class Log:
             config = None                   # the error itself is logged, to stderr only
         if config is not None:
             self.level = LOG_LEVELS[config["LOG_LEVEL"]]
-            self.secrets = tuple(config[name] for name in SECRET_SETTINGS
-                                 if len(config[name]) >= 4 and not secret_problem(config, name))
+            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if len(config[name]) >= 4 and not
+                                         secret_problem(config, name) for form in secret_forms(config[name])},
+                                        key=len, reverse=True))
             try:
                 ensure_data_dir(config["DATA_DIR"])
                 self._files = [LogFile(os.path.join(config["DATA_DIR"], name))

@@ -200,6 +200,13 @@ class NoSecrets(ReceiverTestCase):
         self.assertIn("[secret] and [secret] and [secret][secret]", text)
         self.assertFalse(PASSPHRASE in text or ISN_KEY in text)
 
+    def test_a_secret_is_masked_as_repr_and_a_url_write_it_too(self):
+        secret = "pä ss'wörd\\1"
+        ipn_receiver.use_settings(SHA_PASSPHRASE=secret, DATA_DIR=self.data_dir)
+        ipn_receiver.log.info("settings %r; request body sha_passphrase=%s and %s", {"p": secret},
+                              "p%C3%A4+ss%27w%C3%B6rd%5C1", "p%C3%A4%20ss%27w%C3%B6rd%5C1")
+        self.assertLogged("INFO", "settings {'p': \"[secret]\"}; request body sha_passphrase=[secret] and [secret]")
+
     def test_a_secret_a_handler_logs_by_mistake_is_masked(self):
         def careless(notification):
             ipn_receiver.log.info("using passphrase %s", PASSPHRASE)
