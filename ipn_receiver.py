@@ -1960,8 +1960,8 @@ def make_local_server(host, port):
                 slots.release()
 
         def handle_error(self, request, client_address):
-            if not isinstance(sys.exc_info()[1], OSError):      # not a client gone silent or away
-                WSGIServer.handle_error(self, request, client_address)
+            pass        # application answers and logs every request itself: what ends up here is
+                        # the connection failing (a client gone, or cut off), with a traceback
 
     class Handler(WSGIRequestHandler):
         timeout = limit / 3                     # for each read; the timer below, for it all
@@ -1984,6 +1984,16 @@ def make_local_server(host, port):
 
         def log_message(self, format, *args):
             pass                            # application logs every request itself
+
+        def get_stderr(self):
+            return Discard()                # (wsgiref's tracebacks of a write to a closed socket)
+
+    class Discard:
+        def write(self, text):
+            pass
+
+        def flush(self):
+            pass
 
     return make_server(host, port, application, server_class=Server, handler_class=Handler)
 

@@ -258,9 +258,11 @@ class Rotation(ReceiverTestCase):
         with mock.patch.object(ipn_receiver, "LOG_FILE_MAX_BYTES", 2000):
             for number in range(200):
                 call(environ_for(b"a=1"))
-        names = os.listdir(self.data_dir)
-        main = "".join(open(os.path.join(self.data_dir, name)).read() for name in names
-                       if name.startswith("ipn_receiver.log"))
+        main = ""
+        for name in os.listdir(self.data_dir):
+            if name.startswith("ipn_receiver.log"):
+                with open(os.path.join(self.data_dir, name)) as file:
+                    main += file.read()
         self.assertNotIn("the mail server is down", main)          # rotated away there...
         with open(os.path.join(self.data_dir, "ipn_receiver.errors.log")) as file:
             errors = file.read()
