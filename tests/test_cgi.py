@@ -72,30 +72,27 @@ class CgiProgram(unittest.TestCase):
         self.assertEqual(status, 503)
         self.assertTrue(body.startswith(b"ERROR: SHA_PASSPHRASE is still the placeholder"))
 
-    def test_a_print_in_a_handler_does_not_reach_the_answer(self):
+    def run_with_handler(self, handler):
+        """Run a CGI call through a wrapper script whose on_payment is `handler` (its source)."""
         wrapper = os.path.join(self.folder, "wrapper.py")
         with open(wrapper, "w") as file:
-            file.write("import sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
-                       "def chatty(n):\n    print('debugging on_payment', n.event)\n"
-                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = chatty\n"
-                       "sys.exit(ipn_receiver.main())\n" % REPO)
+            file.write("import os, subprocess, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n%s\n"
+                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
+                       "sys.exit(ipn_receiver.main())\n" % (REPO, handler))
         body = urlencode(payment())
-        done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+        return run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+
+    def test_a_print_in_a_handler_does_not_reach_the_answer(self):
+        done = self.run_with_handler("def handler(n):\n    print('debugging on_payment', n.event)")
         self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))
         self.assertIn(b"debugging on_payment on_payment", done.stderr)
 
     def test_what_a_program_started_by_a_handler_writes_does_not_reach_the_answer(self):
-        wrapper = os.path.join(self.folder, "wrapper.py")
-        with open(wrapper, "w") as file:
-            file.write("import os, subprocess, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
-                       "def grant(n):\n"
-                       "    subprocess.run([sys.executable, '-c', 'print(\"Location: https://evil.example/\")'])\n"
-                       "    os.write(1, b'Set-Cookie: x=1\\n')\n"
-                       "    return {'username': 'jane'}\n"
-                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = grant\n"
-                       "sys.exit(ipn_receiver.main())\n" % REPO)
-        body = urlencode(payment())
-        done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+        done = self.run_with_handler(
+            "def handler(n):\n"
+            "    subprocess.run([sys.executable, '-c', 'print(\"Location: https://evil.example/\")'])\n"
+            "    os.write(1, b'Set-Cookie: x=1\\n')\n"
+            "    return {'username': 'jane'}")
         self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"), done.stdout[:200])
         self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK\nusername: jane"))
         self.assertNotIn(b"evil", done.stdout)

@@ -21,7 +21,7 @@ import urllib.request
 from unittest import mock
 
 from helpers import (PASSPHRASE, PYTHON, REPO, ReceiverTestCase, cgi_environment, ipn_receiver, parse_cgi_output,
-                     payment, post, read_only_folder, urlencode)
+                     payment, post, read_only_folder, readable_keys, urlencode)
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 STORAGE_ERROR = ipn_receiver.STORAGE_ERROR
@@ -33,23 +33,6 @@ def kill_label(point):
     if statement == "outside":
         return "from outside"
     return "%.0f ms into %s" % (float(seconds) * 1000, statement) if seconds else "at " + statement
-
-
-def readable_keys(path):
-    """The duplicate keys of the rows a damaged store still gives up, found row by row."""
-    keys = set()
-    connection = sqlite3.connect(path)
-    try:
-        for number in range(1, 1000):
-            try:
-                row = connection.execute("SELECT duplicate_key FROM notifications WHERE id = ?", (number,)).fetchone()
-            except sqlite3.DatabaseError:
-                continue
-            if row:
-                keys.add(row[0])
-    finally:
-        connection.close()
-    return keys
 
 
 def integrity(path):

@@ -10,7 +10,7 @@ import unittest
 from unittest import mock
 
 from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, fixture_fields, generated, ipn_receiver, payment, post,
-                     promopit_sale, read_only_folder, signed)
+                     promopit_sale, read_only_folder, readable_keys, signed)
 
 STORAGE_ERROR = ipn_receiver.STORAGE_ERROR
 BUSY = ipn_receiver.BUSY_ANSWER
@@ -613,7 +613,7 @@ def damage_where_inserts_go(path):
         damaged[number * page + 8:number * page + page] = b"\xff" * (page - 8)
         with open(path, "wb") as file:
             file.write(damaged)
-        connection = sqlite3.connect(path)
+        connection, found = sqlite3.connect(path), False
         try:
             connection.execute("SELECT count(*) FROM notifications").fetchone()
             try:
@@ -622,24 +622,14 @@ def damage_where_inserts_go(path):
                                    "(0, 'x', 'x', 'probe', 0, '{}', 'done', 0, 0, 0)")
                 connection.rollback()
             except sqlite3.DatabaseError:
-                return readable_keys(connection)
+                found = True
         except sqlite3.DatabaseError:
             pass
         finally:
             connection.close()
+        if found:
+            return readable_keys(path)
     raise AssertionError("no page whose damage stops inserts and leaves the count readable")
-
-
-def readable_keys(connection):
-    keys = set()
-    for number in range(1, 1000):
-        try:
-            row = connection.execute("SELECT duplicate_key FROM notifications WHERE id = ?", (number,)).fetchone()
-        except sqlite3.DatabaseError:
-            continue
-        if row:
-            keys.add(row[0])
-    return keys
 
 
 class Protection(ReceiverTestCase):
