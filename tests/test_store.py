@@ -389,6 +389,7 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("100")).body, "OK")
         self.assertEqual(len([name for name in os.listdir(self.data_dir) if ".damaged-" in name]), 1)
         self.assertEqual(integrity(self.store()), "ok")
+        self.assertEqual(os.stat(self.store()).st_mode & 0o777, 0o600)     # the new store is private too
         self.assertEqual([row["duplicate_key"] for row in self.rows()], ["digistore24:on_payment:100"])
         self.assertIn("0 notifications were copied", self.log_text())
 
