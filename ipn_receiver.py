@@ -929,10 +929,13 @@ def read_body(environ, limit):
 
 
 def read_uwsgi_chunks(limit):
-    """A chunked body under uWSGI, which hands it over only through its own API, chunk by chunk."""
-    try:
-        import uwsgi
-    except ImportError:
+    """A chunked body under uWSGI, which hands it over only through its own API, chunk by chunk.
+
+    That API is the module `uwsgi`, which only the uWSGI server provides, to the processes it runs:
+    it is taken from there, never installed or imported from elsewhere.
+    """
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None:
         raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
                            "body to its end")
     parts, size = [], 0
