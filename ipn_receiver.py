@@ -249,6 +249,7 @@ SETTINGS_SOURCES = (
     ("PROCESSING_TIMEOUT", "receiver",    "processing_timeout", "IPN_PROCESSING_TIMEOUT"),
 )
 SECRET_SETTINGS = ("SHA_PASSPHRASE", "ISN_KEY")
+SHORTEST_SECRET = 8     # characters; a shorter secret is refused (see secret_problem)
 # The values shipped in this file and in config.example.ini: they count as "not set".
 PLACEHOLDERS = {
     "SHA_PASSPHRASE": "PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE",
@@ -425,17 +426,25 @@ def read_ini_file(path, lines=None):
 def secret_problem(config, name):
     """Why the secret setting `name` cannot be used, or None when it can. Never shows the value."""
     value = config[name]
+    label = {"SHA_PASSPHRASE": "your Digistore24 IPN passphrase",
+             "ISN_KEY": "your PromoPit ISN key"}[name]
+    section, key, variable = [(s, k, v) for n, s, k, v in SETTINGS_SOURCES if n == name][0]
+    where = ("into %s at the top of ipn_receiver.py, into [%s] %s of config.ini, or into the environment "
+             "variable %s" % (name, section, key, variable))
     if not value.strip():
         state = "is not set"
     elif value.strip() == PLACEHOLDERS[name]:
         state = "is still the placeholder"
+    elif len(value) < SHORTEST_SECRET:
+        # One captured signature is enough to try every short passphrase offline, and the one
+        # that fits signs any notification. Short secrets are also the ones the log cannot mask
+        # without hiding ordinary words.
+        return ("%s is too short (fewer than %d characters): one captured notification is enough to "
+                "guess it. Choose a long random one, enter it in %s's settings, and put the same "
+                "%s" % (name, SHORTEST_SECRET, "PromoPit" if name == "ISN_KEY" else "Digistore24", where))
     else:
         return None
-    label = {"SHA_PASSPHRASE": "your Digistore24 IPN passphrase",
-             "ISN_KEY": "your PromoPit ISN key"}[name]
-    section, key, variable = [(s, k, v) for n, s, k, v in SETTINGS_SOURCES if n == name][0]
-    return ("%s %s: put %s into %s at the top of ipn_receiver.py, into [%s] %s of config.ini, "
-            "or into the environment variable %s" % (name, state, label, name, section, key, variable))
+    return "%s %s: put %s %s" % (name, state, label, where)
 
 
 # =================================================================================================
@@ -500,12 +509,33 @@ _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 
 
 def secret_forms(secret):
-    """The ways a secret may be written into a log line: as it is, as repr() shows it inside
-    quotes, and percent-encoded as in a form or a URL (a handler logging a dict or a request)."""
-    encoded = "".join(character if character in _URL_SAFE else "".join("%%%02X" % byte for byte in
-                                                                        character.encode("utf-8"))
-                      for character in secret)
-    return {secret, repr(secret)[1:-1], encoded, encoded.replace("%20", "+")}
+    """The ways a secret may be written into a log line, a stored error or an answer: as it is;
+    inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
+    or a JSON document); as repr() writes its UTF-8 bytes; and percent-encoded as in a form or a
+    URL, with upper- or lower-case hex digits."""
+    forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), repr(secret.encode("utf-8"))[2:-1]}
+    for digits in ("%%%02X", "%%%02x"):
+        encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
+                                                                            character.encode("utf-8"))
+                          for character in secret)
+        forms.update((encoded, encoded.replace("%20", "+")))
+    return forms
+
+
+def json_ascii(text):
+    """`text` as json.dumps(text) writes it, without the quotes: json_string's escapes, and every
+    other character outside printable ASCII as \\uxxxx (tests/test_logging.py compares them)."""
+    written = []
+    for character in text.translate(_JSON_ESCAPES):
+        code = ord(character)
+        if code < 127:                      # (json.dumps escapes DEL too)
+            written.append(character)
+        elif code <= 0xFFFF:
+            written.append("\\u%04x" % code)
+        else:                               # beyond 16 bits: two \\u escapes, a surrogate pair
+            code -= 0x10000
+            written.append("\\u%04x\\u%04x" % (0xD800 | code >> 10, 0xDC00 | code & 0x3FF))
+    return "".join(written)
 
 
 class LogFile:
@@ -630,8 +660,7 @@ class Log:
             config = None                   # the error itself is logged, to stderr only
         if config is not None:
             self.level = LOG_LEVELS[config["LOG_LEVEL"]]
-            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if len(config[name]) >= 4 and not
-                                         secret_problem(config, name) for form in secret_forms(config[name])},
+            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name) for form in secret_forms(config[name])},
                                         key=len, reverse=True))
             try:
                 ensure_data_dir(config["DATA_DIR"])
@@ -1471,14 +1500,23 @@ def salvage_rows(damaged_path, connection):
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
                 rows[row[0]] = row
         except sqlite3.Error:
-            # Then row by row: a lookup by id passes damaged pages by. Ids are dense, so the
-            # search ends after the highest id, or 1000 misses past the last row found.
-            try:
-                top = source.execute("SELECT max(id) FROM notifications").fetchone()[0] or 0
-            except sqlite3.Error:
-                top = 0
+            # Then row by row: a lookup by id passes damaged pages by, and so does asking for
+            # the first id from a given one on, which steps over the ids no row has. No number
+            # read from the damaged file bounds the walk: a damaged cell may claim id 2**56.
+            # Where the lookup meets the damage itself, the walk goes on one id at a time, but
+            # not further than the file has room for rows (ids are dense, a row takes more
+            # than 128 bytes): a salvage must end, as it holds the store's lock.
             number, misses = 1, 0
-            while number <= top or misses < 1000:
+            most_misses = max(1000, os.path.getsize(damaged_path) // 128)
+            while misses < most_misses and number < 2 ** 63 - 1:
+                try:
+                    following = source.execute("SELECT id FROM notifications WHERE id >= ? ORDER BY id "
+                                               "LIMIT 1", (number,)).fetchone()
+                except sqlite3.Error:
+                    following = (number,)
+                if following is None:
+                    break                   # no row from here on
+                number = following[0]
                 row = salvage_row(source, number)
                 if row:
                     rows[number], misses = row, 0
@@ -1755,7 +1793,11 @@ def run_and_record(notification, handler, claim, config):
     name, failure = getattr(handler, "__name__", notification.event), None
     try:
         result = handler(notification)
-    except (Exception, SystemExit) as error:
+        refuse_unrun_result(result)
+    except BaseException as error:
+        # Whatever a handler raises fails the notification, is logged and recorded, and is
+        # answered: SystemExit too, and what is not an Exception (KeyboardInterrupt, a cancelled
+        # task, a library's timeout). Else the row would stay "processing" and the call unanswered.
         log.exception("%s handler %s failed for %s", notification.provider, name, notification.reference)
         failure = type(error).__name__
         outcome = ("failed", None, error_line(error))
@@ -1771,6 +1813,17 @@ def run_and_record(notification, handler, claim, config):
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
         shortened(name, 40), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
+
+
+def refuse_unrun_result(result):
+    """Raise TypeError when a handler returned work that has not run: an `async def` handler
+    returns a coroutine, and one with `yield` in it a generator, before a line of it has run.
+    Answering OK for them would lose the notification."""
+    if hasattr(result, "__await__") or hasattr(result, "__next__"):
+        if hasattr(result, "close"):
+            result.close()                  # (else Python warns that it was never awaited)
+        raise TypeError("the handler returned %s without running: write it as a plain def, without "
+                        "async and yield" % type(result).__name__)
 
 
 def error_line(error):
@@ -1987,6 +2040,25 @@ def make_local_server(host, port):
 
         def log_message(self, format, *args):
             pass                            # application logs every request itself
+
+        def send_error(self, code, message=None, explain=None):
+            # What never reaches application: a request line, an HTTP version or headers that
+            # are not HTTP. http.server would answer an HTML page that repeats the request line.
+            log.warning("%s -> %d, not an HTTP request this server can read",
+                        shortened(getattr(self, "requestline", ""), 40), code)
+            body = ("ERROR: not an HTTP request this server can read (%d); send a POST with the form "
+                    "fields of a notification" % code).encode("ascii")
+            self.close_connection = True
+            self.request_version = "HTTP/1.0"      # a status line and headers, whatever was sent
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass                        # the client is gone
 
         def get_stderr(self):
             return Discard()                # (wsgiref's tracebacks of a write to a closed socket)
@@ -2351,9 +2423,13 @@ def command_check(args):
                "chmod 600 %s   (it holds secrets; others must not read it)" % config["config_file"])
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
-    missing = [name for name in SECRET_SETTINGS if secret_problem(config, name)]
+    too_short = [name for name in SECRET_SETTINGS if "too short" in (secret_problem(config, name) or "")]
+    missing = [name for name in SECRET_SETTINGS if secret_problem(config, name) and name not in too_short]
     for name in SECRET_SETTINGS:
-        if name not in missing:
+        if name in too_short:
+            report(False, "%s is set (%s), but too short to be used" % (name, config["where"][name]),
+                   secret_problem(config, name))
+        elif name not in missing:
             report(True, "%s is set (%s)" % (name, config["where"][name]))
             if len(config[name]) < 12:
                 note("%s is short (%d characters); a long random one is harder to guess"
@@ -2422,37 +2498,66 @@ def command_check(args):
 def check_web_folder(report, note, data_dir):
     """What `check` says about the folder of the script, which may be on the web.
 
-    Python writes compiled copies of the files it imports into __pycache__ (a launcher or wrapper
-    that imports ipn_receiver, the tests, ...). Those copies hold the settings at the top of the
-    file, secrets included, and a web server hands them out like any other file unless told not
-    to. Where an .htaccess sits beside the script, the folder is on the web, served by Apache.
+    Beside the script, copies of the settings may pile up: Python writes compiled copies of the
+    files it imports into __pycache__ (a launcher or wrapper that imports ipn_receiver, the
+    tests, ...), and editors leave backup copies (config.ini~, ipn_receiver.py.bak, ...). They
+    hold the settings, secrets included, and a web server hands them out like any other file
+    unless told not to. Where an .htaccess sits beside the script, the folder is on the web,
+    served by Apache: it must serve the scripts and nothing else.
     """
     rules = None
     if os.path.isfile(os.path.join(HERE, ".htaccess")):
         with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
-            rules = file.read()
-        report("pyc" in rules and "-Indexes" in rules,
-               ".htaccess beside the script denies .pyc files and folder listings",
-               "add what the .htaccess of README.md's deployment guide says: pyc in its FilesMatch, "
-               "and Options -Indexes")
-    compiled = []
+            rules = serves_only_the_scripts(file.read())
+        report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
+               "use the .htaccess of README.md's deployment guide: Options -Indexes, Require all denied, "
+               "and the scripts' names allowed")
+    copies = []
     for folder, folders, files in os.walk(HERE):
         depth = os.path.relpath(folder, HERE).count(os.sep)
         folders[:] = [name for name in folders if depth < 2 and not name.startswith(".")
                       and os.path.join(folder, name) != data_dir]
-        compiled += [os.path.relpath(os.path.join(folder, name), HERE) for name in files if name.endswith(".pyc")]
-    if not compiled:
+        copies += [os.path.relpath(os.path.join(folder, name), HERE) for name in files
+                   if name.endswith(".pyc") or (folder == HERE and is_backup_copy(name))]
+    if not copies:
         return
-    shown = "compiled Python files beside the script (%s)" % ", ".join(sorted(compiled)[:3] + (
-        ["..."] if len(compiled) > 3 else []))
-    fix = ("delete them (rm -r __pycache__) and deny them as the .htaccess of README.md's deployment "
-           "guide does: they hold the settings at the top of ipn_receiver.py, secrets included")
+    shown = "copies of the settings beside the script (%s)" % ", ".join(sorted(copies)[:3] + (
+        ["..."] if len(copies) > 3 else []))
+    fix = ("delete them (rm -r __pycache__, and the backup copies) and let the web server serve the "
+           "scripts only, as the .htaccess of README.md's deployment guide does: they hold your "
+           "settings, secrets included")
     if rules is None:
         note("%s; if this folder is on the web, %s" % (shown, fix))
-    elif "pyc" in rules:
+    elif rules:
         note("%s; the .htaccess denies them" % shown)
     else:
         report(False, shown, fix)
+
+
+BACKUP_ENDINGS = ("~", ".bak", ".backup", ".old", ".orig", ".save", ".swp", ".swo", ".tmp")
+
+
+def is_backup_copy(name):
+    """Whether `name` is an editor's or an upload tool's copy of the script or its config file."""
+    return (name.startswith(("ipn_receiver.py", "config.ini", ".config.ini", ".ipn_receiver.py", "#"))
+            and name not in ("ipn_receiver.py", "config.ini") and name.endswith(BACKUP_ENDINGS + ("#",)))
+
+
+def serves_only_the_scripts(rules):
+    """Whether an .htaccess denies everything at its top level (the scripts are allowed in a
+    <Files> or <FilesMatch> section) and turns folder listings off, as README.md's does."""
+    depth, denied = 0, False
+    for line in rules.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].lower().startswith("</files"):
+            depth -= 1
+        elif words[0].lower().startswith("<files"):
+            depth += 1
+        elif depth == 0 and [word.lower() for word in words] == ["require", "all", "denied"]:
+            denied = True
+    return denied and "-Indexes" in rules
 
 
 def command_repair(args):

@@ -205,6 +205,17 @@ class ReceiverTestCase(unittest.TestCase):
             connection.close()
 
 
+def snippet(name):
+    """The code block that follows `<!-- snippet: name -->` in README.md."""
+    import re
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as file:
+        text = file.read()
+    found = re.search(r"<!-- snippet: %s -->\s*```[a-z]*\n(.*?)```" % re.escape(name), text, re.S)
+    if not found:
+        raise AssertionError("README.md has no snippet %r" % name)
+    return found.group(1)
+
+
 def readable_keys(path):
     """The duplicate keys of the rows a damaged store still gives up, found row by row."""
     keys = set()

@@ -8,7 +8,8 @@ import unittest
 
 from unittest import mock
 
-from helpers import PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post, promopit_sale
+from helpers import (PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post,
+                     promopit_sale, snippet)
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -132,6 +133,14 @@ class Check(CommandTestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("note     ISN_KEY is still the placeholder", output)
 
+    def test_a_secret_too_short_to_be_used_is_a_problem(self):
+        code, output, _ = self.command("check", IPN_SHA_PASSPHRASE="abc12", IPN_ISN_KEY="")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  SHA_PASSPHRASE is set (environment variable IPN_SHA_PASSPHRASE), but too short to be "
+                      "used\n         fix: SHA_PASSPHRASE is too short", output)
+        self.assertIn("note     ISN_KEY is still the placeholder", output)
+        self.assertNotIn("abc12", output)
+
     def test_a_config_file_readable_by_others(self):
         config = os.path.join(self.data_dir, "ipn.ini")
         with open(config, "w") as file:
@@ -155,41 +164,66 @@ class Check(CommandTestCase):
 
 
 class CheckTheWebFolder(CommandTestCase):
-    """Compiled copies of the receiver (__pycache__, written wherever something imports it) hold
-    its settings, secrets included: `check` reports them where the folder may be on the web."""
+    """Copies of the settings pile up beside the script: compiled copies of the receiver
+    (__pycache__, written wherever something imports it) and editors' backup copies of it and of
+    config.ini. They hold the secrets: `check` reports them where the folder may be on the web,
+    and an .htaccess that serves more than the scripts."""
 
     def web_folder(self, htaccess=None):
         folder = os.path.join(self.data_dir, "public_html")
         os.makedirs(os.path.join(folder, "__pycache__"))
         shutil.copy(SCRIPT, folder)
-        with open(os.path.join(folder, "__pycache__", "ipn_receiver.cpython-311.pyc"), "wb") as file:
-            file.write(b"compiled")
+        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "config.ini~", "ipn_receiver.py.bak"):
+            with open(os.path.join(folder, name), "w") as file:
+                file.write("sha_passphrase = " + PASSPHRASE)
         if htaccess is not None:
             with open(os.path.join(folder, ".htaccess"), "w") as file:
                 file.write(htaccess)
         return os.path.join(folder, "ipn_receiver.py")
 
-    def test_an_htaccess_that_lets_them_out_is_a_problem(self):
-        script = self.web_folder("Options +ExecCGI\nAddHandler cgi-script .py\n")
-        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
-        self.assertEqual(code, 1)
-        self.assertIn("PROBLEM  .htaccess beside the script denies .pyc files and folder listings", output)
-        self.assertIn("PROBLEM  compiled Python files beside the script (__pycache__/ipn_receiver.cpython-311.pyc)",
-                      output)
+    def test_an_htaccess_that_denies_some_files_only_is_a_problem(self):
+        # The deployment guide's .htaccess before: it denied .ini, .pyc, ... but served config.ini~.
+        for htaccess in ("Options +ExecCGI\nAddHandler cgi-script .py\n",
+                         'Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n'
+                         '<FilesMatch "\\.(ini|log|sqlite3|pyc)$">\n    Require all denied\n</FilesMatch>\n'):
+            with self.subTest(htaccess=htaccess):
+                script = self.web_folder(htaccess)
+                code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+                self.assertEqual(code, 1)
+                self.assertIn("PROBLEM  .htaccess beside the script serves the scripts only, and no folder listing",
+                              output)
+                self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311"
+                              ".pyc, config.ini~, ipn_receiver.py.bak)", output)
+                shutil.rmtree(os.path.dirname(script))
 
     def test_the_deployment_guides_htaccess_denies_them(self):
-        script = self.web_folder('Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n'
-                                 '<FilesMatch "\\.(ini|log|sqlite3|pyc)$">\n    Require all denied\n</FilesMatch>\n')
+        script = self.web_folder(snippet("apache-htaccess"))
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
         self.assertEqual(code, 0, output)
-        self.assertIn("note     compiled Python files beside the script (__pycache__/ipn_receiver.cpython-311.pyc); "
-                      "the .htaccess denies them", output)
+        self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing", output)
+        self.assertIn("note     copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                      "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
 
     def test_without_an_htaccess_they_are_noted(self):
         script = self.web_folder()
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
         self.assertEqual(code, 0, output)
         self.assertIn("if this folder is on the web, delete them", output)
+
+    def test_which_names_are_backup_copies(self):
+        for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
+                     ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old"):
+            self.assertTrue(ipn_receiver.is_backup_copy(name), name)
+        for name in ("config.ini", "ipn_receiver.py", "ipn.py", "config.example.ini", "notes.txt~", "README.md"):
+            self.assertFalse(ipn_receiver.is_backup_copy(name), name)
+
+    def test_what_counts_as_serving_the_scripts_only(self):
+        self.assertTrue(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess")))
+        # A denial inside a <Files> section, or no -Indexes, does not count.
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(
+            'Options -Indexes\n<FilesMatch "\\.ini$">\n  Require all denied\n</FilesMatch>\n'))
+        self.assertFalse(ipn_receiver.serves_only_the_scripts("Require all denied\n"))
+        self.assertFalse(ipn_receiver.serves_only_the_scripts("Options -Indexes\n# Require all denied\n"))
 
     def test_python_36_is_enough(self):
         import contextlib

@@ -183,6 +183,14 @@ class Answers(ReceiverTestCase):
         self.assertAnswer(call(environ_for(b"")), 400,
                           "ERROR: the body is empty; expected the form fields of a notification")
 
+    def test_a_short_secret_verifies_nothing_even_a_call_signed_with_it(self):
+        ipn_receiver.use_settings(SHA_PASSPHRASE="abc", ISN_KEY="k1", DATA_DIR=self.data_dir)
+        answer = post(signed(payment(), passphrase="abc"))
+        self.assertEqual(answer.status, 503)
+        self.assertTrue(answer.body.startswith("ERROR: SHA_PASSPHRASE is too short"), answer.body)
+        self.assertEqual(post(promopit_sale(isn_key="k1")).status, 503)
+        self.assertEqual(self.rows(), [])
+
     def test_secret_not_configured_is_503_naming_the_setting(self):
         for value in ("", ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"]):
             ipn_receiver.use_settings(SHA_PASSPHRASE=value, ISN_KEY="", DATA_DIR=self.data_dir)

@@ -1,14 +1,16 @@
 """Logging: one line per request to DATA_DIR/ipn_receiver.log and stderr; never a secret."""
 
+import json
 import logging
 import os
 import re
 import subprocess
 import unittest
+import urllib.parse
 from unittest import mock
 
 from helpers import (PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ReceiverTestCase, call, cgi_environment, environ_for,
-                     generated, ipn_receiver, payment, post, promopit_sale, urlencode)
+                     generated, ipn_receiver, payment, post, promopit_sale, signed, urlencode)
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \[\d+\] .+$")
 # The lines Python's own tracebacks are made of, and nothing that could pass for a record.
@@ -207,6 +209,23 @@ class NoSecrets(ReceiverTestCase):
                               "p%C3%A4+ss%27w%C3%B6rd%5C1", "p%C3%A4%20ss%27w%C3%B6rd%5C1")
         self.assertLogged("INFO", "settings {'p': \"[secret]\"}; request body sha_passphrase=[secret] and [secret]")
 
+    def test_a_secret_is_masked_as_json_ascii_and_its_utf8_bytes_write_it_too(self):
+        # PROTOCOL.md's own example passphrase: outside ASCII, it has more spellings.
+        secret = "pässwörd"
+        ipn_receiver.use_settings(SHA_PASSPHRASE=secret, DATA_DIR=self.data_dir)
+        ipn_receiver.log.info("%s | %s | %s | %s", json.dumps({"p": secret}), ascii(secret), secret.encode("utf-8"),
+                              "p%c3%a4ssw%c3%b6rd")
+        self.assertLogged("INFO", '{"p": "[secret]"} | \'[secret]\' | b\'[secret]\' | [secret]')
+        # And in what a handler answers and what is stored of its failure.
+        self.handle("on_payment", lambda n: {"headline": json.dumps(secret)})
+        self.assertEqual(post(signed(payment("1"), passphrase=secret)).body, 'OK\nheadline: "[secret]"')
+
+        def careless(notification):
+            raise ValueError(repr(secret.encode("utf-8")))
+        self.handle("on_payment", careless)
+        post(signed(payment("2"), passphrase=secret))
+        self.assertEqual(self.rows()[-1]["last_error"], "ValueError: b'[secret]'")
+
     def test_a_secret_a_handler_logs_by_mistake_is_masked(self):
         def careless(notification):
             ipn_receiver.log.info("using passphrase %s", PASSPHRASE)
@@ -235,6 +254,22 @@ class LikeTheLoggingModule(unittest.TestCase):
         theirs.created, theirs.msecs = when, int((when - int(when)) * 1000)
         expected = logging.Formatter(ipn_receiver.LOG_FORMAT).format(theirs)
         self.assertEqual(ipn_receiver.log_line(level, text, when), expected)
+
+
+class SecretForms(unittest.TestCase):
+    @generated(lambda st: st.text(min_size=1), examples=1000)
+    def test_json_ascii_is_json_dumps(self, text):
+        self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1])
+
+    @generated(lambda st: st.text(min_size=1), examples=300)
+    def test_every_form_written_by_python_is_among_them(self, secret):
+        forms = ipn_receiver.secret_forms(secret)
+        quoted = urllib.parse.quote(secret, safe="")
+        lower_hex = re.sub("%[0-9A-F]{2}", lambda escape: escape.group().lower(), quoted)
+        for written in (secret, repr(secret)[1:-1], ascii(secret)[1:-1], json.dumps(secret)[1:-1],
+                        repr(secret.encode("utf-8", "surrogatepass"))[2:-1], quoted, lower_hex,
+                        urllib.parse.quote_plus(secret, safe="")):
+            self.assertTrue(written in forms or not written, (secret, written))
 
 
 class Rotation(ReceiverTestCase):

@@ -164,6 +164,26 @@ class SilentClients(unittest.TestCase):
                 pass                                    # the server shut the connection
             self.assertLess(time.time() - started, 20, "the trickle was never cut off")
 
+    def test_what_is_not_http_gets_one_error_line_not_an_html_page(self):
+        # These never reach the application: http.server refuses them itself, with an HTML page
+        # that repeats the request line.
+        log = os.path.join(self.folder, ipn_receiver.LOG_FILE_NAME)
+        for request, status in ((b"GARBAGE<script>\r\n\r\n", 400), (b"POST / HTTP/7.0\r\n\r\n", 505),
+                                (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+                                (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431)):
+            with self.subTest(status=status):
+                answer = self.half_sent(request)
+                head, _, body = answer.partition(b"\r\n\r\n")
+                self.assertIn(b" %d " % status, head.split(b"\r\n")[0])
+                self.assertIn(b"Content-Type: text/plain; charset=utf-8", head)
+                self.assertEqual(body, b"ERROR: not an HTTP request this server can read (%d); send a POST with "
+                                       b"the form fields of a notification" % status)
+        with open(log, encoding="utf-8") as file:
+            lines = [line for line in file if "not an HTTP request" in line]
+        self.assertEqual(len(lines), 4)
+        self.assertIn("GARBAGE<script> -> 400", lines[0])
+        self.assertTrue(all(len(line) < 200 for line in lines))
+
     def test_connections_beyond_the_limit_are_closed_at_once(self):
         idle = [socket.create_connection(("127.0.0.1", self.server.server_port), timeout=10) for _ in range(3)]
         try:

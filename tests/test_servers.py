@@ -12,7 +12,6 @@ process id. A target whose server is not installed is skipped, naming the packag
 import grp
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -25,23 +24,13 @@ import unittest
 import urllib.error
 import urllib.request
 
-from helpers import ISN_KEY, PASSPHRASE, PYTHON, REPO, SCRIPT, fixture_fields, ipn_receiver, payment, promopit_sale, urlencode
+from helpers import (ISN_KEY, PASSPHRASE, PYTHON, SCRIPT, fixture_fields, ipn_receiver, payment,
+                     promopit_sale, snippet, urlencode)
 
-README = os.path.join(REPO, "README.md")
 MODULES = "/usr/lib/apache2/modules"
 STATUS_LINE = b"OK ipn_receiver is up"
 SECRET_MARKERS = (b"[digistore24]", b"sha_passphrase", b"SQLite format 3", b"POST ->",
                   PASSPHRASE.encode(), ISN_KEY.encode(), b"import hashlib")
-
-
-def snippet(name):
-    """The code block that follows `<!-- snippet: name -->` in README.md."""
-    with open(README, encoding="utf-8") as file:
-        text = file.read()
-    found = re.search(r"<!-- snippet: %s -->\s*```[a-z]*\n(.*?)```" % re.escape(name), text, re.S)
-    if not found:
-        raise AssertionError("README.md has no snippet %r" % name)
-    return found.group(1)
 
 
 def free_port():
@@ -218,9 +207,12 @@ class Target:
         os.makedirs(folder, exist_ok=True)
         shutil.copy(SCRIPT, os.path.join(folder, "ipn_receiver.py"))
         os.chmod(os.path.join(folder, "ipn_receiver.py"), 0o755)
+        # And what an editor leaves behind: backup copies of the script and the config file.
+        shutil.copy(SCRIPT, os.path.join(folder, "ipn_receiver.py~"))
         if config:
-            cls.write(config if isinstance(config, str) else os.path.join(folder, "config.ini"),
-                      config_text(data_dir), 0o600)
+            path = config if isinstance(config, str) else os.path.join(folder, "config.ini")
+            for name in (path, path + "~", path + ".bak"):
+                cls.write(name, config_text(data_dir), 0o600 if name == path else 0o644)
         cls.data_dir = data_dir or os.path.join(folder, "ipn_data")
 
     @classmethod
@@ -398,7 +390,8 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
     modules = ("cgi",)
     needs = Apache.needs + ((MODULES + "/mod_cgi.so", "apache2"),)
     script_path = "/ipn/ipn_receiver.py"
-    protected = ("/ipn/config.ini", "/ipn/ipn_data/", "/ipn/ipn_data/events.sqlite3",
+    protected = ("/ipn/config.ini", "/ipn/config.ini~", "/ipn/config.ini.bak", "/ipn/ipn_receiver.py~",
+                 "/ipn/ipn_data/", "/ipn/ipn_data/events.sqlite3",
                  "/ipn/ipn_data/events.sqlite3-wal", "/ipn/ipn_data/ipn_receiver.log",
                  "/ipn/ipn_data/.htaccess", "/ipn/.htaccess", "/ipn/", "/ipn/__pycache__/")
 
@@ -445,7 +438,7 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         done = subprocess.run([PYTHON, os.path.join(self.home, "public_html", "ipn", "ipn_receiver.py"), "check"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
                               env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, "check-data")))
-        self.assertIn("ok       .htaccess beside the script denies .pyc files and folder listings",
+        self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing",
                       done.stdout.decode())
         self.assertIn("the .htaccess denies them", done.stdout.decode())
 
@@ -487,7 +480,7 @@ class ApacheModWsgi(Apache, unittest.TestCase):
     modules = ("wsgi",)
     needs = Apache.needs + ((MODULES + "/mod_wsgi.so", "libapache2-mod-wsgi-py3"),)
     protected = ("/ipn/config.ini", "/config.ini", "/ipn_data/events.sqlite3", "/ipn/ipn_data/events.sqlite3",
-                 "/ipn/ipn_data/ipn_receiver.log")
+                 "/ipn/ipn_data/ipn_receiver.log", "/ipn~", "/ipn/config.ini~")
 
     @classmethod
     def lay_out(cls):
@@ -508,7 +501,7 @@ class ApachePassenger(Apache, unittest.TestCase):
     needs = Apache.needs + ((MODULES + "/mod_passenger.so", "libapache2-mod-passenger"),)
     script_path = "/"
     protected = ("/config.ini", "/ipn_receiver.py", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log",
-                 "/passenger_wsgi.py")
+                 "/passenger_wsgi.py", "/config.ini~", "/ipn_receiver.py~")
     serves_files = False       # Passenger sends every URL without a file in public/ to the app
 
     @classmethod
@@ -533,7 +526,7 @@ class Lighttpd(Target, unittest.TestCase):
     name = "lighttpd mod_cgi"
     needs = (("/usr/sbin/lighttpd", "lighttpd"),)
     protected = ("/ipn/config.ini", "/config.ini", "/ipn_data/events.sqlite3", "/ipn/ipn_data/events.sqlite3",
-                 "/ipn_receiver.py", "/ipn/ipn_receiver.py")
+                 "/ipn_receiver.py", "/ipn/ipn_receiver.py", "/ipn~", "/ipn.bak", "/ipn/config.ini~")
 
     @classmethod
     def lay_out(cls):
@@ -557,7 +550,7 @@ class NginxFcgiwrap(Target, unittest.TestCase):
     name = "nginx fcgiwrap"
     needs = (("/usr/sbin/nginx", "nginx"), ("/usr/sbin/fcgiwrap", "fcgiwrap"))
     protected = ("/ipn/config.ini", "/config.ini", "/ipn_data/events.sqlite3", "/ipn/ipn_data/events.sqlite3",
-                 "/ipn_receiver.py")
+                 "/ipn_receiver.py", "/ipn~")
 
     @classmethod
     def lay_out(cls):
@@ -599,7 +592,8 @@ class WsgiServer(Target):
     script_path = "/"
     command = module = package = snippet_name = "?"
     runner = ()                 # how this Python runs the command: ["-m", "gunicorn"], ...
-    protected = ("/config.ini", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log", "/ipn_receiver.py")
+    protected = ("/config.ini", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log", "/ipn_receiver.py",
+                 "/config.ini~", "/ipn_receiver.py~")
 
     @classmethod
     def setUpClass(cls):

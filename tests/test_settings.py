@@ -235,6 +235,16 @@ class Secrets(unittest.TestCase):
             for where in ("SHA_PASSPHRASE", "[digistore24] sha_passphrase", "IPN_SHA_PASSPHRASE"):
                 self.assertIn(where, problem)
 
+    def test_a_short_secret_is_refused(self):
+        # One captured signature is enough to try every short passphrase offline; the one that
+        # fits then signs any notification.
+        for name in ("SHA_PASSPHRASE", "ISN_KEY"):
+            for value in ("Q", "xQz", "pässwö", "1234567"):
+                problem = ipn_receiver.secret_problem(self.config(**{name: value}), name)
+                self.assertTrue(problem.startswith(name + " is too short (fewer than 8 characters)"), problem)
+                self.assertNotIn(value, problem)
+            self.assertIsNone(ipn_receiver.secret_problem(self.config(**{name: "12345678"}), name))
+
     def test_a_real_secret_has_no_problem(self):
         self.assertIsNone(ipn_receiver.secret_problem(self.config(ISN_KEY="k-123456"), "ISN_KEY"))
 

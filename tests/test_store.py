@@ -1,12 +1,14 @@
 """The event store: every verified notification recorded durably before OK, its handler run once
 per distinct notification, retries answered like the original, failures retried."""
 
+import gc
 import json
 import os
 import sqlite3
 import threading
 import time
 import unittest
+import warnings
 from unittest import mock
 
 from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, fixture_fields, generated, ipn_receiver, payment, post,
@@ -238,6 +240,50 @@ class ExactlyOnce(ReceiverTestCase):
         self.handle("on_payment", lambda n: None)
         self.assertEqual(post(payment()).body, "OK")            # the retry runs it again at once
 
+    def test_what_is_not_an_exception_still_fails_the_handler_and_is_answered(self):
+        # A cancelled task, a library's timeout, Ctrl+C: not Exceptions, but a handler that raises
+        # one has failed like any other. Else the call goes unanswered and the row stays
+        # "processing", and every retry is told to wait.
+        class Timeout(BaseException):
+            pass
+
+        for number, error in enumerate((Timeout("took too long"), KeyboardInterrupt(), SystemExit(3)), 1):
+            def on_payment(notification, error=error):
+                raise error
+            self.handle("on_payment", on_payment)
+            answer = post(payment(str(number)))
+            self.assertEqual((answer.status, answer.body), (500, "ERROR: handler on_payment failed (%s) for "
+                                                                 "notification #%d; the traceback is in "
+                                                                 "ipn_receiver.log" % (type(error).__name__, number)))
+            self.assertEqual(self.rows()[-1]["status"], "failed")
+        self.assertIn("Timeout: took too long", self.log_text())
+        self.handle("on_payment", lambda n: None)
+        self.assertEqual(post(payment("1")).body, "OK")         # the retry runs it again at once
+
+    def test_an_async_or_generator_handler_fails_instead_of_being_answered_ok_unrun(self):
+        # `async def` (or a `yield` inside) makes a function return before a line of it runs.
+        ran = []
+
+        async def on_payment(notification):
+            ran.append(1)
+
+        def on_refund(notification):
+            ran.append(1)
+            yield
+
+        self.handle("on_payment", on_payment)
+        self.handle("on_refund", on_refund)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                      # "coroutine was never awaited"
+            for event, body in (("on_payment", payment("a")), ("on_refund", payment("b", event="on_refund"))):
+                answer = post(body)
+                self.assertEqual(answer.status, 500, event)
+                self.assertIn("failed (TypeError)", answer.body)
+                gc.collect()
+        self.assertEqual(ran, [])
+        self.assertEqual([row["status"] for row in self.rows()], ["failed", "failed"])
+        self.assertIn("write it as a plain def", self.rows()[0]["last_error"])
+
     def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
         def on_payment(notification):
             raise ValueError("x\n" * 600)
@@ -449,6 +495,33 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("long", custom="MARKER" * 3000)).body, "OK\nusername: jane")
         self.assertEqual(runs, [])
 
+    def test_an_id_read_from_damage_does_not_make_the_salvage_endless(self):
+        # A damaged cell may claim any id, 2**56 say. A salvage that walked every id up to the
+        # largest one would never end, and it holds the store's lock meanwhile.
+        self.fill_and_checkpoint(40)
+        connection = sqlite3.connect(self.store())
+        connection.execute("INSERT INTO notifications (id, received_at, provider, event, duplicate_key, is_test, "
+                           "fields, status, attempts, deliveries, updated_at) VALUES "
+                           "(?, 0, 'digistore24', 'on_payment', 'far', 0, '{}', 'done', 1, 1, 0)", (2 ** 56,))
+        connection.commit()
+        connection.close()
+        self.assertEqual(damage_a_page_in_the_middle(self.store()), 2 ** 56)
+        readable = readable_keys(self.store()) | {"far"}
+        lookups = []
+        real_salvage_row = ipn_receiver.salvage_row
+
+        def counted(source, number):
+            lookups.append(number)
+            if len(lookups) > 10000:
+                raise AssertionError("the salvage walks on and on")
+            return real_salvage_row(source, number)
+
+        with mock.patch.object(ipn_receiver, "salvage_row", counted):
+            with ipn_receiver.StoreLock(self.data_dir):
+                ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
+        self.assertLess(len(lookups), 2000)
+        self.assertEqual({row["duplicate_key"] for row in self.rows()}, readable)
+
     def test_a_salvage_that_fails_leaves_the_damaged_store_in_place(self):
         # A full disk, say, during the salvage: a store left empty would let every handler run
         # again. The damaged store stays, the call gets 503, and the sender retries.
@@ -601,6 +674,32 @@ def integrity(path):
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         connection.close()
+
+
+def damage_a_page_in_the_middle(path):
+    """Damage a page of the store's table such that reading it all fails, and its largest id
+    can still be read."""
+    size, page = os.path.getsize(path), 4096
+    with open(path, "rb") as file:
+        original = file.read()
+    middle = size // page // 2
+    for number in sorted(range(2, size // page), key=lambda number: abs(number - middle)):
+        damaged = bytearray(original)
+        damaged[number * page:number * page + page] = b"\xff" * page
+        with open(path, "wb") as file:
+            file.write(damaged)
+        connection = sqlite3.connect(path)
+        try:
+            largest = connection.execute("SELECT max(id) FROM notifications").fetchone()[0]
+            try:
+                connection.execute("SELECT * FROM notifications").fetchall()
+            except sqlite3.DatabaseError:
+                return largest
+        except sqlite3.DatabaseError:
+            pass
+        finally:
+            connection.close()
+    raise AssertionError("no page whose damage stops a scan and leaves max(id) readable")
 
 
 def damage_where_inserts_go(path):
