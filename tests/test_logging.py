@@ -261,6 +261,10 @@ class SecretForms(unittest.TestCase):
     def test_json_ascii_is_json_dumps(self, text):
         self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1])
 
+    def test_json_ascii_at_the_edges_of_16_bits(self):
+        for text in ("\x7e\x7f\x80", "\uffff", "\U00010000", "\U0010ffff", "\x00\x1f\\\""):
+            self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1], ascii(text))
+
     @generated(lambda st: st.text(min_size=1), examples=300)
     def test_every_form_written_by_python_is_among_them(self, secret):
         forms = ipn_receiver.secret_forms(secret)

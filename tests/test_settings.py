@@ -245,6 +245,25 @@ class Secrets(unittest.TestCase):
                 self.assertNotIn(value, problem)
             self.assertIsNone(ipn_receiver.secret_problem(self.config(**{name: "12345678"}), name))
 
+    def test_the_problems_in_full(self):
+        problem = ipn_receiver.secret_problem
+        self.assertEqual(problem(self.config(SHA_PASSPHRASE="short"), "SHA_PASSPHRASE"),
+                         "SHA_PASSPHRASE is too short (fewer than 8 characters): one captured notification is "
+                         "enough to guess it. Choose a long random one, enter it in Digistore24's settings, and put "
+                         "the same into SHA_PASSPHRASE at the top of ipn_receiver.py, into [digistore24] "
+                         "sha_passphrase of config.ini, or into the environment variable IPN_SHA_PASSPHRASE")
+        self.assertIn("enter it in PromoPit's settings, and put the same into ISN_KEY at the top of ipn_receiver.py, "
+                      "into [promopit] isn_key of config.ini, or into the environment variable IPN_ISN_KEY",
+                      problem(self.config(ISN_KEY="short"), "ISN_KEY"))
+        self.assertEqual(problem(self.config(), "SHA_PASSPHRASE"),
+                         "SHA_PASSPHRASE is not set: put your Digistore24 IPN passphrase into SHA_PASSPHRASE at the "
+                         "top of ipn_receiver.py, into [digistore24] sha_passphrase of config.ini, or into the "
+                         "environment variable IPN_SHA_PASSPHRASE")
+        self.assertEqual(problem(self.config(ISN_KEY=ipn_receiver.PLACEHOLDERS["ISN_KEY"]), "ISN_KEY"),
+                         "ISN_KEY is still the placeholder: put your PromoPit ISN key into ISN_KEY at the top of "
+                         "ipn_receiver.py, into [promopit] isn_key of config.ini, or into the environment variable "
+                         "IPN_ISN_KEY")
+
     def test_a_real_secret_has_no_problem(self):
         self.assertIsNone(ipn_receiver.secret_problem(self.config(ISN_KEY="k-123456"), "ISN_KEY"))
 
