@@ -513,7 +513,8 @@ def secret_forms(secret):
     inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
     or a JSON document); as repr() writes its UTF-8 bytes; and percent-encoded as in a form or a
     URL, with upper- or lower-case hex digits."""
-    forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), repr(secret.encode("utf-8"))[2:-1]}
+    forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret),
+             repr(secret.encode("utf-8"))[2:-1]}
     for digits in ("%%%02X", "%%%02x"):
         encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
                                                                             character.encode("utf-8"))
@@ -660,8 +661,8 @@ class Log:
             config = None                   # the error itself is logged, to stderr only
         if config is not None:
             self.level = LOG_LEVELS[config["LOG_LEVEL"]]
-            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name) for form in secret_forms(config[name])},
-                                        key=len, reverse=True))
+            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name)
+                                         for form in secret_forms(config[name])}, key=len, reverse=True))
             try:
                 ensure_data_dir(config["DATA_DIR"])
                 self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
@@ -1161,7 +1162,8 @@ CREATE TABLE IF NOT EXISTS notifications (
 BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
 LOCK_TIMEOUT_SECONDS = 10       # how long a call waits for the store lock; then 503, and a retry
 STORAGE_ERROR = ("ERROR: storage unavailable: the receiver could not write its event store; run "
-                 "`python3 ipn_receiver.py check` on the server (the reason is in ipn_receiver.log)")
+                 "`python3 ipn_receiver.py check` on the server (the reason is in ipn_receiver.log, or in "
+                 "the web server's error log where the data folder cannot be written)")
 STORE_BUSY = ("ERROR: the event store is busy: another process has held it for over %d s; the sender "
               "retries later, and if this repeats, run `python3 ipn_receiver.py check` on the server"
               % LOCK_TIMEOUT_SECONDS)
