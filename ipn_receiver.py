@@ -512,14 +512,16 @@ def secret_forms(secret):
     """The ways a secret may be written into a log line, a stored error or an answer: as it is;
     inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
     or a JSON document); as repr() writes its UTF-8 bytes; and percent-encoded as in a form or a
-    URL, with upper- or lower-case hex digits."""
+    URL, with upper- or lower-case hex digits, and with "~" kept or encoded (Python before 3.7
+    and PHP's urlencode encode it)."""
     forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret),
              repr(secret.encode("utf-8"))[2:-1]}
     for digits in ("%%%02X", "%%%02x"):
         encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
                                                                             character.encode("utf-8"))
                           for character in secret)
-        forms.update((encoded, encoded.replace("%20", "+")))
+        for form in (encoded, encoded.replace("~", digits % ord("~"))):
+            forms.update((form, form.replace("%20", "+")))
     return forms
 
 

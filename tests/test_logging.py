@@ -261,6 +261,12 @@ class SecretForms(unittest.TestCase):
     def test_json_ascii_is_json_dumps(self, text):
         self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1])
 
+    def test_a_tilde_percent_encoded_or_not(self):
+        # Python before 3.7 and PHP's urlencode encode "~"; later Pythons and rawurlencode keep it.
+        forms = ipn_receiver.secret_forms("a~b c")
+        for written in ("a~b%20c", "a~b+c", "a%7Eb%20c", "a%7Eb+c", "a%7eb%20c", "a%7eb+c"):
+            self.assertIn(written, forms)
+
     def test_json_ascii_at_the_edges_of_16_bits(self):
         for text in ("\x7e\x7f\x80", "\uffff", "\U00010000", "\U0010ffff", "\x00\x1f\\\""):
             self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1], ascii(text))
