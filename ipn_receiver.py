@@ -2427,7 +2427,7 @@ def command_check(args):
                "chmod 600 %s   (it holds secrets; others must not read it)" % config["config_file"])
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
-    too_short = [name for name in SECRET_SETTINGS if "too short" in (secret_problem(config, name) or "")]
+    too_short = [name for name in SECRET_SETTINGS if config[name].strip() and len(config[name]) < SHORTEST_SECRET]
     missing = [name for name in SECRET_SETTINGS if secret_problem(config, name) and name not in too_short]
     for name in SECRET_SETTINGS:
         if name in too_short:
@@ -2543,7 +2543,7 @@ BACKUP_ENDINGS = ("~", ".bak", ".backup", ".old", ".orig", ".save", ".swp", ".sw
 
 def is_backup_copy(name):
     """Whether `name` is an editor's or an upload tool's copy of the script or its config file."""
-    return (name.startswith(("ipn_receiver.py", "config.ini", ".config.ini", ".ipn_receiver.py", "#"))
+    return (name.lstrip(".#").startswith(("ipn_receiver.py", "config.ini"))
             and name not in ("ipn_receiver.py", "config.ini") and name.endswith(BACKUP_ENDINGS + ("#",)))
 
 

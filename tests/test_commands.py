@@ -214,7 +214,8 @@ class CheckTheWebFolder(CommandTestCase):
         for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
                      ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old"):
             self.assertTrue(ipn_receiver.is_backup_copy(name), name)
-        for name in ("config.ini", "ipn_receiver.py", "ipn.py", "config.example.ini", "notes.txt~", "README.md"):
+        for name in ("config.ini", "ipn_receiver.py", "ipn.py", "config.example.ini", "notes.txt~", "README.md",
+                     "#notes#"):
             self.assertFalse(ipn_receiver.is_backup_copy(name), name)
 
     def test_what_counts_as_serving_the_scripts_only(self):
