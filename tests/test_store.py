@@ -270,9 +270,14 @@ class ExactlyOnce(ReceiverTestCase):
             ran.append(1)
             yield
 
-        for event, function in (("on_payment", coroutine), ("on_refund", generator)):
-            self.handle(event, lambda notification, function=function: returned.append(function(notification))
-                        or returned[-1])
+        def keeping_what_it_returns(function):
+            def handler(notification):
+                returned.append(function(notification))
+                return returned[-1]
+            return handler
+
+        self.handle("on_payment", keeping_what_it_returns(coroutine))
+        self.handle("on_refund", keeping_what_it_returns(generator))
         for event, body in (("on_payment", payment("a")), ("on_refund", payment("b", event="on_refund"))):
             answer = post(body)
             self.assertEqual(answer.status, 500, event)
