@@ -1149,7 +1149,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     event         TEXT NOT NULL,
     duplicate_key TEXT NOT NULL UNIQUE,     -- what makes two deliveries the same notification
     is_test       INTEGER NOT NULL,
-    status        TEXT NOT NULL,            -- processing, done, failed, ignored
+    status        TEXT NOT NULL,            -- processing, done, failed, ignored, unknown (salvaged)
     attempts      INTEGER NOT NULL,         -- handler runs started
     deliveries    INTEGER NOT NULL,         -- how often it arrived (retries included)
     last_error    TEXT,                     -- one line, no traceback
@@ -1333,7 +1333,7 @@ def _thread_id():
 def create_store_file(path, data_dir):
     """Create the empty database file with mode 0600 (SQLite would make it readable by all)."""
     with StoreLock(data_dir):             # so that no one uses the file before it is clean
-        if os.path.exists(path):
+        if os.path.exists(path) or finish_interrupted_swap(path):
             return
         # A journal left behind by a deleted store would be replayed into the new one. It goes
         # first: once the file exists, other processes may already be using new journal files.
@@ -1437,39 +1437,72 @@ def set_damaged_store_aside(config, reason):
     The new store is filled first, under another name, and put in place only once it holds all
     that could be salvaged. If that fails (a full disk, say), the damaged store stays where it was
     and the call gets 503: a store emptied by a failed repair would let every handler run again.
+    Once filled, it is renamed to `.salvaged`: from then on it is the store, and should this
+    process die before it is in place, the next call puts it there (finish_interrupted_swap).
     The caller holds the store lock, so no other process replaces the store meanwhile.
     """
     path = store_path(config)
-    salvaged = path + ".salvage"
-    remove_store_files(salvaged)                # what a failed attempt may have left
+    salvaging = path + ".salvage"
+    remove_store_files(salvaging)               # what a failed attempt may have left
+    # A `.salvaged` beside a store that exists is older than that store's last rows: it was left
+    # by a process that died before it moved the store aside, and calls have written since.
+    remove_store_files(path + ".salvaged")
     try:
-        os.close(os.open(salvaged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        connection = sqlite3_module().connect(salvaged, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        os.close(os.open(salvaging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        connection = sqlite3_module().connect(salvaging, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         try:
             connection.execute("PRAGMA synchronous=FULL")
             migrate_store(connection)
-            copied = salvage_rows(path, connection)
+            copied, keys_only = salvage_rows(path, connection)
         finally:
             connection.close()                  # the last connection: its journal goes into the file
+        if os.path.exists(salvaging + "-wal"):
+            raise StorageError("the salvaged store %s kept its journal; it was not used" % salvaging)
     except BaseException:
-        remove_store_files(salvaged)
+        remove_store_files(salvaging)
         raise
+    os.replace(salvaging, path + ".salvaged")
     close_store()
+    aside = move_store_aside(path)
+    os.replace(path + ".salvaged", path)
+    log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
+              "%d notifications were copied from the damaged one%s. Keep the damaged copy until "
+              "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied,
+              UNKNOWN_NOTE % keys_only if keys_only else "")
+    return open_store(config)
+
+
+UNKNOWN_NOTE = (" (%d of them with their status lost: whether their handlers ran is unknown, so a copy "
+                "is held until you decide; `python3 ipn_receiver.py events --status unknown`)")
+
+
+def move_store_aside(path):
+    """Rename the store at `path` and its journals to a free `<path>.damaged-<time>`; that name."""
     aside = "%s.damaged-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
     number = 1
     while os.path.exists(aside + ("" if number == 1 else "-%d" % number)):
         number += 1                             # never over an earlier damaged copy
     aside += "" if number == 1 else "-%d" % number
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm"):         # its last commits may be in the -wal file alone
         if os.path.exists(path + suffix):
             os.replace(path + suffix, aside + suffix)
-    for suffix in ("-wal", "-shm", ""):         # the file itself last: then it is complete
-        if os.path.exists(salvaged + suffix):
-            os.replace(salvaged + suffix, path + suffix)
-    log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
-              "%d notifications were copied from the damaged one. Keep the damaged copy until "
-              "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied)
-    return open_store(config)
+    return aside
+
+
+def finish_interrupted_swap(path):
+    """Where a process died while setting a damaged store aside, after the new store was filled:
+    put the new store in place (and what is left of the damaged one aside). True if it did.
+
+    Without this, the next call would start an empty store, and every notification the salvaged
+    one holds would run its handler again. Called under the store lock, with no store at `path`.
+    """
+    if not os.path.exists(path + ".salvaged"):
+        return False
+    aside = move_store_aside(path)              # the damaged store's journals, where left behind
+    os.replace(path + ".salvaged", path)
+    log.error("event store %s: a process died while setting a damaged store aside; the new store it "
+              "had filled was put in place (what was left of the damaged one: %s)", path, os.path.basename(aside))
+    return True
 
 
 def remove_store_files(path):
@@ -1484,21 +1517,28 @@ def remove_store_files(path):
 STORE_COLUMNS = ("id", "received_at", "provider", "event", "duplicate_key", "is_test", "fields", "status",
                  "attempts", "deliveries", "last_error", "answer", "claim", "claimed_at", "updated_at")
 # What a column of a partly readable row becomes when it is salvaged. Such a row still answers its
-# copies and keeps its handler from running again, as long as its duplicate key can be read.
-UNREADABLE = {"received_at": 0, "provider": "?", "event": "?", "is_test": 0, "fields": "{}", "status": "failed",
+# copies and keeps its handler from running again, as long as its duplicate key can be read. One
+# whose status is lost too is "unknown": whether its handler ran cannot be told, so a copy of it is
+# neither run (it may have been: nothing twice) nor answered OK (it may not have been: no OK for
+# work the store does not hold). The copy is held with a 503 until the vendor decides (`replay`).
+UNREADABLE = {"received_at": 0, "provider": "?", "event": "?", "is_test": 0, "fields": "{}", "status": "unknown",
               "attempts": 0, "deliveries": 0, "updated_at": 0,
               "last_error": "salvaged from a damaged store: some of its columns could not be read"}
 
 
 def salvage_rows(damaged_path, connection):
-    """Copy every row that can still be read from a damaged store into `connection`; how many."""
+    """Copy every row that can still be read from a damaged store into `connection`.
+
+    Returns how many rows it holds then, and how many of them are known by their duplicate key
+    alone, found in the store's index where the table's page that held the row is damaged.
+    """
     import sqlite3
     columns = ", ".join(STORE_COLUMNS)
     rows = {}
     try:
         source = sqlite3.connect(damaged_path)
     except sqlite3.Error:
-        return 0
+        return 0, 0
     try:
         try:                                # a scan reads everything before the first bad page
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
@@ -1527,8 +1567,13 @@ def salvage_rows(damaged_path, connection):
                 else:
                     misses += 1
                 number += 1
+        keys = keys_in_index(source)
     finally:
         source.close()
+    known = {row[STORE_COLUMNS.index("duplicate_key")] for row in rows.values()}
+    keys_only = [(number, key) for number, key in keys.items() if key not in known and number not in rows]
+    for number, key in keys_only:
+        rows[number] = tuple(dict(UNREADABLE, id=number, duplicate_key=key).get(column) for column in STORE_COLUMNS)
     connection.execute("BEGIN IMMEDIATE")
     try:
         for row in rows.values():
@@ -1538,7 +1583,26 @@ def salvage_rows(damaged_path, connection):
     except BaseException:
         rollback(connection)
         raise
-    return len(rows)
+    return len(rows), len(keys_only)
+
+
+def keys_in_index(source):
+    """{id: duplicate key} of every entry of the damaged store's index of duplicate keys.
+
+    The index is a tree of its own: where the page of the table that held a row is damaged, its
+    entry there still tells that the notification arrived. It is read from both ends, so that a
+    damaged page of the index itself hides only what lies on it.
+    """
+    import sqlite3
+    keys = {}
+    for order in ("", " DESC"):
+        try:
+            for number, key in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY "
+                                              "sqlite_autoindex_notifications_1 ORDER BY duplicate_key" + order):
+                keys[number] = key
+        except sqlite3.Error:
+            pass
+    return keys
 
 
 def salvage_row(source, number):
@@ -1612,9 +1676,11 @@ def claim_notification(connection, notification, dispatch, timeout):
     """Record a delivery and decide what to do with it, in one write transaction.
 
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
-    notification was handled before (or has no handler) and `body` is what to send, or ("busy",
-    None) when another process is running its handler right now. A claim older than `timeout`
-    seconds counts as abandoned (its process died) and is taken over.
+    notification was handled before (or has no handler) and `body` is what to send, ("busy",
+    None) when another process is running its handler right now, or ("unknown", None) when it
+    was salvaged from a damaged store without its status (the vendor decides; the fields this
+    copy brings are kept for `replay`). A claim older than `timeout` seconds counts as abandoned
+    (its process died) and is taken over.
     """
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
@@ -1643,6 +1709,13 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ? "
                     "WHERE id = ?", (claim, now, now, row_id))
                 decision = ("run", claim)
+            elif status == "unknown":
+                connection.execute(
+                    "UPDATE notifications SET provider = ?, event = ?, is_test = ?, fields = ?, "
+                    "deliveries = deliveries + 1, updated_at = ? WHERE id = ?",
+                    (notification.provider, notification.event, int(notification.is_test),
+                     json_text(notification.fields), now, row_id))
+                decision = ("unknown", None)
             else:
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1, "
                                    "updated_at = ? WHERE id = ?", (now, row_id))
@@ -1724,6 +1797,10 @@ INVALID_ISN_KEY_ANSWER = (
     "the product's ISN settings at PromoPit into ISN_KEY")
 BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; "
                "the sender retries later, nothing to do")
+UNKNOWN_ANSWER = (
+    "ERROR: notification #%(id)d lost its record when the event store was damaged, so whether its handler "
+    "ran is unknown; on the server, look at `python3 ipn_receiver.py show %(id)d`, then run `replay %(id)d` "
+    "to run it, or `replay %(id)d --done` if it was handled")
 ANSWER_KEYS = ("thankyou_url", "username", "password", "loginurl", "headline", "show_on", "hide_on")
 
 
@@ -1774,6 +1851,8 @@ def dispatch(notification, handler, config):
         return storage_failure(error, config, "storage unavailable")
     if decision == "busy":
         return 503, BUSY_ANSWER, "a copy is being processed right now"
+    if decision == "unknown":
+        return 503, UNKNOWN_ANSWER % {"id": notification.id}, "held: salvaged from a damaged store, status unknown"
     if decision == "answer":
         if handler is None:
             return 200, value, "no handler for this event: stored, answered OK"
@@ -2361,7 +2440,8 @@ def command_show(args):
 
 
 def command_replay(args):
-    """Run the handler of a stored notification again now, and record the outcome."""
+    """Run the handler of a stored notification again now, and record the outcome; or, with
+    --done, record it as handled without running it (for one the vendor has seen to by hand)."""
     import json
     config = settings()
     rows = store_rows(config, "WHERE id = ?", (args.id,))
@@ -2370,9 +2450,16 @@ def command_replay(args):
         return 1
     row = rows[0]
     stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
-    if row["status"] != "failed" and not stale and not args.force:
-        print("ERROR: notification #%d is %s; replay runs failed ones (and abandoned ones). Add --force "
-              "to run its handler again anyway" % (row["id"], row["status"]), file=sys.stderr)
+    if row["status"] not in ("failed", "unknown") and not stale and not args.force:
+        print("ERROR: notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
+              "--force to run its handler again anyway" % (row["id"], row["status"]), file=sys.stderr)
+        return 1
+    if args.done:
+        return mark_done(config, row)
+    if row["event"] == UNREADABLE["event"]:
+        print("ERROR: notification #%d lost its fields when the event store was damaged; the sender's next "
+              "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
+              % (row["id"], row["id"]), file=sys.stderr)
         return 1
     handlers = PROMOPIT_HANDLERS if row["provider"] == PROMOPIT else DIGISTORE24_HANDLERS
     handler = handlers.get(row["event"])
@@ -2398,6 +2485,21 @@ def command_replay(args):
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
     print(body)
     return 0 if status == 200 else 1
+
+
+def mark_done(config, row):
+    """`replay ID --done`: record a notification as handled, answered OK, without running it."""
+    marked = write_to_store(config, lambda connection: connection.execute(
+        "UPDATE notifications SET status = 'done', answer = 'OK', last_error = ?, claim = NULL, updated_at = ? "
+        "WHERE id = ? AND status = ? AND updated_at = ?", ("marked done by hand (replay --done)", time.time(),
+                                                          row["id"], row["status"], row["updated_at"])).rowcount)
+    if not marked:
+        print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
+              file=sys.stderr)
+        return 1
+    log.info("#%d marked done by hand (replay --done); its copies are answered OK", row["id"])
+    print("#%d is done now; its copies are answered OK, and its handler does not run" % row["id"])
+    return 0
 
 
 def command_check(args):
@@ -2487,6 +2589,10 @@ def command_check(args):
             if counts.get("failed"):
                 note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
                      % counts["failed"])
+            if counts.get("unknown"):
+                report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
+                       "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
+                       "its handler, or `replay ID --done` if it was handled")
         except (StorageError, sqlite3.Error) as error:
             report(False, "event store: %s" % error, "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
@@ -2626,7 +2732,7 @@ def build_parser():
     demo.set_defaults(run=command_demo)
 
     events = commands.add_parser("events", help="list stored notifications, newest first")
-    events.add_argument("--status", choices=("processing", "done", "failed", "ignored"))
+    events.add_argument("--status", choices=("processing", "done", "failed", "ignored", "unknown"))
     events.add_argument("--event", help="only this event")
     events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     events.set_defaults(run=command_events)
@@ -2635,9 +2741,10 @@ def build_parser():
     show.add_argument("id", type=int)
     show.set_defaults(run=command_show)
 
-    replay = commands.add_parser("replay", help="run a stored notification's handler again now")
+    replay = commands.add_parser("replay", help="run a stored notification's handler again now (or --done)")
     replay.add_argument("id", type=int)
     replay.add_argument("--force", action="store_true", help="also for one that is done")
+    replay.add_argument("--done", action="store_true", help="do not run it: record it as handled (answered OK)")
     replay.set_defaults(run=command_replay)
 
     check = commands.add_parser("check", help="health report: settings, folders, store; exit 1 on problems")

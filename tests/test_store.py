@@ -1,10 +1,14 @@
 """The event store: every verified notification recorded durably before OK, its handler run once
 per distinct notification, retries answered like the original, failures retried."""
 
+import contextlib
 import inspect
+import io
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import unittest
@@ -527,7 +531,108 @@ class StorageProblems(ReceiverTestCase):
             with ipn_receiver.StoreLock(self.data_dir):
                 ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
         self.assertLess(len(lookups), 2000)
-        self.assertEqual({row["duplicate_key"] for row in self.rows()}, readable)
+        rows = self.rows()
+        self.assertEqual({row["duplicate_key"] for row in rows if row["status"] == "done"}, readable)
+        # The rows of the damaged page are known from the index of duplicate keys: all 41 are kept.
+        self.assertEqual({row["duplicate_key"] for row in rows},
+                         {"digistore24:on_payment:%d" % number for number in range(40)} | {"far"})
+
+    def test_rows_lost_to_damage_are_known_by_their_key_and_their_copies_held_for_the_vendor(self):
+        # A damaged page of the table loses its rows, but the index of duplicate keys still holds
+        # their keys. Whether their handlers ran is unknown: a copy is neither run again nor
+        # answered OK; it gets a 503 that says what to do, and the vendor decides with `replay`.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+        for number in range(60):
+            post(payment(str(number), custom="row %d " % number + "x" * 200))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            for marker in (b"row 30 x", b"row 31 x"):                # pages of the table, not the index
+                page = content.index(marker) // 4096
+                content[page * 4096:page * 4096 + 12] = b"\x07" * 12  # their headers: their rows are lost
+            file.seek(0)
+            file.write(content)
+        lost = {str(number) for number in range(60)} - {key.split(":")[-1] for key in readable_keys(self.store())}
+        self.assertTrue({"30", "31"} <= lost)
+        with ipn_receiver.StoreLock(self.data_dir):
+            ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
+        rows = {row["duplicate_key"].split(":")[-1]: row for row in self.rows()}
+        self.assertEqual(set(rows), {str(number) for number in range(60)})
+        self.assertEqual({number for number, row in rows.items() if row["status"] == "unknown"}, lost)
+        self.assertIn(ipn_receiver.UNKNOWN_NOTE % len(lost), self.log_text())
+        del runs[:]
+        for number in range(60):
+            answer = post(payment(str(number), custom="row %d " % number + "x" * 200))
+            if str(number) in lost:
+                self.assertEqual((answer.status, answer.body),
+                                 (503, ipn_receiver.UNKNOWN_ANSWER % {"id": rows[str(number)]["id"]}))
+            else:
+                self.assertEqual((answer.status, answer.body), (200, "OK"))
+        self.assertEqual(runs, [])                                  # nothing ran twice
+        self.assertTrue(ipn_receiver.UNKNOWN_ANSWER.startswith("ERROR: notification #%(id)d lost its record"))
+        # The copy brought the fields back; the vendor runs one and marks another handled.
+        first, second = sorted(lost, key=int)[:2]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(ipn_receiver.main(["replay", str(rows[first]["id"])]), 0)
+            self.assertEqual(ipn_receiver.main(["replay", str(rows[second]["id"]), "--done"]), 0)
+        self.assertEqual(runs, [first])
+        self.assertEqual(post(payment(first, custom="row %s " % first + "x" * 200)).body, "OK")
+        self.assertEqual(post(payment(second, custom="row %s " % second + "x" * 200)).body, "OK")
+        self.assertEqual(runs, [first])
+        done = {row["duplicate_key"].split(":")[-1]: row for row in self.rows()}[second]
+        self.assertEqual((done["status"], done["answer"], done["last_error"]),
+                         ("done", "OK", "marked done by hand (replay --done)"))
+
+    def test_a_process_killed_while_it_puts_the_salvaged_store_in_place(self):
+        # The salvaged store is filled, then renamed in: a process killed between two of those
+        # renames (the web server's timeout, the OOM killer) must leave no call to start an empty
+        # store, in which every handled notification would run again.
+        class Killed(BaseException):
+            pass
+
+        real_replace = os.replace
+        for step in range(1, 7):
+            with self.subTest(step=step):
+                self.data_dir = tempfile.mkdtemp(prefix="ipn-test-")
+                self.addCleanup(shutil.rmtree, self.data_dir, True)
+                ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir)
+                runs = []
+                self.handle("on_payment", lambda notification: runs.append(1))
+                for number in range(20):
+                    post(payment(str(number)))
+                connection = sqlite3.connect(self.store())      # another process's: the -wal stays
+                connection.execute("SELECT count(*) FROM notifications").fetchone()
+                renames = []
+
+                def replace(source, target):
+                    renames.append(source)
+                    if len(renames) == step:
+                        raise Killed()
+                    return real_replace(source, target)
+
+                with mock.patch.object(ipn_receiver.os, "replace", replace):
+                    try:
+                        with ipn_receiver.StoreLock(self.data_dir):
+                            ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
+                    except Killed:
+                        pass
+                connection.close()
+                ipn_receiver.close_store()                      # the killed process's connections
+                self.assertEqual(len(renames), min(step, 5))    # (step 6: no kill, all five done)
+                self.assertEqual(post(payment("new")).body, "OK")
+                for number in range(20):
+                    self.assertEqual(post(payment(str(number))).body, "OK")
+                self.assertEqual(len(runs), 21)                 # the 20 once each, and the new one
+                self.assertEqual(len(self.rows()), 21)
+                if step > 2:        # (before, the live store was not yet moved: the next salvage
+                                    # removes the one left, which is older than the store's rows)
+                    self.assertFalse([name for name in os.listdir(self.data_dir) if "salvage" in name])
+                self.assertEqual(integrity(self.store()), "ok")
 
     def test_a_salvage_that_fails_leaves_the_damaged_store_in_place(self):
         # A full disk, say, during the salvage: a store left empty would let every handler run
