@@ -2615,13 +2615,6 @@ def check_web_folder(report, note, data_dir):
     unless told not to. Where an .htaccess sits beside the script, the folder is on the web,
     served by Apache: it must serve the scripts and nothing else.
     """
-    rules = None
-    if os.path.isfile(os.path.join(HERE, ".htaccess")):
-        with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
-            rules = serves_only_the_scripts(file.read())
-        report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
-               "use the .htaccess of README.md's deployment guide: Options -Indexes, Require all denied, "
-               "and the scripts' names allowed")
     copies = []
     for folder, folders, files in os.walk(HERE):
         depth = os.path.relpath(folder, HERE).count(os.sep)
@@ -2629,6 +2622,13 @@ def check_web_folder(report, note, data_dir):
                       and os.path.join(folder, name) != data_dir]
         copies += [os.path.relpath(os.path.join(folder, name), HERE) for name in files
                    if name.endswith(".pyc") or (folder == HERE and is_backup_copy(name))]
+    rules = None
+    if os.path.isfile(os.path.join(HERE, ".htaccess")):
+        with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
+            rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
+        report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
+               "use the .htaccess of README.md's deployment guide: Options -Indexes, Require all denied, "
+               "and the scripts' names allowed")
     if not copies:
         return
     shown = "copies of the settings beside the script (%s)" % ", ".join(sorted(copies)[:3] + (
@@ -2653,21 +2653,55 @@ def is_backup_copy(name):
             and name not in ("ipn_receiver.py", "config.ini") and name.endswith(BACKUP_ENDINGS + ("#",)))
 
 
-def serves_only_the_scripts(rules):
-    """Whether an .htaccess denies everything at its top level (the scripts are allowed in a
-    <Files> or <FilesMatch> section) and turns folder listings off, as README.md's does."""
-    depth, denied = 0, False
+# Names that hold the settings, or what was stored: no <Files> section of an .htaccess may serve them.
+NEVER_SERVED = ["config.ini", "ipn_receiver.cpython-36.pyc", "ipn_receiver.cpython-312.pyc", "events.sqlite3",
+                "ipn_receiver.log", "#config.ini#", ".config.ini.swp", "#ipn_receiver.py#", ".ipn_receiver.py.swp"] + [
+    name + ending for name in ("config.ini", "ipn_receiver.py") for ending in BACKUP_ENDINGS]
+
+
+def serves_only_the_scripts(rules, copies=()):
+    """Whether an .htaccess serves the scripts and nothing else, as README.md's does: it denies
+    everything at its top level, grants access only in <Files> or <FilesMatch> sections whose
+    pattern matches none of NEVER_SERVED and `copies` (the names of copies found beside the
+    script), and turns folder listings off."""
+    denied, inside, exposed = False, False, False
+    names = NEVER_SERVED + list(copies)
     for line in rules.splitlines():
-        words = line.split()
+        words = [word.lower() for word in line.split()]
         if not words or words[0].startswith("#"):
             continue
-        if words[0].lower().startswith("</files"):
-            depth -= 1
-        elif words[0].lower().startswith("<files"):
-            depth += 1
-        elif depth == 0 and [word.lower() for word in words] == ["require", "all", "denied"]:
-            denied = True
+        if words[0].startswith("</files"):
+            inside = exposed = False
+        elif words[0].startswith("<files"):
+            inside, exposed = True, section_matches_any(line, names)
+        elif words == ["require", "all", "denied"]:
+            denied = denied or not inside
+        elif words[0] in ("require", "allow") or words[:2] == ["satisfy", "any"]:
+            if exposed or not inside:
+                return False            # it grants access to everything, or to a copy of the settings
     return denied and "-Indexes" in rules
+
+
+def section_matches_any(line, names):
+    """Whether the pattern of a <Files> or <FilesMatch> line matches any of `names`.
+
+    <Files> takes a wildcard pattern (as fnmatch reads it), or after `~` a regular expression, as
+    <FilesMatch> does. Apache searches with PCRE, whose everyday patterns Python's re reads alike;
+    a pattern re cannot read counts as matching, since then no one can tell what it serves.
+    """
+    import fnmatch
+    import re
+    parts = line.strip().lstrip("<").rstrip(">").split(None, 1)
+    regex, pattern = parts[0].lower() == "filesmatch", (parts[1] if len(parts) > 1 else "").strip()
+    if pattern.startswith("~"):
+        regex, pattern = True, pattern[1:].strip()
+    pattern = pattern.strip("\"'")
+    if not regex:
+        return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    try:
+        return any(re.search(pattern, name) for name in names)
+    except re.error:
+        return True
 
 
 def command_repair(args):

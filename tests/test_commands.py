@@ -185,7 +185,10 @@ class CheckTheWebFolder(CommandTestCase):
         # The deployment guide's .htaccess before: it denied .ini, .pyc, ... but served config.ini~.
         for htaccess in ("Options +ExecCGI\nAddHandler cgi-script .py\n",
                          'Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n'
-                         '<FilesMatch "\\.(ini|log|sqlite3|pyc)$">\n    Require all denied\n</FilesMatch>\n'):
+                         '<FilesMatch "\\.(ini|log|sqlite3|pyc)$">\n    Require all denied\n</FilesMatch>\n',
+                         # The guide's, with the scripts' pattern loosened to let a renamed launcher
+                         # work: it serves ipn_receiver.py.bak too.
+                         snippet("apache-htaccess").replace('"^(ipn_receiver|ipn)\\.py$"', '"^ipn"')):
             with self.subTest(htaccess=htaccess):
                 script = self.web_folder(htaccess)
                 code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
@@ -225,6 +228,23 @@ class CheckTheWebFolder(CommandTestCase):
             'Options -Indexes\n<FilesMatch "\\.ini$">\n  Require all denied\n</FilesMatch>\n'))
         self.assertFalse(ipn_receiver.serves_only_the_scripts("Require all denied\n"))
         self.assertFalse(ipn_receiver.serves_only_the_scripts("Options -Indexes\n# Require all denied\n"))
+        # What the <Files> and <FilesMatch> sections grant: the scripts, or more.
+        top = "Options +ExecCGI -Indexes\nAddHandler cgi-script .py\nRequire all denied\n"
+        for section, scripts_only in (('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', True),
+                                      ('<Files "ipn_receiver.py">', True), ("<Files ipn.py>", True),
+                                      ('<FilesMatch "\\.py$">', True), ('<Files "*.py">', True),
+                                      ('<FilesMatch "^ipn">', False), ('<FilesMatch "\\.(py|ini)$">', False),
+                                      ('<Files "*">', False), ('<Files "*.py*">', False), ('<Files ~ "\\.py">', False),
+                                      ('<FilesMatch "(">', False)):        # (a pattern no one can read)
+            with self.subTest(section=section):
+                self.assertEqual(ipn_receiver.serves_only_the_scripts(
+                    top + section + "\n    Require all granted\n</Files>\n"), scripts_only)
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess") + "Require all granted\n"))
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess") + "Allow from all\n"))
+        # A copy found beside the script is judged by its own name too.
+        loose = top + '<FilesMatch "\\.py(\\.old)?$">\n    Require all granted\n</FilesMatch>\n'
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(loose.replace("old", "new"), ["ipn_receiver.py.new"]))
+        self.assertTrue(ipn_receiver.serves_only_the_scripts(loose.replace("old", "new"), ["ipn_receiver.py.bak"]))
 
     def test_python_36_is_enough(self):
         import contextlib

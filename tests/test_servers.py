@@ -414,10 +414,34 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                 file.write(content)
             os.chmod(os.path.join(broken, "ipn_receiver.py"), mode)
             cls.write(os.path.join(broken, ".htaccess"), cls.readme("apache-htaccess"))
+        # For each <Files> section of SECTIONS, a folder that denies everything else, holding a
+        # file of each name of COPY_NAMES (world-readable: only the .htaccess decides).
+        for number, section in enumerate(cls.SECTIONS):
+            closing = "</FilesMatch>" if section.startswith("<FilesMatch") else "</Files>"
+            folder = os.path.join(cls.home, "public_html", "sections", str(number))
+            cls.write(os.path.join(folder, ".htaccess"),
+                      "Require all denied\n%s\n    Require all granted\n%s\n" % (section, closing))
+            for name in cls.COPY_NAMES:
+                cls.write(os.path.join(folder, name), "a copy\n")
+
+    SECTIONS = ('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<FilesMatch "^ipn">', '<Files "*">',
+                '<Files "config.*">', '<Files "*~">', '<Files ?onfig.ini>', '<Files ~ "\\.(bak|old)$">',
+                '<FilesMatch "\\.py">', '<FilesMatch "(?i)CONFIG">', '<Files "[a-d]*">', '<FilesMatch "">')
+    COPY_NAMES = ("config.ini", "config.ini.bak", "ipn_receiver.py~", "ipn_receiver.py.old", "events.sqlite3")
 
     @classmethod
     def server_snippet(cls):
         return ""
+
+    def test_check_reads_the_patterns_of_files_sections_as_apache_does(self):
+        # `check` judges an .htaccess by which names its <Files> sections grant; here Apache
+        # answers for each section and name, and `check`'s reading must agree.
+        for number, section in enumerate(self.SECTIONS):
+            for name in self.COPY_NAMES:
+                with self.subTest(section=section, name=name):
+                    status, _ = request(self.url("/sections/%d/%s" % (number, name)))
+                    self.assertIn(status, (200, 403))
+                    self.assertEqual(ipn_receiver.section_matches_any(section, [name]), status == 200)
 
     def test_the_launcher_answers_and_its_compiled_copies_cannot_be_downloaded(self):
         answer = request(self.url("/ipn/ipn.py"), urlencode(payment("launcher-%d" % self.port)))
