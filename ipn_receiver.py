@@ -297,9 +297,23 @@ def load_settings(environ=None):
                     line, section, ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)), line)
     for setting, _, _, variable in SETTINGS_SOURCES:
         if environ.get(variable, "") != "":
-            values[setting] = environ[variable]
+            values[setting] = environ[variable] if setting not in SECRET_SETTINGS else environment_text(environ[variable])
             where[setting] = ("environment variable %s" % variable, "the environment variable " + variable)
     return finish_settings(values, where, config_file)
+
+
+def environment_text(value):
+    """The text an environment variable's value holds, read as UTF-8.
+
+    Python decodes the environment with the locale's encoding: ASCII in Python 3.6 where a web
+    server sets no LANG (3.7 and later take UTF-8 then), which would leave a non-ASCII passphrase
+    as bytes no signature could match. Bytes that are not UTF-8 stay lone surrogates, and
+    finish_settings refuses them.
+    """
+    try:
+        return os.fsencode(value).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value                        # not read from the environment's bytes: text already
 
 
 def use_settings(**values):
@@ -355,6 +369,14 @@ def finish_settings(values, where, config_file):
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
     # Absolute stays absolute; normalised, so that "/data//" and "/data" name one lock file.
     result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, os.path.expanduser(data_dir)))
+    try:
+        os.fsencode(result["DATA_DIR"])         # a file name for the system,
+        result["DATA_DIR"].encode("utf-8")      # and for SQLite, which takes UTF-8
+    except UnicodeError:
+        raise ConfigError("%s: DATA_DIR holds characters this Python cannot use in a file name (it writes file "
+                          "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR "
+                          "of ASCII characters, or Python 3.7 or later"
+                          % (where["DATA_DIR"][0], sys.getfilesystemencoding()), where["DATA_DIR"][1])
     return result
 
 
@@ -669,11 +691,11 @@ class Log:
                 ensure_data_dir(config["DATA_DIR"])
                 self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
                                for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME)]
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 if self.to_stderr:
                     sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
                                      "stderr only. Run `python3 ipn_receiver.py check`.\n"
-                                     % (config["DATA_DIR"], error.strerror))
+                                     % (config["DATA_DIR"], getattr(error, "strerror", None) or type(error).__name__))
         if not self.one_shot:
             self._start_python_logging()
 
@@ -2555,6 +2577,10 @@ def command_check(args):
     report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
            "chmod 755 %s   (needed to run as CGI)" % script)
     data_dir = config["DATA_DIR"]
+    if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
+        report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
+               "characters, or use Python 3.7 or later: where a web server sets no LANG, Python 3.6 writes "
+               "file names as ASCII, and every call would fail")
     try:
         ensure_data_dir(data_dir)
         writable = os.access(data_dir, os.W_OK)

@@ -12,7 +12,7 @@ from unittest import mock
 from wsgiref.handlers import BaseCGIHandler
 
 from helpers import (FORM, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
-                     parse_cgi_output, payment, promopit_sale, urlencode)
+                     parse_cgi_output, payment, promopit_sale, signed, urlencode)
 
 
 def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=PYTHON):
@@ -66,6 +66,16 @@ class CgiProgram(unittest.TestCase):
         done = run_cgi_program(cgi_environment(self.data_dir, method="GET", content_type=None), b"", argv=["demo"])
         self.assertEqual(parse_cgi_output(done.stdout)[0], 200)
         self.assertNotIn(b"demo", done.stdout)
+
+    def test_a_non_ascii_passphrase_works_where_the_web_server_sets_no_locale(self):
+        # Apache gives a CGI program no LANG; Python 3.6 then reads the environment as ASCII.
+        passphrase = "pässwörd-Ü1"
+        fields = signed({key: value for key, value in payment().items() if key != "sha_sign"}, passphrase)
+        body = urlencode(fields)
+        environment = cgi_environment(self.data_dir, body=body, IPN_SHA_PASSPHRASE=passphrase.encode("utf-8"))
+        self.assertFalse([name for name in environment if name.startswith(("LANG", "LC_"))])
+        done = run_cgi_program(environment, body)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr.decode()[-2000:])
 
     def test_missing_secret_is_503(self):
         status, _, body, _ = self.run_request(urlencode(payment()), IPN_SHA_PASSPHRASE="")

@@ -257,6 +257,27 @@ class CheckTheWebFolder(CommandTestCase):
             self.assertIn(verdict + " Python ", output.getvalue())
         self.assertIn("use Python 3.6 or later", output.getvalue())
 
+    def test_under_python_36_a_data_dir_not_named_in_ascii_is_a_problem(self):
+        # Run over SSH in a UTF-8 locale it works; run by a web server that sets no LANG, Python
+        # 3.6 names files in ASCII and every call fails.
+        import contextlib
+        import io
+        import sys
+        folder = os.fsdecode(os.path.join(self.data_dir, "zahlungs-").encode() + "\u00e4".encode("utf-8"))
+        for version, verdict in (((3, 6, 15, "final", 0), "PROBLEM "), ((3, 7, 0, "final", 0), None)):
+            output = io.StringIO()
+            with mock.patch.dict(os.environ, IPN_DATA_DIR=folder), mock.patch.object(sys, "version_info", version), \
+                    contextlib.redirect_stdout(output):
+                ipn_receiver.main(["check"])
+            line = "data folder %s is named in ASCII" % folder
+            if verdict and sys.getfilesystemencoding().lower() in ("utf-8", "utf8"):
+                self.assertIn(verdict + " " + line, output.getvalue())
+                self.assertIn("set DATA_DIR to a folder named in ASCII", output.getvalue())
+            elif verdict:       # (this very Python names files in ASCII: the settings say so first)
+                self.assertIn("DATA_DIR holds characters this Python cannot use in a file name", output.getvalue())
+            else:
+                self.assertNotIn(line, output.getvalue())
+
 
 class Help(unittest.TestCase):
     def test_help_lists_the_commands(self):

@@ -30,10 +30,11 @@ class SettingsTestCase(unittest.TestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
 
-    def write(self, text, name="config.ini", mode="w"):
+    def write(self, text, name="config.ini"):
+        """Write the file: bytes as they are, text as UTF-8."""
         path = os.path.join(self.folder, name)
-        with open(path, mode) as file:
-            file.write(text)
+        with open(path, "wb") as file:
+            file.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         return path
 
     def assertConfigError(self, text, *fragments, **environ):
@@ -125,7 +126,7 @@ class IniFile(SettingsTestCase):
         self.assertEqual(load({})["SHA_PASSPHRASE"], 'a%b#c;d=e:f "g"')
 
     def test_colon_separator_comments_crlf_and_a_bom_are_fine(self):
-        self.write(b"\xef\xbb\xbf# comment\r\n; another\r\n[Receiver]\r\nLOG_LEVEL: warning\r\n", mode="wb")
+        self.write(b"\xef\xbb\xbf# comment\r\n; another\r\n[Receiver]\r\nLOG_LEVEL: warning\r\n")
         self.assertEqual(load({})["LOG_LEVEL"], "WARNING")
 
     @generated(lambda st: st.lists(st.sampled_from(INI_LINES) | st.text(
@@ -135,7 +136,7 @@ class IniFile(SettingsTestCase):
         generated files, whatever one of them reads, the other reads the same; where one refuses a
         file, it is for a difference written down in read_ini_file."""
         text = "\n".join(lines)
-        path = self.write(text.encode("utf-8"), mode="wb")
+        path = self.write(text.encode("utf-8"))
         try:
             ours = ipn_receiver.read_ini_file(path)
         except ConfigError:
@@ -200,7 +201,7 @@ class IniFile(SettingsTestCase):
 
     def test_a_passphrase_may_hold_any_character_but_a_line_end(self):
         for passphrase in ("a\u2028b", "a\x85b", "a\x0cb", "a\x1cb", "a\u2029b", "a;b # c", "ä=ö:ü"):
-            self.write("[digistore24]\nsha_passphrase = %s\n" % passphrase, mode="w")
+            self.write("[digistore24]\nsha_passphrase = %s\n" % passphrase)
             self.assertEqual(load({})["SHA_PASSPHRASE"], passphrase)
 
     def test_a_secret_that_is_not_utf8_is_a_configuration_error(self):
@@ -212,12 +213,28 @@ class IniFile(SettingsTestCase):
         self.assertNotIn("ssw", message)
         self.assertEqual(self.location, "the environment variable IPN_SHA_PASSPHRASE")
 
+    def test_an_environment_secret_is_read_as_utf8_whatever_the_locale(self):
+        # Python 3.6 decodes the environment as ASCII where the web server sets no LANG (Apache
+        # sets none for CGI programs): a UTF-8 "pässwörd" arrives as bytes kept in surrogates.
+        as_python_36_reads_it = "pässwörd-1".encode("utf-8").decode("ascii", "surrogateescape")
+        self.assertEqual(load({"IPN_SHA_PASSPHRASE": as_python_36_reads_it})["SHA_PASSPHRASE"], "pässwörd-1")
+        self.assertEqual(load({"IPN_ISN_KEY": "schlüssel-1"})["ISN_KEY"], "schlüssel-1")   # text already
+
+    def test_a_data_dir_this_python_cannot_name_is_a_configuration_error(self):
+        # Under Python 3.6 with no LANG, file names are ASCII: a DATA_DIR of "Zahlungsdaten-ä"
+        # would make every call fail to open its store. (Here: a name that is not UTF-8, which
+        # SQLite cannot open.)
+        message = self.assertConfigError(None, "environment variable IPN_DATA_DIR",
+                                         "DATA_DIR holds characters this Python cannot use in a file name",
+                                         "ASCII", IPN_DATA_DIR="/tmp/daten-\udcff")
+        self.assertNotIn("daten", message)
+
     def test_bad_values_are_not_echoed(self):
         message = self.assertConfigError("[receiver]\nmax_body_bytes = secret-looking-value\n")
         self.assertNotIn("secret-looking-value", message)
 
     def test_not_utf8(self):
-        self.write(b"[digistore24]\nsha_passphrase = \xff\xfe\n", mode="wb")
+        self.write(b"[digistore24]\nsha_passphrase = \xff\xfe\n")
         self.assertConfigError(None, "config.ini", "UTF-8")
 
 
