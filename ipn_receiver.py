@@ -1466,9 +1466,6 @@ def set_damaged_store_aside(config, reason):
     path = store_path(config)
     salvaging = path + ".salvage"
     remove_store_files(salvaging)               # what a failed attempt may have left
-    # A `.salvaged` beside a store that exists is older than that store's last rows: it was left
-    # by a process that died before it moved the store aside, and calls have written since.
-    remove_store_files(path + ".salvaged")
     try:
         os.close(os.open(salvaging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         connection = sqlite3_module().connect(salvaging, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -1477,12 +1474,13 @@ def set_damaged_store_aside(config, reason):
             migrate_store(connection)
             copied, keys_only = salvage_rows(path, connection)
         finally:
-            connection.close()                  # the last connection: its journal goes into the file
-        if os.path.exists(salvaging + "-wal"):
-            raise StorageError("the salvaged store %s kept its journal; it was not used" % salvaging)
+            connection.close()                  # the last connection: its journal goes into the
+                                                # file, and SQLite deletes the journal
     except BaseException:
         remove_store_files(salvaging)
         raise
+    # (Over a `.salvaged` left by a process that died before it moved the store aside: that one is
+    # older than the store's last rows.)
     os.replace(salvaging, path + ".salvaged")
     close_store()
     aside = move_store_aside(path)
@@ -1589,13 +1587,10 @@ def salvage_rows(damaged_path, connection):
                 else:
                     misses += 1
                 number += 1
-        keys = keys_in_index(source)
+        keys_only = rows_of_lost_keys(rows, keys_in_index(source))
     finally:
         source.close()
-    known = {row[STORE_COLUMNS.index("duplicate_key")] for row in rows.values()}
-    keys_only = [(number, key) for number, key in keys.items() if key not in known and number not in rows]
-    for number, key in keys_only:
-        rows[number] = tuple(dict(UNREADABLE, id=number, duplicate_key=key).get(column) for column in STORE_COLUMNS)
+    rows.update(keys_only)
     connection.execute("BEGIN IMMEDIATE")
     try:
         for row in rows.values():
@@ -1606,6 +1601,14 @@ def salvage_rows(damaged_path, connection):
         rollback(connection)
         raise
     return len(rows), len(keys_only)
+
+
+def rows_of_lost_keys(rows, keys):
+    """{id: row} for each key of `keys` ({id: duplicate key}, read from the index) that no row of
+    `rows` ({id: row} read from the table) holds: "unknown", with its id and its key alone."""
+    known = {row[STORE_COLUMNS.index("duplicate_key")] for row in rows.values()}
+    return {number: tuple(dict(UNREADABLE, id=number, duplicate_key=key).get(column) for column in STORE_COLUMNS)
+            for number, key in keys.items() if key not in known and number not in rows}
 
 
 def keys_in_index(source):
@@ -2478,7 +2481,7 @@ def command_replay(args):
         return 1
     if args.done:
         return mark_done(config, row)
-    if row["event"] == UNREADABLE["event"]:
+    if row["fields"] == UNREADABLE["fields"]:
         print("ERROR: notification #%d lost its fields when the event store was damaged; the sender's next "
               "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
               % (row["id"], row["id"]), file=sys.stderr)
@@ -2690,21 +2693,20 @@ def serves_only_the_scripts(rules, copies=()):
     everything at its top level, grants access only in <Files> or <FilesMatch> sections whose
     pattern matches none of NEVER_SERVED and `copies` (the names of copies found beside the
     script), and turns folder listings off."""
-    denied, inside, exposed = False, False, False
+    denied, section = False, None           # section: None at the top level, else whether it exposes
     names = NEVER_SERVED + list(copies)
     for line in rules.splitlines():
         words = [word.lower() for word in line.split()]
-        if not words or words[0].startswith("#"):
+        if not words:
             continue
         if words[0].startswith("</files"):
-            inside = exposed = False
+            section = None
         elif words[0].startswith("<files"):
-            inside, exposed = True, section_matches_any(line, names)
+            section = section_matches_any(line, names)
         elif words == ["require", "all", "denied"]:
-            denied = denied or not inside
-        elif words[0] in ("require", "allow") or words[:2] == ["satisfy", "any"]:
-            if exposed or not inside:
-                return False            # it grants access to everything, or to a copy of the settings
+            denied = denied or section is None
+        elif words[0] in ("require", "allow") and section is not False:
+            return False                    # it grants access to everything, or to a copy of the settings
     return denied and "-Indexes" in rules
 
 
@@ -2713,16 +2715,15 @@ def section_matches_any(line, names):
 
     <Files> takes a wildcard pattern (as fnmatch reads it), or after `~` a regular expression, as
     <FilesMatch> does. Apache searches with PCRE, whose everyday patterns Python's re reads alike;
-    a pattern re cannot read counts as matching, since then no one can tell what it serves.
+    a pattern that cannot be read counts as matching, since then no one can tell what it serves.
     """
     import fnmatch
     import re
-    parts = line.strip().lstrip("<").rstrip(">").split(None, 1)
-    regex, pattern = parts[0].lower() == "filesmatch", (parts[1] if len(parts) > 1 else "").strip()
-    if pattern.startswith("~"):
-        regex, pattern = True, pattern[1:].strip()
-    pattern = pattern.strip("\"'")
-    if not regex:
+    found = re.match(r"""\s*<(files|filesmatch)\s+(~\s*)?["']?([^"'>]*)["']?\s*>""", line, re.IGNORECASE)
+    if not found:
+        return True
+    pattern = found.group(3)
+    if found.group(1).lower() == "files" and not found.group(2):
         return any(fnmatch.fnmatchcase(name, pattern) for name in names)
     try:
         return any(re.search(pattern, name) for name in names)

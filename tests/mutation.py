@@ -38,14 +38,17 @@ FUNCTIONS = [
     "digistore24_signature", "digistore24_signature_variant", "isn_key_is_valid", "vouched_fields",
     "provider_of", "Notification.__init__", "Notification.get", "duplicate_key",
     "handle_post", "dispatch", "run_and_record", "claim_notification", "record_outcome", "write_to_store",
-    "lock_within", "set_damaged_store_aside",
+    "lock_within", "set_damaged_store_aside", "keys_in_index", "rows_of_lost_keys", "move_store_aside",
+    "finish_interrupted_swap",
     "Log.mask", "Log._log", "one_line", "shortened", "secret_forms", "json_ascii", "secret_problem",
     "refuse_unrun_result", "error_line", "answer_body", "answer_text",
     "read_body", "read_exactly", "parse_urlencoded", "percent_decode", "run_cgi", "application",
+    "environment_text", "serves_only_the_scripts", "section_matches_any",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
-         "tests.test_request", "tests.test_store", "tests.test_logging", "tests.test_settings", "tests.test_cgi"]
+         "tests.test_request", "tests.test_store", "tests.test_logging", "tests.test_settings", "tests.test_cgi",
+         "tests.test_commands"]
 
 # (function, the mutated line, stripped): why the mutant changes nothing that can be observed.
 EQUIVALENT = {
@@ -73,12 +76,8 @@ EQUIVALENT = {
         'without the header, neither "" nor "xxxx" holds "chunked"',
     ("run_cgi", 'https = environ.get("HTTPS", "XXoffXX") in ("on", "1", "yes")        # as wsgiref decides it'):
         'without HTTPS, neither "off" nor "XXoffXX" is one of the values that mean https',
-    ("set_damaged_store_aside", 'salvaged = path + "XX.salvageXX"'):
+    ("set_damaged_store_aside", 'salvaging = path + "XX.salvageXX"'):
         "the new store's name while it is filled is the function's own; any name not in use will do",
-    ("set_damaged_store_aside", 'for suffix in ("XX-walXX", "-shm", ""):         # the file itself last: then it is complete'):
-        "the salvage's -wal exists only if SQLite keeps it after its last connection closes, which it does not",
-    ("set_damaged_store_aside", 'for suffix in ("-wal", "XX-shmXX", ""):         # the file itself last: then it is complete'):
-        "the salvage's -shm exists only if SQLite keeps it after its last connection closes, which it does not",
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

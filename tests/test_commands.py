@@ -241,6 +241,19 @@ class CheckTheWebFolder(CommandTestCase):
                     top + section + "\n    Require all granted\n</Files>\n"), scripts_only)
         self.assertFalse(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess") + "Require all granted\n"))
         self.assertFalse(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess") + "Allow from all\n"))
+        # Blank lines, comments, and the top-level denial after the sections, in either quotes:
+        self.assertTrue(ipn_receiver.serves_only_the_scripts(
+            "Options -Indexes\n\n# Require all granted\n<Files 'ipn.py'>\n  Require all granted\n</Files>\n\n"
+            "Require all denied\n"))
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(
+            "Options -Indexes\n<Files 'ipn.py'>\n  Require all granted\n</Files>\nRequire all granted\n"
+            "Require all denied\n"))
+        # A section whose pattern cannot be read may serve anything.
+        for line in ("<Files>", '<FilesMatch "(">', "<Files ~>"):
+            self.assertTrue(ipn_receiver.section_matches_any(line, ["ipn.py"]), line)
+        self.assertFalse(ipn_receiver.section_matches_any("  <files   ipn.py  >", ["config.ini"]))
+        self.assertTrue(ipn_receiver.section_matches_any("<Files ~ 'ini$'>", ["config.ini"]))
+        self.assertFalse(ipn_receiver.section_matches_any("<Files 'ini$'>", ["config.ini"]))   # a wildcard pattern
         # A copy found beside the script is judged by its own name too.
         loose = top + '<FilesMatch "\\.py(\\.old)?$">\n    Require all granted\n</FilesMatch>\n'
         self.assertFalse(ipn_receiver.serves_only_the_scripts(loose.replace("old", "new"), ["ipn_receiver.py.new"]))

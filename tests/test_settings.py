@@ -219,6 +219,12 @@ class IniFile(SettingsTestCase):
         as_python_36_reads_it = "pässwörd-1".encode("utf-8").decode("ascii", "surrogateescape")
         self.assertEqual(load({"IPN_SHA_PASSPHRASE": as_python_36_reads_it})["SHA_PASSPHRASE"], "pässwörd-1")
         self.assertEqual(load({"IPN_ISN_KEY": "schlüssel-1"})["ISN_KEY"], "schlüssel-1")   # text already
+        # And under Python 3.6's own view of file names and the environment, ASCII:
+        as_python_36 = mock.patch.object(os, "fsencode", lambda text: text.encode("ascii", "surrogateescape"))
+        with as_python_36:
+            self.assertEqual(load({"IPN_SHA_PASSPHRASE": as_python_36_reads_it})["SHA_PASSPHRASE"], "pässwörd-1")
+            self.assertEqual(load({"IPN_ISN_KEY": "schlüssel-1"})["ISN_KEY"], "schlüssel-1")
+            self.assertEqual(ipn_receiver.environment_text("schlüssel-1"), "schlüssel-1")
 
     def test_a_data_dir_this_python_cannot_name_is_a_configuration_error(self):
         # Under Python 3.6 with no LANG, file names are ASCII: a DATA_DIR of "Zahlungsdaten-ä"

@@ -549,6 +549,7 @@ class StorageProblems(ReceiverTestCase):
         connection = sqlite3.connect(self.store())
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
+        ids = {row["duplicate_key"].split(":")[-1]: row["id"] for row in self.rows()}
         with open(self.store(), "r+b") as file:
             content = bytearray(file.read())
             for marker in (b"row 30 x", b"row 31 x"):                # pages of the table, not the index
@@ -563,7 +564,13 @@ class StorageProblems(ReceiverTestCase):
         rows = {row["duplicate_key"].split(":")[-1]: row for row in self.rows()}
         self.assertEqual(set(rows), {str(number) for number in range(60)})
         self.assertEqual({number for number, row in rows.items() if row["status"] == "unknown"}, lost)
+        self.assertEqual({number: row["id"] for number, row in rows.items()}, ids)     # each keeps its number
         self.assertIn(ipn_receiver.UNKNOWN_NOTE % len(lost), self.log_text())
+        # Until a copy brings its fields back, there is nothing to run it with.
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            self.assertEqual(ipn_receiver.main(["replay", str(rows["30"]["id"])]), 1)
+        self.assertIn("lost its fields when the event store was damaged", errors.getvalue())
         del runs[:]
         for number in range(60):
             answer = post(payment(str(number), custom="row %d " % number + "x" * 200))
@@ -573,6 +580,11 @@ class StorageProblems(ReceiverTestCase):
             else:
                 self.assertEqual((answer.status, answer.body), (200, "OK"))
         self.assertEqual(runs, [])                                  # nothing ran twice
+        held = [message for level, message in self.log_messages() if message.startswith("POST") and "held" in message]
+        self.assertEqual(len(held), len(lost))
+        for message in held:
+            self.assertRegex(message, r"^POST -> 503, digistore24 on_payment order \S+ txn \d+: held: salvaged from a "
+                                      r"damaged store, status unknown$")
         self.assertTrue(ipn_receiver.UNKNOWN_ANSWER.startswith("ERROR: notification #%(id)d lost its record"))
         # The copy brought the fields back; the vendor runs one and marks another handled.
         first, second = sorted(lost, key=int)[:2]
@@ -625,6 +637,13 @@ class StorageProblems(ReceiverTestCase):
                 ipn_receiver.close_store()                      # the killed process's connections
                 self.assertEqual(len(renames), min(step, 5))    # (step 6: no kill, all five done)
                 self.assertEqual(post(payment("new")).body, "OK")
+                finished = [message for level, message in self.log_messages() if "a process died" in message]
+                self.assertEqual(len(finished), 1 if step in (3, 4, 5) else 0)
+                if finished:
+                    self.assertRegex(finished[0], r"^event store .*events\.sqlite3: a process died while setting a "
+                                                  r"damaged store aside; the new store it had filled was put in "
+                                                  r"place \(what was left of the damaged one: events\.sqlite3\."
+                                                  r"damaged-\d{8}-\d{6}(-\d)?\)$")
                 for number in range(20):
                     self.assertEqual(post(payment(str(number))).body, "OK")
                 self.assertEqual(len(runs), 21)                 # the 20 once each, and the new one
@@ -633,6 +652,47 @@ class StorageProblems(ReceiverTestCase):
                                     # removes the one left, which is older than the store's rows)
                     self.assertFalse([name for name in os.listdir(self.data_dir) if "salvage" in name])
                 self.assertEqual(integrity(self.store()), "ok")
+
+    def test_which_keys_of_the_index_make_rows_of_their_own(self):
+        # Only a key no readable row holds, under an id no readable row has (damage may pair them
+        # otherwise); such a row is "unknown", with its id and key alone.
+        key = ipn_receiver.STORE_COLUMNS.index("duplicate_key")
+        rows = {5: tuple("a" if index == key else None for index in range(len(ipn_receiver.STORE_COLUMNS)))}
+        lost = ipn_receiver.rows_of_lost_keys(rows, {5: "b", 6: "c", 7: "a"})
+        self.assertEqual(list(lost), [6])
+        row = dict(zip(ipn_receiver.STORE_COLUMNS, lost[6]))
+        self.assertEqual((row["id"], row["duplicate_key"], row["status"], row["fields"]), (6, "c", "unknown", "{}"))
+
+    def test_the_index_is_read_from_both_ends_past_a_damaged_page(self):
+        post(payment("0"))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.executemany(
+            "INSERT INTO notifications (received_at, provider, event, duplicate_key, is_test, fields, status, "
+            "attempts, deliveries, updated_at) VALUES (0, 'digistore24', 'on_payment', ?, 0, '{}', 'done', 1, 1, 0)",
+            [("digistore24:on_payment:%06d-%s" % (number, "k" * 40),) for number in range(1, 600)])
+        connection.commit()
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        every_key = {row[0] for row in connection.execute("SELECT duplicate_key FROM notifications")}
+        connection.close()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            pages = [number for number in range(1, len(content) // 4096)
+                     if content[number * 4096] == 0x0a]          # the leaf pages of an index
+            self.assertGreater(len(pages), 3)
+            middle = pages[len(pages) // 2]
+            content[middle * 4096:middle * 4096 + 12] = b"\x07" * 12
+            file.seek(0)
+            file.write(content)
+        source = sqlite3.connect(self.store())
+        try:
+            keys = ipn_receiver.keys_in_index(source)
+        finally:
+            source.close()
+        self.assertTrue(set(keys.values()) < every_key)
+        self.assertIn(min(every_key), keys.values())
+        self.assertIn(max(every_key), keys.values())
+        self.assertGreater(len(keys), len(every_key) // 2)
 
     def test_a_salvage_that_fails_leaves_the_damaged_store_in_place(self):
         # A full disk, say, during the salvage: a store left empty would let every handler run
