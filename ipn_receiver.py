@@ -1218,12 +1218,26 @@ def ensure_data_dir(path):
         os.makedirs(path, 0o700, exist_ok=True)
         os.chmod(path, 0o700)
     htaccess = os.path.join(path, ".htaccess")
-    if not os.path.exists(htaccess):
+    if not denies_the_web(htaccess):
+        # Written whole under another name, then renamed: a full disk must not leave an empty
+        # .htaccess, which would deny nothing and never be written again.
+        partial = "%s.%d.tmp" % (htaccess, os.getpid())
         try:
-            with open(os.open(htaccess, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as file:
+            with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as file:
                 file.write(_HTACCESS)
-        except FileExistsError:
-            pass
+            os.replace(partial, htaccess)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+
+
+def denies_the_web(htaccess):
+    """Whether the .htaccess at that path is there and denies all (as the one this file writes)."""
+    try:
+        with open(htaccess, encoding="utf-8", errors="replace") as file:
+            return "Require all denied" in file.read()
+    except OSError:
+        return False
 
 
 class StoreLock:
@@ -1422,8 +1436,7 @@ def describe_storage_error(error, path):
     elif "locked" in text.lower() or "busy" in text.lower():
         hint = "another process held the store longer than %d s" % BUSY_TIMEOUT_SECONDS
     elif "malformed" in text.lower() or "not a database" in text.lower():
-        hint = ("the file is damaged: move it aside (the sender retries, and new calls start a new "
-                "store) and keep the copy for its records")
+        hint = "the file is damaged: run `python3 ipn_receiver.py repair` (it keeps every row that can be read)"
     return "event store %s: %s; %s" % (path, text, hint)
 
 
@@ -1452,7 +1465,7 @@ def write_to_store(config, write):
         return write(set_damaged_store_aside(config, damage))
 
 
-def set_damaged_store_aside(config, reason):
+def set_damaged_store_aside(config, reason, start_empty=False):
     """Put a new store, holding every row still readable, in place of a damaged one, which is kept
     beside it (never deleted). Returns a connection to the new store.
 
@@ -1461,7 +1474,11 @@ def set_damaged_store_aside(config, reason):
     and the call gets 503: a store emptied by a failed repair would let every handler run again.
     Once filled, it is renamed to `.salvaged`: from then on it is the store, and should this
     process die before it is in place, the next call puts it there (finish_interrupted_swap).
-    The caller holds the store lock, so no other process replaces the store meanwhile.
+    Where nothing at all can be read (its first page, which holds the schema, is damaged) from a
+    store that held rows, no empty store takes its place, in which every notification handled
+    before would run again: StorageError, until the vendor recovers it or, with `repair --force`,
+    starts an empty one (`start_empty`). The caller holds the store lock, so no other process
+    replaces the store meanwhile.
     """
     path = store_path(config)
     salvaging = path + ".salvage"
@@ -1473,6 +1490,8 @@ def set_damaged_store_aside(config, reason):
             connection.execute("PRAGMA synchronous=FULL")
             migrate_store(connection)
             copied, keys_only = salvage_rows(path, connection)
+            if not copied and not start_empty and may_hold_rows(path):
+                raise StorageError(UNREADABLE_STORE % path)
         finally:
             connection.close()                  # the last connection: its journal goes into the
                                                 # file, and SQLite deletes the journal
@@ -1490,6 +1509,18 @@ def set_damaged_store_aside(config, reason):
               "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied,
               UNKNOWN_NOTE % keys_only if keys_only else "")
     return open_store(config)
+
+
+UNREADABLE_STORE = (
+    "event store %s: damaged where its schema is kept, so not one row can be read, and it was left as it "
+    "was: an empty store in its place would run every notification handled before again. Recover it by hand "
+    "(sqlite3 events.sqlite3 .recover), or start an empty one with `python3 ipn_receiver.py repair --force`")
+
+
+def may_hold_rows(path):
+    """Whether a store file is larger than a new, empty store (three pages), or has a journal."""
+    journal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+    return os.path.exists(path) and (os.path.getsize(path) > 3 * 4096 or journal > 0)
 
 
 UNKNOWN_NOTE = (" (%d of them with their status lost: whether their handlers ran is unknown, so a copy "
@@ -1564,6 +1595,10 @@ def salvage_rows(damaged_path, connection):
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
                 rows[row[0]] = row
         except sqlite3.Error:
+            try:
+                source.execute("SELECT sql FROM sqlite_master").fetchall()
+            except sqlite3.Error:
+                return 0, 0                 # not even the schema: no statement can be prepared
             # Then row by row: a lookup by id passes damaged pages by, and so does asking for
             # the first id from a given one on, which steps over the ids no row has. No number
             # read from the damaged file bounds the walk: a damaged cell may claim id 2**56.
@@ -1590,10 +1625,9 @@ def salvage_rows(damaged_path, connection):
         keys_only = rows_of_lost_keys(rows, keys_in_index(source))
     finally:
         source.close()
-    rows.update(keys_only)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for row in rows.values():
+        for row in list(rows.values()) + keys_only:     # (those of keys alone last: some take new ids)
             connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
                                % (columns, ", ".join("?" * len(STORE_COLUMNS))), row)
         connection.execute("COMMIT")
@@ -1604,11 +1638,15 @@ def salvage_rows(damaged_path, connection):
 
 
 def rows_of_lost_keys(rows, keys):
-    """{id: row} for each key of `keys` ({id: duplicate key}, read from the index) that no row of
-    `rows` ({id: row} read from the table) holds: "unknown", with its id and its key alone."""
+    """[row] for each key of `keys` ({id: duplicate key}, read from the index) that no row of
+    `rows` ({id: row} read from the table) holds: "unknown", with its id and its key alone.
+
+    Where a row of the table has that id under another key, one of the two keys is damaged (a
+    flipped bit), and which cannot be told: both are kept, the index's under a new id.
+    """
     known = {row[STORE_COLUMNS.index("duplicate_key")] for row in rows.values()}
-    return {number: tuple(dict(UNREADABLE, id=number, duplicate_key=key).get(column) for column in STORE_COLUMNS)
-            for number, key in keys.items() if key not in known and number not in rows}
+    return [tuple(dict(UNREADABLE, id=None if number in rows else number, duplicate_key=key).get(column)
+                  for column in STORE_COLUMNS) for number, key in keys.items() if key not in known]
 
 
 def keys_in_index(source):
@@ -2595,7 +2633,7 @@ def command_check(args):
     if os.path.isdir(data_dir):
         mode = os.stat(data_dir).st_mode & 0o777
         report(not mode & 0o077, "data folder mode %03o" % mode, "chmod 700 %s" % data_dir)
-        report(os.path.exists(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess",
+        report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies the web",
                "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
@@ -2744,7 +2782,7 @@ def command_repair(args):
             print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
             return 0
         try:
-            connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0])
+            connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0], start_empty=args.force)
         except (OSError, sqlite3_module().Error) as error:
             print("ERROR: the store could not be repaired (%s); it was left as it was. Free disk space, "
                   "then run repair again" % error, file=sys.stderr)
@@ -2767,6 +2805,14 @@ def integrity_of(path):
             connection.close()
     except sqlite3.Error as error:
         return str(error)
+
+
+def notification_number(text):
+    """An argument that names a stored notification: a whole number SQLite can hold."""
+    import argparse
+    if not is_whole_number(text) or int(text) < 1:
+        raise argparse.ArgumentTypeError("not a notification number: %s" % text)
+    return int(text)
 
 
 def build_parser():
@@ -2795,15 +2841,15 @@ def build_parser():
     events = commands.add_parser("events", help="list stored notifications, newest first")
     events.add_argument("--status", choices=("processing", "done", "failed", "ignored", "unknown"))
     events.add_argument("--event", help="only this event")
-    events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    events.add_argument("--limit", type=notification_number, default=50, help="at most this many (default 50)")
     events.set_defaults(run=command_events)
 
     show = commands.add_parser("show", help="one stored notification with all its fields")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=notification_number)
     show.set_defaults(run=command_show)
 
     replay = commands.add_parser("replay", help="run a stored notification's handler again now (or --done)")
-    replay.add_argument("id", type=int)
+    replay.add_argument("id", type=notification_number)
     replay.add_argument("--force", action="store_true", help="also for one that is done")
     replay.add_argument("--done", action="store_true", help="do not run it: record it as handled (answered OK)")
     replay.set_defaults(run=command_replay)
@@ -2876,6 +2922,14 @@ def main(argv=None):
         return 2
     except StorageError as error:
         print("ERROR: %s" % error, file=sys.stderr)
+        return 1
+    except sqlite3_module().Error as error:
+        print("ERROR: the event store cannot be read (%s); run `python3 ipn_receiver.py check`, and for a "
+              "damaged store `repair`" % error, file=sys.stderr)
+        return 1
+    except UnicodeEncodeError:
+        print("ERROR: this terminal cannot show the text; run the command with LANG=C.UTF-8 in front",
+              file=sys.stderr)
         return 1
 
 

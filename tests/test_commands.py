@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import unittest
@@ -55,6 +56,32 @@ class Inspecting(CommandTestCase):
         self.assertNotIn(PASSPHRASE, output)
         self.assertEqual(self.command("show", "99")[0], 1)
 
+
+    def test_bad_numbers_a_damaged_store_and_a_terminal_without_utf8_get_one_error_line(self):
+        post(payment(first_name="J\u00f6rg"))
+        for arguments in (("show", "99999999999999999999"), ("events", "--limit", "99999999999999999999"),
+                          ("replay", "-1"), ("show", "\u0661")):
+            with self.subTest(arguments=arguments):
+                code, output, errors = self.command(*arguments)
+                self.assertEqual(code, 2)
+                self.assertIn("not a notification number", errors)
+                self.assertNotIn("Traceback", errors)
+        code, output, errors = self.command("show", "1", PYTHONIOENCODING="ascii")   # as Python 3.6 with no LANG
+        self.assertEqual((code, errors.strip().splitlines()),
+                         (1, ["ERROR: this terminal cannot show the text; run the command with LANG=C.UTF-8 in front"]))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        with open(os.path.join(self.data_dir, "events.sqlite3"), "r+b") as file:
+            file.seek(4096)
+            file.write(b"\x07" * 12)                               # the table's first page
+        for arguments in (("events",), ("show", "1"), ("replay", "1", "--done")):
+            with self.subTest(arguments=arguments):
+                code, output, errors = self.command(*arguments)
+                self.assertEqual(code, 1)
+                self.assertRegex(errors.strip(), r"^ERROR: the event store cannot be read \(.*\); run "
+                                                 r"`python3 ipn_receiver.py check`, and for a damaged store `repair`$")
 
     def test_show_and_events_print_the_buyers_words_on_one_line_each(self):
         # A buyer chooses name, address and `custom`; Digistore24 signs whatever was entered.

@@ -439,16 +439,75 @@ class StorageProblems(ReceiverTestCase):
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
 
-    def test_a_store_with_a_damaged_header_is_set_aside(self):
-        self.fill_and_checkpoint(30)
+    def test_a_store_whose_schema_cannot_be_read_is_not_replaced_by_an_empty_one(self):
+        # Damage to the first page (the file header, the schema): not one row can be read. An
+        # empty store in its place would run every notification handled before again: the calls
+        # get 503 (the sender retries) until the vendor recovers it or runs `repair --force`.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(1))
+        for damage in (b"this is not a database header", b"\x00" * 16):
+            with self.subTest(damage=damage):
+                self.data_dir = tempfile.mkdtemp(prefix="ipn-test-")
+                self.addCleanup(shutil.rmtree, self.data_dir, True)
+                ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir)
+                self.fill_and_checkpoint(30)
+                with open(self.store(), "r+b") as file:
+                    file.write(damage)
+                del runs[:]
+                started = time.monotonic()
+                self.assertEqual((post(payment("0")).status, post(payment("100")).body), (503, STORAGE_ERROR))
+                self.assertLess(time.monotonic() - started, 10)    # (no walk through what cannot be read)
+                self.assertEqual(runs, [])
+                self.assertIn(ipn_receiver.UNREADABLE_STORE % self.store(), self.log_text())
+                self.assertFalse([name for name in os.listdir(self.data_dir) if "damaged" in name or "salvage" in name])
+                errors = io.StringIO()
+                with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                    self.assertEqual(ipn_receiver.main(["repair"]), 1)
+                    self.assertIn("repair --force", errors.getvalue())
+                    self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
+                self.assertEqual(len([name for name in os.listdir(self.data_dir) if ".damaged-" in name]), 1)
+                self.assertEqual(integrity(self.store()), "ok")
+                self.assertEqual(os.stat(self.store()).st_mode & 0o777, 0o600)     # the new store is private too
+                self.assertEqual(post(payment("100")).body, "OK")
+                self.assertEqual(runs, [1])
+
+    def test_a_new_store_damaged_before_it_held_anything_is_replaced(self):
+        post(payment("1"))
+        ipn_receiver.close_store()
         with open(self.store(), "r+b") as file:
-            file.write(b"this is not a database header")      # nothing in it can be read now
-        self.assertEqual(post(payment("100")).body, "OK")
-        self.assertEqual(len([name for name in os.listdir(self.data_dir) if ".damaged-" in name]), 1)
-        self.assertEqual(integrity(self.store()), "ok")
-        self.assertEqual(os.stat(self.store()).st_mode & 0o777, 0o600)     # the new store is private too
-        self.assertEqual([row["duplicate_key"] for row in self.rows()], ["digistore24:on_payment:100"])
+            file.truncate(3 * 4096)
+            file.write(b"this is not a database header")
+        os.remove(self.store() + "-wal") if os.path.exists(self.store() + "-wal") else None
+        self.assertEqual(post(payment("2")).body, "OK")
         self.assertIn("0 notifications were copied", self.log_text())
+
+    def test_a_row_whose_key_lost_a_bit_keeps_both_keys(self):
+        # One flipped bit in a stored key: the index still holds the key as it was. Which of the
+        # two is right cannot be told; both are kept, and a copy under either runs nothing.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(1))
+        for number in ("1001", "1002"):
+            post(payment(number))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            at = [at for at in range(len(content)) if content.startswith(b"digistore24:on_payment:1001", at)
+                  and content[at // 4096 * 4096] == 0x0d][0] + len("digistore24:on_payment:100")   # a table leaf
+            content[at] ^= 0x01                                     # "1001" reads "1000" in the table
+            file.seek(0)
+            file.write(content)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair"]), 0)
+        keys = {row["duplicate_key"]: row["status"] for row in self.rows()}
+        self.assertEqual(keys, {"digistore24:on_payment:1000": "done", "digistore24:on_payment:1001": "unknown",
+                                "digistore24:on_payment:1002": "done"})
+        del runs[:]
+        self.assertEqual(post(payment("1001")).status, 503)         # held for the vendor, not run
+        self.assertEqual(post(payment("1002")).body, "OK")
+        self.assertEqual(runs, [])
 
     def test_damage_where_new_calls_write_is_set_aside_and_the_readable_rows_kept(self):
         # The damage sits in the page every new row goes to, and the store's row count, read
@@ -654,14 +713,14 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(integrity(self.store()), "ok")
 
     def test_which_keys_of_the_index_make_rows_of_their_own(self):
-        # Only a key no readable row holds, under an id no readable row has (damage may pair them
-        # otherwise); such a row is "unknown", with its id and key alone.
+        # Each key no readable row holds: "unknown", with its id and key alone; where a readable
+        # row has its id under another key (a bit flipped in one of them), under a new id.
         key = ipn_receiver.STORE_COLUMNS.index("duplicate_key")
         rows = {5: tuple("a" if index == key else None for index in range(len(ipn_receiver.STORE_COLUMNS)))}
-        lost = ipn_receiver.rows_of_lost_keys(rows, {5: "b", 6: "c", 7: "a"})
-        self.assertEqual(list(lost), [6])
-        row = dict(zip(ipn_receiver.STORE_COLUMNS, lost[6]))
-        self.assertEqual((row["id"], row["duplicate_key"], row["status"], row["fields"]), (6, "c", "unknown", "{}"))
+        lost = [dict(zip(ipn_receiver.STORE_COLUMNS, row))
+                for row in ipn_receiver.rows_of_lost_keys(rows, {5: "b", 6: "c", 7: "a"})]
+        self.assertEqual([(row["id"], row["duplicate_key"], row["status"], row["fields"]) for row in lost],
+                         [(None, "b", "unknown", "{}"), (6, "c", "unknown", "{}")])
 
     def test_the_index_is_read_from_both_ends_past_a_damaged_page(self):
         post(payment("0"))
@@ -924,6 +983,23 @@ class Protection(ReceiverTestCase):
         ipn_receiver.close_store()
         post(payment("2"))
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, ".htaccess")))
+
+    def test_an_htaccess_left_empty_by_a_full_disk_is_written_again(self):
+        # A full disk (a web space over its quota) let the file be made but not written: an empty
+        # .htaccess denies nothing, and the store and the log would be served.
+        htaccess = os.path.join(self.data_dir, ".htaccess")
+        open(htaccess, "w").close()
+        self.assertEqual(post(payment("1")).body, "OK")
+        with open(htaccess) as file:
+            self.assertIn("Require all denied", file.read())
+        # A write that fails leaves no .htaccess at all (the next call writes it), never an empty one.
+        os.remove(htaccess)
+        with mock.patch.object(ipn_receiver.os, "replace", side_effect=OSError(28, "No space left on device")):
+            with self.assertRaises(OSError):
+                ipn_receiver.ensure_data_dir(self.data_dir)
+        self.assertEqual([name for name in os.listdir(self.data_dir) if name.startswith(".htaccess")], [])
+        ipn_receiver.ensure_data_dir(self.data_dir)
+        self.assertTrue(ipn_receiver.denies_the_web(htaccess))
 
 
 if __name__ == "__main__":
