@@ -2694,8 +2694,12 @@ def check_web_folder(report, note, data_dir):
         with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
             rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
         report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
-               "use the .htaccess of README.md's deployment guide: Options -Indexes, Require all denied, "
-               "and the scripts' names allowed")
+               "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
+               "cgi-script .py, Require all denied, and the scripts' names allowed")
+    elif os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
+        note("%s is beside the script, with no .htaccess: if this folder is on the web, its secrets can be "
+             "downloaded; keep it outside the web root (IPN_CONFIG), or use the .htaccess of README.md's "
+             "deployment guide" % CONFIG_FILE_NAME)
     if not copies:
         return
     shown = "copies of the settings beside the script (%s)" % ", ".join(sorted(copies)[:3] + (
@@ -2727,42 +2731,50 @@ NEVER_SERVED = ["config.ini", "ipn_receiver.cpython-36.pyc", "ipn_receiver.cpyth
 
 
 def serves_only_the_scripts(rules, copies=()):
-    """Whether an .htaccess serves the scripts and nothing else, as README.md's does: it denies
-    everything at its top level, grants access only in <Files> or <FilesMatch> sections whose
-    pattern matches none of NEVER_SERVED and `copies` (the names of copies found beside the
-    script), and turns folder listings off."""
-    denied, section = False, None           # section: None at the top level, else whether it exposes
+    """Whether an .htaccess serves the scripts and nothing else, as README.md's does: it runs .py
+    files as programs, denies everything outside any section, grants access only within <Files>
+    or <FilesMatch> sections whose pattern matches none of NEVER_SERVED and `copies` (the names
+    of copies found beside the script), and turns folder listings off."""
+    denied, sections = False, []    # the sections a line is in: True/False for a <Files> section
+                                    # that does/does not match a name never served, None for others
     names = NEVER_SERVED + list(copies)
     for line in rules.splitlines():
         words = [word.lower() for word in line.split()]
         if not words:
             continue
-        if words[0].startswith("</files"):
-            section = None
+        if words[0].startswith("</"):
+            sections = sections[:-1]
         elif words[0].startswith("<files"):
-            section = section_matches_any(line, names)
+            sections.append(section_matches_any(line, names))
+        elif words[0].startswith("<"):
+            sections.append(None)           # <If>, <Limit>, <IfModule>, ...: not always in force
         elif words == ["require", "all", "denied"]:
-            denied = denied or section is None
-        elif words[0] in ("require", "allow") and section is not False:
-            return False                    # it grants access to everything, or to a copy of the settings
-    return denied and "-Indexes" in rules
+            denied = denied or not sections
+        elif words[0] in ("require", "allow"):
+            files = [section for section in sections if section is not None]
+            if not files or files[-1]:
+                return False                # it grants access to everything, or to a copy of the settings
+    text = " ".join(rules.lower().split())
+    runs_scripts = "execcgi" in text and ("addhandler cgi-script" in text or "sethandler cgi-script" in text)
+    return denied and runs_scripts and "-Indexes" in rules
 
 
 def section_matches_any(line, names):
     """Whether the pattern of a <Files> or <FilesMatch> line matches any of `names`.
 
-    <Files> takes a wildcard pattern (as fnmatch reads it), or after `~` a regular expression, as
-    <FilesMatch> does. Apache searches with PCRE, whose everyday patterns Python's re reads alike;
-    a pattern that cannot be read counts as matching, since then no one can tell what it serves.
+    <Files> takes a wildcard pattern (as fnmatch reads it, with Apache's [^...] for [!...]), or
+    after `~` a regular expression, as <FilesMatch> does. Apache searches with PCRE, whose
+    everyday patterns Python's re reads alike, though not its classes like [[:alpha:]]: a pattern
+    with one, or one that cannot be read, counts as matching, since no one can tell what it serves.
     """
     import fnmatch
     import re
     found = re.match(r"""\s*<(files|filesmatch)\s+(~\s*)?["']?([^"'>]*)["']?\s*>""", line, re.IGNORECASE)
-    if not found:
+    if not found or "[:" in found.group(3):
         return True
     pattern = found.group(3)
     if found.group(1).lower() == "files" and not found.group(2):
-        return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+        return any(fnmatch.fnmatchcase(name, pattern.replace("[^", "[!")) for name in names)
     try:
         return any(re.search(pattern, name) for name in names)
     except re.error:

@@ -240,6 +240,17 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("if this folder is on the web, delete them", output)
 
+    def test_without_an_htaccess_a_config_file_beside_the_script_is_noted(self):
+        script = self.web_folder()
+        config = os.path.join(os.path.dirname(script), "config.ini")
+        with open(config, "w") as file:
+            file.write("[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
+        os.chmod(config, 0o600)
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertIn("note     config.ini is beside the script, with no .htaccess: if this folder is on the web, "
+                      "its secrets can be downloaded", output)
+        self.assertNotIn(PASSPHRASE, output)
+
     def test_which_names_are_backup_copies(self):
         for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
                      ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old"):
@@ -270,17 +281,36 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertFalse(ipn_receiver.serves_only_the_scripts(snippet("apache-htaccess") + "Allow from all\n"))
         # Blank lines, comments, and the top-level denial after the sections, in either quotes:
         self.assertTrue(ipn_receiver.serves_only_the_scripts(
-            "Options -Indexes\n\n# Require all granted\n<Files 'ipn.py'>\n  Require all granted\n</Files>\n\n"
-            "Require all denied\n"))
+            "Options +ExecCGI -Indexes\nAddHandler  cgi-script .py\n\n# Require all granted\n<Files 'ipn.py'>\n"
+            "  Require all granted\n</Files>\n\nRequire all denied\n"))
         self.assertFalse(ipn_receiver.serves_only_the_scripts(
-            "Options -Indexes\n<Files 'ipn.py'>\n  Require all granted\n</Files>\nRequire all granted\n"
-            "Require all denied\n"))
+            "Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n<Files 'ipn.py'>\n  Require all granted\n"
+            "</Files>\nRequire all granted\nRequire all denied\n"))
+        # What the fourth review tried: the denial only within <Limit> or <If> (then in force for
+        # some requests only), a grant within them, and no handler (the source is served).
+        guide = snippet("apache-htaccess")
+        for changed in (guide.replace("Require all denied", "<Limit PUT DELETE>\nRequire all denied\n</Limit>"),
+                        guide.replace("Require all denied", '<If "%{REQUEST_METHOD} == \'PUT\'">\nRequire all '
+                                                            "denied\n</If>"),
+                        guide + "<IfModule mod_authz_core.c>\n  Require all granted\n</IfModule>\n",
+                        guide.replace("AddHandler cgi-script .py\n", ""),
+                        guide.replace("+ExecCGI ", "")):
+            with self.subTest(changed=changed):
+                self.assertFalse(ipn_receiver.serves_only_the_scripts(changed))
+        self.assertTrue(ipn_receiver.serves_only_the_scripts(guide.replace("AddHandler cgi-script .py",
+                                                                           "<Files ipn_receiver.py>\nSetHandler "
+                                                                           "cgi-script\n</Files>")))
         # A section whose pattern cannot be read may serve anything.
         for line in ("<Files>", '<FilesMatch "(">', "<Files ~>"):
             self.assertTrue(ipn_receiver.section_matches_any(line, ["ipn.py"]), line)
         self.assertFalse(ipn_receiver.section_matches_any("  <files   ipn.py  >", ["config.ini"]))
         self.assertTrue(ipn_receiver.section_matches_any("<Files ~ 'ini$'>", ["config.ini"]))
         self.assertFalse(ipn_receiver.section_matches_any("<Files 'ini$'>", ["config.ini"]))   # a wildcard pattern
+        # Apache's negation in a wildcard is [^...] (fnmatch's, [!...]); PCRE's classes like
+        # [[:alpha:]] are not Python's: such a pattern may serve anything.
+        self.assertTrue(ipn_receiver.section_matches_any('<Files "[^_]*">', ["config.ini"]))
+        self.assertFalse(ipn_receiver.section_matches_any('<Files "[^c]*">', ["config.ini"]))
+        self.assertTrue(ipn_receiver.section_matches_any('<FilesMatch "^[[:alnum:]_]+\\.[[:alpha:]]+$">', ["x"]))
         # A copy found beside the script is judged by its own name too.
         loose = top + '<FilesMatch "\\.py(\\.old)?$">\n    Require all granted\n</FilesMatch>\n'
         self.assertFalse(ipn_receiver.serves_only_the_scripts(loose.replace("old", "new"), ["ipn_receiver.py.new"]))

@@ -426,7 +426,8 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
 
     SECTIONS = ('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<FilesMatch "^ipn">', '<Files "*">',
                 '<Files "config.*">', '<Files "*~">', '<Files ?onfig.ini>', '<Files ~ "\\.(bak|old)$">',
-                '<FilesMatch "\\.py">', '<FilesMatch "(?i)CONFIG">', '<Files "[a-d]*">', '<FilesMatch "">')
+                '<FilesMatch "\\.py">', '<FilesMatch "(?i)CONFIG">', '<Files "[a-d]*">', '<FilesMatch "">',
+                '<Files "[^_]*">', '<Files "[^c]*">', '<Files "[!c]*">')
     COPY_NAMES = ("config.ini", "config.ini.bak", "ipn_receiver.py~", "ipn_receiver.py.old", "events.sqlite3")
 
     @classmethod
