@@ -306,6 +306,10 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertFalse(ipn_receiver.section_matches_any("  <files   ipn.py  >", ["config.ini"]))
         self.assertTrue(ipn_receiver.section_matches_any("<Files ~ 'ini$'>", ["config.ini"]))
         self.assertFalse(ipn_receiver.section_matches_any("<Files 'ini$'>", ["config.ini"]))   # a wildcard pattern
+        # A denial within a section that encloses the scripts' is not at the top either.
+        self.assertFalse(ipn_receiver.serves_only_the_scripts(
+            "Options +ExecCGI -Indexes\nAddHandler cgi-script .py\n<IfModule mod_authz_core.c>\n<Files ipn.py>\n"
+            "Require all granted\n</Files>\nRequire all denied\n</IfModule>\n"))
         # Apache's negation in a wildcard is [^...] (fnmatch's, [!...]); PCRE's classes like
         # [[:alpha:]] are not Python's: such a pattern may serve anything.
         self.assertTrue(ipn_receiver.section_matches_any('<Files "[^_]*">', ["config.ini"]))

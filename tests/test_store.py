@@ -471,6 +471,28 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(post(payment("100")).body, "OK")
                 self.assertEqual(runs, [1])
 
+    def test_what_may_hold_rows(self):
+        # A new store is three pages (the schema, the table, its index); more, or a journal with
+        # anything in it, may hold rows.
+        path = os.path.join(self.data_dir, "probe.sqlite3")
+        self.assertFalse(ipn_receiver.may_hold_rows(path))
+        for size, journal, verdict in ((3 * 4096, None, False), (3 * 4096 + 1, None, True), (4096, 0, False),
+                                       (4096, 1, True)):
+            with self.subTest(size=size, journal=journal):
+                ipn_receiver.remove_store_files(path)
+                with open(path, "wb") as file:
+                    file.write(b"\0" * size)
+                if journal is not None:
+                    with open(path + "-wal", "wb") as file:
+                        file.write(b"\0" * journal)
+                self.assertEqual(ipn_receiver.may_hold_rows(path), verdict)
+
+    def test_a_data_folder_htaccess_in_another_encoding_is_read_without_failing(self):
+        htaccess = os.path.join(self.data_dir, ".htaccess")
+        with open(htaccess, "wb") as file:
+            file.write(b"# \xe4nderung\nRequire all denied\n")
+        self.assertTrue(ipn_receiver.denies_the_web(htaccess))
+
     def test_a_new_store_damaged_before_it_held_anything_is_replaced(self):
         post(payment("1"))
         ipn_receiver.close_store()
