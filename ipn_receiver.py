@@ -1584,20 +1584,21 @@ def salvage_rows(damaged_path, connection):
     alone, found in the store's index where the table's page that held the row is damaged.
     """
     import sqlite3
+    # (Damage also shows as MemoryError: SQLite cannot allocate what a damaged cell claims to hold.)
     columns = ", ".join(STORE_COLUMNS)
     rows = {}
     try:
         source = sqlite3.connect(damaged_path)
-    except sqlite3.Error:
+    except (sqlite3.Error, MemoryError):
         return 0, 0
     try:
         try:                                # a scan reads everything before the first bad page
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
                 rows[row[0]] = row
-        except sqlite3.Error:
+        except (sqlite3.Error, MemoryError):
             try:
                 source.execute("SELECT sql FROM sqlite_master").fetchall()
-            except sqlite3.Error:
+            except (sqlite3.Error, MemoryError):
                 return 0, 0                 # not even the schema: no statement can be prepared
             # Then row by row: a lookup by id passes damaged pages by, and so does asking for
             # the first id from a given one on, which steps over the ids no row has. No number
@@ -1611,7 +1612,7 @@ def salvage_rows(damaged_path, connection):
                 try:
                     following = source.execute("SELECT id FROM notifications WHERE id >= ? ORDER BY id "
                                                "LIMIT 1", (number,)).fetchone()
-                except sqlite3.Error:
+                except (sqlite3.Error, MemoryError):
                     following = (number,)
                 if following is None:
                     break                   # no row from here on
@@ -1663,7 +1664,7 @@ def keys_in_index(source):
             for number, key in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY "
                                               "sqlite_autoindex_notifications_1 ORDER BY duplicate_key" + order):
                 keys[number] = key
-        except sqlite3.Error:
+        except (sqlite3.Error, MemoryError):
             pass
     return keys
 
@@ -1678,13 +1679,13 @@ def salvage_row(source, number):
     try:
         return source.execute("SELECT %s FROM notifications WHERE id = ?" % ", ".join(STORE_COLUMNS),
                               (number,)).fetchone()
-    except sqlite3.Error:
+    except (sqlite3.Error, MemoryError):
         pass
     row = {}
     for column in STORE_COLUMNS:
         try:
             found = source.execute("SELECT id, %s FROM notifications WHERE id = ?" % column, (number,)).fetchone()
-        except sqlite3.Error:
+        except (sqlite3.Error, MemoryError):
             continue
         if found is None:
             return None

@@ -744,6 +744,16 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual([(row["id"], row["duplicate_key"], row["status"], row["fields"]) for row in lost],
                          [(None, "b", "unknown", "{}"), (6, "c", "unknown", "{}")])
 
+    def test_damage_that_sqlite_reports_as_out_of_memory_is_damage_too(self):
+        # A damaged cell may claim a payload larger than SQLite can allocate: MemoryError, not
+        # sqlite3.Error (seen with SQLite 3.53). The salvage reads past it like any damage.
+        class Damaged:
+            def execute(self, *args):
+                raise MemoryError()
+
+        self.assertEqual(ipn_receiver.keys_in_index(Damaged()), {})
+        self.assertIsNone(ipn_receiver.salvage_row(Damaged(), 1))
+
     def test_the_index_is_read_from_both_ends_past_a_damaged_page(self):
         post(payment("0"))
         ipn_receiver.close_store()
