@@ -23,6 +23,7 @@ README.md explains everything else.
 
 import hashlib
 import hmac
+import _thread
 import os
 import sys
 import time
@@ -621,25 +622,24 @@ class Log:
     """The receiver's log: log.debug/info/warning/error(message, *args) and log.exception(...).
 
     Each call writes one line ("2026-11-21 08:10:00,123 INFO [pid] message") to
-    DATA_DIR/ipn_receiver.log and to stderr, which is the web server's error log under CGI;
-    log.exception adds the traceback's lines below it. Errors go to
+    DATA_DIR/ipn_receiver.log and to stderr (the web server's error log under CGI, and the
+    server's log under WSGI); log.exception adds the traceback's lines below it. Errors go to
     DATA_DIR/ipn_receiver.errors.log too: anyone can send requests that are refused, and their
     lines could rotate ipn_receiver.log away, but not that file, where no refusal goes. The
     configured secrets are replaced by [secret] wherever they appear, and then, last, every
     control character and line break in the text is escaped, so no data from a request can make
     a line of its own.
 
-    In long-running processes (WSGI servers, the local server, the commands) the lines go through
-    Python's logging, as the logger "ipn_receiver", so your server's logging setup sees them. A
-    one-shot CGI process writes the same lines itself (log_line): importing logging would cost it
-    about 8 ms.
+    The lines are written as logging.Formatter(LOG_FORMAT) writes them (log_line), without
+    importing logging, which would cost each CGI call about 8 ms. The threads of a process take
+    turns; processes append whole lines to the same files.
     """
 
     def __init__(self):
-        self.one_shot = False     # set by the CGI entry point before the first line
         self.to_stderr = True
-        self.level, self.secrets = 20, ()
+        self.level, self.secrets, self._files = 20, (), []
         self._ready = False
+        self._turn = _thread.RLock()
 
     def debug(self, message, *args):
         self._log(10, message, args)
@@ -666,62 +666,35 @@ class Log:
 
     def reset(self):
         """Forget the setup, so that the next line follows the settings in effect then."""
-        if self._ready and self._logger is not None:
-            for handler in list(self._logger.handlers):
-                self._logger.removeHandler(handler)
-        if self._ready:
+        with self._turn:
             for file in self._files:
                 file.close()
-        self._ready = False
+            self._files, self._ready = [], False
 
     def _setup(self):
-        if self._ready:
-            return
-        self._ready, self._files, self._logger = True, [], None
+        with self._turn:
+            if not self._ready:
+                self._ready = True
+                self._open()
+
+    def _open(self):
         self.level, self.secrets = 20, ()
         try:
             config = settings()
         except ConfigError:
-            config = None                   # the error itself is logged, to stderr only
-        if config is not None:
-            self.level = LOG_LEVELS[config["LOG_LEVEL"]]
-            self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name)
-                                         for form in secret_forms(config[name])}, key=len, reverse=True))
-            try:
-                ensure_data_dir(config["DATA_DIR"])
-                self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
-                               for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME)]
-            except (OSError, ValueError) as error:
-                if self.to_stderr:
-                    sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
-                                     "stderr only. Run `python3 ipn_receiver.py check`.\n"
-                                     % (config["DATA_DIR"], getattr(error, "strerror", None) or type(error).__name__))
-        if not self.one_shot:
-            self._start_python_logging()
-
-    def _start_python_logging(self):
-        import logging
-        owner = self
-
-        class LogFileHandler(logging.Handler):
-            def emit(self, record):
-                owner._write_files(record.levelno, self.format(record) + "\n")
-
-        formatter = logging.Formatter(LOG_FORMAT)
-        logger = logging.getLogger("ipn_receiver")
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        handlers = [LogFileHandler()] if self._files else []
-        if self.to_stderr:
-            handlers.append(logging.StreamHandler(sys.stderr))
-        if not handlers:                    # else logging's "last resort" would print to stderr
-            handlers.append(logging.NullHandler())
-        for handler in handlers:
-            handler.setFormatter(formatter)
-            logger.addHandler(handler)
-        logger.setLevel(self.level)
-        logger.propagate = False            # your root handlers would print every line twice
-        self._logger = logger
+            return                          # the error itself is logged, to stderr only
+        self.level = LOG_LEVELS[config["LOG_LEVEL"]]
+        self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name)
+                                     for form in secret_forms(config[name])}, key=len, reverse=True))
+        try:
+            ensure_data_dir(config["DATA_DIR"])
+            self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
+                           for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME)]
+        except (OSError, ValueError) as error:
+            if self.to_stderr:
+                sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
+                                 "stderr only. Run `python3 ipn_receiver.py check`.\n"
+                                 % (config["DATA_DIR"], getattr(error, "strerror", None) or type(error).__name__))
 
     def _log(self, level, message, args, with_traceback=False):
         try:
@@ -733,21 +706,15 @@ class Log:
             if error is not None:
                 lines += traceback_lines(error)
             # Masking first, escaping last: after it, each line of the record is one line of the file.
-            text = "\n".join(one_line(self.mask(line)) for line in lines)
-            if self._logger is not None:
-                self._logger.log(level, "%s", text)
-                return
-            line = log_line(level, text, time.time()) + "\n"
-            self._write_files(level, line)
-            if self.to_stderr:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+            line = log_line(level, "\n".join(one_line(self.mask(line)) for line in lines), time.time()) + "\n"
+            with self._turn:
+                for file in self._files[:2 if level >= 40 else 1]:
+                    file.write(line)
+                if self.to_stderr:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
         except Exception:                   # a log line is never worth failing a request for
             pass
-
-    def _write_files(self, level, line):
-        for file in self._files[:2 if level >= 40 else 1]:
-            file.write(line)
 
 
 log = Log()
@@ -1258,7 +1225,7 @@ class StoreLock:
     held = {}       # (lock file, thread id) -> how deep this thread holds it
 
     def __init__(self, data_dir):
-        self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread_id())
+        self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread.get_ident())
 
     def __enter__(self):
         depth = StoreLock.held.get(self.key, 0)
@@ -1330,7 +1297,7 @@ def open_store(config):
     """
     sqlite3 = sqlite3_module()
     path = store_path(config)
-    key = (os.getpid(), _thread_id())
+    key = (os.getpid(), _thread.get_ident())
     try:
         try:
             on_disk = os.stat(path)
@@ -1359,11 +1326,6 @@ def open_store(config):
         return connection
     except (OSError, sqlite3.Error) as error:
         raise StorageError(describe_storage_error(error, path))
-
-
-def _thread_id():
-    import _thread      # built in, free to import; `threading` is not
-    return _thread.get_ident()
 
 
 def create_store_file(path, data_dir):
@@ -2897,7 +2859,6 @@ def run_cgi(environ=None, stdin=None, stdout=None):
         stdout = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
     sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
-    log.one_shot = True
     https = environ.get("HTTPS", "off") in ("on", "1", "yes")        # as wsgiref decides it
     environ.update({"wsgi.input": stdin, "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
                     "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": True,

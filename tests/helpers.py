@@ -238,7 +238,6 @@ def forget_settings():
     ipn_receiver.close_store()
     ipn_receiver.log.reset()
     ipn_receiver.log.to_stderr = True
-    ipn_receiver.log.one_shot = False
     ipn_receiver._settings = None
 
 

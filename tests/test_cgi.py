@@ -163,7 +163,6 @@ class SameAsWsgiref(unittest.TestCase):
         self.addCleanup(ipn_receiver.close_store)
         self.addCleanup(ipn_receiver.log.reset)
         self.addCleanup(setattr, sys, "stdout", sys.stdout)
-        self.addCleanup(setattr, ipn_receiver.log, "one_shot", False)
 
     def answers(self, environ, body, app=None):
         class OneShot(BaseCGIHandler):

@@ -316,32 +316,23 @@ class Rotation(ReceiverTestCase):
         self.assertNotIn("refused", errors)
         self.assertEqual(os.stat(os.path.join(self.data_dir, "ipn_receiver.errors.log")).st_mode & 0o777, 0o600)
 
-    def test_one_shot_mode_rotates_the_same_way(self):
-        ipn_receiver.log.reset()
-        ipn_receiver.log.one_shot = True
-        with mock.patch.object(ipn_receiver, "LOG_FILE_MAX_BYTES", 1000):
-            for number in range(40):
-                call(environ_for(method="GET", content_type=None))
-        self.assertTrue(os.path.exists(os.path.join(self.data_dir, "ipn_receiver.log.2")))
-        self.assertFalse(ipn_receiver.log._logger)
 
+class LongRunningProcesses(ReceiverTestCase):
+    """WSGI servers and the local server write the log as a CGI call does, from many threads."""
 
-class PythonLogging(ReceiverTestCase):
-    def test_long_running_processes_log_through_the_logging_module(self):
-        records = []
-
-        class Catch(logging.Handler):
-            def emit(self, record):
-                records.append(record)
-
-        post(payment("1"))                                       # sets the logger up
-        logger = logging.getLogger("ipn_receiver")
-        catcher = Catch()
-        logger.addHandler(catcher)
-        self.addCleanup(logger.removeHandler, catcher)
-        post(payment("2"))
-        self.assertTrue(any("POST -> 200" in record.getMessage() for record in records))
-        self.assertFalse(logger.propagate)
+    def test_threads_write_whole_lines_and_logging_is_not_needed(self):
+        import threading
+        calls = [threading.Thread(target=post, args=(payment(str(number)),)) for number in range(16)]
+        for thread in calls:
+            thread.start()
+        for thread in calls:
+            thread.join()
+        lines = [line for line in self.log_text().splitlines() if "POST -> " in line]
+        self.assertEqual(len(lines), 16)
+        for line in lines:
+            self.assertRegex(line, LINE)
+            self.assertIn("POST -> 200", line)
+        self.assertFalse(logging.getLogger("ipn_receiver").handlers)    # logging is never set up
 
     def test_log_level_is_respected(self):
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, LOG_LEVEL="WARNING")
