@@ -2065,6 +2065,14 @@ DIGISTORE24_EVENTS = ("connection_test", "on_payment", "on_payment_missed", "on_
                       "on_rebill_cancelled", "on_rebill_resumed", "last_paid_day", "on_affiliation")
 
 
+class CommandFailed(Exception):
+    """A command cannot do what was asked: main() prints "ERROR: <message>" and exits with `code`."""
+
+    def __init__(self, message, code=1):
+        Exception.__init__(self, message)
+        self.code = code
+
+
 def command_serve(args):
     """Run the local server until Ctrl+C."""
     config = settings()
@@ -2182,55 +2190,100 @@ def make_local_server(host, port):
     return make_server(host, port, application, server_class=Server, handler_class=Handler)
 
 
+# The realistic notifications that `send` and `demo` post: the fields as the senders send them,
+# one "key=value" a line ({...} is filled in afresh for each), then what each event changes.
+EXAMPLE_DIGISTORE24 = """\
+event={event}
+api_mode=test
+ipn_version=1.6
+order_id={order_id}
+transaction_id={number}
+parent_transaction_id=
+order_item_id={item}
+order_date={today}
+order_time={now}
+transaction_date={today}
+transaction_time={now}
+product_id=512345
+product_name=Example product
+quantity=1
+billing_type=single_payment
+billing_status=completed
+pay_sequence_no=0
+pay_method=test
+transaction_type=payment
+amount=49.00
+amount_brutto=49.00
+amount_netto=41.18
+vat_amount=7.82
+vat_rate=19.00
+currency=EUR
+email=buyer@example.com
+buyer_first_name=Jörg
+buyer_last_name=Müßig
+address_first_name=Jörg
+address_last_name=Müßig
+address_country=DE
+language=de
+custom=
+affiliate_name=
+tags=
+receipt_url=https://www.checkout-ds24.com/receipt/512345/{order_id}/TEST
+invoice_url=https://www.digistore24.com/invoice/{order_id}/{number}/TEST.pdf
+support_url=https://www.digistore24.com/support/{order_id}/TEST"""
+EXAMPLE_CHANGES = {
+    "on_refund": "transaction_type=refund amount=-49.00 amount_brutto=-49.00 billing_status=aborted "
+                 "parent_transaction_id={parent}",
+    "on_chargeback": "transaction_type=chargeback amount=-49.00 amount_brutto=-49.00 billing_status=aborted "
+                     "parent_transaction_id={parent}",
+    "on_payment_missed": "billing_type=subscription billing_status=paying transaction_type= pay_sequence_no=2",
+    "on_rebill_cancelled": "billing_type=subscription billing_status=aborted transaction_type=",
+    "on_rebill_resumed": "billing_type=subscription billing_status=paying transaction_type=",
+    "last_paid_day": "billing_type=subscription billing_status=completed transaction_type=",
+    "on_affiliation": "affiliate_name=partner123 transaction_type=",
+}
+EXAMPLE_PROMOPIT = """\
+promopit_txn_id=PP-{number}
+paypal_txn_id={paypal}
+txn_date={today} {now}
+txn_amount=27.00
+txn_net=23.65
+txn_currency=USD
+product_name=Example Guide
+my_product_id=GUIDE-1
+promopit_product_id=5521
+customer_name=Ana Müller
+customer_email=ana@example.com
+customer_user_id=77120
+test_mode=1
+add_info_1=Color
+add_value_1=Red
+custom_1=ref=newsletter
+custom_2=
+custom_3=
+custom_4=
+custom_5=
+custom_6="""
+
+
 def example_notification(provider, event):
     """A realistic notification for `event` with fresh ids, unsigned: what `send` and `demo` post."""
-    today, now = time.strftime("%Y-%m-%d"), time.strftime("%H:%M:%S")
-    number = str(int.from_bytes(os.urandom(4), "big") % 90000000 + 10000000)
+    number = int.from_bytes(os.urandom(4), "big") % 90000000 + 10000000
+    values = {"event": event, "number": number, "parent": number - 1, "item": str(number)[::-1],
+              "order_id": os.urandom(4).hex().upper(), "paypal": os.urandom(8).hex().upper()[:17],
+              "today": time.strftime("%Y-%m-%d"), "now": time.strftime("%H:%M:%S")}
     if provider == PROMOPIT:
-        return {"promopit_txn_id": "PP-" + number, "paypal_txn_id": os.urandom(8).hex().upper()[:17],
-                "txn_date": today + " " + now, "txn_amount": "27.00", "txn_net": "23.65",
-                "txn_currency": "USD", "product_name": "Example Guide", "my_product_id": "GUIDE-1",
-                "promopit_product_id": "5521", "customer_name": "Ana Müller",
-                "customer_email": "ana@example.com", "customer_user_id": "77120", "test_mode": "1",
-                "add_info_1": "Color", "add_value_1": "Red", "custom_1": "ref=newsletter",
-                "custom_2": "", "custom_3": "", "custom_4": "", "custom_5": "", "custom_6": ""}
+        return example_fields(EXAMPLE_PROMOPIT.split("\n"), values)
     if event == "connection_test":
         return {"event": event, "api_mode": "test", "ipn_version": "1.6"}
-    order_id = os.urandom(4).hex().upper()
-    fields = {
-        "event": event, "api_mode": "test", "ipn_version": "1.6", "order_id": order_id,
-        "transaction_id": number, "parent_transaction_id": "", "order_item_id": number[::-1],
-        "order_date": today, "order_time": now, "transaction_date": today, "transaction_time": now,
-        "product_id": "512345", "product_name": "Example product", "quantity": "1",
-        "billing_type": "single_payment", "billing_status": "completed", "pay_sequence_no": "0",
-        "pay_method": "test", "transaction_type": "payment", "amount": "49.00",
-        "amount_brutto": "49.00", "amount_netto": "41.18", "vat_amount": "7.82", "vat_rate": "19.00",
-        "currency": "EUR", "email": "buyer@example.com", "buyer_first_name": "Jörg",
-        "buyer_last_name": "Müßig", "address_first_name": "Jörg", "address_last_name": "Müßig",
-        "address_country": "DE", "language": "de", "custom": "", "affiliate_name": "", "tags": "",
-        "receipt_url": "https://www.checkout-ds24.com/receipt/512345/%s/TEST" % order_id,
-        "invoice_url": "https://www.digistore24.com/invoice/%s/%s/TEST.pdf" % (order_id, number),
-        "support_url": "https://www.digistore24.com/support/%s/TEST" % order_id,
-    }
-    changes = {
-        "on_refund": {"transaction_type": "refund", "amount": "-49.00", "amount_brutto": "-49.00",
-                      "billing_status": "aborted"},
-        "on_chargeback": {"transaction_type": "chargeback", "amount": "-49.00",
-                          "amount_brutto": "-49.00", "billing_status": "aborted"},
-        "on_payment_missed": {"billing_type": "subscription", "billing_status": "paying",
-                              "transaction_type": "", "pay_sequence_no": "2"},
-        "on_rebill_cancelled": {"billing_type": "subscription", "billing_status": "aborted",
-                                "transaction_type": ""},
-        "on_rebill_resumed": {"billing_type": "subscription", "billing_status": "paying",
-                              "transaction_type": ""},
-        "last_paid_day": {"billing_type": "subscription", "billing_status": "completed",
-                          "transaction_type": ""},
-        "on_affiliation": {"affiliate_name": "partner123", "transaction_type": ""},
-    }
-    fields.update(changes.get(event, {}))
-    if event in ("on_refund", "on_chargeback"):
-        fields["parent_transaction_id"] = str(int(number) - 1)
+    fields = example_fields(EXAMPLE_DIGISTORE24.split("\n"), values)
+    fields.update(example_fields(EXAMPLE_CHANGES.get(event, "").split(), values))
     return fields
+
+
+def example_fields(lines, values):
+    """{key: value} from "key=value" lines, with the {names} in them filled in from `values`."""
+    return dict(line.format(**values).split("=", 1) for line in lines)
 
 
 def sign_notification(provider, fields, config):
@@ -2277,14 +2330,12 @@ def command_send(args):
     import urllib.error
     provider = PROMOPIT if (args.provider == PROMOPIT or args.event == "sale") else DIGISTORE24
     if provider == PROMOPIT and args.event != "sale":
-        print("ERROR: PromoPit has one event, sale; run: send sale", file=sys.stderr)
-        return 2
+        raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
     fields = example_notification(provider, args.event)
     for item in args.set or []:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            print("ERROR: --set takes key=value, e.g. --set order_id=ABC123", file=sys.stderr)
-            return 2
+            raise CommandFailed("--set takes key=value, e.g. --set order_id=ABC123", 2)
         fields[key] = value
     fields = sign_notification(provider, fields, settings())
     try:
@@ -2319,53 +2370,49 @@ def command_demo(args):
             return {"username": "jane", "password": os.urandom(4).hex(),
                     "loginurl": "https://example.com/login"}
 
+    def signed(provider, event):
+        return sign_notification(provider, example_notification(provider, event), config)
+
+    payment = signed(DIGISTORE24, "on_payment")
+    # What to send, the status expected, and how the answer must start ("" for the first answer to
+    # on_payment: its copy must get that very answer, access data and all).
+    plan = [("Digistore24 " + event, payment if event == "on_payment" else signed(DIGISTORE24, event), 200, "OK")
+            for event in DIGISTORE24_EVENTS] + [
+        ("the same on_payment again", payment, 200, ""),
+        ("Digistore24 new_event (no handler)", signed(DIGISTORE24, "new_event"), 200, "OK"),
+        ("PromoPit sale", signed(PROMOPIT, "sale"), 200, "OK"),
+        ("on_payment signed with a wrong passphrase",
+         dict(payment, sha_sign=digistore24_signature("wrong passphrase", payment)), 403, "ERROR: invalid sha signature"),
+        ("on_payment with the amount changed", dict(payment, amount="0.01"), 403, "ERROR: invalid sha signature"),
+        ("PromoPit sale with a wrong ISN key", dict(example_notification(PROMOPIT, "sale"), isn_key="guessed-key"),
+         403, "ERROR: invalid isn key"),
+    ]
     saved = DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS
     DIGISTORE24_HANDLERS = {event: stand_in for event in DIGISTORE24_EVENTS}
     PROMOPIT_HANDLERS = {"sale": stand_in}
     server = make_local_server("127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = "http://127.0.0.1:%d/" % server.server_port
-    rows = []
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
-            got = (response.status, response.read().decode("utf-8"))
-        rows.append(("GET (the senders' URL check)", 200, "OK", got))
-        payment = None
-        for event in DIGISTORE24_EVENTS:
-            fields = sign_notification(DIGISTORE24, example_notification(DIGISTORE24, event), config)
-            payment = fields if event == "on_payment" else payment
-            rows.append(("Digistore24 " + event, 200, "OK", post_form(url, fields)))
-        first = rows[2][3][1]
-        rows.append(("the same on_payment again", 200, first, post_form(url, payment)))
-        unknown = sign_notification(DIGISTORE24, example_notification(DIGISTORE24, "new_event"), config)
-        rows.append(("Digistore24 new_event (no handler)", 200, "OK", post_form(url, unknown)))
-        rows.append(("PromoPit sale", 200, "OK", post_form(
-            url, sign_notification(PROMOPIT, example_notification(PROMOPIT, "sale"), config))))
-        forged = dict(payment, sha_sign=digistore24_signature("wrong passphrase", payment))
-        rows.append(("on_payment signed with a wrong passphrase", 403, "ERROR: invalid sha signature",
-                     post_form(url, forged)))
-        tampered = dict(payment, amount="0.01")
-        rows.append(("on_payment with the amount changed", 403, "ERROR: invalid sha signature",
-                     post_form(url, tampered)))
-        isn_forged = dict(example_notification(PROMOPIT, "sale"), isn_key="guessed-key")
-        rows.append(("PromoPit sale with a wrong ISN key", 403, "ERROR: invalid isn key",
-                     post_form(url, isn_forged)))
+            rows = [("GET (the senders' URL check)", 200, "OK", (response.status, response.read().decode("utf-8")))]
+        rows += [(label, status, expected, post_form(url, fields)) for label, fields, status, expected in plan]
         counts = dict(open_store(config).execute(
             "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
     finally:
         server.shutdown()
         server.server_close()
         DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS = saved
-    good = 0
+    first = rows[1 + DIGISTORE24_EVENTS.index("on_payment")][3][1]
     print("ipn_receiver demo: a throw-away receiver on %s, a random passphrase, data in a temporary "
           "folder; stand-in handlers, so your own are never called.\n" % url)
     print("  %-44s %-9s %s" % ("sent", "expected", "answer"))
+    good = 0
     for label, status, expected, (got_status, got_body) in rows:
-        behaved = got_status == status and got_body.startswith(expected) and \
-            (expected != "OK" or got_body.startswith("OK"))
+        behaved = got_status == status and got_body.startswith(expected or first)
         good += behaved
-        answer = got_body.replace("\n", " | ")
-        print("  %-44s %-9s %d %s%s" % (label, status, got_status, answer[:60], "" if behaved else "   <-- WRONG"))
+        print("  %-44s %-9s %d %s%s" % (label, status, got_status, got_body.replace("\n", " | ")[:60],
+                                        "" if behaved else "   <-- WRONG"))
     print("\nhandlers run: %d (%s)" % (len(ran), ", ".join(ran)))
     print("stored: %s" % ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())))
     print("\nthe receiver's log of this run (%s):" % LOG_FILE_NAME)
@@ -2445,11 +2492,7 @@ def command_show(args):
     or send the vendor's terminal an escape sequence.
     """
     import json
-    rows = store_rows(settings(), "WHERE id = ?", (args.id,))
-    if not rows:
-        print("ERROR: no notification #%d; `events` lists them" % args.id, file=sys.stderr)
-        return 1
-    row = rows[0]
+    row = stored_row(settings(), args.id)
     for key in ("id", "provider", "event", "status", "attempts", "deliveries", "is_test",
                 "duplicate_key", "last_error"):
         print("%-14s %s" % (key, one_line(str(row[key])) if row[key] is not None else "-"))
@@ -2470,42 +2513,30 @@ def command_replay(args):
     --done, record it as handled without running it (for one the vendor has seen to by hand)."""
     import json
     config = settings()
-    rows = store_rows(config, "WHERE id = ?", (args.id,))
-    if not rows:
-        print("ERROR: no notification #%d; `events` lists them" % args.id, file=sys.stderr)
-        return 1
-    row = rows[0]
+    row = stored_row(config, args.id)
     stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
     if row["status"] not in ("failed", "unknown") and not stale and not args.force:
-        print("ERROR: notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
-              "--force to run its handler again anyway" % (row["id"], row["status"]), file=sys.stderr)
-        return 1
+        raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
+                            "--force to run its handler again anyway" % (row["id"], row["status"]))
     if args.done:
-        return mark_done(config, row)
+        update_unless_changed(config, row, "status = 'done', answer = 'OK', last_error = ?, claim = NULL",
+                              ("marked done by hand (replay --done)",))
+        log.info("#%d marked done by hand (replay --done); its copies are answered OK", row["id"])
+        print("#%d is done now; its copies are answered OK, and its handler does not run" % row["id"])
+        return 0
     if row["fields"] == UNREADABLE["fields"]:
-        print("ERROR: notification #%d lost its fields when the event store was damaged; the sender's next "
-              "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
-              % (row["id"], row["id"]), file=sys.stderr)
-        return 1
-    handlers = PROMOPIT_HANDLERS if row["provider"] == PROMOPIT else DIGISTORE24_HANDLERS
-    handler = handlers.get(row["event"])
+        raise CommandFailed("notification #%d lost its fields when the event store was damaged; the sender's next "
+                            "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
+                            % (row["id"], row["id"]))
+    table = "PROMOPIT_HANDLERS" if row["provider"] == PROMOPIT else "DIGISTORE24_HANDLERS"
+    handler = globals()[table].get(row["event"])
     if handler is None:
-        print("ERROR: there is no handler for %s; add one to %s first" % (
-            row["event"], "PROMOPIT_HANDLERS" if row["provider"] == PROMOPIT else "DIGISTORE24_HANDLERS"),
-            file=sys.stderr)
-        return 1
+        raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
     notification = Notification(row["provider"], json.loads(row["fields"]))
     notification.id, notification.key = row["id"], row["duplicate_key"]
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
-    now = time.time()
-    taken = write_to_store(config, lambda connection: connection.execute(
-        "UPDATE notifications SET status = 'processing', attempts = attempts + 1, claim = ?, "
-        "claimed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?",
-        (claim, now, now, row["id"], row["status"], row["updated_at"])).rowcount)
-    if not taken:
-        print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
-              file=sys.stderr)
-        return 1
+    update_unless_changed(config, row, "status = 'processing', attempts = attempts + 1, claim = ?, claimed_at = ?",
+                          (claim, time.time()))
     status, body, outcome = run_and_record(notification, handler, claim, config)
     log.info("replay of #%d: %s", row["id"], outcome)
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
@@ -2513,19 +2544,20 @@ def command_replay(args):
     return 0 if status == 200 else 1
 
 
-def mark_done(config, row):
-    """`replay ID --done`: record a notification as handled, answered OK, without running it."""
-    marked = write_to_store(config, lambda connection: connection.execute(
-        "UPDATE notifications SET status = 'done', answer = 'OK', last_error = ?, claim = NULL, updated_at = ? "
-        "WHERE id = ? AND status = ? AND updated_at = ?", ("marked done by hand (replay --done)", time.time(),
-                                                          row["id"], row["status"], row["updated_at"])).rowcount)
-    if not marked:
-        print("ERROR: notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]),
-              file=sys.stderr)
-        return 1
-    log.info("#%d marked done by hand (replay --done); its copies are answered OK", row["id"])
-    print("#%d is done now; its copies are answered OK, and its handler does not run" % row["id"])
-    return 0
+def stored_row(config, number):
+    """Notification `number` of the store, as a dict; CommandFailed when there is none."""
+    rows = store_rows(config, "WHERE id = ?", (number,))
+    if not rows:
+        raise CommandFailed("no notification #%d; `events` lists them" % number)
+    return rows[0]
+
+
+def update_unless_changed(config, row, changes, values):
+    """Make the SQL `changes` to a stored row, unless another process changed it since it was read."""
+    if not write_to_store(config, lambda connection: connection.execute(
+            "UPDATE notifications SET %s, updated_at = ? WHERE id = ? AND status = ? AND updated_at = ?" % changes,
+            values + (time.time(), row["id"], row["status"], row["updated_at"])).rowcount):
+        raise CommandFailed("notification #%d changed meanwhile; look again with `show %d`" % (row["id"], row["id"]))
 
 
 def command_check(args):
@@ -2894,9 +2926,9 @@ def main(argv=None):
     except ConfigError as error:
         print("ERROR: %s" % error, file=sys.stderr)
         return 2
-    except StorageError as error:
+    except (CommandFailed, StorageError) as error:
         print("ERROR: %s" % error, file=sys.stderr)
-        return 1
+        return getattr(error, "code", 1)
     except sqlite3_module().Error as error:
         print("ERROR: the event store cannot be read (%s); run `python3 ipn_receiver.py check`, and for a "
               "damaged store `repair`" % error, file=sys.stderr)
