@@ -1187,8 +1187,9 @@ def ensure_data_dir(path):
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
         # Written whole under another name, then renamed: a full disk must not leave an empty
-        # .htaccess, which would deny nothing and never be written again.
-        partial = "%s.%d.tmp" % (htaccess, os.getpid())
+        # .htaccess, which would deny nothing and never be written again. The name is this
+        # thread's own: the threads of a WSGI server may all be writing it at once.
+        partial = "%s.%d-%d.tmp" % (htaccess, os.getpid(), _thread.get_ident())
         try:
             with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as file:
                 file.write(_HTACCESS)
@@ -2823,6 +2824,7 @@ def notification_number(text):
 
 
 def build_parser():
+    """The command line: each command NAME is run by the function command_NAME."""
     import argparse
     parser = argparse.ArgumentParser(
         prog="ipn_receiver.py", description="Receive Digistore24 IPN and PromoPit ISN notifications. "
@@ -2833,40 +2835,32 @@ def build_parser():
     serve = commands.add_parser("serve", help="run a local server (the default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.set_defaults(run=command_serve)
 
     send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver")
     send.add_argument("event", help="a Digistore24 event (on_payment, on_refund, ...) or sale (PromoPit)")
     send.add_argument("--url", default="http://127.0.0.1:8000/", help="where (default the local server)")
     send.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a field (repeatable)")
     send.add_argument("--provider", choices=(DIGISTORE24, PROMOPIT), default=DIGISTORE24)
-    send.set_defaults(run=command_send)
 
-    demo = commands.add_parser("demo", help="see it work: a throw-away receiver, one call of each kind")
-    demo.set_defaults(run=command_demo)
+    commands.add_parser("demo", help="see it work: a throw-away receiver, one call of each kind")
 
     events = commands.add_parser("events", help="list stored notifications, newest first")
     events.add_argument("--status", choices=("processing", "done", "failed", "ignored", "unknown"))
     events.add_argument("--event", help="only this event")
     events.add_argument("--limit", type=notification_number, default=50, help="at most this many (default 50)")
-    events.set_defaults(run=command_events)
 
     show = commands.add_parser("show", help="one stored notification with all its fields")
     show.add_argument("id", type=notification_number)
-    show.set_defaults(run=command_show)
 
     replay = commands.add_parser("replay", help="run a stored notification's handler again now (or --done)")
     replay.add_argument("id", type=notification_number)
     replay.add_argument("--force", action="store_true", help="also for one that is done")
     replay.add_argument("--done", action="store_true", help="do not run it: record it as handled (answered OK)")
-    replay.set_defaults(run=command_replay)
 
-    check = commands.add_parser("check", help="health report: settings, folders, store; exit 1 on problems")
-    check.set_defaults(run=command_check)
+    commands.add_parser("check", help="health report: settings, folders, store; exit 1 on problems")
 
     repair = commands.add_parser("repair", help="set a damaged store aside, keep every readable row")
     repair.add_argument("--force", action="store_true", help="even if it passes its integrity check")
-    repair.set_defaults(run=command_repair)
     return parser
 
 
@@ -2922,7 +2916,7 @@ def main(argv=None):
         argv = ["serve"] + list(argv)
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return globals()["command_" + args.name](args)
     except ConfigError as error:
         print("ERROR: %s" % error, file=sys.stderr)
         return 2

@@ -1033,6 +1033,29 @@ class Protection(ReceiverTestCase):
         ipn_receiver.ensure_data_dir(self.data_dir)
         self.assertTrue(ipn_receiver.denies_the_web(htaccess))
 
+    def test_threads_that_write_the_htaccess_at_once_all_succeed(self):
+        # The threads of a WSGI server reach a fresh data folder at once (its first calls, or after
+        # the .htaccess was removed): each writes the file, and none may fail the call with a 503.
+        for trial in range(20):
+            folder = os.path.join(self.data_dir, "fresh%d" % trial)
+            start, failures = threading.Barrier(8), []
+
+            def write():
+                start.wait()
+                try:
+                    ipn_receiver.ensure_data_dir(folder)
+                except OSError as error:
+                    failures.append(error)
+
+            threads = [threading.Thread(target=write) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            self.assertEqual(failures, [])
+            self.assertTrue(ipn_receiver.denies_the_web(os.path.join(folder, ".htaccess")))
+            self.assertEqual(os.listdir(folder), [".htaccess"])             # no partial file left
+
 
 if __name__ == "__main__":
     import unittest
