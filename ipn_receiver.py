@@ -1391,14 +1391,15 @@ def close_store(key=None):
 def describe_storage_error(error, path):
     """One line for the log: what went wrong with the store and how to fix it."""
     text = getattr(error, "strerror", None) or str(error)
+    words = text.lower()
     hint = "check that the data folder exists, is writable by the web server's user and the disk is not full"
-    if "readonly" in text.lower() or "read-only" in text.lower() or "permission" in text.lower():
+    if "readonly" in words or "read-only" in words or "permission" in words:
         hint = "make the data folder and events.sqlite3 writable by the web server's user"
-    elif "disk" in text.lower() and "full" in text.lower():
+    elif "full" in words or "no space" in words:
         hint = "free disk space"
-    elif "locked" in text.lower() or "busy" in text.lower():
+    elif "locked" in words or "busy" in words:
         hint = "another process held the store longer than %d s" % BUSY_TIMEOUT_SECONDS
-    elif "malformed" in text.lower() or "not a database" in text.lower():
+    elif store_is_damaged(error):
         hint = "the file is damaged: run `python3 ipn_receiver.py repair` (it keeps every row that can be read)"
     return "event store %s: %s; %s" % (path, text, hint)
 
@@ -2107,6 +2108,7 @@ def make_local_server(host, port):
     cannot hold threads for ever, and there are never more than LOCAL_SERVER_CONNECTIONS. (A
     handler that runs longer still finishes and stores its answer, which the sender's retry gets.)
     """
+    import io
     import socket
     import socketserver
     import threading
@@ -2179,14 +2181,7 @@ def make_local_server(host, port):
                 pass                        # the client is gone
 
         def get_stderr(self):
-            return Discard()                # (wsgiref's tracebacks of a write to a closed socket)
-
-    class Discard:
-        def write(self, text):
-            pass
-
-        def flush(self):
-            pass
+            return io.StringIO()            # (wsgiref's tracebacks of a write to a closed socket)
 
     return make_server(host, port, application, server_class=Server, handler_class=Handler)
 
@@ -2464,13 +2459,8 @@ def local_time(timestamp):
 
 def command_events(args):
     """List stored notifications, newest first."""
-    clauses, parameters = [], []
-    if args.status:
-        clauses.append("status = ?")
-        parameters.append(args.status)
-    if args.event:
-        clauses.append("event = ?")
-        parameters.append(args.event)
+    wanted = [(column, value) for column, value in (("status", args.status), ("event", args.event)) if value]
+    clauses, parameters = ["%s = ?" % column for column, _ in wanted], [value for _, value in wanted]
     rows = store_rows(settings(), "WHERE " + " AND ".join(clauses) if clauses else "", parameters, args.limit)
     if not rows:
         print("no stored notifications" + (" match" if clauses else ""))
@@ -2582,10 +2572,13 @@ def command_check(args):
     except ConfigError as error:
         report(False, "settings: %s" % error, "correct the setting as the message says")
         return 1
+    def report_private(path, label, fix):
+        mode = os.stat(path).st_mode & 0o777
+        report(not mode & 0o077, label % mode, fix % path)
+
     if config["config_file"]:
-        mode = os.stat(config["config_file"]).st_mode & 0o777
-        report(not mode & 0o077, "config file %s (mode %03o)" % (config["config_file"], mode),
-               "chmod 600 %s   (it holds secrets; others must not read it)" % config["config_file"])
+        report_private(config["config_file"], "config file %s (mode %%03o)" % config["config_file"],
+                       "chmod 600 %s   (it holds secrets; others must not read it)")
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
     too_short = [name for name in SECRET_SETTINGS if config[name].strip() and len(config[name]) < SHORTEST_SECRET]
@@ -2627,8 +2620,7 @@ def command_check(args):
     report(writable, "data folder %s is writable" % data_dir,
            "create it and make it writable by the web server's user (chmod 700, owned by that user)")
     if os.path.isdir(data_dir):
-        mode = os.stat(data_dir).st_mode & 0o777
-        report(not mode & 0o077, "data folder mode %03o" % mode, "chmod 700 %s" % data_dir)
+        report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
         report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies the web",
                "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
         if os.path.dirname(data_dir) == HERE:
@@ -2660,10 +2652,8 @@ def command_check(args):
             report(False, "event store: %s" % error, "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
-            path = os.path.join(data_dir, name)
-            if os.path.exists(path):
-                mode = os.stat(path).st_mode & 0o777
-                report(not mode & 0o077, "%s mode %03o" % (name, mode), "chmod 600 %s" % path)
+            if os.path.exists(os.path.join(data_dir, name)):
+                report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
 
@@ -2917,20 +2907,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return globals()["command_" + args.name](args)
-    except ConfigError as error:
-        print("ERROR: %s" % error, file=sys.stderr)
-        return 2
-    except (CommandFailed, StorageError) as error:
-        print("ERROR: %s" % error, file=sys.stderr)
-        return getattr(error, "code", 1)
+    except (ConfigError, CommandFailed, StorageError) as error:
+        message, code = str(error), 2 if isinstance(error, ConfigError) else getattr(error, "code", 1)
     except sqlite3_module().Error as error:
-        print("ERROR: the event store cannot be read (%s); run `python3 ipn_receiver.py check`, and for a "
-              "damaged store `repair`" % error, file=sys.stderr)
-        return 1
+        message, code = ("the event store cannot be read (%s); run `python3 ipn_receiver.py check`, and for a "
+                         "damaged store `repair`" % error), 1
     except UnicodeEncodeError:
-        print("ERROR: this terminal cannot show the text; run the command with LANG=C.UTF-8 in front",
-              file=sys.stderr)
-        return 1
+        message, code = "this terminal cannot show the text; run the command with LANG=C.UTF-8 in front", 1
+    print("ERROR: " + message, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
