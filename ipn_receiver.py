@@ -47,12 +47,14 @@ import time
 
 # Digistore24: the "SHA passphrase" of your IPN connection (Digistore24 > Settings > Integrations
 # (IPN)). Without it every Digistore24 call is refused with 503: the receiver never accepts a call
-# it cannot verify.
-SHA_PASSPHRASE = "PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"
+# it cannot verify. Paste it between the quotes and keep the r in front of them: without it, Python
+# reads \t, \n, ... in a passphrase as other characters. One that holds a " or ends in \ goes into
+# config.ini instead.
+SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"
 
 # PromoPit: the ISN key shown in the ISN settings of your product. Leave it as it is if you do not
-# sell through PromoPit.
-ISN_KEY = "PASTE-YOUR-PROMOPIT-ISN-KEY-HERE"
+# sell through PromoPit. Never the same as SHA_PASSPHRASE: PromoPit sends its key in every call.
+ISN_KEY = r"PASTE-YOUR-PROMOPIT-ISN-KEY-HERE"
 
 # The folder for the log (ipn_receiver.log) and the event store (events.sqlite3). A relative path
 # is taken from the folder this file is in. Best is a folder outside your web root, for example
@@ -2598,6 +2600,14 @@ def command_check(args):
     if len(missing) == 2:
         report(False, "neither SHA_PASSPHRASE nor ISN_KEY is set: every notification is refused",
                secret_problem(config, "SHA_PASSPHRASE"))
+    if not missing and not too_short and config["SHA_PASSPHRASE"] == config["ISN_KEY"]:
+        report(False, "SHA_PASSPHRASE and ISN_KEY are the same", "choose another ISN key at PromoPit: PromoPit "
+               "sends it in every call, so whoever sees one has the passphrase that signs Digistore24's")
+    for name in escaped_secrets():
+        report(False, "%s at the top of ipn_receiver.py is written without the r before its quotes" % name,
+               "write it as %s = r\"...\": Python reads a backslash there with the character after it as "
+               "something else (and Python 3.12 and later print the line, secret and all, into the web "
+               "server's error log), or put it into config.ini" % name)
     script = os.path.abspath(__file__)
     with open(script, "rb") as file:
         first_line = file.readline()
@@ -2611,18 +2621,22 @@ def command_check(args):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
                "characters, or use Python 3.7 or later: where a web server sets no LANG, Python 3.6 writes "
                "file names as ASCII, and every call would fail")
-    try:
-        ensure_data_dir(data_dir)
-        writable = os.access(data_dir, os.W_OK)
-    except OSError as error:
-        writable = False
-        note("cannot create %s: %s" % (data_dir, error.strerror))
-    report(writable, "data folder %s is writable" % data_dir,
-           "create it and make it writable by the web server's user (chmod 700, owned by that user)")
+    note("check runs as %s; %s belongs to %s. Run check as the user the web server runs the receiver as "
+         "(under suEXEC, as on cPanel: the script's owner)"
+         % (user_name(os.geteuid()), os.path.basename(script), user_name(os.stat(script).st_uid)))
+    # check makes nothing: run by another user than the web server's, it would make the data folder
+    # and the store that user's, and every call would fail.
+    writable = os.path.isdir(data_dir) and os.access(data_dir, os.W_OK)
+    if os.path.isdir(data_dir) or not os.access(os.path.dirname(data_dir), os.W_OK):
+        report(writable, "data folder %s is writable" % data_dir,
+               "create it and make it writable by the web server's user (chmod 700, owned by that user)")
+    else:
+        note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)
     if os.path.isdir(data_dir):
         report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
-        report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies the web",
-               "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
+        if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
+            report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
+                   "the web", "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
     check_web_folder(report, note, data_dir)
@@ -2630,7 +2644,9 @@ def command_check(args):
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a damaged store was set aside: %s" % name,
                    "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
-    if writable:
+    if writable and not os.path.exists(store_path(config)):
+        note("no event store yet; the receiver makes it at its first call")
+    elif writable:
         try:
             connection = open_store(config)
             result = connection.execute("PRAGMA integrity_check").fetchone()[0]
@@ -2656,6 +2672,24 @@ def command_check(args):
                 report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
+
+
+def user_name(uid):
+    """The name of the user with that id (the id itself where it has none)."""
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "user %d" % uid
+
+
+def escaped_secrets():
+    """The secret settings written at the top of this file with a backslash in a string that is not
+    raw: what Python makes of "\\d" or "\\t" there is not what the vendor pasted."""
+    import re
+    with open(os.path.abspath(__file__), encoding="utf-8", errors="replace") as file:
+        found = re.findall(r"^(%s) *= *([a-zA-Z]*)[\"'](.*)$" % "|".join(SECRET_SETTINGS), file.read(), re.M)
+    return [name for name, prefix, rest in found if "\\" in rest and "r" not in prefix.lower()]
 
 
 def check_web_folder(report, note, data_dir):
@@ -2717,41 +2751,62 @@ NEVER_SERVED = ["config.ini", "ipn_receiver.cpython-36.pyc", "ipn_receiver.cpyth
 
 
 def serves_only_the_scripts(rules, copies=()):
-    """Whether an .htaccess serves the scripts and nothing else, as README.md's does: it runs .py
-    files as programs, denies everything outside any section, grants access only within <Files>
-    or <FilesMatch> sections whose pattern matches none of NEVER_SERVED and `copies` (the names
-    of copies found beside the script), and turns folder listings off."""
-    denied, sections = False, []    # the sections a line is in: True/False for a <Files> section
-                                    # that does/does not match a name never served, None for others
+    """Whether an .htaccess serves the scripts and nothing else, as README.md's does.
+
+    Outside every section (one such as <IfModule> or <If> is not always in force) it must run .py
+    files as programs (Options ExecCGI and AddHandler cgi-script .py; else Apache serves the source,
+    secrets and all), turn folder listings off and deny everything. Access may be granted only
+    within <Files> or <FilesMatch> sections whose pattern matches none of NEVER_SERVED and
+    `copies` (the names of copies found beside the script). Lines starting with # are comments.
+    """
+    denied, runs_scripts, options, sections = False, False, {"indexes"}, []
+    # `sections`: the sections a line is in, each (grants a name never served, holds the script)
+    # for a <Files> section, None for others. Listings count as on until the file turns them off.
     names = NEVER_SERVED + list(copies)
     for line in rules.splitlines():
-        words = [word.lower() for word in line.split()]
-        if not words:
+        words = line.lower().split()
+        if not words or words[0].startswith("#"):
             continue
         if words[0].startswith("</"):
             sections = sections[:-1]
         elif words[0].startswith("<files"):
-            sections.append(section_matches_any(line, names))
+            sections.append((section_matches_any(line, names), section_matches_any(line, ["ipn_receiver.py"])))
         elif words[0].startswith("<"):
-            sections.append(None)           # <If>, <Limit>, <IfModule>, ...: not always in force
+            sections.append(None)
         elif words == ["require", "all", "denied"]:
             denied = denied or not sections
         elif words[0] in ("require", "allow"):
             files = [section for section in sections if section is not None]
-            if not files or files[-1]:
+            if not files or files[-1][0]:
                 return False                # it grants access to everything, or to a copy of the settings
-    text = " ".join(rules.lower().split())
-    runs_scripts = "execcgi" in text and ("addhandler cgi-script" in text or "sethandler cgi-script" in text)
-    return denied and runs_scripts and "-Indexes" in rules
+        elif words[0] == "options" and not sections:
+            options = options_after(options, words[1:])
+        elif words[:2] == ["addhandler", "cgi-script"] and not sections:
+            runs_scripts = runs_scripts or any(extension.lstrip(".") == "py" for extension in words[2:])
+        elif words == ["sethandler", "cgi-script"] and None not in sections and all(s[1] for s in sections):
+            runs_scripts = True
+    return denied and runs_scripts and "execcgi" in options and "indexes" not in options
+
+
+def options_after(options, words):
+    """The set of Options in force after an Options line: "+Name" and "-Name" change the set,
+    plain names make a new one (All is all but MultiViews)."""
+    if any(word[:1] not in "+-" for word in words):
+        options = set()
+    for word in words:
+        name = word.lstrip("+-")
+        named = {"execcgi", "indexes", "includes", "followsymlinks", "symlinksifownermatch"} if name == "all" else {name}
+        options = options - named if word.startswith("-") else options | named
+    return options
 
 
 def section_matches_any(line, names):
     """Whether the pattern of a <Files> or <FilesMatch> line matches any of `names`.
 
-    <Files> takes a wildcard pattern (as fnmatch reads it, with Apache's [^...] for [!...]), or
-    after `~` a regular expression, as <FilesMatch> does. Apache searches with PCRE, whose
-    everyday patterns Python's re reads alike, though not its classes like [[:alpha:]]: a pattern
-    with one, or one that cannot be read, counts as matching, since no one can tell what it serves.
+    <Files> takes a wildcard pattern (see apache_wildcard), or after `~` a regular expression, as
+    <FilesMatch> does. Apache searches with PCRE, whose everyday patterns Python's re reads alike,
+    though not its classes like [[:alpha:]]: a pattern with one, or one that cannot be read,
+    counts as matching, since no one can tell what it serves.
     """
     import fnmatch
     import re
@@ -2760,11 +2815,26 @@ def section_matches_any(line, names):
         return True
     pattern = found.group(3)
     if found.group(1).lower() == "files" and not found.group(2):
-        return any(fnmatch.fnmatchcase(name, pattern.replace("[^", "[!")) for name in names)
+        return any(fnmatch.fnmatchcase(name, apache_wildcard(pattern)) for name in names)
     try:
         return any(re.search(pattern, name) for name in names)
     except re.error:
         return True
+
+
+def apache_wildcard(pattern):
+    """A <Files> pattern as fnmatch reads one. Apache compares a pattern without a wildcard (*, ?
+    or [) with the name as it is, backslashes and all; in one with a wildcard, a backslash takes
+    the character after it as it is (fnmatch has no escapes), and [^...] is fnmatch's [!...]."""
+    import re
+
+    def as_it_is(text):
+        return "".join("[%s]" % character if character in "*?[]" else character for character in text)
+
+    parts = re.split(r"(\\.|\[\^|[*?[])", pattern)     # escapes, negations, wildcards, and the rest
+    if not any(part in ("*", "?", "[", "[^") for part in parts):
+        return as_it_is(pattern)
+    return "".join(as_it_is(part[1]) if part[:1] == "\\" else "[!" if part == "[^" else part for part in parts)
 
 
 def command_repair(args):

@@ -168,6 +168,58 @@ class Check(CommandTestCase):
         self.assertIn("note     ISN_KEY is still the placeholder", output)
         self.assertNotIn("abc12", output)
 
+    def test_the_same_secret_for_both_senders_is_a_problem(self):
+        # PromoPit sends its ISN key in every call: as the passphrase too, it would sign anything.
+        code, output, _ = self.command("check", IPN_ISN_KEY=PASSPHRASE)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  SHA_PASSPHRASE and ISN_KEY are the same", output)
+        self.assertNotIn(PASSPHRASE, output)
+
+    def test_a_passphrase_written_in_the_file_without_r_is_a_problem(self):
+        # In a plain string Python reads "\d" as a backslash and d, but warns (3.12 and later, with
+        # the line, secret and all, in the error log), and reads "\t" as a tab: not what was pasted.
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        folder = os.path.join(self.data_dir, "site")
+        os.makedirs(folder)
+        script = os.path.join(folder, "ipn_receiver.py")
+        for line, problem in (('SHA_PASSPHRASE = "Xy7\\dQ9#pL2\\wsecretZ"', True),
+                              ("SHA_PASSPHRASE = 'tab\\there-passphrase'", True),
+                              ('SHA_PASSPHRASE = r"Xy7\\dQ9#pL2\\wsecretZ"', False),
+                              ('SHA_PASSPHRASE = "plain-passphrase-123"', False)):
+            with self.subTest(line=line):
+                with open(script, "w", encoding="utf-8") as file:
+                    file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"', line))
+                os.chmod(script, 0o755)
+                code, output, _ = self.command("check", script=script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
+                self.assertEqual("PROBLEM  SHA_PASSPHRASE at the top of ipn_receiver.py is written without the r "
+                                 "before its quotes" in output, problem, output)
+                self.assertNotIn("secretZ", output)
+                self.assertNotIn("there-passphrase", output)
+
+    def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        for name in ("SHA_PASSPHRASE", "ISN_KEY"):
+            self.assertIn("\n%s = r\"PASTE-" % name, source)
+        done = subprocess.run([PYTHON, "-W", "error", "-c", "import sys; compile(open(sys.argv[1]).read(), "
+                               "sys.argv[1], 'exec')", SCRIPT], stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+    def test_check_makes_nothing_and_says_who_it_runs_as(self):
+        # Run by another user than the web server's, check would make the data folder that user's.
+        data_dir = os.path.join(self.data_dir, "not-yet")
+        code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+        self.assertEqual(code, 0, output)
+        self.assertFalse(os.path.exists(data_dir))
+        self.assertIn("note     data folder %s does not exist yet; the receiver makes it at its first call" % data_dir,
+                      output)
+        self.assertRegex(output, r"note     check runs as \S+; ipn_receiver.py belongs to \S+\. Run check as")
+        os.makedirs(data_dir, 0o700)
+        code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+        self.assertEqual((code, os.listdir(data_dir)), (0, []))
+        self.assertIn("note     no event store yet; the receiver makes it at its first call", output)
+
     def test_a_config_file_readable_by_others(self):
         config = os.path.join(self.data_dir, "ipn.ini")
         with open(config, "w") as file:
@@ -315,6 +367,32 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertTrue(ipn_receiver.section_matches_any('<Files "[^_]*">', ["config.ini"]))
         self.assertFalse(ipn_receiver.section_matches_any('<Files "[^c]*">', ["config.ini"]))
         self.assertTrue(ipn_receiver.section_matches_any('<FilesMatch "^[[:alnum:]_]+\\.[[:alpha:]]+$">', ["x"]))
+        # What the fifth review tried: the handler for other extensions only, commented out, or
+        # within <IfModule> (a server with mod_cgid has no mod_cgi.c); -Indexes in a comment, or
+        # turned on again; a <Files> wildcard whose backslash Apache reads as an escape.
+        for changed in (guide.replace("AddHandler cgi-script .py", "AddHandler cgi-script .cgi .pl"),
+                        guide.replace("AddHandler cgi-script .py", "# AddHandler cgi-script .py"),
+                        guide.replace("AddHandler cgi-script .py", "<IfModule mod_cgi.c>\nAddHandler cgi-script .py\n"
+                                                                   "</IfModule>"),
+                        guide.replace("Options +ExecCGI -Indexes", "Options +ExecCGI\n# Options -Indexes"),
+                        guide.replace("Options +ExecCGI -Indexes", "Options +ExecCGI -Indexes\nOptions +Indexes"),
+                        guide.replace("Options +ExecCGI -Indexes", "Options -Indexes\n<IfModule mod_cgi.c>\n"
+                                                                   "Options +ExecCGI\n</IfModule>"),
+                        guide.replace('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<Files "ipn_receiver\\.py*">')
+                             .replace("</FilesMatch>", "</Files>")):
+            with self.subTest(changed=changed):
+                self.assertFalse(ipn_receiver.serves_only_the_scripts(changed))
+        for same in (guide.replace("AddHandler cgi-script .py", "AddHandler cgi-script .cgi py"),
+                     guide.replace("Options +ExecCGI -Indexes", "Options ExecCGI"),   # plain names: a new set
+                     guide.replace("Options +ExecCGI -Indexes", "Options +ExecCGI\nOptions -Indexes"),
+                     guide.replace('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<Files "ipn_receiver\\.py">')
+                          .replace("</FilesMatch>", "</Files>")):
+            with self.subTest(same=same):
+                self.assertTrue(ipn_receiver.serves_only_the_scripts(same))
+        self.assertEqual(ipn_receiver.apache_wildcard("ipn_receiver\\.py*"), "ipn_receiver.py*")
+        self.assertEqual(ipn_receiver.apache_wildcard("\\*[^c]\\[x\\]?"), "[*][!c][[]x[]]?")
+        self.assertEqual(ipn_receiver.apache_wildcard("config\\.ini"), "config\\.ini")      # no wildcard: as it is
+        self.assertEqual(ipn_receiver.apache_wildcard("a\\*b"), "a\\[*]b")
         # A copy found beside the script is judged by its own name too.
         loose = top + '<FilesMatch "\\.py(\\.old)?$">\n    Require all granted\n</FilesMatch>\n'
         self.assertFalse(ipn_receiver.serves_only_the_scripts(loose.replace("old", "new"), ["ipn_receiver.py.new"]))

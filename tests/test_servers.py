@@ -423,12 +423,28 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                       "Require all denied\n%s\n    Require all granted\n%s\n" % (section, closing))
             for name in cls.COPY_NAMES:
                 cls.write(os.path.join(folder, name), "a copy\n")
+        # For each .htaccess of HANDLERS, a folder with the script: does Apache run it, or serve it?
+        guide = cls.readme("apache-htaccess")
+        for number, (old, new) in enumerate(cls.HANDLERS):
+            folder = os.path.join(cls.home, "public_html", "handlers", str(number))
+            cls.write(os.path.join(folder, ".htaccess"), guide.replace(old, new))
+            shutil.copy(SCRIPT, os.path.join(folder, "ipn_receiver.py"))
+            os.chmod(os.path.join(folder, "ipn_receiver.py"), 0o755)
 
     SECTIONS = ('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<FilesMatch "^ipn">', '<Files "*">',
                 '<Files "config.*">', '<Files "*~">', '<Files ?onfig.ini>', '<Files ~ "\\.(bak|old)$">',
                 '<FilesMatch "\\.py">', '<FilesMatch "(?i)CONFIG">', '<Files "[a-d]*">', '<FilesMatch "">',
-                '<Files "[^_]*">', '<Files "[^c]*">', '<Files "[!c]*">')
+                '<Files "[^_]*">', '<Files "[^c]*">', '<Files "[!c]*">', '<Files "ipn_receiver\\.py*">',
+                '<Files "config\\.ini">', '<Files "\\*">')
     COPY_NAMES = ("config.ini", "config.ini.bak", "ipn_receiver.py~", "ipn_receiver.py.old", "events.sqlite3")
+    # Changes to the guide's .htaccess, some of which make Apache serve the script's source. (This
+    # server has mod_cgi, not mod_cgid.)
+    HANDLERS = (("", ""), ("AddHandler cgi-script .py", "AddHandler cgi-script .cgi .pl"),
+                ("AddHandler cgi-script .py", "# AddHandler cgi-script .py"),
+                ("AddHandler cgi-script .py", "<IfModule mod_cgid.c>\nAddHandler cgi-script .py\n</IfModule>"),
+                ("AddHandler cgi-script .py", "<IfModule mod_cgi.c>\nAddHandler cgi-script .py\n</IfModule>"),
+                ("AddHandler cgi-script .py", "AddHandler cgi-script .cgi py"),
+                ("Options +ExecCGI -Indexes", "Options -Indexes"))
 
     @classmethod
     def server_snippet(cls):
@@ -443,6 +459,21 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                     status, _ = request(self.url("/sections/%d/%s" % (number, name)))
                     self.assertIn(status, (200, 403))
                     self.assertEqual(ipn_receiver.section_matches_any(section, [name]), status == 200)
+
+    def test_check_tells_whether_apache_runs_the_script_or_serves_its_source(self):
+        # Where Apache hands out the source (the secrets in it) or refuses to run it, `check` must
+        # not call the .htaccess safe. (It may refuse one that works: a handler within <IfModule>.)
+        for number, change in enumerate(self.HANDLERS):
+            with self.subTest(change=change):
+                status, body = request(self.url("/handlers/%d/ipn_receiver.py" % number))
+                runs = (status, body[:2]) == (200, b"OK")
+                with open(os.path.join(self.home, "public_html", "handlers", str(number), ".htaccess")) as file:
+                    safe = ipn_receiver.serves_only_the_scripts(file.read())
+                if not runs:                        # the source, or a 403 (no ExecCGI)
+                    self.assertFalse(safe, (status, body[:80]))
+                elif "IfModule" not in change[1]:
+                    self.assertTrue(safe)
+                self.assertEqual(b"import hashlib" in body, number in (1, 2, 3))
 
     def test_the_launcher_answers_and_its_compiled_copies_cannot_be_downloaded(self):
         answer = request(self.url("/ipn/ipn.py"), urlencode(payment("launcher-%d" % self.port)))
