@@ -44,7 +44,7 @@ FUNCTIONS = [
     "refuse_unrun_result", "error_line", "answer_body", "answer_text",
     "read_body", "read_exactly", "parse_urlencoded", "percent_decode", "run_cgi", "application",
     "environment_text", "serves_only_the_scripts", "section_matches_any", "may_hold_rows", "denies_the_web",
-    "ensure_data_dir", "Log._open",
+    "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "escaped_secrets",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -79,6 +79,10 @@ EQUIVALENT = {
         'without HTTPS, neither "off" nor "XXoffXX" is one of the values that mean https',
     ("set_damaged_store_aside", 'salvaging = path + "XX.salvageXX"'):
         "the new store's name while it is filled is the function's own; any name not in use will do",
+    ("Log._log", "for file in self._files[:3 if level >= 40 else 1]:"):
+        "there are two log files: the first three of them are both",
+    ("ensure_data_dir", "os.makedirs(path, 449, exist_ok=True)"):
+        "the folder is chmod 0700 right after (and since Python 3.7 the mode affects no folder but that one)",
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

@@ -202,6 +202,12 @@ class NoSecrets(ReceiverTestCase):
         self.assertIn("[secret] and [secret] and [secret][secret]", text)
         self.assertFalse(PASSPHRASE in text or ISN_KEY in text)
 
+    def test_a_secret_within_the_other_is_masked_whole(self):
+        # The longer one goes first: masking the ISN key first would leave the passphrase's ends.
+        ipn_receiver.use_settings(SHA_PASSPHRASE="front-" + ISN_KEY + "-back", ISN_KEY=ISN_KEY, DATA_DIR=self.data_dir)
+        ipn_receiver.log.info("passphrase %s, key %s", "front-" + ISN_KEY + "-back", ISN_KEY)
+        self.assertLogged("INFO", "passphrase [secret], key [secret]")
+
     def test_a_secret_is_masked_as_repr_and_a_url_write_it_too(self):
         secret = "pä ss'wörd\\1"
         ipn_receiver.use_settings(SHA_PASSPHRASE=secret, DATA_DIR=self.data_dir)
@@ -237,6 +243,39 @@ class NoSecrets(ReceiverTestCase):
         self.assertIn("ValueError: bad key [secret]", text)
         self.assertFalse(PASSPHRASE in text or ISN_KEY in text)
         self.assertEqual(self.rows()[0]["last_error"], "ValueError: bad key [secret]")
+
+
+class WhereTheLogCannotBeWritten(ReceiverTestCase):
+    def capture_stderr(self):
+        import io
+        ipn_receiver.log.reset()
+        ipn_receiver.log.to_stderr = True
+        self.addCleanup(setattr, ipn_receiver.log, "to_stderr", False)
+        captured = io.StringIO()
+        patcher = mock.patch.object(ipn_receiver.sys, "stderr", captured)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        return captured
+
+    def test_a_data_folder_that_cannot_be_made_is_said_once_and_the_lines_go_to_stderr(self):
+        blocked = os.path.join(self.data_dir, "a-file")
+        open(blocked, "w").close()
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=blocked)
+        captured = self.capture_stderr()
+        ipn_receiver.log.info("first")
+        ipn_receiver.log.info("second")
+        lines = captured.getvalue().splitlines()
+        self.assertEqual(lines[0], "ipn_receiver: cannot write the log file in %s (File exists); logging to stderr "
+                                   "only. Run `python3 ipn_receiver.py check`." % blocked)
+        self.assertRegex(lines[1], LINE)
+        self.assertTrue(lines[1].endswith(" INFO [%d] first" % os.getpid()))
+        self.assertEqual(len(lines), 3)
+
+    def test_with_a_configuration_error_info_lines_still_go_to_stderr(self):
+        captured = self.capture_stderr()
+        with mock.patch.object(ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("broken")):
+            ipn_receiver.log.info("still said")
+        self.assertTrue(captured.getvalue().endswith(" INFO [%d] still said\n" % os.getpid()), captured.getvalue())
 
 
 class LikeTheLoggingModule(unittest.TestCase):

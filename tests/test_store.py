@@ -1056,6 +1056,15 @@ class Protection(ReceiverTestCase):
             self.assertTrue(ipn_receiver.denies_the_web(os.path.join(folder, ".htaccess")))
             self.assertEqual(os.listdir(folder), [".htaccess"])             # no partial file left
 
+    def test_the_htaccess_is_readable_by_the_web_server_and_nothing_more(self):
+        # Apache reads it as its own user: 0644, not executable, and not writable by others.
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        folder = os.path.join(self.data_dir, "fresh")
+        ipn_receiver.ensure_data_dir(folder)
+        self.assertEqual(os.stat(os.path.join(folder, ".htaccess")).st_mode & 0o777, 0o644)
+        self.assertEqual(os.stat(folder).st_mode & 0o777, 0o700)
+
 
 if __name__ == "__main__":
     import unittest
