@@ -2687,7 +2687,7 @@ def escaped_secrets():
     """The secret settings written at the top of this file with a backslash in a string that is not
     raw: what Python makes of "\\d" or "\\t" there is not what the vendor pasted."""
     import re
-    with open(os.path.abspath(__file__), encoding="utf-8", errors="replace") as file:
+    with open(os.path.abspath(__file__), encoding="utf-8") as file:      # (it runs: it is UTF-8)
         found = re.findall(r"^(%s) *= *([a-zA-Z]*)[\"'](.*)$" % "|".join(SECRET_SETTINGS), file.read(), re.M)
     return [name for name, prefix, rest in found if "\\" in rest and "r" not in prefix.lower()]
 
@@ -2757,7 +2757,8 @@ def serves_only_the_scripts(rules, copies=()):
     files as programs (Options ExecCGI and AddHandler cgi-script .py; else Apache serves the source,
     secrets and all), turn folder listings off and deny everything. Access may be granted only
     within <Files> or <FilesMatch> sections whose pattern matches none of NEVER_SERVED and
-    `copies` (the names of copies found beside the script). Lines starting with # are comments.
+    `copies` (the names of copies found beside the script). (A comment's first word starts with #,
+    which no directive does: comments are passed over.)
     """
     denied, runs_scripts, options, sections = False, False, {"indexes"}, []
     # `sections`: the sections a line is in, each (grants a name never served, holds the script)
@@ -2765,7 +2766,7 @@ def serves_only_the_scripts(rules, copies=()):
     names = NEVER_SERVED + list(copies)
     for line in rules.splitlines():
         words = line.lower().split()
-        if not words or words[0].startswith("#"):
+        if not words:
             continue
         if words[0].startswith("</"):
             sections = sections[:-1]
@@ -2790,12 +2791,12 @@ def serves_only_the_scripts(rules, copies=()):
 
 def options_after(options, words):
     """The set of Options in force after an Options line: "+Name" and "-Name" change the set,
-    plain names make a new one (All is all but MultiViews)."""
+    plain names make a new one. (All turns on, of what matters here, ExecCGI and Indexes.)"""
     if any(word[:1] not in "+-" for word in words):
         options = set()
     for word in words:
         name = word.lstrip("+-")
-        named = {"execcgi", "indexes", "includes", "followsymlinks", "symlinksifownermatch"} if name == "all" else {name}
+        named = {"execcgi", "indexes"} if name == "all" else {name}
         options = options - named if word.startswith("-") else options | named
     return options
 

@@ -83,6 +83,16 @@ EQUIVALENT = {
         "there are two log files: the first three of them are both",
     ("ensure_data_dir", "os.makedirs(path, 449, exist_ok=True)"):
         "the folder is chmod 0700 right after (and since Python 3.7 the mode affects no folder but that one)",
+    ("serves_only_the_scripts",
+     'runs_scripts = runs_scripts or any(extension.lstrip("XX.XX") == "py" for extension in words[2:])'):
+        "the words are in lower case: stripping an upper-case X as well as the dot strips nothing more",
+    ("options_after", 'if any(word[:1] not in "XX+-XX" for word in words):'):
+        "the words are in lower case: an upper-case X among the signs is never a word's first letter",
+    ("options_after", 'name = word.lstrip("XX+-XX")'):
+        "the words are in lower case: stripping an upper-case X as well as the signs strips nothing more",
+    ("apache_wildcard",
+     'return "".join("[%s]" % character if character in "XX*?[]XX" else character for character in text)'):
+        'fnmatch reads "[X]" as the letter X itself',
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

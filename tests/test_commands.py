@@ -382,7 +382,12 @@ class CheckTheWebFolder(CommandTestCase):
                              .replace("</FilesMatch>", "</Files>")):
             with self.subTest(changed=changed):
                 self.assertFalse(ipn_receiver.serves_only_the_scripts(changed))
+        for changed in (guide.replace("AddHandler cgi-script .py", "DirectoryIndex ipn_receiver.py"),
+                        guide.replace("Options +ExecCGI -Indexes", "Options All")):     # All: listings too
+            with self.subTest(changed=changed):
+                self.assertFalse(ipn_receiver.serves_only_the_scripts(changed))
         for same in (guide.replace("AddHandler cgi-script .py", "AddHandler cgi-script .cgi py"),
+                     guide.replace("Options +ExecCGI -Indexes", "Options All -Indexes"),
                      guide.replace("Options +ExecCGI -Indexes", "Options ExecCGI"),   # plain names: a new set
                      guide.replace("Options +ExecCGI -Indexes", "Options +ExecCGI\nOptions -Indexes"),
                      guide.replace('<FilesMatch "^(ipn_receiver|ipn)\\.py$">', '<Files "ipn_receiver\\.py">')
@@ -392,6 +397,9 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertEqual(ipn_receiver.apache_wildcard("ipn_receiver\\.py*"), "ipn_receiver.py*")
         self.assertEqual(ipn_receiver.apache_wildcard("\\*[^c]\\[x\\]?"), "[*][!c][[]x[]]?")
         self.assertEqual(ipn_receiver.apache_wildcard("config\\.ini"), "config\\.ini")      # no wildcard: as it is
+        for pattern in ("?onfig.ini", "[cd]onfig.ini", "c*"):                         # each a wildcard alone
+            self.assertEqual(ipn_receiver.apache_wildcard(pattern), pattern)
+        self.assertEqual(ipn_receiver.apache_wildcard("[^x]onfig.ini"), "[!x]onfig.ini")
         self.assertEqual(ipn_receiver.apache_wildcard("a\\*b"), "a\\[*]b")
         # A copy found beside the script is judged by its own name too.
         loose = top + '<FilesMatch "\\.py(\\.old)?$">\n    Require all granted\n</FilesMatch>\n'
