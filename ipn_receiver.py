@@ -2567,6 +2567,10 @@ def command_check(args):
     def note(text):
         print("note     " + text)
 
+    def report_private(path, label, fix):     # a file or folder others must not read
+        mode = os.stat(path).st_mode & 0o777
+        report(not mode & 0o077, label % mode, fix % path)
+
     report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
            "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
     try:
@@ -2574,10 +2578,6 @@ def command_check(args):
     except ConfigError as error:
         report(False, "settings: %s" % error, "correct the setting as the message says")
         return 1
-    def report_private(path, label, fix):
-        mode = os.stat(path).st_mode & 0o777
-        report(not mode & 0o077, label % mode, fix % path)
-
     if config["config_file"]:
         report_private(config["config_file"], "config file %s (mode %%03o)" % config["config_file"],
                        "chmod 600 %s   (it holds secrets; others must not read it)")
