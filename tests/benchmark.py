@@ -25,7 +25,7 @@ peak memory; verification at most 3x the bare hash; gunicorn at least 500 notifi
 p99 under 50 ms.
 
 Goals (printed, not enforced): CGI at most 2.0x PHP's time and at most its peak memory, as the issue
-"Plain Python" asks. Measured on the machines this runs on, the receiver takes 1.85x to 1.97x
+"Plain Python" asks. Measured on the machines this runs on, the receiver takes 1.85x to 2.00x
 PHP's time and 0.99x to 1.015x its peak memory, so a run misses a goal now and then through the
 machine's own spread, and --check would fail at random. What decides both is the size of the file:
 Python compiles the file it runs on every call (it caches the compiled form only of files it
