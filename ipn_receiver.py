@@ -1733,7 +1733,14 @@ def claim_notification(connection, notification, dispatch, timeout):
                 (notification.key,)).fetchone()
             notification.id = row_id
             abandoned = status == "processing" and (claimed_at or 0) < now - timeout
-            if status == "failed" or abandoned:
+            if (status == "failed" or abandoned) and not dispatch:
+                # Its handler was taken out of the table since: like any event without one, it
+                # is answered OK and kept (its last_error tells what happened before).
+                connection.execute(
+                    "UPDATE notifications SET status = 'ignored', answer = 'OK', claim = NULL, "
+                    "deliveries = deliveries + 1, updated_at = ? WHERE id = ?", (now, row_id))
+                decision = ("answer", "OK")
+            elif status == "failed" or abandoned:
                 connection.execute(
                     "UPDATE notifications SET status = 'processing', attempts = attempts + 1, "
                     "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ? "

@@ -227,6 +227,37 @@ class ExactlyOnce(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 2))
 
+    def test_a_failed_notification_whose_handler_was_removed_since_is_answered_ok(self):
+        # The vendor takes an event's handler out of the table after it failed: from then on the
+        # event has no handler, and is answered OK and kept, as any event without one is.
+        def on_affiliation(notification):
+            raise RuntimeError("newsletter down")
+        self.handle("on_affiliation", on_affiliation)
+        call = signed({"event": "on_affiliation", "transaction_id": "77", "affiliate_name": "p1"})
+        self.assertEqual(post(call).status, 500)
+        del ipn_receiver.DIGISTORE24_HANDLERS["on_affiliation"]
+        for _ in range(2):
+            answer = post(call)
+            self.assertEqual((answer.status, answer.body), (200, "OK"))
+        row = self.rows()[0]
+        self.assertEqual((row["status"], row["answer"], row["claim"], row["attempts"], row["deliveries"]),
+                         ("ignored", "OK", None, 1, 3))
+        self.assertEqual(row["last_error"], "RuntimeError: newsletter down")
+
+    def test_an_abandoned_notification_whose_handler_was_removed_since_is_answered_ok(self):
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, PROCESSING_TIMEOUT=60)
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        fields = dict(payment())
+        del fields["sha_sign"]
+        notification = ipn_receiver.Notification("digistore24", ipn_receiver.vouched_fields(fields, "exact"))
+        self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
+        del ipn_receiver.DIGISTORE24_HANDLERS["on_payment"]
+        self.assertEqual(post(payment()).status, 503)               # within the timeout: still busy
+        connection.execute("UPDATE notifications SET claimed_at = claimed_at - 61")
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (200, "OK"))
+        self.assertEqual(self.rows()[0]["status"], "ignored")
+
     def test_an_exception_whose_message_cannot_be_read_is_still_a_failed_handler(self):
         class Broken(Exception):
             def __str__(self):
