@@ -2091,7 +2091,11 @@ def command_serve(args):
         problem = secret_problem(config, name)
         if problem:
             print("note: " + problem)
-    server = make_local_server(args.host, args.port)
+    try:
+        server = make_local_server(args.host, args.port)
+    except OSError as error:                # the port in use, or a host that is not this machine
+        raise CommandFailed("cannot listen on %s:%d (%s); give --host an address of this machine and "
+                            "--port a free one" % (args.host, args.port, error.strerror or error))
     print("ipn_receiver %s listening on http://%s:%d/ (Ctrl+C stops it); data in %s"
           % (__version__, args.host, server.server_port, config["DATA_DIR"]))
     sys.stdout.flush()
@@ -2333,6 +2337,9 @@ def post_form(url, fields, timeout=30):
 def command_send(args):
     """Build, sign and POST one notification; exit 0 only when the answer starts with OK."""
     import urllib.error
+    if not args.url.lower().startswith(("http://", "https://")):
+        raise CommandFailed("--url must start with http:// or https://, e.g. "
+                            "https://example.com/ipn/ipn_receiver.py", 2)
     provider = PROMOPIT if (args.provider == PROMOPIT or args.event == "sale") else DIGISTORE24
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
@@ -2883,6 +2890,14 @@ def integrity_of(path):
         return str(error)
 
 
+def port_number(text):
+    """An argument that names a TCP port: 0 (any free one) to 65535."""
+    import argparse
+    if not is_whole_number(text) or int(text) > 65535:
+        raise argparse.ArgumentTypeError("not a port (0 to 65535): %s" % text)
+    return int(text)
+
+
 def notification_number(text):
     """An argument that names a stored notification: a whole number SQLite can hold."""
     import argparse
@@ -2902,7 +2917,7 @@ def build_parser():
 
     serve = commands.add_parser("serve", help="run a local server (the default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
 
     send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver")
     send.add_argument("event", help="a Digistore24 event (on_payment, on_refund, ...) or sale (PromoPit)")

@@ -207,6 +207,50 @@ class Send(unittest.TestCase):
         self.assertIn(b"ERROR: could not reach", done.stdout)
 
 
+    def test_a_url_that_is_not_http_is_refused(self):
+        for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):
+            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url", url],
+                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+            self.assertEqual(done.returncode, 2, url)
+            self.assertEqual(done.stderr, b"ERROR: --url must start with http:// or https://, e.g. "
+                                          b"https://example.com/ipn/ipn_receiver.py\n")
+            self.assertEqual(done.stdout, b"")
+
+
+class ServeMistakes(unittest.TestCase):
+    """What a vendor gets wrong when starting the local server: one ERROR line, no traceback."""
+
+    def serve(self, *arguments):
+        folder = tempfile.mkdtemp(prefix="ipn-serve-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        return subprocess.run([PYTHON, SCRIPT, "serve"] + list(arguments),
+                              env=clean_environment(IPN_DATA_DIR=os.path.join(folder, "data")),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+    def test_a_port_in_use(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            done = self.serve("--port", str(busy.getsockname()[1]))
+        self.assertEqual(done.returncode, 1)
+        self.assertRegex(done.stderr.decode(), r"^ERROR: cannot listen on 127\.0\.0\.1:\d+ \(.+\); give --host an address "
+                                               r"of this machine and --port a free one\n$")
+
+    def test_a_host_that_is_not_this_machine(self):
+        done = self.serve("--host", "no-such-host.invalid", "--port", "0")
+        self.assertEqual(done.returncode, 1)
+        self.assertRegex(done.stderr.decode(), r"^ERROR: cannot listen on no-such-host\.invalid:0 \(.+\); ")
+        self.assertNotIn(b"Traceback", done.stderr)
+
+    def test_a_port_out_of_range(self):
+        for port in ("99999", "-1", "http"):
+            done = self.serve("--port", port)
+            self.assertEqual(done.returncode, 2, port)
+            self.assertIn("argument --port: not a port (0 to 65535): %s" % port, done.stderr.decode())
+            self.assertNotIn(b"Traceback", done.stderr)
+
+
 class Demo(unittest.TestCase):
     def test_demo_needs_no_setup_and_every_row_behaves(self):
         folder = tempfile.mkdtemp(prefix="ipn-demo-test-")
