@@ -2443,7 +2443,10 @@ def command_demo(args):
 
 
 def store_rows(config, where="", parameters=(), limit=None):
-    """Rows of the event store as dicts, newest first."""
+    """Rows of the event store as dicts, newest first; none where there is no store yet (a command
+    makes none: see refuse_another_user)."""
+    if not os.path.exists(store_path(config)):
+        return []
     connection = open_store(config)
     connection.row_factory = dict_row
     sql = "SELECT * FROM notifications %s ORDER BY id DESC" % where
@@ -2525,6 +2528,7 @@ def command_replay(args):
     if row["status"] not in ("failed", "unknown") and not stale and not args.force:
         raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
                             "--force to run its handler again anyway" % (row["id"], row["status"]))
+    refuse_another_user(config, "replay")
     if args.done:
         update_unless_changed(config, row, "status = 'done', answer = 'OK', last_error = ?, claim = NULL",
                               ("marked done by hand (replay --done)",))
@@ -2549,6 +2553,21 @@ def command_replay(args):
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
     print(body)
     return 0 if status == 200 else 1
+
+
+def refuse_another_user(config, command):
+    """CommandFailed unless this process runs as the user the data folder belongs to.
+
+    What a command writes there (rows, the lock, the log, a new store) becomes the user's who runs
+    it. Made by another user (root over SSH, say), the web server could not open it, and every
+    call after it would fail with 503. (Windows, where the local server may run, has no owners.)
+    """
+    owner = os.stat(config["DATA_DIR"]).st_uid
+    if hasattr(os, "geteuid") and owner != os.geteuid():
+        name = user_name(owner)
+        raise CommandFailed("the data folder %s belongs to %s, and this command runs as %s; run it as %s, the user "
+                            "the web server runs the receiver as (sudo -u %s python3 ipn_receiver.py %s ...)"
+                            % (config["DATA_DIR"], name, user_name(os.geteuid()), name, name, command))
 
 
 def stored_row(config, number):
@@ -2648,6 +2667,7 @@ def command_check(args):
         note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)
     if os.path.isdir(data_dir):
         report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
+        check_owners(report, data_dir)
         if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
                    "the web", "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
@@ -2688,6 +2708,23 @@ def command_check(args):
     return 1 if problems else 0
 
 
+def check_owners(report, data_dir):
+    """What `check` says about who the data folder and its files belong to: the user the web server
+    runs the receiver as, who is the one check must run as. A file made by a command run as another
+    user cannot be opened by the web server."""
+    owner = os.stat(data_dir).st_uid
+    report(owner == os.geteuid(), "data folder belongs to %s, who runs check" % user_name(os.geteuid()),
+           "run check as the user the web server runs the receiver as: the data folder belongs to %s, and it "
+           "and its files must belong to that user" % user_name(owner))
+    for name in sorted(os.listdir(data_dir)):
+        path = os.path.join(data_dir, name)
+        if os.lstat(path).st_uid != owner:
+            report(False, "%s in the data folder belongs to %s, the folder to %s" % (
+                name, user_name(os.lstat(path).st_uid), user_name(owner)),
+                "chown %s %s   (a command run as another user made it; the web server cannot use it)"
+                % (user_name(owner), path))
+
+
 def user_name(uid):
     """The name of the user with that id (the id itself where it has none)."""
     import pwd
@@ -2714,7 +2751,9 @@ def check_web_folder(report, note, data_dir):
     tests, ...), and editors leave backup copies (config.ini~, ipn_receiver.py.bak, ...). They
     hold the settings, secrets included, and a web server hands them out like any other file
     unless told not to. Where an .htaccess sits beside the script, the folder is on the web,
-    served by Apache: it must serve the scripts and nothing else.
+    served by Apache: it must serve the scripts and nothing else. Where none is, check cannot tell
+    whether the folder is served; in a folder named as web servers name their document roots
+    (web_root_of) it most likely is, and copies there are a problem.
     """
     copies = []
     for folder, folders, files in os.walk(HERE):
@@ -2730,10 +2769,16 @@ def check_web_folder(report, note, data_dir):
         report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
                "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
                "cgi-script .py, Require all denied, and the scripts' names allowed")
-    elif os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
-        note("%s is beside the script, with no .htaccess: if this folder is on the web, its secrets can be "
-             "downloaded; keep it outside the web root (IPN_CONFIG), or use the .htaccess of README.md's "
-             "deployment guide" % CONFIG_FILE_NAME)
+    web_root = web_root_of(HERE)
+    unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
+    if rules is None and os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
+        fix = "keep it outside the web root (IPN_CONFIG), or use the .htaccess of README.md's deployment guide"
+        if web_root:
+            report(False, "%s is beside the script, %s: its secrets can be downloaded" % (CONFIG_FILE_NAME, unguarded),
+                   fix)
+        else:
+            note("%s is beside the script, with no .htaccess: if this folder is on the web, its secrets can be "
+                 "downloaded; %s" % (CONFIG_FILE_NAME, fix))
     if not copies:
         return
     shown = "copies of the settings beside the script (%s)" % ", ".join(sorted(copies)[:3] + (
@@ -2741,12 +2786,27 @@ def check_web_folder(report, note, data_dir):
     fix = ("delete them (rm -r __pycache__, and the backup copies) and let the web server serve the "
            "scripts only, as the .htaccess of README.md's deployment guide does: they hold your "
            "settings, secrets included")
-    if rules is None:
+    if rules is None and web_root:
+        report(False, "%s, %s" % (shown, unguarded), fix)
+    elif rules is None:
         note("%s; if this folder is on the web, %s" % (shown, fix))
     elif rules:
         note("%s; the .htaccess denies them" % shown)
     else:
         report(False, shown, fix)
+
+
+# How web servers and hosting panels name a document root: cPanel public_html, Debian /var/www/html,
+# Plesk httpdocs, Apache's own htdocs, IIS wwwroot.
+WEB_ROOT_NAMES = ("public_html", "www", "html", "htdocs", "httpdocs", "wwwroot", "webroot", "docroot")
+
+
+def web_root_of(path):
+    """The name of the folder on `path` named as document roots are (WEB_ROOT_NAMES), or None."""
+    for name in path.split(os.sep):
+        if name.lower() in WEB_ROOT_NAMES:
+            return name
+    return None
 
 
 BACKUP_ENDINGS = ("~", ".bak", ".backup", ".old", ".orig", ".save", ".swp", ".swo", ".tmp")
@@ -2859,6 +2919,7 @@ def command_repair(args):
     if not os.path.exists(path):
         print("no store at %s yet; nothing to repair" % path)
         return 0
+    refuse_another_user(config, "repair")
     with StoreLock(config["DATA_DIR"]):      # no call writes meanwhile
         result = integrity_of(path)
         if result == "ok" and not args.force:

@@ -136,6 +136,61 @@ class Replaying(CommandTestCase):
         self.assertIn("no notification #7", errors)
 
 
+class CommandsMakeNothingForAnotherUser(CommandTestCase):
+    """A command run as another user than the web server's (root over SSH, say) would make what it
+    writes that user's: a data folder, a store, a lock or a log the web server cannot open, and
+    every call after it would fail. So the commands that read make nothing, and those that write
+    refuse to run as another user than the one the data folder belongs to."""
+
+    NOBODY = 65534
+
+    def test_events_show_and_replay_make_no_data_folder_and_no_store(self):
+        missing = os.path.join(self.data_dir, "not-yet")
+        os.makedirs(os.path.join(self.data_dir, "empty"), 0o700)
+        for data_dir in (missing, os.path.join(self.data_dir, "empty")):
+            self.assertEqual(self.command("events", IPN_DATA_DIR=data_dir), (0, "no stored notifications\n", ""))
+            for command in (["show", "1"], ["replay", "1"], ["replay", "1", "--done"]):
+                self.assertEqual(self.command(*command, IPN_DATA_DIR=data_dir),
+                                 (1, "", "ERROR: no notification #1; `events` lists them\n"))
+        self.assertFalse(os.path.exists(missing))
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "empty")), [])
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root, to give the data folder to another user")
+    def test_replay_and_repair_refuse_to_write_as_another_user(self):
+        post(payment())
+        os.chown(self.data_dir, self.NOBODY, self.NOBODY)
+        before = sorted(os.listdir(self.data_dir))
+        refusal = ("ERROR: the data folder %s belongs to nobody, and this command runs as root; run it as nobody, the "
+                   "user the web server runs the receiver as (sudo -u nobody python3 ipn_receiver.py %%s ...)\n"
+                   % self.data_dir)
+        for command in (["replay", "1", "--force"], ["replay", "1", "--done", "--force"], ["repair", "--force"]):
+            self.assertEqual(self.command(*command), (1, "", refusal % command[0]), command)
+        self.assertEqual(sorted(os.listdir(self.data_dir)), before)
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
+        # Reading is safe: SQLite gives the journal files it makes as root to the store's owner.
+        code, output, _ = self.command("events")
+        self.assertEqual(code, 0)
+        self.assertIn("on_payment", output)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root, to give files to another user")
+    def test_check_reports_files_of_another_user_in_the_data_folder(self):
+        post(payment())
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        os.chown(store, self.NOBODY, self.NOBODY)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  events.sqlite3 in the data folder belongs to nobody, the folder to root\n"
+                      "         fix: chown root %s   (a command run as another user made it; the web server "
+                      "cannot use it)" % store, output)
+        os.chown(store, 0, 0)
+        os.chown(self.data_dir, self.NOBODY, self.NOBODY)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  data folder belongs to root, who runs check\n         fix: run check as the user the "
+                      "web server runs the receiver as: the data folder belongs to nobody, and it and its files must "
+                      "belong to that user", output)
+
+
 class Check(CommandTestCase):
     def test_a_healthy_setup_passes(self):
         post(payment())
@@ -248,11 +303,11 @@ class CheckTheWebFolder(CommandTestCase):
     config.ini. They hold the secrets: `check` reports them where the folder may be on the web,
     and an .htaccess that serves more than the scripts."""
 
-    def web_folder(self, htaccess=None):
-        folder = os.path.join(self.data_dir, "public_html")
+    def web_folder(self, htaccess=None, name="public_html", copies=True):
+        folder = os.path.join(self.data_dir, name, "ipn")
         os.makedirs(os.path.join(folder, "__pycache__"))
         shutil.copy(SCRIPT, folder)
-        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "config.ini~", "ipn_receiver.py.bak"):
+        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "config.ini~", "ipn_receiver.py.bak") if copies else ():
             with open(os.path.join(folder, name), "w") as file:
                 file.write("sha_passphrase = " + PASSPHRASE)
         if htaccess is not None:
@@ -286,22 +341,37 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertIn("note     copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
                       "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
 
-    def test_without_an_htaccess_they_are_noted(self):
-        script = self.web_folder()
+    def test_without_an_htaccess_they_are_a_problem_in_a_web_root_and_noted_elsewhere(self):
+        # Where no .htaccess is, check cannot tell whether the folder is served; in one named as web
+        # servers name their document roots it most likely is.
+        for name in ("public_html", "www", "htdocs", "httpdocs"):
+            script = self.web_folder(name=name)
+            code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+            self.assertEqual(code, 1, output)
+            self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                          "config.ini~, ipn_receiver.py.bak), with no .htaccess, in %s, which looks like web space\n"
+                          "         fix: delete them" % name, output)
+        script = self.web_folder(name="apps")
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
         self.assertEqual(code, 0, output)
-        self.assertIn("if this folder is on the web, delete them", output)
+        self.assertIn("note     copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                      "config.ini~, ipn_receiver.py.bak); if this folder is on the web, delete them", output)
 
-    def test_without_an_htaccess_a_config_file_beside_the_script_is_noted(self):
-        script = self.web_folder()
-        config = os.path.join(os.path.dirname(script), "config.ini")
-        with open(config, "w") as file:
-            file.write("[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
-        os.chmod(config, 0o600)
-        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
-        self.assertIn("note     config.ini is beside the script, with no .htaccess: if this folder is on the web, "
-                      "its secrets can be downloaded", output)
-        self.assertNotIn(PASSPHRASE, output)
+    def test_without_an_htaccess_a_config_file_beside_the_script_is_a_problem_in_a_web_root(self):
+        for name, verdict in (("public_html", "PROBLEM  config.ini is beside the script, with no .htaccess, in "
+                                              "public_html, which looks like web space: its secrets can be downloaded"
+                                              "\n         fix: keep it outside the web root"),
+                              ("apps", "note     config.ini is beside the script, with no .htaccess: if this folder "
+                                       "is on the web, its secrets can be downloaded; keep it outside the web root")):
+            script = self.web_folder(name=name, copies=False)
+            config = os.path.join(os.path.dirname(script), "config.ini")
+            with open(config, "w") as file:
+                file.write("[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
+            os.chmod(config, 0o600)
+            code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+            self.assertEqual(code, 1 if name == "public_html" else 0, output)
+            self.assertIn(verdict, output)
+            self.assertNotIn(PASSPHRASE, output)
 
     def test_which_names_are_backup_copies(self):
         for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
