@@ -2636,11 +2636,16 @@ def command_check(args):
     if not missing and not too_short and config["SHA_PASSPHRASE"] == config["ISN_KEY"]:
         report(False, "SHA_PASSPHRASE and ISN_KEY are the same", "choose another ISN key at PromoPit: PromoPit "
                "sends it in every call, so whoever sees one has the passphrase that signs Digistore24's")
-    for name in escaped_secrets():
-        report(False, "%s at the top of ipn_receiver.py is written without the r before its quotes" % name,
-               "write it as %s = r\"...\": Python reads a backslash there with the character after it as "
-               "something else (and Python 3.12 and later print the line, secret and all, into the web "
-               "server's error log), or put it into config.ini" % name)
+    for name, mistake in miswritten_secrets():
+        if mistake == "quote":
+            report(False, "%s at the top of ipn_receiver.py holds a quote, which ends it early" % name,
+                   "put it into config.ini, where it is taken as it is: in the file, Python reads what follows "
+                   "the quote as a comment, so the secret in use is only what comes before it")
+        else:
+            report(False, "%s at the top of ipn_receiver.py is written without the r before its quotes" % name,
+                   "write it as %s = r\"...\": Python reads a backslash there with the character after it as "
+                   "something else (and Python 3.12 and later print the line, secret and all, into the web "
+                   "server's error log), or put it into config.ini" % name)
     script = os.path.abspath(__file__)
     with open(script, "rb") as file:
         first_line = file.readline()
@@ -2734,13 +2739,22 @@ def user_name(uid):
         return "user %d" % uid
 
 
-def escaped_secrets():
-    """The secret settings written at the top of this file with a backslash in a string that is not
-    raw: what Python makes of "\\d" or "\\t" there is not what the vendor pasted."""
+def miswritten_secrets():
+    """[(name, mistake)] for the secret settings written at the top of this file so that Python
+    reads them as something else than what the vendor pasted: "escapes", a backslash in a string
+    that is not raw ("\\d", "\\t"); "quote", a quote like those around it, which ends the string
+    early and leaves the rest as a comment (the line then ends in that quote, where a comment of
+    the vendor's would not)."""
     import re
     with open(os.path.abspath(__file__), encoding="utf-8") as file:      # (it runs: it is UTF-8)
-        found = re.findall(r"^(%s) *= *([a-zA-Z]*)[\"'](.*)$" % "|".join(SECRET_SETTINGS), file.read(), re.M)
-    return [name for name, prefix, rest in found if "\\" in rest and "r" not in prefix.lower()]
+        found = re.findall(r"^(%s) *= *([a-zA-Z]*)([\"'])(.*)$" % "|".join(SECRET_SETTINGS), file.read(), re.M)
+    mistakes = []
+    for name, prefix, quote, rest in found:
+        if rest.count(quote) > 1 and rest.rstrip().endswith(quote):
+            mistakes.append((name, "quote"))
+        elif "\\" in rest and "r" not in prefix.lower():
+            mistakes.append((name, "escapes"))
+    return mistakes
 
 
 def check_web_folder(report, note, data_dir):

@@ -44,7 +44,7 @@ FUNCTIONS = [
     "refuse_unrun_result", "error_line", "answer_body", "answer_text",
     "read_body", "read_exactly", "parse_urlencoded", "percent_decode", "run_cgi", "application",
     "environment_text", "serves_only_the_scripts", "section_matches_any", "may_hold_rows", "denies_the_web",
-    "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "escaped_secrets",
+    "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "miswritten_secrets",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",

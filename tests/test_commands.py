@@ -252,6 +252,28 @@ class Check(CommandTestCase):
                 self.assertNotIn("secretZ", output)
                 self.assertNotIn("there-passphrase", output)
 
+    def test_a_passphrase_with_a_quote_in_the_file_is_a_problem(self):
+        # r"Kx9vQ2mZ7pL"#4wR8tY": the string ends at the second quote, and the rest is a comment, so
+        # every genuine call would be refused with 403 while the passphrase seemed set.
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        folder = os.path.join(self.data_dir, "site")
+        os.makedirs(folder)
+        script = os.path.join(folder, "ipn_receiver.py")
+        for line, problem in (('SHA_PASSPHRASE = r"Kx9vQ2mZ7pL"#4wR8tYsecretZ"', True),
+                              ("SHA_PASSPHRASE = r'Kx9vQ2mZ7pL'#4wR8tYsecretZ' ", True),
+                              ('SHA_PASSPHRASE = r"Kx9vQ2mZ7pL4wR8tYsecretZ"  # from Digistore24', False),
+                              ("SHA_PASSPHRASE = r'Kx9vQ2\"mZ7pL4wR8tYsecretZ'", False)):
+            with self.subTest(line=line):
+                with open(script, "w", encoding="utf-8") as file:
+                    file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"', line))
+                os.chmod(script, 0o755)
+                code, output, _ = self.command("check", script=script, IPN_SHA_PASSPHRASE="")
+                self.assertEqual("PROBLEM  SHA_PASSPHRASE at the top of ipn_receiver.py holds a quote, which ends it "
+                                 "early" in output, problem, output)
+                self.assertNotIn("without the r", output)
+                self.assertNotIn("secretZ", output)
+
     def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
         with open(SCRIPT, encoding="utf-8") as file:
             source = file.read()
