@@ -448,14 +448,18 @@ def read_ini_file(path, lines=None):
     return sections
 
 
+def where_secrets_go(name):
+    """(what the secret setting `name` holds, where it may be put), for messages."""
+    section, key, variable = [(s, k, v) for n, s, k, v in SETTINGS_SOURCES if n == name][0]
+    return ({"SHA_PASSPHRASE": "your Digistore24 IPN passphrase", "ISN_KEY": "your PromoPit ISN key"}[name],
+            "into %s at the top of ipn_receiver.py, into [%s] %s of config.ini, or into the environment variable %s"
+            % (name, section, key, variable))
+
+
 def secret_problem(config, name):
     """Why the secret setting `name` cannot be used, or None when it can. Never shows the value."""
     value = config[name]
-    label = {"SHA_PASSPHRASE": "your Digistore24 IPN passphrase",
-             "ISN_KEY": "your PromoPit ISN key"}[name]
-    section, key, variable = [(s, k, v) for n, s, k, v in SETTINGS_SOURCES if n == name][0]
-    where = ("into %s at the top of ipn_receiver.py, into [%s] %s of config.ini, or into the environment "
-             "variable %s" % (name, section, key, variable))
+    label, where = where_secrets_go(name)
     if not value.strip():
         state = "is not set"
     elif value.strip() == PLACEHOLDERS[name]:
@@ -470,6 +474,16 @@ def secret_problem(config, name):
     else:
         return None
     return "%s %s: put %s %s" % (name, state, label, where)
+
+
+def unusable_secret_answer(name):
+    """The answer to a call that needs the secret `name` when secret_problem finds it unusable: the
+    same whether it is not set, the placeholder or too short. A caller who has not proved who it
+    is learns that the setting is not usable, but not why: that a secret is short would tell
+    whoever captured a call that guessing it is worth trying. `check` says why."""
+    label, where = where_secrets_go(name)
+    return ("%s is not set, or is the placeholder, or is shorter than %d characters: put %s %s, and run "
+            "`python3 ipn_receiver.py check` on the server" % (name, SHORTEST_SECRET, label, where))
 
 
 # =================================================================================================
@@ -1854,9 +1868,8 @@ def handle_post(environ):
         received = received if received is not None else alternative
         if received == NO_SIGNATURE:
             raise Refusal(403, NO_SIGNATURE_ANSWER)
-        problem = secret_problem(config, "SHA_PASSPHRASE")
-        if problem:
-            raise Refusal(503, problem)
+        if secret_problem(config, "SHA_PASSPHRASE"):
+            raise Refusal(503, unusable_secret_answer("SHA_PASSPHRASE"))
         variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
         if variant is None:
             raise Refusal(403, INVALID_SIGNATURE_ANSWER) if fields.get("event") else \
@@ -1867,9 +1880,8 @@ def handle_post(environ):
         handlers = DIGISTORE24_HANDLERS
     else:
         received = fields.pop("isn_key")
-        problem = secret_problem(config, "ISN_KEY")
-        if problem:
-            raise Refusal(503, problem)
+        if secret_problem(config, "ISN_KEY"):
+            raise Refusal(503, unusable_secret_answer("ISN_KEY"))
         if not isn_key_is_valid(received, config["ISN_KEY"]):
             raise Refusal(403, INVALID_ISN_KEY_ANSWER)
         notification = Notification(PROMOPIT, vouched_fields(fields))

@@ -7,7 +7,7 @@
 | an unknown event, or none, verified             | 200 "OK", stored, not dispatched         |
 | "no_signature_passphrase_provided" as signature | 403 "ERROR: no signature: ..."           |
 | a wrong signature / ISN key                     | 403 "ERROR: invalid sha signature/isn key"|
-| the needed secret not set, or the placeholder   | 503 "ERROR: <SETTING> is not set ..."    |
+| the needed secret not set, placeholder, short   | 503 "ERROR: <SETTING> is not set, ..."   |
 | a configuration error                           | 503 naming the file, the line and check  |
 | the handler raised                              | 500 naming handler, exception type, id   |
 | not a form of a known sender, missing event     | 400                                      |
@@ -186,21 +186,27 @@ class Answers(ReceiverTestCase):
     def test_a_short_secret_verifies_nothing_even_a_call_signed_with_it(self):
         ipn_receiver.use_settings(SHA_PASSPHRASE="abc", ISN_KEY="k1", DATA_DIR=self.data_dir)
         answer = post(signed(payment(), passphrase="abc"))
-        self.assertEqual(answer.status, 503)
-        self.assertTrue(answer.body.startswith("ERROR: SHA_PASSPHRASE is too short"), answer.body)
+        self.assertEqual((answer.status, answer.body), (503, "ERROR: " + ipn_receiver.unusable_secret_answer(
+            "SHA_PASSPHRASE")))
         self.assertEqual(post(promopit_sale(isn_key="k1")).status, 503)
         self.assertEqual(self.rows(), [])
 
-    def test_secret_not_configured_is_503_naming_the_setting(self):
-        for value in ("", ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"]):
-            ipn_receiver.use_settings(SHA_PASSPHRASE=value, ISN_KEY="", DATA_DIR=self.data_dir)
-            answer = post(payment())
-            self.assertEqual(answer.status, 503)
-            self.assertTrue(answer.body.startswith("ERROR: SHA_PASSPHRASE "), answer.body)
-            self.assertIn("IPN_SHA_PASSPHRASE", answer.body)
-            answer = post(promopit_sale())
-            self.assertEqual(answer.status, 503)
-            self.assertTrue(answer.body.startswith("ERROR: ISN_KEY is not set"), answer.body)
+    def test_secret_not_configured_is_503_naming_the_setting_but_not_what_is_wrong_with_it(self):
+        # Not set, the placeholder, or too short: one answer, so that a caller does not learn that a
+        # secret is short enough to be worth guessing. `check` says which.
+        placeholders = ipn_receiver.PLACEHOLDERS
+        for passphrase, isn_key in (("", ""), (placeholders["SHA_PASSPHRASE"], placeholders["ISN_KEY"]),
+                                    ("1234567", "7654321")):
+            ipn_receiver.use_settings(SHA_PASSPHRASE=passphrase, ISN_KEY=isn_key, DATA_DIR=self.data_dir)
+            self.assertAnswer(post(payment()), 503, "ERROR: SHA_PASSPHRASE is not set, or is the placeholder, or is "
+                              "shorter than 8 characters: put your Digistore24 IPN passphrase into SHA_PASSPHRASE at the "
+                              "top of ipn_receiver.py, into [digistore24] sha_passphrase of config.ini, or into the "
+                              "environment variable IPN_SHA_PASSPHRASE, and run `python3 ipn_receiver.py check` on the "
+                              "server")
+            self.assertAnswer(post(promopit_sale()), 503, "ERROR: ISN_KEY is not set, or is the placeholder, or is "
+                              "shorter than 8 characters: put your PromoPit ISN key into ISN_KEY at the top of "
+                              "ipn_receiver.py, into [promopit] isn_key of config.ini, or into the environment variable "
+                              "IPN_ISN_KEY, and run `python3 ipn_receiver.py check` on the server")
         # A placeholder is refused even when the call is signed with it: fail closed.
         placeholder = ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"]
         ipn_receiver.use_settings(SHA_PASSPHRASE=placeholder, DATA_DIR=self.data_dir)
