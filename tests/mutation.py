@@ -45,6 +45,7 @@ FUNCTIONS = [
     "read_body", "read_exactly", "parse_urlencoded", "percent_decode", "run_cgi", "application",
     "environment_text", "serves_only_the_scripts", "section_matches_any", "may_hold_rows", "denies_the_web",
     "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "miswritten_secrets",
+    "unusable_secret_answer", "refuse_another_user", "check_owners", "web_root_of", "check_web_folder",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
