@@ -2730,7 +2730,7 @@ def check_owners(report, data_dir):
     runs the receiver as, who is the one check must run as. A file made by a command run as another
     user cannot be opened by the web server."""
     owner = os.stat(data_dir).st_uid
-    report(owner == os.geteuid(), "data folder belongs to %s, who runs check" % user_name(os.geteuid()),
+    report(owner == os.geteuid(), "data folder belongs to the user check runs as (%s)" % user_name(os.geteuid()),
            "run check as the user the web server runs the receiver as: the data folder belongs to %s, and it "
            "and its files must belong to that user" % user_name(owner))
     for name in sorted(os.listdir(data_dir)):

@@ -186,7 +186,7 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
         os.chown(self.data_dir, self.NOBODY, self.NOBODY)
         code, output, _ = self.command("check")
         self.assertEqual(code, 1)
-        self.assertIn("PROBLEM  data folder belongs to root, who runs check\n         fix: run check as the user the "
+        self.assertIn("PROBLEM  data folder belongs to the user check runs as (root)\n         fix: run check as the user the "
                       "web server runs the receiver as: the data folder belongs to nobody, and it and its files must "
                       "belong to that user", output)
 
