@@ -2454,7 +2454,7 @@ def command_demo(args):
     return 0 if all_good else 1
 
 
-def store_rows(config, where="", parameters=(), limit=None):
+def store_rows(config, where, parameters=(), limit=None):
     """Rows of the event store as dicts, newest first; none where there is no store yet (a command
     makes none: see refuse_another_user)."""
     if not os.path.exists(store_path(config)):
@@ -2649,15 +2649,8 @@ def command_check(args):
         report(False, "SHA_PASSPHRASE and ISN_KEY are the same", "choose another ISN key at PromoPit: PromoPit "
                "sends it in every call, so whoever sees one has the passphrase that signs Digistore24's")
     for name, mistake in miswritten_secrets():
-        if mistake == "quote":
-            report(False, "%s at the top of ipn_receiver.py holds a quote, which ends it early" % name,
-                   "put it into config.ini, where it is taken as it is: in the file, Python reads what follows "
-                   "the quote as a comment, so the secret in use is only what comes before it")
-        else:
-            report(False, "%s at the top of ipn_receiver.py is written without the r before its quotes" % name,
-                   "write it as %s = r\"...\": Python reads a backslash there with the character after it as "
-                   "something else (and Python 3.12 and later print the line, secret and all, into the web "
-                   "server's error log), or put it into config.ini" % name)
+        report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
+               SECRET_MISTAKES[mistake][1] % name)
     script = os.path.abspath(__file__)
     with open(script, "rb") as file:
         first_line = file.readline()
@@ -2749,6 +2742,18 @@ def user_name(uid):
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return "user %d" % uid
+
+
+# What miswritten_secrets finds: what check says, and the fix (for the setting's name).
+SECRET_MISTAKES = {
+    "escapes": ("is written without the r before its quotes",
+                "write it as %s = r\"...\": Python reads a backslash there with the character after it as "
+                "something else (and Python 3.12 and later print the line, secret and all, into the web "
+                "server's error log), or put it into config.ini"),
+    "quote": ("holds a quote, which ends it early",
+              "put %s into config.ini, where it is taken as it is: in the file, Python reads what follows the "
+              "quote as a comment, so the secret in use is only what comes before it"),
+}
 
 
 def miswritten_secrets():

@@ -30,7 +30,7 @@ it: the same code took 1.85x to 2.00x PHP's time on an AMD EPYC (2026-12-04) and
 an Intel Xeon VM (2026-12-05), where starting Python alone takes 0.70x PHP's whole call (0.52x on
 the EPYC) and compiling costs about 2 us a token (0.9 us). What the receiver adds to starting
 Python is steadier: 3.65x to 3.92x the floor on both. Python compiles the file it runs on every call
-(it caches the compiled form only of files it imports): ~16,400 tokens, about 0.48 KiB of peak
+(it caches the compiled form only of files it imports): ~17,000 tokens, about 0.48 KiB of peak
 memory each, which puts the memory at 0.99x to 1.00x PHP's on both machines. On the Xeon even the
 receiver without its commands (a third of the file) took 2.21x. README.md's launcher, which lets
 Python cache the compiled file, measures 1.41x to 1.48x there (1.04x to 1.10x on the EPYC) and

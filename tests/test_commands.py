@@ -353,11 +353,50 @@ class CheckTheWebFolder(CommandTestCase):
 
     def test_the_deployment_guides_htaccess_denies_them(self):
         script = self.web_folder(snippet("apache-htaccess"))
+        with open(os.path.join(os.path.dirname(script), "config.ini"), "w") as file:
+            file.write("[receiver]\n")
+        os.chmod(os.path.join(os.path.dirname(script), "config.ini"), 0o600)
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
         self.assertEqual(code, 0, output)
         self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing", output)
         self.assertIn("note     copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
                       "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
+        self.assertNotIn("config.ini is beside the script", output)        # the .htaccess denies it
+
+    def test_where_it_looks_for_copies(self):
+        # Compiled copies three folders down at most (a web root can be large), not in hidden folders
+        # or the data folder; backup copies beside the script only. Three are named, then "...".
+        script = self.web_folder("Options +ExecCGI\n")
+        folder = os.path.dirname(script)
+        for name in ("a/b/c/deep.pyc", "a/b/c/d/deeper.pyc", ".git/hidden.pyc", "data/stored.pyc", "a/config.ini~"):
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            with open(os.path.join(folder, name), "w") as file:
+                file.write("x")
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(folder, "data"))
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                      "a/b/c/deep.pyc, config.ini~, ...)\n         fix: delete them (rm -r __pycache__, and the backup "
+                      "copies) and let the web server serve the scripts only, as the .htaccess of README.md's deployment "
+                      "guide does: they hold your settings, secrets included\n", output)
+        self.assertIn("PROBLEM  .htaccess beside the script serves the scripts only, and no folder listing\n"
+                      "         fix: use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, "
+                      "AddHandler cgi-script .py, Require all denied, and the scripts' names allowed\n", output)
+        for name in ("deeper.pyc", "hidden.pyc", "stored.pyc", "a/config.ini~"):
+            self.assertNotIn(name, output)
+        os.remove(os.path.join(folder, "ipn_receiver.py.bak"))
+        os.remove(os.path.join(folder, "a", "b", "c", "deep.pyc"))
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(folder, "data"))
+        self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                      "config.ini~)\n", output)
+
+    def test_an_htaccess_not_in_utf8_is_read_all_the_same(self):
+        htaccess = snippet("apache-htaccess").encode("utf-8") + b"# Ge\xe4ndert von J\xf6rg\n"
+        script = self.web_folder(copies=False)
+        with open(os.path.join(os.path.dirname(script), ".htaccess"), "wb") as file:
+            file.write(htaccess)
+        code, output, errors = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual((code, errors), (0, ""), output)
+        self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing", output)
 
     def test_without_an_htaccess_they_are_a_problem_in_a_web_root_and_noted_elsewhere(self):
         # Where no .htaccess is, check cannot tell whether the folder is served; in one named as web
