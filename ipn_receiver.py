@@ -1949,13 +1949,19 @@ def run_and_record(notification, handler, claim, config):
 
 def refuse_unrun_result(result):
     """Raise TypeError when a handler returned work that has not run: an `async def` handler
-    returns a coroutine, and one with `yield` in it a generator, before a line of it has run.
-    Answering OK for them would lose the notification."""
-    if hasattr(result, "__await__") or hasattr(result, "__next__"):
-        if hasattr(result, "close"):
+    returns a coroutine (an async generator, with `yield` in it), and one with `yield` in it a
+    generator, before a line of it has run. Answering OK for them would lose the notification.
+
+    Only those three: other iterators (a database cursor, map(), an open file) come from a
+    handler that did run, and failing it would run its work again on every retry.
+    """
+    if hasattr(result, "__next__") or hasattr(result, "__await__") or hasattr(result, "__anext__"):
+        import types                        # (only here: most handlers return None or a dict)
+        if isinstance(result, (types.CoroutineType, types.GeneratorType)):
             result.close()                  # (else Python warns that it was never awaited)
-        raise TypeError("the handler returned %s without running: write it as a plain def, without "
-                        "async and yield" % type(result).__name__)
+        if isinstance(result, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):
+            raise TypeError("the handler returned %s without running: write it as a plain def, without "
+                            "async and yield" % type(result).__name__)
 
 
 def error_line(error):

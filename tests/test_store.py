@@ -305,6 +305,10 @@ class ExactlyOnce(ReceiverTestCase):
             ran.append(1)
             yield
 
+        async def async_generator(notification):
+            ran.append(1)
+            yield
+
         def keeping_what_it_returns(function):
             def handler(notification):
                 returned.append(function(notification))
@@ -313,18 +317,38 @@ class ExactlyOnce(ReceiverTestCase):
 
         self.handle("on_payment", keeping_what_it_returns(coroutine))
         self.handle("on_refund", keeping_what_it_returns(generator))
-        for event, body in (("on_payment", payment("a")), ("on_refund", payment("b", event="on_refund"))):
+        self.handle("on_chargeback", keeping_what_it_returns(async_generator))
+        for event, body in (("on_payment", payment("a")), ("on_refund", payment("b", event="on_refund")),
+                            ("on_chargeback", payment("c", event="on_chargeback"))):
             answer = post(body)
             self.assertEqual(answer.status, 500, event)
             self.assertIn("failed (TypeError)", answer.body)
         self.assertEqual(ran, [])
-        self.assertEqual([row["status"] for row in self.rows()], ["failed", "failed"])
+        self.assertEqual([row["status"] for row in self.rows()], ["failed"] * 3)
         self.assertEqual([row["last_error"] for row in self.rows()], [
             "TypeError: the handler returned %s without running: write it as a plain def, without async and "
-            "yield" % kind for kind in ("coroutine", "generator")])
+            "yield" % kind for kind in ("coroutine", "generator", "async_generator")])
         # Closed, so that Python does not warn that the coroutine was never awaited.
         self.assertEqual(inspect.getcoroutinestate(returned[0]), "CORO_CLOSED")
         self.assertEqual(inspect.getgeneratorstate(returned[1]), "GEN_CLOSED")
+
+    def test_a_handler_that_ran_and_returned_an_iterator_is_done_and_never_run_again(self):
+        # `return shop.execute("INSERT ...")` returns a cursor, after the work is done: failing the
+        # call (as for an unrun generator) would do that work again on every retry.
+        shop = sqlite3.connect(":memory:")
+        shop.execute("CREATE TABLE refunds (txn)")
+        results = {"on_refund": lambda n: shop.execute("INSERT INTO refunds VALUES (?)", (n.get("transaction_id"),)),
+                   "on_chargeback": lambda n: map(str, [1]),
+                   "on_payment_missed": lambda n: iter([])}
+        for event, handler in results.items():
+            self.handle(event, handler)
+        for attempt in range(2):
+            for number, event in enumerate(results):
+                answer = post(payment(str(number), event=event))
+                self.assertEqual((answer.status, answer.body), (200, "OK"), event)
+        self.assertEqual(shop.execute("SELECT count(*) FROM refunds").fetchone()[0], 1)
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)] * 3)
+        self.assertLogged("ERROR", "on_refund returned Cursor, not a dict of answer lines: answered OK without lines")
 
     def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
         def on_payment(notification):
