@@ -2463,7 +2463,7 @@ def command_demo(args):
 def store_rows(config, where, parameters=(), limit=None):
     """Rows of the event store as dicts, newest first; none where there is no store yet (a command
     makes none: see refuse_another_user)."""
-    if not os.path.exists(store_path(config)):
+    if not store_within_reach(config):
         return []
     connection = open_store(config)
     connection.row_factory = dict_row
@@ -2474,6 +2474,33 @@ def store_rows(config, where, parameters=(), limit=None):
         return connection.execute(sql, parameters).fetchall()
     finally:
         connection.row_factory = None
+
+
+def store_within_reach(config):
+    """Whether the event store is there, for a command: False where there is none yet, and
+    CommandFailed where this user may not look into the data folder or read the store, or where
+    DATA_DIR is not a folder. (To os.path.exists all three look like no store, and a command run
+    as the wrong user would say that nothing was stored.)"""
+    path = store_path(config)
+    try:
+        os.stat(path)
+        if os.access(path, os.R_OK):
+            return True
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        raise CommandFailed("DATA_DIR %s is a file, not a folder; set DATA_DIR to a folder (the receiver makes it)"
+                            % config["DATA_DIR"])
+    except PermissionError:
+        pass
+    try:
+        owner = user_name(os.stat(config["DATA_DIR"]).st_uid)
+    except OSError:                         # (where this user cannot even see the folder)
+        owner = "THAT_USER"
+    raise CommandFailed("this command runs as %s, who cannot read the event store in %s; run it as the user the web "
+                        "server runs the receiver as (sudo -u %s python3 ipn_receiver.py ...)"
+                        % (user_name(os.geteuid()) if hasattr(os, "geteuid") else "this user", config["DATA_DIR"],
+                           owner))
 
 
 def dict_row(cursor, row):
@@ -2675,13 +2702,18 @@ def command_check(args):
          % (user_name(os.geteuid()), os.path.basename(script), user_name(os.stat(script).st_uid)))
     # check makes nothing: run by another user than the web server's, it would make the data folder
     # and the store that user's, and every call would fail.
-    writable = os.path.isdir(data_dir) and os.access(data_dir, os.W_OK)
-    if os.path.isdir(data_dir) or not os.access(os.path.dirname(data_dir), os.W_OK):
-        report(writable, "data folder %s is writable" % data_dir,
-               "create it and make it writable by the web server's user (chmod 700, owned by that user)")
+    writable = os.path.isdir(data_dir) and os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
+               "file away (the receiver makes the folder)")
+    elif os.path.isdir(data_dir) or not os.access(os.path.dirname(data_dir), os.W_OK):
+        report(writable, "data folder %s can be read and written by %s" % (data_dir, user_name(os.geteuid())),
+               "it belongs to %s: run check as the user the web server runs the receiver as, and make the folder "
+               "that user's (chown, chmod 700)" % user_name(os.stat(data_dir).st_uid) if os.path.isdir(data_dir)
+               else "create it, owned by the user the web server runs the receiver as (chmod 700)")
     else:
         note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)
-    if os.path.isdir(data_dir):
+    if writable:
         report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
         check_owners(report, data_dir)
         if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
@@ -2690,7 +2722,7 @@ def command_check(args):
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
     check_web_folder(report, note, data_dir)
-    for name in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
+    for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a damaged store was set aside: %s" % name,
                    "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
@@ -2720,6 +2752,13 @@ def command_check(args):
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             if os.path.exists(os.path.join(data_dir, name)):
                 report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
+        # A store (or its lock) that cannot be written makes every call a 503 (a backup restored
+        # read-only, say), though it reads well.
+        for name in (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock"):
+            path = os.path.join(data_dir, name)
+            if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+                report(False, "%s can be read and written by %s" % (name, user_name(os.geteuid())),
+                       "chmod 600 %s   (every call needs to write it)" % path)
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
 
@@ -2953,7 +2992,7 @@ def command_repair(args):
     """Set a damaged store aside and start a new one with every row that can still be read."""
     config = settings()
     path = store_path(config)
-    if not os.path.exists(path):
+    if not store_within_reach(config):
         print("no store at %s yet; nothing to repair" % path)
         return 0
     refuse_another_user(config, "repair")

@@ -191,7 +191,86 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
                       "belong to that user", output)
 
 
+@unittest.skipUnless(os.geteuid() == 0, "needs root, to run the commands as another user")
+class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
+    """The vendor's own login over SSH, where the web server's user owns the data folder (mode
+    700, as the receiver makes it): a command cannot look in. Not seeing the store is not the same
+    as there being none: a command must not say that nothing was stored, nor end in a traceback."""
+
+    NOBODY = 65534
+
+    def setUp(self):
+        CommandTestCase.setUp(self)
+        post(payment())                     # the data folder and the store are root's, mode 700
+        # The script and an interpreter that user can reach (pyenv's live in /root, mode 700).
+        self.folder = tempfile.mkdtemp(prefix="ipn-script-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        os.chmod(self.folder, 0o755)
+        self.script = os.path.join(self.folder, "ipn_receiver.py")
+        shutil.copy(SCRIPT, self.script)
+        os.chmod(self.script, 0o755)
+        self.python = next(python for python in (PYTHON, "/usr/bin/python3") if self.nobody_can_run(python))
+
+    def nobody_can_run(self, python):
+        try:
+            return self.as_nobody([python, "-c", "pass"])[0] == 0
+        except PermissionError:
+            return False
+
+    def as_nobody(self, argv):
+        def become_nobody():
+            os.setgid(self.NOBODY)
+            os.setuid(self.NOBODY)
+        values = {key: value for key, value in os.environ.items() if not key.startswith(("IPN_", "PYTHON"))}
+        values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
+        done = subprocess.run(argv, env=values, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=become_nobody, timeout=60)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+    def test_events_show_replay_and_repair_say_whom_to_run_as_instead_of_finding_nothing(self):
+        refusal = ("ERROR: this command runs as nobody, who cannot read the event store in %s; run it as the user the "
+                   "web server runs the receiver as (sudo -u root python3 ipn_receiver.py ...)\n" % self.data_dir)
+        for command in (["events"], ["show", "1"], ["replay", "1"], ["repair"]):
+            self.assertEqual(self.as_nobody([self.python, self.script] + command), (1, "", refusal), command)
+        os.chmod(self.data_dir, 0o755)                  # the folder open, the store still not
+        os.chmod(os.path.join(self.data_dir, "events.sqlite3"), 0o600)
+        self.assertEqual(self.as_nobody([self.python, self.script, "events"]), (1, "", refusal))
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
+
+    def test_check_says_that_it_cannot_look_in_and_whose_the_folder_is(self):
+        code, output, errors = self.as_nobody([self.python, self.script, "check"])
+        self.assertEqual((code, errors), (1, ""))
+        self.assertIn("PROBLEM  data folder %s can be read and written by nobody\n         fix: it belongs to root: run "
+                      "check as the user the web server runs the receiver as, and make the folder that user's "
+                      "(chown, chmod 700)\n" % self.data_dir, output)
+
+    def test_check_reports_a_store_that_cannot_be_written(self):
+        # A backup restored read-only: the store reads well, and every call is a 503.
+        for folder, _, files in os.walk(self.data_dir):
+            for name in [folder] + [os.path.join(folder, name) for name in files]:
+                os.chown(name, self.NOBODY, self.NOBODY)
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        os.chmod(store, 0o400)
+        code, output, _ = self.as_nobody([self.python, self.script, "check"])
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  events.sqlite3 can be read and written by nobody\n         fix: chmod 600 %s   (every "
+                      "call needs to write it)\n" % store, output)
+        self.assertTrue(output.endswith("\n1 problem(s) to fix\n"), output)
+
+
 class Check(CommandTestCase):
+    def test_data_dir_naming_a_file_is_a_problem_for_check_and_the_commands(self):
+        data_dir = os.path.join(self.data_dir, "ipn_data")
+        with open(data_dir, "w") as file:
+            file.write("not a folder")
+        code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  DATA_DIR %s is a folder\n         fix: it is a file: set DATA_DIR to a folder, or move "
+                      "the file away (the receiver makes the folder)\n" % data_dir, output)
+        for command in (["events"], ["show", "1"], ["repair"]):
+            self.assertEqual(self.command(*command, IPN_DATA_DIR=data_dir), (1, "", "ERROR: DATA_DIR %s is a file, not "
+                             "a folder; set DATA_DIR to a folder (the receiver makes it)\n" % data_dir), command)
+
     def test_a_healthy_setup_passes(self):
         post(payment())
         code, output, _ = self.command("check")
