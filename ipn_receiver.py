@@ -2829,7 +2829,9 @@ def check_web_folder(report, note, data_dir):
     unless told not to. Where an .htaccess sits beside the script, the folder is on the web,
     served by Apache: it must serve the scripts and nothing else. Where none is, check cannot tell
     whether the folder is served; in a folder named as web servers name their document roots
-    (web_root_of) it most likely is, and copies there are a problem.
+    (web_root_of) it most likely is, and copies there are a problem. So is the data folder there:
+    the .htaccess the receiver writes into it keeps it from the web under Apache only (nginx and
+    lighttpd read no .htaccess), and it holds every buyer's data and the access data handed out.
     """
     copies = []
     for folder, folders, files in os.walk(HERE):
@@ -2847,6 +2849,11 @@ def check_web_folder(report, note, data_dir):
                "cgi-script .py, Require all denied, and the scripts' names allowed")
     web_root = web_root_of(HERE)
     unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
+    if rules is None and web_root_of(data_dir):
+        report(False, "data folder %s is in %s, which looks like web space, with no .htaccess beside the script: "
+               "under nginx or lighttpd the store and the log can be downloaded" % (data_dir, web_root_of(data_dir)),
+               "set DATA_DIR to a folder outside the web root; under Apache, use the .htaccess of README.md's "
+               "deployment guide beside the script")
     if rules is None and os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
         fix = "keep it outside the web root (IPN_CONFIG), or use the .htaccess of README.md's deployment guide"
         if web_root:

@@ -509,6 +509,29 @@ class CheckTheWebFolder(CommandTestCase):
             self.assertIn(verdict, output)
             self.assertNotIn(PASSPHRASE, output)
 
+    def test_without_an_htaccess_a_data_folder_in_a_web_root_is_a_problem(self):
+        # nginx and lighttpd read no .htaccess: there the one the receiver writes into its data folder
+        # denies nothing, and the store (buyers' data, access data handed out) and the log download.
+        problem = ("PROBLEM  data folder %s is in public_html, which looks like web space, with no .htaccess beside the "
+                   "script: under nginx or lighttpd the store and the log can be downloaded\n         fix: set DATA_DIR "
+                   "to a folder outside the web root; under Apache, use the .htaccess of README.md's deployment guide "
+                   "beside the script\n")
+        for name, htaccess, verdict in (("public_html", None, True), ("apps", None, False),
+                                        ("public_html", snippet("apache-htaccess"), False)):
+            with self.subTest(name=name, htaccess=htaccess is not None):
+                script = self.web_folder(name=name, htaccess=htaccess, copies=False)
+                data_dir = os.path.join(os.path.dirname(script), "ipn_data")
+                if name == "apps":
+                    os.makedirs(data_dir, 0o700)        # (made, or yet to be made: the same)
+                code, output, _ = self.command("check", script=script, IPN_DATA_DIR=data_dir)
+                shutil.rmtree(os.path.dirname(os.path.dirname(script)))
+                self.assertEqual(code, 1 if verdict else 0, output)
+                self.assertEqual(problem % data_dir in output, verdict, output)
+        # Outside the web root: no problem, whatever the script's folder looks like.
+        script = self.web_folder(name="public_html", copies=False)
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 0, output)
+
     def test_which_names_are_backup_copies(self):
         for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
                      ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old"):
