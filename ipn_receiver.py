@@ -2684,6 +2684,12 @@ def command_check(args):
     for name, mistake in miswritten_secrets():
         report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
                SECRET_MISTAKES[mistake][1] % name)
+    for name in SECRET_SETTINGS:
+        mistake = ini_secret_mistake(config[name]) if config["where"][name].startswith(
+            "%s line " % os.path.basename(config["config_file"] or "?")) else None
+        if mistake:
+            report(False, "%s (%s) %s" % (name, config["where"][name], SECRET_MISTAKES[mistake][0]),
+                   SECRET_MISTAKES[mistake][1] % name)
     script = os.path.abspath(__file__)
     with open(script, "rb") as file:
         first_line = file.readline()
@@ -2798,7 +2804,25 @@ SECRET_MISTAKES = {
     "quote": ("holds a quote, which ends it early",
               "put %s into config.ini, where it is taken as it is: in the file, Python reads what follows the "
               "quote as a comment, so the secret in use is only what comes before it"),
+    # config.ini takes a value as it is written, to the end of the line (see read_ini_file).
+    "ini quotes": ("is in quotes, which config.ini takes as part of it",
+                   "remove the quotes around %s; were they truly part of it, choose a new one without them, the "
+                   "same on both sides"),
+    "ini comment": ("has what looks like a comment after it (\" ;\" or \" #\"), which config.ini takes as part of it",
+                    "move the comment to a line of its own (config.ini has none after a value); were it truly part "
+                    "of %s, choose a new one without it, the same on both sides"),
 }
+
+
+def ini_secret_mistake(value):
+    """What looks miswritten in a secret from config.ini: "ini quotes" around it, or an "ini comment"
+    after it (other INI readers allow both); None for nothing. Either way every call would be
+    refused while the secret seemed set."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+        return "ini quotes"
+    if any(space + mark in value for space in " \t" for mark in ";#"):
+        return "ini comment"
+    return None
 
 
 def miswritten_secrets():

@@ -349,6 +349,30 @@ class Check(CommandTestCase):
                                  "early" in output, problem, output)
                 self.assertNotIn("without the r", output)
 
+    def test_a_secret_in_config_ini_in_quotes_or_with_a_comment_after_it_is_a_problem(self):
+        # config.ini takes a value as it is written; other INI readers drop quotes and comments, so
+        # a vendor may write them, and every call is refused while the secret seems set.
+        folder = tempfile.mkdtemp(prefix="ipn-config-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        config = os.path.join(folder, "config.ini")
+        for value, mistake in (('"%s"' % PASSPHRASE, "is in quotes, which config.ini takes as part of it\n"
+                                "         fix: remove the quotes around SHA_PASSPHRASE"),
+                               ("'%s'" % PASSPHRASE, "is in quotes"),
+                               (PASSPHRASE + " ; from Digistore24", "has what looks like a comment after it"),
+                               (PASSPHRASE + "\t# IPN", "has what looks like a comment after it"),
+                               (PASSPHRASE + "#x;y'", None), ('"' + PASSPHRASE, None)):
+            with self.subTest(value=value):
+                with open(config, "w") as file:
+                    file.write("[digistore24]\nsha_passphrase = %s\n" % value)
+                os.chmod(config, 0o600)
+                code, output, _ = self.command("check", IPN_CONFIG=config, IPN_SHA_PASSPHRASE="")
+                self.assertEqual(code, 1 if mistake else 0, output)
+                if mistake:
+                    self.assertIn("PROBLEM  SHA_PASSPHRASE (config.ini line 2, [digistore24] sha_passphrase) "
+                                  + mistake, output)
+                self.assertNotIn(PASSPHRASE, output)
+        self.assertEqual(ipn_receiver.ini_secret_mistake("x"), None)
+
     def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
         with open(SCRIPT, encoding="utf-8") as file:
             source = file.read()
