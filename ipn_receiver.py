@@ -1923,10 +1923,13 @@ def run_and_record(notification, handler, claim, config):
     outcome is written to the live store; only what the store holds as done is answered OK.
     """
     name, failure = getattr(handler, "__name__", notification.event), None
+    process = os.getpid()
     try:
         result = handler(notification)
+        end_a_forked_child(process, name)
         refuse_unrun_result(result)
     except BaseException as error:
+        end_a_forked_child(process, name, error)
         # Whatever a handler raises fails the notification, is logged and recorded, and is
         # answered: SystemExit too, and what is not an Exception (KeyboardInterrupt, a cancelled
         # task, a library's timeout). Else the row would stay "processing" and the call unanswered.
@@ -1945,6 +1948,19 @@ def run_and_record(notification, handler, claim, config):
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
         shortened(name, 40), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
+
+
+def end_a_forked_child(process, name, error=None):
+    """End this process if it is not `process` but a child that the handler forked and that came
+    back here (returned, or ended with sys.exit() where os._exit() was meant): only the parent may
+    record and answer the notification. Else the child would, too, first perhaps, and an answer
+    would go out twice, the first one wrong. Only a line to stderr: a lock the log holds may have
+    been taken by another thread at the fork, and is never let go in the child."""
+    if os.getpid() == process:
+        return
+    os.write(2, ("ipn_receiver: a process that handler %s forked came back into the receiver and was ended there; "
+                 "end such a process with os._exit()\n" % one_line(shortened(name, 40))).encode("utf-8", "replace"))
+    os._exit(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1 if error else 0)
 
 
 def refuse_unrun_result(result):

@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -109,6 +110,31 @@ class CgiProgram(unittest.TestCase):
         self.assertNotIn(b"Set-Cookie", done.stdout)
         self.assertIn(b"Location: https://evil.example/", done.stderr)     # in the error log instead
         self.assertIn(b"Set-Cookie: x=1", done.stderr)
+
+    def test_a_process_the_handler_forks_never_records_or_answers(self):
+        # The child returns from the handler, or ends it with sys.exit() (os._exit() was meant), and
+        # so comes back into the receiver. The parent waits for it, so the child gets there first.
+        for ending, code in (("return None", 0), ("sys.exit(0)", 0), ("sys.exit(3)", 3), ("raise ValueError", 1)):
+            with self.subTest(ending=ending):
+                shutil.rmtree(self.data_dir, True)
+                done = self.run_with_handler(
+                    "def handler(n):\n"
+                    "    child = os.fork()\n"
+                    "    if child == 0:\n"
+                    "        %s\n"
+                    "    _, status = os.waitpid(child, 0)\n"
+                    "    return {'username': 'jane', 'password': 'child-ended-%%d' %% (status >> 8)}" % ending)
+                self.assertEqual(done.stdout.count(b"Status:"), 1, done.stdout)
+                self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"), done.stdout)
+                self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK\nusername: jane\npassword: child-ended-%d" % code),
+                                done.stdout)
+                self.assertIn(b"ipn_receiver: a process that handler handler forked came back into the receiver and "
+                              b"was ended there; end such a process with os._exit()\n", done.stderr)
+                self.assertNotIn(b"failed", done.stderr)
+                connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+                self.assertEqual(connection.execute("SELECT status, attempts, answer FROM notifications").fetchall(),
+                                 [("done", 1, "OK\nusername: jane\npassword: child-ended-%d" % code)])
+                connection.close()
 
     def test_nothing_but_the_answer_is_on_stdout(self):
         done = run_cgi_program(cgi_environment(self.data_dir, body=urlencode(payment())), urlencode(payment()))
