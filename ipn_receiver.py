@@ -2121,6 +2121,8 @@ class CommandFailed(Exception):
 def command_serve(args):
     """Run the local server until Ctrl+C."""
     config = settings()
+    if os.path.isdir(config["DATA_DIR"]):
+        refuse_another_user(config, "serve")
     for name in SECRET_SETTINGS:
         problem = secret_problem(config, name)
         if problem:

@@ -156,14 +156,15 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "empty")), [])
 
     @unittest.skipUnless(os.geteuid() == 0, "needs root, to give the data folder to another user")
-    def test_replay_and_repair_refuse_to_write_as_another_user(self):
+    def test_replay_repair_and_serve_refuse_to_write_as_another_user(self):
         post(payment())
         os.chown(self.data_dir, self.NOBODY, self.NOBODY)
         before = sorted(os.listdir(self.data_dir))
         refusal = ("ERROR: the data folder %s belongs to nobody, and this command runs as root; run it as nobody, the "
                    "user the web server runs the receiver as (sudo -u nobody python3 ipn_receiver.py %%s ...)\n"
                    % self.data_dir)
-        for command in (["replay", "1", "--force"], ["replay", "1", "--done", "--force"], ["repair", "--force"]):
+        for command in (["replay", "1", "--force"], ["replay", "1", "--done", "--force"], ["repair", "--force"],
+                        ["serve", "--port", "0"]):
             self.assertEqual(self.command(*command), (1, "", refusal % command[0]), command)
         self.assertEqual(sorted(os.listdir(self.data_dir)), before)
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
