@@ -1168,6 +1168,9 @@ CREATE TABLE IF NOT EXISTS notifications (
 # Stores made by version 1.0.0 have it in the middle; every query names its columns.)
 BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
 LOCK_TIMEOUT_SECONDS = 10       # how long a call waits for the store lock; then 503, and a retry
+OUTCOME_LOCK_TIMEOUT_SECONDS = 50   # how long a handler's outcome waits for it: the work is done, and
+                                    # giving up would let a retry do it again (Apache ends a CGI call
+                                    # after its Timeout, 60 s by default)
 STORAGE_ERROR = ("ERROR: storage unavailable: the receiver could not write its event store; run "
                  "`python3 ipn_receiver.py check` on the server (the reason is in ipn_receiver.log, or in "
                  "the web server's error log where the data folder cannot be written)")
@@ -1241,15 +1244,16 @@ class StoreLock:
 
     held = {}       # (lock file, thread id) -> how deep this thread holds it
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, seconds=None):
         self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread.get_ident())
+        self.seconds = LOCK_TIMEOUT_SECONDS if seconds is None else seconds
 
     def __enter__(self):
         depth = StoreLock.held.get(self.key, 0)
         if depth == 0:
             self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                lock_within(self.fd, LOCK_TIMEOUT_SECONDS)
+                lock_within(self.fd, self.seconds)
             except BaseException:
                 os.close(self.fd)
                 raise
@@ -1426,8 +1430,9 @@ def store_is_damaged(error):
     return "malformed" in text or "not a database" in text
 
 
-def write_to_store(config, write):
-    """Run write(connection) on the live store, under the store lock, and return what it returns.
+def write_to_store(config, write, lock_seconds=None):
+    """Run write(connection) on the live store, under the store lock (waiting for it `lock_seconds`,
+    LOCK_TIMEOUT_SECONDS by default), and return what it returns.
 
     The connection is taken under the lock, so it is to the store's file as it is now, never to
     one that a repair or another call's recovery has just set aside: what is written is in the
@@ -1435,7 +1440,7 @@ def write_to_store(config, write):
     on the new one.
     """
     ensure_data_dir(config["DATA_DIR"])
-    with StoreLock(config["DATA_DIR"]):
+    with StoreLock(config["DATA_DIR"], lock_seconds):
         try:
             return write(open_store(config))
         except Exception as error:
@@ -1939,7 +1944,8 @@ def run_and_record(notification, handler, claim, config):
     else:
         outcome = ("done", answer_body(notification, result), None)
     try:
-        answer = write_to_store(config, lambda connection: record_outcome(connection, notification, claim, *outcome))
+        answer = write_to_store(config, lambda connection: record_outcome(connection, notification, claim, *outcome),
+                                OUTCOME_LOCK_TIMEOUT_SECONDS)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.

@@ -350,6 +350,24 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)] * 3)
         self.assertLogged("ERROR", "on_refund returned Cursor, not a dict of answer lines: answered OK without lines")
 
+    def test_a_handlers_outcome_waits_longer_for_the_store_lock_than_a_new_call(self):
+        # A repair or a salvage holds the lock just as a handler has run. Giving up after
+        # LOCK_TIMEOUT_SECONDS would answer 503, and a retry would run the handler again.
+        import fcntl
+        lock = os.path.join(self.data_dir, ".lock")
+
+        def on_payment(notification):
+            holder = os.open(lock, os.O_RDWR)
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            threading.Timer(0.5, os.close, (holder,)).start()      # closing it lets the lock go
+            return {"username": "jane"}
+        self.handle("on_payment", on_payment)
+        with mock.patch.object(ipn_receiver, "LOCK_TIMEOUT_SECONDS", 0.1), \
+                mock.patch.object(ipn_receiver, "OUTCOME_LOCK_TIMEOUT_SECONDS", 20):
+            answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (200, "OK\nusername: jane"))
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
+
     def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
         def on_payment(notification):
             raise ValueError("x\n" * 600)
