@@ -1243,6 +1243,7 @@ class StoreLock:
     """
 
     held = {}       # (lock file, thread id) -> how deep this thread holds it
+    files = {}      # (lock file, thread id) -> the descriptor it holds the lock with
 
     def __init__(self, data_dir, seconds=None):
         self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread.get_ident())
@@ -1257,6 +1258,7 @@ class StoreLock:
             except BaseException:
                 os.close(self.fd)
                 raise
+            StoreLock.files[self.key] = self.fd
         StoreLock.held[self.key] = depth + 1
         return self
 
@@ -1264,7 +1266,22 @@ class StoreLock:
         StoreLock.held[self.key] -= 1
         if StoreLock.held[self.key] == 0:
             del StoreLock.held[self.key]
+            StoreLock.files.pop(self.key, None)
             os.close(self.fd)               # releases the lock
+
+    @staticmethod
+    def let_go_in_child():
+        """In a process just forked: close the copies of the lock files that other threads held at
+        the fork. The lock lasts while any copy is open, so a child (a handler's, under a threaded
+        server) would hold the store for as long as it lived, and every call would get 503."""
+        for key, fd in list(StoreLock.files.items()):
+            if key[1] != _thread.get_ident():
+                os.close(fd)
+                del StoreLock.files[key], StoreLock.held[key]
+
+
+if hasattr(os, "register_at_fork"):         # Python 3.7 and later; 3.6 has no way to do it
+    os.register_at_fork(after_in_child=StoreLock.let_go_in_child)
 
 
 def lock_within(fd, seconds):
@@ -1977,13 +1994,13 @@ def refuse_unrun_result(result):
     Only those three: other iterators (a database cursor, map(), an open file) come from a
     handler that did run, and failing it would run its work again on every retry.
     """
-    if hasattr(result, "__next__") or hasattr(result, "__await__") or hasattr(result, "__anext__"):
-        import types                        # (only here: most handlers return None or a dict)
-        if isinstance(result, (types.CoroutineType, types.GeneratorType)):
-            result.close()                  # (else Python warns that it was never awaited)
-        if isinstance(result, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):
-            raise TypeError("the handler returned %s without running: write it as a plain def, without "
-                            "async and yield" % type(result).__name__)
+    import types                            # (loaded already: functools, which _sqlite3 loads, imports it)
+    # (By type, not hasattr: an object's own __getattr__ may raise, KeyError say, after the work.)
+    if isinstance(result, (types.CoroutineType, types.GeneratorType)):
+        result.close()                      # (else Python warns that it was never awaited)
+    if isinstance(result, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):
+        raise TypeError("the handler returned %s without running: write it as a plain def, without "
+                        "async and yield" % type(result).__name__)
 
 
 def error_line(error):
@@ -2030,7 +2047,7 @@ def answer_body(notification, result):
                             "known: %s", shortened(key, 40), ", ".join(ANSWER_KEYS))
             lines.append(line)
         return "\n".join(lines)
-    except Exception:
+    except BaseException:                   # (a value's str() may raise anything, a CancelledError too)
         log.exception("%s: its answer lines could not be read; answered OK without them", notification.event)
         return "OK"
 
@@ -2531,10 +2548,20 @@ def dict_row(cursor, row):
     return {column[0]: value for column, value in zip(cursor.description, row)}
 
 
+def stored_fields(row):
+    """The fields of a stored row, as a dict; {} where they cannot be read: lost in a salvage, or
+    damaged on the disk where SQLite does not look (one flipped bit in the JSON, say)."""
+    import json
+    try:
+        fields = json.loads(row["fields"])
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
 def reference_of(row):
     """The order/transaction id of a stored row, for tables."""
-    import json
-    fields = json.loads(row["fields"])
+    fields = stored_fields(row)
     if row["provider"] == PROMOPIT:
         return one_line(fields.get("promopit_txn_id", ""))
     return one_line("/".join(value for value in (fields.get("order_id", ""), fields.get("transaction_id", ""))
@@ -2570,7 +2597,6 @@ def command_show(args):
     printed on one line, its control characters escaped, so none can add a line to the output
     or send the vendor's terminal an escape sequence.
     """
-    import json
     row = stored_row(settings(), args.id)
     for key in ("id", "provider", "event", "status", "attempts", "deliveries", "is_test",
                 "duplicate_key", "last_error"):
@@ -2579,8 +2605,9 @@ def command_show(args):
         print("%-14s %s" % (key, local_time(row[key])))
     answer = [one_line(line) for line in (row["answer"] or "-").split("\n")]
     print("answer         " + "\n               ".join(answer))
-    fields = {one_line(key): one_line(value) for key, value in json.loads(row["fields"]).items()}
-    print("fields (%d):" % len(fields))
+    fields = {one_line(str(key)): one_line(str(value)) for key, value in stored_fields(row).items()}
+    print("fields (%d):%s" % (len(fields), "" if fields else " none can be read (damaged); the sender's next "
+                                                      "delivery of it brings them back"))
     width = max([len(key) for key in fields] + [1])
     for key, value in fields.items():
         print("  %-*s  %s" % (width, key, value))
@@ -2590,7 +2617,6 @@ def command_show(args):
 def command_replay(args):
     """Run the handler of a stored notification again now, and record the outcome; or, with
     --done, record it as handled without running it (for one the vendor has seen to by hand)."""
-    import json
     config = settings()
     row = stored_row(config, args.id)
     stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
@@ -2604,7 +2630,7 @@ def command_replay(args):
         log.info("#%d marked done by hand (replay --done); its copies are answered OK", row["id"])
         print("#%d is done now; its copies are answered OK, and its handler does not run" % row["id"])
         return 0
-    if row["fields"] == UNREADABLE["fields"]:
+    if not stored_fields(row):
         raise CommandFailed("notification #%d lost its fields when the event store was damaged; the sender's next "
                             "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
                             % (row["id"], row["id"]))
@@ -2612,7 +2638,7 @@ def command_replay(args):
     handler = globals()[table].get(row["event"])
     if handler is None:
         raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
-    notification = Notification(row["provider"], json.loads(row["fields"]))
+    notification = Notification(row["provider"], stored_fields(row))
     notification.id, notification.key = row["id"], row["duplicate_key"]
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
     update_unless_changed(config, row, "status = 'processing', attempts = attempts + 1, claim = ?, claimed_at = ?",
@@ -2681,7 +2707,7 @@ def command_check(args):
         report(False, "settings: %s" % error, "correct the setting as the message says")
         return 1
     if config["config_file"]:
-        report_private(config["config_file"], "config file %s (mode %%03o)" % config["config_file"],
+        report_private(config["config_file"], "config file %s (mode %%03o)" % config["config_file"].replace("%", "%%"),
                        "chmod 600 %s   (it holds secrets; others must not read it)")
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
@@ -2705,6 +2731,9 @@ def command_check(args):
     if not missing and not too_short and config["SHA_PASSPHRASE"] == config["ISN_KEY"]:
         report(False, "SHA_PASSPHRASE and ISN_KEY are the same", "choose another ISN key at PromoPit: PromoPit "
                "sends it in every call, so whoever sees one has the passphrase that signs Digistore24's")
+    if config["MAX_BODY_BYTES"] < 65536:
+        report(False, "MAX_BODY_BYTES is %d bytes, too few for a call with many fields (8 KB and more)"
+               % config["MAX_BODY_BYTES"], "set it to 65536 or more, or leave it out (1048576); it counts bytes")
     for name, mistake in miswritten_secrets():
         report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
                SECRET_MISTAKES[mistake][1] % name)
@@ -2769,6 +2798,13 @@ def command_check(args):
                 store_path(config), result.splitlines()[0], journal),
                 "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
             note("stored: %s" % (", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())) or "nothing yet"))
+            # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
+            damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
+                       if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]
+            if damaged:
+                report(False, "%d notifications whose fields are damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
+                       "`show ID` for each; `replay ID --done` for one that was handled, and for one that was not, "
+                       "the sender's next delivery runs it")
             if counts.get("failed"):
                 note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
                      % counts["failed"])
@@ -2890,11 +2926,17 @@ def check_web_folder(report, note, data_dir):
                    if name.endswith(".pyc") or (folder == HERE and is_backup_copy(name))]
     rules = None
     if os.path.isfile(os.path.join(HERE, ".htaccess")):
-        with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
-            rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
-        report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
-               "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
-               "cgi-script .py, Require all denied, and the scripts' names allowed")
+        try:
+            with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
+                rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
+            report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
+                   "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
+                   "cgi-script .py, Require all denied, and the scripts' names allowed")
+        except OSError:
+            rules = False
+            report(False, ".htaccess beside the script can be read by %s" % user_name(os.geteuid()),
+                   "chmod 644 %s   (Apache refuses the whole folder where it cannot read it)"
+                   % os.path.join(HERE, ".htaccess"))
     web_root = web_root_of(HERE)
     unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
     if rules is None and web_root_of(data_dir):

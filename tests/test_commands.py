@@ -136,6 +136,30 @@ class Replaying(CommandTestCase):
         self.assertIn("no notification #7", errors)
 
 
+class DamageTheIntegrityCheckCannotSee(CommandTestCase):
+    def test_a_row_whose_fields_are_damaged_is_listed_shown_and_reported_without_a_traceback(self):
+        # One bit flipped on the disk inside a row's JSON: SQLite's integrity check says ok.
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET fields = '{#' || substr(fields, 3)")
+        connection.commit()
+        connection.close()
+        code, output, errors = self.command("events")
+        self.assertEqual((code, errors), (0, ""))
+        self.assertIn("on_payment", output)
+        code, output, errors = self.command("show", "1")
+        self.assertEqual((code, errors), (0, ""))
+        self.assertIn("fields (0): none can be read (damaged); the sender's next delivery of it brings them back",
+                      output)
+        self.assertEqual(self.command("replay", "1")[2], "ERROR: notification #1 lost its fields when the event store "
+                         "was damaged; the sender's next delivery of it brings them back. Or, if it was handled, run: "
+                         "replay 1 --done\n")
+        code, output, errors = self.command("check")
+        self.assertEqual((code, errors), (1, ""))
+        self.assertIn("PROBLEM  1 notifications whose fields are damaged: #1\n         fix: `show ID` for each;", output)
+
+
 class CommandsMakeNothingForAnotherUser(CommandTestCase):
     """A command run as another user than the web server's (root over SSH, say) would make what it
     writes that user's: a data folder, a store, a lock or a log the web server cannot open, and
@@ -397,6 +421,26 @@ class Check(CommandTestCase):
         self.assertEqual((code, os.listdir(data_dir)), (0, []))
         self.assertIn("note     no event store yet; the receiver makes it at its first call", output)
 
+    def test_a_percent_sign_in_the_config_files_path_is_only_a_character(self):
+        folder = os.path.join(self.data_dir, "conf 100%s")
+        os.makedirs(folder)
+        config = os.path.join(folder, "ipn.ini")
+        with open(config, "w") as file:
+            file.write("[receiver]\nlog_level = INFO\n")
+        os.chmod(config, 0o600)
+        code, output, errors = self.command("check", IPN_CONFIG=config, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual((code, errors), (0, ""), output)
+        self.assertIn("ok       config file %s (mode 600)" % config, output)
+
+    def test_a_body_limit_too_small_for_real_calls_is_a_problem(self):
+        # Read as kilobytes, say: every call with many fields would get 413.
+        for limit, problem in (("1024", True), ("65535", True), ("65536", False)):
+            code, output, _ = self.command("check", IPN_MAX_BODY_BYTES=limit)
+            self.assertEqual(code, 1 if problem else 0, output)
+            self.assertEqual("PROBLEM  MAX_BODY_BYTES is %s bytes, too few for a call with many fields (8 KB and more)"
+                             "\n         fix: set it to 65536 or more, or leave it out (1048576); it counts bytes"
+                             % limit in output, problem, output)
+
     def test_a_config_file_readable_by_others(self):
         config = os.path.join(self.data_dir, "ipn.ini")
         with open(config, "w") as file:
@@ -492,6 +536,23 @@ class CheckTheWebFolder(CommandTestCase):
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(folder, "data"))
         self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
                       "config.ini~)\n", output)
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/python3"),
+                         "needs root, to run check as another user, and /usr/bin/python3, which that user can run")
+    def test_an_htaccess_check_cannot_read_is_a_problem_not_a_traceback(self):
+        script = self.web_folder(snippet("apache-htaccess"), copies=False)
+        folder = os.path.dirname(script)
+        os.chmod(os.path.join(folder, ".htaccess"), 0o600)
+        for path in (self.data_dir, os.path.join(self.data_dir, "public_html"), folder, script):
+            os.chmod(path, 0o755)
+        done = subprocess.run(["/usr/bin/python3", script, "check"], env=dict(
+            PATH="/usr/bin:/bin", IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR="/nonexistent/d"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", timeout=60,
+            preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+        self.assertEqual((done.returncode, done.stderr), (1, b""))
+        self.assertIn("PROBLEM  .htaccess beside the script can be read by nobody\n         fix: chmod 644 %s   (Apache "
+                      "refuses the whole folder where it cannot read it)\n" % os.path.join(folder, ".htaccess"),
+                      done.stdout.decode())
 
     def test_an_htaccess_not_in_utf8_is_read_all_the_same(self):
         htaccess = snippet("apache-htaccess").encode("utf-8") + b"# Ge\xe4ndert von J\xf6rg\n"

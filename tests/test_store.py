@@ -368,6 +368,33 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body), (200, "OK\nusername: jane"))
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
 
+    def test_what_a_result_does_when_looked_at_never_fails_the_call(self):
+        # Work done, then a result that raises when looked at: a dict whose attributes are its
+        # keys (KeyError), a value whose str() raises what is not an Exception. Failing the call
+        # would do the work again on every retry.
+        import asyncio
+
+        class AttributeDict(dict):
+            __getattr__ = dict.__getitem__
+
+        class Cancelling:
+            def __str__(self):
+                raise asyncio.CancelledError()
+        runs = []
+
+        def on_payment(notification):
+            runs.append(notification["transaction_id"])
+            if notification["transaction_id"] == "1":
+                return AttributeDict(username="jane")
+            return {"username": Cancelling()}
+        self.handle("on_payment", on_payment)
+        for attempt in range(2):
+            for number, body in (("1", "OK\nusername: jane"), ("2", "OK")):
+                answer = post(payment(number))
+                self.assertEqual((answer.status, answer.body), (200, body))
+        self.assertEqual(runs, ["1", "2"])
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)] * 2)
+
     def test_the_stored_error_is_one_line_of_at_most_500_characters(self):
         def on_payment(notification):
             raise ValueError("x\n" * 600)
@@ -927,6 +954,37 @@ class StorageProblems(ReceiverTestCase):
 class TheLiveStore(ReceiverTestCase):
     """OK goes out only for what the live store holds as done, whatever happens to the store while a
     handler runs; and no call waits for ever for the store's lock."""
+
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork: there a child "
+                         "forked while another thread holds the store's lock keeps it")
+    def test_a_child_forked_while_another_thread_holds_the_lock_does_not_keep_it(self):
+        # A handler under a threaded server (serve, mod_wsgi, waitress) starts a background process
+        # with os.fork(), as another thread holds the lock: the child gets a copy of its descriptor.
+        taken, release = threading.Event(), threading.Event()
+
+        def holder():
+            with ipn_receiver.StoreLock(self.data_dir):
+                taken.set()
+                release.wait(30)
+        thread = threading.Thread(target=holder)
+        thread.start()
+        self.assertTrue(taken.wait(30))
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:                      # lives until the test closes the pipe
+            os.close(write_end)
+            os.read(read_end, 1)
+            os._exit(0)
+        os.close(read_end)
+        try:
+            release.set()
+            thread.join(30)
+            with mock.patch.object(ipn_receiver, "LOCK_TIMEOUT_SECONDS", 1):
+                with ipn_receiver.StoreLock(self.data_dir):             # StoreBusy if the child held it
+                    self.assertEqual(list(ipn_receiver.StoreLock.files.values()), [mock.ANY])
+        finally:
+            os.close(write_end)
+            os.waitpid(child, 0)
 
     def test_a_repair_while_the_handler_runs(self):
         import contextlib
