@@ -136,6 +136,27 @@ class CgiProgram(unittest.TestCase):
                                  [("done", 1, "OK\nusername: jane\npassword: child-ended-%d" % code)])
                 connection.close()
 
+    def test_the_line_a_forked_child_leaves_names_the_handler_in_one_line(self):
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        for name in ("h" * 60, "on\npay\udc80"):
+            child = os.fork()
+            if child == 0:
+                os.dup2(write_end, 2)
+                try:
+                    ipn_receiver.end_a_forked_child(parent, name)
+                finally:
+                    os._exit(7)             # only if it did not end the child itself
+            self.assertEqual(os.waitpid(child, 0)[1], 0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            lines = pipe.read().decode("utf-8").splitlines()
+        self.assertEqual([line.split(" forked")[0] for line in lines], [
+            "ipn_receiver: a process that handler %s" % ipn_receiver.shortened("h" * 60, 40),
+            "ipn_receiver: a process that handler on\\npay\\udc80"])
+        # In the process it started in, it does nothing.
+        self.assertIsNone(ipn_receiver.end_a_forked_child(parent, "h"))
+
     def test_nothing_but_the_answer_is_on_stdout(self):
         done = run_cgi_program(cgi_environment(self.data_dir, body=urlencode(payment())), urlencode(payment()))
         self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"))

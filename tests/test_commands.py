@@ -242,12 +242,13 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
         except PermissionError:
             return False
 
-    def as_nobody(self, argv):
+    def as_nobody(self, argv, **environment):
         def become_nobody():
             os.setgid(self.NOBODY)
             os.setuid(self.NOBODY)
         values = {key: value for key, value in os.environ.items() if not key.startswith(("IPN_", "PYTHON"))}
         values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
+        values.update(environment)
         done = subprocess.run(argv, env=values, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               preexec_fn=become_nobody, timeout=60)
         return done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -261,6 +262,14 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
         os.chmod(os.path.join(self.data_dir, "events.sqlite3"), 0o600)
         self.assertEqual(self.as_nobody([self.python, self.script, "events"]), (1, "", refusal))
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
+        # A data folder inside one this user cannot even look into: whose it is cannot be told.
+        os.chmod(self.data_dir, 0o700)
+        inner = os.path.join(self.data_dir, "inner")
+        os.makedirs(inner)
+        code, output, errors = self.as_nobody([self.python, self.script, "events"], IPN_DATA_DIR=inner)
+        self.assertEqual((code, output, errors), (1, "", "ERROR: this command runs as nobody, who cannot read the event "
+                         "store in %s; run it as the user the web server runs the receiver as (sudo -u THAT_USER "
+                         "python3 ipn_receiver.py ...)\n" % inner))
 
     def test_check_says_that_it_cannot_look_in_and_whose_the_folder_is(self):
         code, output, errors = self.as_nobody([self.python, self.script, "check"])
@@ -396,7 +405,9 @@ class Check(CommandTestCase):
                     self.assertIn("PROBLEM  SHA_PASSPHRASE (config.ini line 2, [digistore24] sha_passphrase) "
                                   + mistake, output)
                 self.assertNotIn(PASSPHRASE, output)
-        self.assertEqual(ipn_receiver.ini_secret_mistake("x"), None)
+        for value, mistake in (("x", None), ('"', None), ('""', "ini quotes"), ("''", "ini quotes"), ("XsecretX", None),
+                               ("secret;x#", None), ("secretX;", None), ("pass Xword", None), ("a\t;b", "ini comment")):
+            self.assertEqual(ipn_receiver.ini_secret_mistake(value), mistake, value)
 
     def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
         with open(SCRIPT, encoding="utf-8") as file:
