@@ -2640,6 +2640,11 @@ def command_replay(args):
         raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
     notification = Notification(row["provider"], stored_fields(row))
     notification.id, notification.key = row["id"], row["duplicate_key"]
+    # Which code runs, said first: in a wrapper deployment the wrapper's handlers run only when
+    # replay runs through the wrapper; through this file, its own would (README.md, "Handlers").
+    code = getattr(handler, "__code__", None)
+    print("#%d: running %s%s" % (row["id"], getattr(handler, "__name__", row["event"]), " of %s, line %d" % (
+        code.co_filename, code.co_firstlineno) if code else ""))
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
     update_unless_changed(config, row, "status = 'processing', attempts = attempts + 1, claim = ?, claimed_at = ?",
                           (claim, time.time()))

@@ -106,10 +106,18 @@ class Replaying(CommandTestCase):
         code, output, _ = self.command("replay", "1")        # the default handler, which logs
         self.assertEqual(code, 0, output)
         self.assertIn("handled as #1", output)
+        # Which handler ran, and from which file, said first: in a wrapper deployment replay must
+        # run through the wrapper, or it runs this file's placeholder.
+        self.assertEqual(output.splitlines()[0], "#1: running on_payment of %s, line %d" % (
+            SCRIPT, ipn_receiver.on_payment.__code__.co_firstlineno))
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("done", 2, None))
         # A retry of the sender now gets the stored answer.
         self.assertEqual(post(payment()).body, "OK")
+        code, output, _ = self.command("replay", "1", "--force", script=WORKER, IPN_TEST_RECORD=os.devnull)
+        with open(WORKER, encoding="utf-8") as file:
+            line = file.read().split("\n").index("def record(notification):") + 1
+        self.assertEqual(output.splitlines()[0], "#1: running record of %s, line %d" % (WORKER, line))
 
     def test_replay_refuses_a_done_one_unless_forced(self):
         post(payment())
