@@ -154,8 +154,9 @@ def workspace():
     return folder
 
 
-def killed(folder, mutated):
-    """Whether the tests fail (or hang) with `mutated` as ipn_receiver.py."""
+def killed(folder, mutated, report=None):
+    """Whether the tests fail (or hang) with `mutated` as ipn_receiver.py; unittest's output goes
+    into the list `report`, where one is given."""
     with open(os.path.join(folder, "ipn_receiver.py"), "w", encoding="utf-8") as file:
         file.write(mutated)
     environment = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
@@ -165,6 +166,8 @@ def killed(folder, mutated):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         return True
+    if report is not None:
+        report.append(done.stderr.decode("utf-8", "replace"))
     # Passed only where unittest says so: a mutant that ends the process early with exit code 0
     # (os._exit(0) where a forked child was to end) stops the tests without a failure.
     return done.returncode != 0 or re.search(rb"\nOK( \(.*\))?\s*$", done.stderr) is None
@@ -195,10 +198,11 @@ def main():
     folders = [workspace() for _ in range(args.jobs)]
     free = list(folders)
     started = time.time()
-    if killed(folders[0], source):
+    output = []
+    if killed(folders[0], source, output):
         # Else every mutant would count as killed.
-        print("the tests fail on ipn_receiver.py as it is, without a mutant: fix that first "
-              "(python3 -m unittest %s)" % " ".join(TESTS), file=sys.stderr)
+        print("%s\nthe tests fail on ipn_receiver.py as it is, without a mutant: fix that first "
+              "(python3 -m unittest %s)" % ("".join(output)[-3000:], " ".join(TESTS)), file=sys.stderr)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         return 2
