@@ -103,6 +103,12 @@ EQUIVALENT = {
     ("end_a_forked_child", '"end such a process with os._exit()\\n" % one_line(shortened(name, 40))).encode("utf-8", '
                            '"XXreplaceXX"))'):
         "one_line escapes a lone surrogate, so the line always encodes and the error handler is never called",
+    ("command_replay", 'stale = row["status"] == "processing" and (row["claimed_at"] or 1) < time.time() - '
+                       'config["PROCESSING_TIMEOUT"]'):
+        "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
+    ("command_replay", 'stale = row["status"] == "processing" and (row["claimed_at"] or 0) <= time.time() - '
+                       'config["PROCESSING_TIMEOUT"]'):
+        "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

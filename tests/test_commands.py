@@ -1,10 +1,14 @@
 """The commands a vendor runs on the server: events, show, replay and check."""
 
+import contextlib
+import functools
+import io
 import os
 import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 import unittest
 
 from unittest import mock
@@ -142,6 +146,63 @@ class Replaying(CommandTestCase):
         code, _, errors = self.command("replay", "7")
         self.assertEqual(code, 1)
         self.assertIn("no notification #7", errors)
+
+
+class WhatReplayRuns(CommandTestCase):
+    """Which stored notifications replay runs without --force, and what it says and records."""
+
+    def set_row(self, status, claimed_ago):
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET status = ?, claim = 'another', claimed_at = ?",
+                           (status, time.time() - claimed_ago))
+        connection.commit()
+        connection.close()
+
+    def test_an_abandoned_one_runs_and_one_being_processed_or_done_is_refused(self):
+        # "processing" for longer than PROCESSING_TIMEOUT (300 s): its process died. Claimed a
+        # moment ago, it is being run right now; done, it was handled, however long ago.
+        post(payment())
+        refusal = ("ERROR: notification #1 is %s; replay runs failed ones (and abandoned and unknown ones). Add "
+                   "--force to run its handler again anyway\n")
+        for status, claimed_ago in (("processing", 5), ("done", 5), ("done", 400)):
+            self.set_row(status, claimed_ago)
+            self.assertEqual(self.command("replay", "1"), (1, "", refusal % status), (status, claimed_ago))
+        self.set_row("processing", 400)
+        code, output, _ = self.command("replay", "1")
+        self.assertEqual((code, output.splitlines()[1:]), (0, ["#1 digistore24 on_payment: handled as #1", "OK"]))
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 2)])
+        self.assertIn("INFO [", self.log_text())
+        self.assertTrue(self.log_text().rstrip().endswith("replay of #1: handled as #1"), self.log_text())
+
+    def test_done_by_hand_says_so_and_logs_it(self):
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        self.assertEqual(self.command("replay", "1", "--done")[:2],
+                         (0, "#1 is done now; its copies are answered OK, and its handler does not run\n"))
+        self.assertTrue(self.log_text().rstrip().endswith("#1 marked done by hand (replay --done); its copies are "
+                                                          "answered OK"), self.log_text())
+
+    def test_a_promopit_sale_runs_promopits_handler_and_an_event_without_one_is_refused(self):
+        post(promopit_sale())
+        code, output, _ = self.command("replay", "1", "--force")
+        self.assertEqual((code, output.splitlines()[0]), (0, "#1: running sale of %s, line %d" % (
+            SCRIPT, ipn_receiver.sale.__code__.co_firstlineno)))
+        post(payment(event="new_event"))
+        self.assertEqual(self.command("replay", "2", "--force"), (1, "", "ERROR: there is no handler for new_event; add "
+                                                                         "one to DIGISTORE24_HANDLERS first\n"))
+
+    def test_the_claim_of_a_replay_and_a_handler_without_code_of_its_own(self):
+        post(payment())
+        claims = []
+
+        def record_the_claim(notification):
+            claims.append(self.rows()[0]["claim"])
+        self.handle("on_payment", functools.partial(record_the_claim))
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            self.assertEqual(ipn_receiver.main(["replay", "1", "--force"]), 0)
+        self.assertEqual(output.getvalue().splitlines()[0], "#1: running on_payment")
+        self.assertRegex(claims[0], r"^%d-replay-[0-9a-f]{8}$" % os.getpid())
 
 
 class DamageTheIntegrityCheckCannotSee(CommandTestCase):
@@ -559,7 +620,8 @@ class CheckTheWebFolder(CommandTestCase):
     @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/python3"),
                          "needs root, to run check as another user, and /usr/bin/python3, which that user can run")
     def test_an_htaccess_check_cannot_read_is_a_problem_not_a_traceback(self):
-        script = self.web_folder(snippet("apache-htaccess"), copies=False)
+        # ... and what it would deny cannot be told: copies of the settings are a problem too.
+        script = self.web_folder(snippet("apache-htaccess"))
         folder = os.path.dirname(script)
         os.chmod(os.path.join(folder, ".htaccess"), 0o600)
         for path in (self.data_dir, os.path.join(self.data_dir, "public_html"), folder, script):
@@ -572,6 +634,8 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertIn("PROBLEM  .htaccess beside the script can be read by nobody\n         fix: chmod 644 %s   (Apache "
                       "refuses the whole folder where it cannot read it)\n" % os.path.join(folder, ".htaccess"),
                       done.stdout.decode())
+        self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
+                      "config.ini~, ipn_receiver.py.bak)\n", done.stdout.decode())
 
     def test_an_htaccess_not_in_utf8_is_read_all_the_same(self):
         htaccess = snippet("apache-htaccess").encode("utf-8") + b"# Ge\xe4ndert von J\xf6rg\n"
