@@ -1281,7 +1281,7 @@ class StoreLock:
 
 
 if hasattr(os, "register_at_fork"):         # Python 3.7 and later; 3.6 has no way to do it
-    os.register_at_fork(after_in_child=StoreLock.let_go_in_child)
+    os.register_at_fork(after_in_child=StoreLock.let_go_in_child)  # novermin (3.7+, guarded above)
 
 
 def lock_within(fd, seconds):
