@@ -2630,7 +2630,8 @@ def command_replay(args):
         log.info("#%d marked done by hand (replay --done); its copies are answered OK", row["id"])
         print("#%d is done now; its copies are answered OK, and its handler does not run" % row["id"])
         return 0
-    if not stored_fields(row):
+    fields = stored_fields(row)
+    if not fields:
         raise CommandFailed("notification #%d lost its fields when the event store was damaged; the sender's next "
                             "delivery of it brings them back. Or, if it was handled, run: replay %d --done"
                             % (row["id"], row["id"]))
@@ -2638,7 +2639,7 @@ def command_replay(args):
     handler = globals()[table].get(row["event"])
     if handler is None:
         raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
-    notification = Notification(row["provider"], stored_fields(row))
+    notification = Notification(row["provider"], fields)
     notification.id, notification.key = row["id"], row["duplicate_key"]
     # Which code runs, said first: in a wrapper deployment the wrapper's handlers run only when
     # replay runs through the wrapper; through this file, its own would (README.md, "Handlers").
