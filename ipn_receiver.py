@@ -1506,6 +1506,7 @@ def set_damaged_store_aside(config, reason, start_empty=False):
     close_store()
     aside = move_store_aside(path)
     os.replace(path + ".salvaged", path)
+    sync_folder(config["DATA_DIR"])
     log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
               "%d notifications were copied from the damaged one%s. Keep the damaged copy until "
               "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied,
@@ -1553,9 +1554,32 @@ def finish_interrupted_swap(path):
         return False
     aside = move_store_aside(path)              # the damaged store's journals, where left behind
     os.replace(path + ".salvaged", path)
+    sync_folder(os.path.dirname(path))
     log.error("event store %s: a process died while setting a damaged store aside; the new store it "
               "had filled was put in place (what was left of the damaged one: %s)", path, os.path.basename(aside))
     return True
+
+
+def sync_folder(path):
+    """Make the renames in the folder `path` durable before the store they put in place is written.
+
+    SQLite syncs the store file on each commit, but a file's name lives in its folder: after a
+    power cut, a folder not synced may still show the damaged store under the store's name, and
+    the new one, holding every notification answered since, under `.salvage`, which the next
+    salvage removes. (Where a folder cannot be opened or synced, as on Windows, nothing is done.)
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        import errno
+        if error.errno != errno.EINVAL:         # EINVAL: a file system that cannot sync a folder
+            raise
+    finally:
+        os.close(fd)
 
 
 def remove_store_files(path):

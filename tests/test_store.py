@@ -2,12 +2,14 @@
 per distinct notification, retries answered like the original, failures retried."""
 
 import contextlib
+import errno
 import inspect
 import io
 import json
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -833,6 +835,56 @@ class StorageProblems(ReceiverTestCase):
                                     # removes the one left, which is older than the store's rows)
                     self.assertFalse([name for name in os.listdir(self.data_dir) if "salvage" in name])
                 self.assertEqual(integrity(self.store()), "ok")
+
+    def test_the_folder_is_synced_once_the_salvaged_store_is_in_place(self):
+        # The store's name is in its folder: until the folder is synced, a power cut may bring back
+        # the damaged store under that name, and lose the new one with every row written since.
+        for number in range(5):
+            post(payment(str(number)))
+
+        def salvage():
+            with ipn_receiver.StoreLock(self.data_dir):
+                ipn_receiver.set_damaged_store_aside(ipn_receiver.settings(), "test")
+
+        self.assertEqual(self.renames_and_syncs(salvage)[-2:],
+                         [("replace", self.store()), ("sync", os.stat(self.data_dir).st_ino)])
+
+    def test_the_folder_is_synced_once_an_interrupted_swap_is_finished(self):
+        post(payment())
+        ipn_receiver.close_store()
+        os.replace(self.store(), self.store() + ".salvaged")
+        events = self.renames_and_syncs(lambda: ipn_receiver.finish_interrupted_swap(self.store()))
+        self.assertEqual(events[-2:], [("replace", self.store()), ("sync", os.stat(self.data_dir).st_ino)])
+
+    def test_a_folder_its_file_system_cannot_sync_is_passed_over_but_a_failing_sync_is_not(self):
+        for number in (errno.EINVAL, errno.EIO):
+            def fsync(fd):
+                raise OSError(number, os.strerror(number))
+
+            with self.subTest(errno=errno.errorcode[number]), mock.patch.object(os, "fsync", fsync):
+                if number == errno.EINVAL:
+                    self.assertIsNone(ipn_receiver.sync_folder(self.data_dir))
+                else:
+                    with self.assertRaises(OSError):
+                        ipn_receiver.sync_folder(self.data_dir)
+
+    def renames_and_syncs(self, action):
+        """What `action` renamed, and which folders it synced, in order."""
+        events = []
+        real_replace, real_fsync = os.replace, os.fsync
+
+        def replace(source, target):
+            events.append(("replace", target))
+            return real_replace(source, target)
+
+        def fsync(fd):
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                events.append(("sync", os.fstat(fd).st_ino))
+            return real_fsync(fd)
+
+        with mock.patch.object(os, "replace", replace), mock.patch.object(os, "fsync", fsync):
+            action()
+        return events
 
     def test_which_keys_of_the_index_make_rows_of_their_own(self):
         # Each key no readable row holds: "unknown", with its id and key alone; where a readable
