@@ -69,8 +69,10 @@ EQUIVALENT = {
         "with nothing missing, the one more read asks for 0 bytes and gets none",
     ("read_exactly", "part = stream.read(min(missing, 65537))"):
         "the size of each read, not what is read",
-    ("lock_within", "if time.monotonic() >= deadline:"):
+    ("lock_within", "if waited >= seconds:"):
         "differs only at the very instant of the deadline",
+    ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):
+        "differs only for a wait of exactly 50 ms, to the last bit of a float, and only in the pause",
     ("claim_notification", 'abandoned = status == "processing" and (claimed_at or 1) < now - timeout'):
         "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
     ("claim_notification", 'abandoned = status == "processing" and (claimed_at or 0) <= now - timeout'):

@@ -1092,8 +1092,30 @@ class TheLiveStore(ReceiverTestCase):
             real_sleep(seconds)
         with mock.patch.object(ipn_receiver.time, "sleep", sleep):
             self.assertEqual(post(payment("2")).body, "OK")
-        self.assertEqual(len(pauses), 3)
-        self.assertLessEqual(max(pauses), 0.001)             # a waiter tries again every millisecond
+        self.assertEqual(pauses, [0.0001] * 3)               # a call holds it a moment: try again soon
+
+    def test_a_waiter_for_a_lock_held_long_tries_less_often(self):
+        # Whoever holds the lock 50 ms is doing more than a call does (a salvage, or it is stuck):
+        # a try every millisecond then, not ten, and 503 after LOCK_TIMEOUT_SECONDS.
+        import fcntl
+        post(payment("1"))
+        holder = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        clock = [1000.0]
+        pauses = []
+
+        def sleep(seconds):
+            pauses.append(seconds)
+            clock[0] += 0.02                                 # each pause, as if 20 ms went by
+
+        waiter = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR)
+        self.addCleanup(os.close, waiter)
+        with mock.patch.object(ipn_receiver.time, "sleep", sleep), \
+                mock.patch.object(ipn_receiver.time, "monotonic", lambda: clock[0]):
+            with self.assertRaises(ipn_receiver.StoreBusy):
+                ipn_receiver.lock_within(waiter, 0.11)
+        self.assertEqual(pauses, [0.0001, 0.0001, 0.0001, 0.001, 0.001, 0.001])   # 0, 20, 40 ms; 60, 80, 100 ms
 
     def test_a_lock_held_too_long_gets_503_not_a_wait_for_ever(self):
         import fcntl
