@@ -1526,9 +1526,21 @@ UNREADABLE_STORE = (
 
 
 def may_hold_rows(path):
-    """Whether a store file is larger than a new, empty store (three pages), or has a journal."""
+    """Whether a damaged store may have held rows: unless it is no larger than a new store, its
+    journal is empty, and no provider's name is in it, it may.
+
+    A new store is three pages (the schema, the table, its index), 12 KiB, but so is one that
+    holds a few notifications: size alone does not tell. Every row holds its provider's name
+    three times (its provider, its key, and its key in the index), and the schema none.
+    """
+    if not os.path.exists(path):
+        return False
     journal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
-    return os.path.exists(path) and (os.path.getsize(path) > 3 * 4096 or journal > 0)
+    if journal > 0 or os.path.getsize(path) > 3 * 4096:
+        return True
+    with open(path, "rb") as file:
+        content = file.read()
+    return DIGISTORE24.encode("ascii") in content or PROMOPIT.encode("ascii") in content
 
 
 UNKNOWN_NOTE = (" (%d of them with their status lost: whether their handlers ran is unknown, so a copy "
