@@ -260,15 +260,34 @@ PLACEHOLDERS = {
 }
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
-_settings = None    # the settings in effect, loaded on first use
+_settings = None            # the settings in effect, loaded on first use
+_settings_read_from = None  # the state of the INI file they were read with; None after use_settings()
 
 
 def settings():
-    """The settings in effect in this process: a dict, loaded once (ConfigError if they are wrong)."""
-    global _settings
-    if _settings is None:
-        _settings = load_settings()
+    """The settings in effect in this process: a dict (ConfigError if they are wrong).
+
+    Read on first use, and again when the INI file has changed since: a process that lives on
+    (under WSGI, or `serve`) follows the vendor's edits, a new passphrase say, without a restart.
+    (Not the environment's: a process keeps the one it was started with.)
+    """
+    global _settings, _settings_read_from
+    if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
+        state = ini_file_state()
+        _settings = None                    # (wrong, they are read again at the next use)
+        _settings, _settings_read_from = load_settings(), state
+        log.reset()                         # its secrets and level, and where its files are
     return _settings
+
+
+def ini_file_state():
+    """The INI file the settings are read from, with its size and times (None where there is none)."""
+    path = os.environ.get("IPN_CONFIG") or os.path.join(HERE, CONFIG_FILE_NAME)
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return path, None
+    return path, found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
 
 
 def load_settings(environ=None):
@@ -325,14 +344,14 @@ def use_settings(**values):
     Settings not named keep the values written in this file (not those of the INI file or the
     environment). The demo and the tests use this; a wrapper script may too.
     """
-    global _settings
+    global _settings, _settings_read_from
     merged = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
     unknown = set(values) - set(merged)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
     merged.update(values)
     where = {name: ("use_settings(%s=...)" % name, "use_settings()") for name in merged}
-    _settings = finish_settings(merged, where, None)
+    _settings, _settings_read_from = finish_settings(merged, where, None), None
     log.reset()
     close_store()
     return _settings
@@ -654,7 +673,7 @@ class Log:
     def __init__(self):
         self.to_stderr = True
         self.level, self.secrets, self._files = 20, (), []
-        self._ready = False
+        self._ready = self._warned = False
         self._turn = _thread.RLock()
 
     def debug(self, message, *args):
@@ -690,27 +709,36 @@ class Log:
     def _setup(self):
         with self._turn:
             if not self._ready:
-                self._ready = True
-                self._open()
+                self._ready = self._open()
 
     def _open(self):
+        """Take the secrets and the level from the settings, and open the log files. Whether that
+        worked: where it did not (the settings are wrong, the data folder cannot be written), the
+        next line tries again, so a process that lives on masks and writes as soon as it can."""
         self.level, self.secrets = 20, ()
         try:
             config = settings()
         except ConfigError:
-            return                          # the error itself is logged, to stderr only
+            return False                    # the error itself is logged, to stderr only
         self.level = LOG_LEVELS[config["LOG_LEVEL"]]
         self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name)
                                      for form in secret_forms(config[name])}, key=len, reverse=True))
+        files = []
         try:
             ensure_data_dir(config["DATA_DIR"])
-            self._files = [LogFile(os.path.join(config["DATA_DIR"], name))
-                           for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME)]
+            for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
+                files.append(LogFile(os.path.join(config["DATA_DIR"], name)))
         except (OSError, ValueError) as error:
-            if self.to_stderr:
+            for file in files:
+                file.close()
+            if self.to_stderr and not self._warned:
+                self._warned = True
                 sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
                                  "stderr only. Run `python3 ipn_receiver.py check`.\n"
                                  % (config["DATA_DIR"], getattr(error, "strerror", None) or type(error).__name__))
+            return False
+        self._files = files
+        return True
 
     def _log(self, level, message, args, with_traceback=False):
         try:
@@ -1154,7 +1182,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     event         TEXT NOT NULL,
     duplicate_key TEXT NOT NULL UNIQUE,     -- what makes two deliveries the same notification
     is_test       INTEGER NOT NULL,
-    status        TEXT NOT NULL,            -- processing, done, failed, ignored, unknown (salvaged)
+    status        TEXT NOT NULL,            -- one of STATUSES
     attempts      INTEGER NOT NULL,         -- handler runs started
     deliveries    INTEGER NOT NULL,         -- how often it arrived (retries included)
     last_error    TEXT,                     -- one line, no traceback
@@ -1164,6 +1192,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     updated_at    REAL NOT NULL,
     fields        TEXT NOT NULL             -- JSON object: the vouched fields (no empty one, no secret)
 )"""
+STATUSES = ("processing", "done", "failed", "ignored", "unknown")     # unknown: salvaged without its status
 # (fields, the long one, comes last: a damaged page in the middle of it leaves the others readable.
 # Stores made by version 1.0.0 have it in the middle; every query names its columns.)
 BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
@@ -1785,8 +1814,8 @@ def claim_notification(connection, notification, dispatch, timeout):
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
     None) when another process is running its handler right now, or ("unknown", None) when it
-    was salvaged from a damaged store without its status (the vendor decides; the fields this
-    copy brings are kept for `replay`). A claim older than `timeout` seconds counts as abandoned
+    was salvaged from a damaged store without its status, or its status is damaged (the vendor
+    decides; the fields this copy brings are kept for `replay`). A claim older than `timeout` seconds counts as abandoned
     (its process died) and is taken over.
     """
     now = time.time()
@@ -1823,17 +1852,22 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ? "
                     "WHERE id = ?", (claim, now, now, row_id))
                 decision = ("run", claim)
-            elif status == "unknown":
-                connection.execute(
-                    "UPDATE notifications SET provider = ?, event = ?, is_test = ?, fields = ?, "
-                    "deliveries = deliveries + 1, updated_at = ? WHERE id = ?",
-                    (notification.provider, notification.event, int(notification.is_test),
-                     json_text(notification.fields), now, row_id))
-                decision = ("unknown", None)
-            else:
+            elif status in ("processing", "done", "ignored"):
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1, "
                                    "updated_at = ? WHERE id = ?", (now, row_id))
                 decision = ("busy", None) if status == "processing" else ("answer", answer or "OK")
+            else:
+                # "unknown": salvaged from a damaged store without its status. Or a status this
+                # receiver never writes, a bit flipped on the disk, which SQLite's integrity check
+                # cannot see: whether its handler ran cannot be told either, so it is "unknown" too.
+                connection.execute(
+                    "UPDATE notifications SET status = 'unknown', provider = ?, event = ?, is_test = ?, "
+                    "fields = ?, deliveries = deliveries + 1, updated_at = ?, last_error = COALESCE(?, last_error) "
+                    "WHERE id = ?", (notification.provider, notification.event, int(notification.is_test),
+                                     json_text(notification.fields), now, None if status == "unknown" else
+                                     "damaged: its status read %s, which the receiver never writes"
+                                     % json_string(str(status)), row_id))
+                decision = ("unknown", None)
         connection.execute("COMMIT")
         return decision
     except BaseException:
@@ -2661,7 +2695,7 @@ def command_replay(args):
     config = settings()
     row = stored_row(config, args.id)
     stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
-    if row["status"] not in ("failed", "unknown") and not stale and not args.force:
+    if row["status"] in ("processing", "done", "ignored") and not stale and not args.force:
         raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
                             "--force to run its handler again anyway" % (row["id"], row["status"]))
     refuse_another_user(config, "replay")
@@ -2844,7 +2878,8 @@ def command_check(args):
             report(result == "ok", "event store %s: integrity %s, journal %s" % (
                 store_path(config), result.splitlines()[0], journal),
                 "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
-            note("stored: %s" % (", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())) or "nothing yet"))
+            note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
+                                 or "nothing yet"))
             # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
             damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
                        if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]
@@ -2859,6 +2894,12 @@ def command_check(args):
                 report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
                        "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
                        "its handler, or `replay ID --done` if it was handled")
+            damaged = ["#%d" % number for number, status in connection.execute("SELECT id, status FROM notifications")
+                       if status not in STATUSES]
+            if damaged:
+                report(False, "%d notifications whose status is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
+                       "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
+                       "handler, or `replay ID --done` if it was handled")
         except (StorageError, sqlite3.Error) as error:
             report(False, "event store: %s" % error, "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
@@ -3209,7 +3250,7 @@ def build_parser():
     commands.add_parser("demo", help="see it work: a throw-away receiver, one call of each kind")
 
     events = commands.add_parser("events", help="list stored notifications, newest first")
-    events.add_argument("--status", choices=("processing", "done", "failed", "ignored", "unknown"))
+    events.add_argument("--status", choices=STATUSES)
     events.add_argument("--event", help="only this event")
     events.add_argument("--limit", type=notification_number, default=50, help="at most this many (default 50)")
 

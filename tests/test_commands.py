@@ -229,6 +229,34 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         self.assertIn("PROBLEM  1 notifications whose fields are damaged: #1\n         fix: `show ID` for each;", output)
 
 
+    def test_a_row_whose_status_is_damaged_is_held_not_answered_ok(self):
+        # A bit flipped in a row's status ("failed" read as "fahled"): SQLite's integrity check
+        # says ok. Whether its handler ran cannot be told: like a row salvaged without its
+        # status, a copy is neither run nor answered OK, and the vendor decides.
+        for damaged in ("fahled", "dona", "processinf"):
+            with self.subTest(status=damaged):
+                self.setUp()
+                runs = []
+                self.handle("on_payment", runs.append)
+                post(payment())
+                connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+                connection.execute("UPDATE notifications SET status = ?", (damaged,))
+                connection.commit()
+                connection.close()
+                code, output, errors = self.command("check")
+                self.assertEqual((code, errors), (1, ""))
+                self.assertIn("PROBLEM  1 notifications whose status is damaged: #1\n         fix: `show ID` for each",
+                              output)
+                answer = post(payment())
+                self.assertEqual((answer.status, answer.body), (503, ipn_receiver.UNKNOWN_ANSWER % {"id": 1}))
+                self.assertEqual(len(runs), 1)
+                row = self.rows()[0]
+                self.assertEqual((row["status"], row["last_error"], row["deliveries"]),
+                                 ("unknown", 'damaged: its status read "%s", which the receiver never writes' % damaged,
+                                  2))
+                self.assertEqual(self.command("replay", "1")[0], 0)            # no --force needed
+                self.assertEqual(self.rows()[0]["status"], "done")
+
 class CommandsMakeNothingForAnotherUser(CommandTestCase):
     """A command run as another user than the web server's (root over SSH, say) would make what it
     writes that user's: a data folder, a store, a lock or a log the web server cannot open, and

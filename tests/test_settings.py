@@ -8,7 +8,7 @@ import tempfile
 import unittest
 from unittest import mock
 
-from helpers import REPO, generated, ipn_receiver
+from helpers import PASSPHRASE, REPO, fixture, forget_settings, generated, ipn_receiver, payment, post, signed
 
 load = ipn_receiver.load_settings
 ConfigError = ipn_receiver.ConfigError
@@ -300,3 +300,85 @@ class Secrets(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ALongLivedProcess(SettingsTestCase):
+    """Under WSGI or `serve` one process answers call after call, for weeks: it follows the
+    edits of config.ini without a restart, and a moment of wrong settings (a file half uploaded)
+    leaves nothing behind once they are right."""
+
+    def setUp(self):
+        SettingsTestCase.setUp(self)
+        environment = mock.patch.dict(os.environ)
+        environment.start()
+        self.addCleanup(environment.stop)
+        for name in [name for name in os.environ if name.startswith("IPN_")]:
+            del os.environ[name]
+        forget_settings()
+        self.addCleanup(forget_settings)
+        ipn_receiver.log.to_stderr = False
+        self.data_dir = os.path.join(self.folder, "data")
+        handlers = mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS)
+        handlers.start()
+        self.addCleanup(handlers.stop)
+
+    def settings_file(self, passphrase, log_level="INFO"):
+        self.write("[digistore24]\nsha_passphrase = %s\n[receiver]\ndata_dir = %s\nlog_level = %s\n"
+                   % (passphrase, self.data_dir, log_level))
+
+    def test_a_new_passphrase_in_config_ini_is_used_without_a_restart(self):
+        self.settings_file(PASSPHRASE)
+        self.assertEqual(post(payment("1")).body, "OK")
+        self.settings_file("a-new-passphrase")
+        self.assertEqual(post(payment("2")).status, 403)                  # signed with the old one
+        fields = dict(fixture("digistore24_on_payment")["fields"], transaction_id="3")
+        self.assertEqual(post(signed(fields, "a-new-passphrase")).body, "OK")
+        self.settings_file(PASSPHRASE, log_level="DEBUG")                  # the log follows too
+        self.assertEqual(post(payment("4")).body, "OK")
+        self.assertEqual(ipn_receiver.log.level, 10)
+
+    def test_settings_wrong_at_the_first_call_leave_the_log_unmasked_no_longer_than_they_are_wrong(self):
+        self.write("[digistore24]\nsha_pass")                            # a file half uploaded
+        answer = post(payment("1"))
+        self.assertEqual(answer.status, 503)
+        self.assertTrue(answer.body.startswith("ERROR: configuration error"), answer.body)
+        self.settings_file(PASSPHRASE)
+
+        def handler(notification):
+            raise RuntimeError("the shop refused key=" + PASSPHRASE)
+        ipn_receiver.DIGISTORE24_HANDLERS["on_payment"] = handler
+        self.assertEqual(post(payment("2")).status, 500)
+        with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME), encoding="utf-8") as file:
+            written = file.read()
+        self.assertIn("key=[secret]", written)
+        self.assertNotIn(PASSPHRASE, written)
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        self.assertNotIn(PASSPHRASE, connection.execute("SELECT last_error FROM notifications").fetchone()[0])
+
+    def test_a_data_folder_that_could_not_be_made_at_first_gets_its_log_once_it_can(self):
+        self.settings_file(PASSPHRASE)
+        with open(self.data_dir, "w"):                                     # a file in its way
+            pass
+        self.assertEqual(post(payment("1")).status, 503)
+        os.remove(self.data_dir)
+        self.assertEqual(post(payment("2")).body, "OK")
+        with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME), encoding="utf-8") as file:
+            self.assertIn("handled as #1", file.read())
+
+    def test_a_log_file_that_cannot_be_opened_leaves_no_descriptor_open(self):
+        self.settings_file(PASSPHRASE)
+        os.makedirs(self.data_dir)
+        os.makedirs(os.path.join(self.data_dir, ipn_receiver.ERROR_LOG_FILE_NAME))  # the second file cannot be
+        if not os.path.isdir("/proc/self/fd"):
+            self.skipTest("counting open descriptors needs /proc (Linux)")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            ipn_receiver.log.info("a line")
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.assertEqual(ipn_receiver.log._files, [])
+
+    def test_settings_set_by_use_settings_stay_whatever_the_file_says(self):
+        self.settings_file("passphrase-of-the-file")
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir)
+        self.settings_file("passphrase-of-the-file-edited")
+        self.assertEqual(ipn_receiver.settings()["SHA_PASSPHRASE"], PASSPHRASE)
