@@ -1380,8 +1380,10 @@ def open_store(config):
             if identity == (on_disk.st_ino, on_disk.st_dev):
                 return connection
         close_store(key)
-        ensure_data_dir(config["DATA_DIR"])
         if on_disk is None:
+            # Only here: a call makes sure of the data folder before each write, and a command
+            # that only reads (events, show, check) makes nothing.
+            ensure_data_dir(config["DATA_DIR"])
             create_store_file(path, config["DATA_DIR"])
             on_disk = os.stat(path)
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -2858,7 +2860,8 @@ def command_check(args):
         check_owners(report, data_dir)
         if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
-                   "the web", "run any command once, or restore %s/.htaccess (it denies web access)" % data_dir)
+                   "the web", "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
+                   % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
     check_web_folder(report, note, data_dir)

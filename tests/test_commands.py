@@ -294,6 +294,21 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
         self.assertEqual(code, 0)
         self.assertIn("on_payment", output)
 
+    @unittest.skipUnless(os.geteuid() == 0, "needs root, to give the data folder to another user")
+    def test_events_show_and_check_write_nothing_into_another_users_data_folder(self):
+        post(payment())
+        ipn_receiver.close_store()
+        os.remove(os.path.join(self.data_dir, ".htaccess"))             # (the receiver writes it again)
+        for name in [""] + os.listdir(self.data_dir):
+            os.chown(os.path.join(self.data_dir, name), self.NOBODY, self.NOBODY)
+        for command in (["events"], ["show", "1"], ["check"]):
+            code, _, errors = self.command(*command)
+            self.assertEqual(errors, "", command)
+            self.assertFalse(os.path.exists(os.path.join(self.data_dir, ".htaccess")), command)
+            self.assertEqual({name: os.stat(os.path.join(self.data_dir, name)).st_uid
+                              for name in os.listdir(self.data_dir)},
+                             dict.fromkeys(os.listdir(self.data_dir), self.NOBODY), command)
+
     @unittest.skipUnless(os.geteuid() == 0, "needs root, to give files to another user")
     def test_check_reports_files_of_another_user_in_the_data_folder(self):
         post(payment())
