@@ -2718,14 +2718,14 @@ def command_replay(args):
         raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
     notification = Notification(row["provider"], fields)
     notification.id, notification.key = row["id"], row["duplicate_key"]
-    # Which code runs, said first: in a wrapper deployment the wrapper's handlers run only when
-    # replay runs through the wrapper; through this file, its own would (README.md, "Handlers").
-    code = getattr(handler, "__code__", None)
-    print("#%d: running %s%s" % (row["id"], getattr(handler, "__name__", row["event"]), " of %s, line %d" % (
-        code.co_filename, code.co_firstlineno) if code else ""))
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
     update_unless_changed(config, row, "status = 'processing', attempts = attempts + 1, claim = ?, claimed_at = ?",
                           (claim, time.time()))
+    # Which code runs, said before it runs: in a wrapper deployment the wrapper's handlers run only
+    # when replay runs through the wrapper; through this file, its own would (README.md, "Handlers").
+    code = getattr(handler, "__code__", None)
+    print("#%d: running %s%s" % (row["id"], getattr(handler, "__name__", row["event"]), " of %s, line %d" % (
+        code.co_filename, code.co_firstlineno) if code else ""))
     status, body, outcome = run_and_record(notification, handler, claim, config)
     log.info("replay of #%d: %s", row["id"], outcome)
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
@@ -3332,6 +3332,9 @@ def main(argv=None):
                          "damaged store `repair`" % error), 1
     except UnicodeEncodeError:
         message, code = "this terminal cannot show the text; run the command with LANG=C.UTF-8 in front", 1
+    except OSError as error:                # a file of the data folder this user may not open, say
+        message, code = "%s%s; `python3 ipn_receiver.py check` says what to fix" % (
+            "%s: " % error.filename if error.filename else "", error.strerror or error), 1
     print("ERROR: " + message, file=sys.stderr)
     return code
 

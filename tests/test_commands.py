@@ -365,6 +365,18 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
                               preexec_fn=become_nobody, timeout=60)
         return done.returncode, done.stdout.decode(), done.stderr.decode()
 
+    def test_a_lock_file_of_another_user_ends_replay_and_repair_in_a_line_not_a_traceback(self):
+        ipn_receiver.close_store()
+        lock = os.path.join(self.data_dir, ".lock")
+        for name in [""] + os.listdir(self.data_dir):                  # the folder the user's own, but
+            if name != ".lock":                                         # the lock root's, from an
+                os.chown(os.path.join(self.data_dir, name), self.NOBODY, self.NOBODY)   # earlier command
+        os.chmod(lock, 0o600)
+        for command in (["replay", "1", "--force"], ["repair", "--force"]):
+            self.assertEqual(self.as_nobody([self.python, self.script] + command),
+                             (1, "", "ERROR: %s: Permission denied; `python3 ipn_receiver.py check` says what to "
+                                     "fix\n" % lock), command)
+
     def test_events_show_replay_and_repair_say_whom_to_run_as_instead_of_finding_nothing(self):
         refusal = ("ERROR: this command runs as nobody, who cannot read the event store in %s; run it as the user the "
                    "web server runs the receiver as (sudo -u root python3 ipn_receiver.py ...)\n" % self.data_dir)
