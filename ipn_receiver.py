@@ -2490,10 +2490,11 @@ def command_send(args):
         status, body = post_form(args.url, fields)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        print("ERROR: could not reach %s (%s); check the URL and that the server runs" % (args.url, reason))
+        print("ERROR: could not reach %s (%s); check the URL and that the server runs" % (args.url, one_line(str(reason))))
         return 1
     print("HTTP %d" % status)
-    print(body)
+    # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.
+    print("\n".join(one_line(line) for line in body.split("\n")))
     return 0 if body.startswith("OK") else 1
 
 

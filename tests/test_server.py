@@ -206,6 +206,46 @@ class Send(unittest.TestCase):
         self.assertEqual(done.returncode, 1)
         self.assertIn(b"ERROR: could not reach", done.stdout)
 
+    def test_what_the_server_answers_cannot_drive_the_terminal(self):
+        # A wrong URL, or an http:// one on a path someone can intercept: the answer may hold
+        # escape sequences that clear the screen or retitle the window. They are shown escaped.
+        import http.server
+
+        class Hostile(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "https://example.com/\x1b[2Jcleared")
+                    body = b""
+                else:
+                    self.send_response(200)
+                    body = b"OK\x1b[2J\x1b]0;owned\x07\r\nusername: \xc2\x9b31m"       # (U+009B: CSI)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Hostile)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        for path in ("/", "/moved"):
+            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url",
+                                   "http://127.0.0.1:%d%s" % (server.server_port, path)],
+                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+            output = done.stdout.decode("utf-8")
+            self.assertFalse([character for character in output if ord(character) < 32 and character != "\n"
+                              or 0x7f <= ord(character) < 0xa0], output)
+            if path == "/":
+                self.assertEqual(done.returncode, 0)
+                self.assertEqual(output, "HTTP 200\nOK\\x1b[2J\\x1b]0;owned\\x07\\r\nusername: \\x9b31m\n")
+            else:
+                self.assertEqual(done.returncode, 1)
+                self.assertIn("redirect to https://example.com/\\x1b[2Jcleared", output)
 
     def test_a_url_that_is_not_http_is_refused(self):
         for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):
