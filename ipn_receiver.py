@@ -274,7 +274,7 @@ def settings():
     global _settings, _settings_read_from
     if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
         state = ini_file_state()
-        _settings = None                    # (wrong, they are read again at the next use)
+        _settings = None                    # so that, if they are wrong, the next use reads them again
         _settings, _settings_read_from = load_settings(), state
         log.reset()                         # its secrets and level, and where its files are
     return _settings
@@ -282,7 +282,7 @@ def settings():
 
 def ini_file_state():
     """The INI file the settings are read from, with its size and times (None where there is none)."""
-    path = os.environ.get("IPN_CONFIG") or os.path.join(HERE, CONFIG_FILE_NAME)
+    path = os.path.expanduser(os.environ.get("IPN_CONFIG") or os.path.join(HERE, CONFIG_FILE_NAME))
     try:
         found = os.stat(path)
     except (OSError, ValueError):

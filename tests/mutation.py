@@ -72,6 +72,9 @@ EQUIVALENT = {
         "the size of each read, not what is read",
     ("lock_within", "if waited >= seconds:"):
         "differs only at the very instant of the deadline",
+    ("Log._open", "return True                    # the error itself is logged, to stderr only"):
+        "settings() sets the log up again whenever it loads them, so one set up with wrong settings is "
+        "set up again once they are right",
     ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):
         "differs only for a wait of exactly 50 ms, to the last bit of a float, and only in the pause",
     ("claim_notification", 'abandoned = status == "processing" and (claimed_at or 1) < now - timeout'):

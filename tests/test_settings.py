@@ -377,6 +377,25 @@ class ALongLivedProcess(SettingsTestCase):
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
         self.assertEqual(ipn_receiver.log._files, [])
 
+    def test_the_file_named_by_ipn_config_is_followed_too(self):
+        path = os.path.join(self.folder, "elsewhere.ini")
+        os.environ["IPN_CONFIG"] = path
+        self.settings_file(PASSPHRASE)
+        os.replace(os.path.join(self.folder, "config.ini"), path)
+        self.assertEqual(post(payment("1")).body, "OK")
+        self.settings_file("a-new-passphrase")
+        os.replace(os.path.join(self.folder, "config.ini"), path)
+        self.assertEqual(ipn_receiver.settings()["SHA_PASSPHRASE"], "a-new-passphrase")
+
+    def test_the_log_files_are_opened_once_not_for_every_line(self):
+        self.settings_file(PASSPHRASE)
+        if not os.path.isdir("/proc/self/fd"):
+            self.skipTest("counting open descriptors needs /proc (Linux)")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            ipn_receiver.log.info("a line")
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 2)     # the log and the error log
+
     def test_settings_set_by_use_settings_stay_whatever_the_file_says(self):
         self.settings_file("passphrase-of-the-file")
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir)

@@ -797,6 +797,8 @@ class StorageProblems(ReceiverTestCase):
             self.assertRegex(message, r"^POST -> 503, digistore24 on_payment order \S+ txn \d+: held: salvaged from a "
                                       r"damaged store, status unknown$")
         self.assertTrue(ipn_receiver.UNKNOWN_ANSWER.startswith("ERROR: notification #%(id)d lost its record"))
+        self.assertEqual({row["last_error"] for row in self.rows() if row["status"] == "unknown"},
+                         {ipn_receiver.UNREADABLE["last_error"]})           # what the salvage wrote, kept
         # The copy brought the fields back; the vendor runs one and marks another handled.
         first, second = sorted(lost, key=int)[:2]
         out = io.StringIO()
