@@ -2663,7 +2663,7 @@ def command_events(args):
     for row in rows:
         print("%6d  %-19s  %-11s  %-20s  %-10s  %3d  %3d  %s%s" % (
             row["id"], local_time(row["received_at"]), row["provider"], one_line(row["event"])[:20],
-            row["status"], row["attempts"], row["deliveries"], reference_of(row),
+            one_line(str(row["status"]))[:10], row["attempts"], row["deliveries"], reference_of(row),
             "  (test)" if row["is_test"] else ""))
     return 0
 

@@ -233,7 +233,7 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         # A bit flipped in a row's status ("failed" read as "fahled"): SQLite's integrity check
         # says ok. Whether its handler ran cannot be told: like a row salvaged without its
         # status, a copy is neither run nor answered OK, and the vendor decides.
-        for damaged in ("fahled", "dona", "processinf"):
+        for damaged in ("fahled", "dona", "processinf", "fa\x1b[2Jled"):
             with self.subTest(status=damaged):
                 self.setUp()
                 runs = []
@@ -247,13 +247,15 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 self.assertEqual((code, errors), (1, ""))
                 self.assertIn("PROBLEM  1 notifications whose status is damaged: #1\n         fix: `show ID` for each",
                               output)
+                for command in (["check"], ["events"], ["show", "1"]):              # shown escaped
+                    self.assertNotIn("\x1b", self.command(*command)[1], command)
                 answer = post(payment())
                 self.assertEqual((answer.status, answer.body), (503, ipn_receiver.UNKNOWN_ANSWER % {"id": 1}))
                 self.assertEqual(len(runs), 1)
                 row = self.rows()[0]
                 self.assertEqual((row["status"], row["last_error"], row["deliveries"]),
-                                 ("unknown", 'damaged: its status read "%s", which the receiver never writes' % damaged,
-                                  2))
+                                 ("unknown", "damaged: its status read %s, which the receiver never writes"
+                                  % ipn_receiver.json_string(damaged), 2))
                 self.assertEqual(self.command("replay", "1")[0], 0)            # no --force needed
                 self.assertEqual(self.rows()[0]["status"], "done")
 
