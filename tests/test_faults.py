@@ -5,6 +5,8 @@ After each: no OK for work that was not done, no stored notification lost, and a
 passes PRAGMA integrity_check.
 """
 
+import contextlib
+import io
 import os
 import random
 import shutil
@@ -105,7 +107,9 @@ class StoreFaults(ReceiverTestCase):
         # damaged file, and `check` reports the damage. Either way: no OK that was not stored.
         ipn_receiver.close_store()
         if integrity(self.store()) != "ok":
-            self.assertEqual(ipn_receiver.main(["repair"]), 0)
+            with contextlib.redirect_stdout(io.StringIO()) as output:
+                self.assertEqual(ipn_receiver.main(["repair"]), 0)
+            self.assertIn("the new store holds", output.getvalue())
         self.assertHealthy()
         kept = {row["duplicate_key"] for row in self.rows()}
         if answer.body == "OK":
