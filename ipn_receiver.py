@@ -1836,9 +1836,8 @@ def claim_notification(connection, notification, dispatch, timeout):
             notification.id = cursor.lastrowid
             decision = ("run", claim) if dispatch else ("answer", "OK")
         else:
-            row_id, status, answer, claimed_at = connection.execute(
-                "SELECT id, status, answer, claimed_at FROM notifications WHERE duplicate_key = ?",
-                (notification.key,)).fetchone()
+            row_id, status, answer, claimed_at = row_of_key(connection, "id, status, answer, claimed_at",
+                                                            notification.key)
             notification.id = row_id
             abandoned = status == "processing" and (claimed_at or 0) < now - timeout
             if (status == "failed" or abandoned) and not dispatch:
@@ -1877,6 +1876,24 @@ def claim_notification(connection, notification, dispatch, timeout):
         raise
 
 
+def row_of_key(connection, columns, key, may_be_missing=False):
+    """The `columns` of the row whose duplicate key is `key` (None where there is none and that may
+    be), read through the index of keys, then checked against the row itself.
+
+    One flipped bit in the index can make it point to another row: its answer, another buyer's
+    access data, would go out, or its status would run a handler again. SQLite's writes do not
+    notice, so such a row is taken for what it is, damage: the store is set aside and salvaged.
+    """
+    found = connection.execute("SELECT id FROM notifications WHERE duplicate_key = ?", (key,)).fetchone()
+    # (By its id: asked for by its key, SQLite would read the key from the index, not the row.)
+    row = None if found is None else connection.execute(
+        "SELECT %s, duplicate_key FROM notifications WHERE id = ?" % columns, found).fetchone()
+    if (row is None and not (found is None and may_be_missing)) or (row is not None and row[-1] != key):
+        raise sqlite3_module().DatabaseError("database disk image is malformed: the index of duplicate keys "
+                                             "points to a row that holds another key")
+    return None if row is None else row[:-1]
+
+
 def record_outcome(connection, notification, claim, status, answer=None, error=None):
     """Record how a handler run ended ("done" with its answer, or "failed" with an error line).
 
@@ -1886,8 +1903,7 @@ def record_outcome(connection, notification, claim, status, answer=None, error=N
     now = time.time()
     connection.execute("BEGIN IMMEDIATE")
     try:
-        row = connection.execute("SELECT id, status, claim, answer FROM notifications WHERE duplicate_key = ?",
-                                 (notification.key,)).fetchone()
+        row = row_of_key(connection, "id, status, claim, answer", notification.key, may_be_missing=True)
         if row is None:
             # The store was replaced while the handler ran (a repair, or another call's recovery
             # from damage) and the row could not be salvaged: it is written anew.

@@ -633,6 +633,33 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("2")).body, "OK")
         self.assertIn("0 notifications were copied", self.log_text())
 
+    def test_an_index_that_points_a_key_to_another_row_is_damage_not_that_rows_answer(self):
+        # One bit flipped in the index of duplicate keys: the entry of txn 2002 points to the row
+        # of txn 3003. Read through it, a copy of 2002 would get 3003's answer, another buyer's
+        # access data. The row found is checked against the key; the store is salvaged.
+        runs = []
+
+        def on_payment(notification):
+            runs.append(notification["transaction_id"])
+            return {"username": "buyer-" + notification["transaction_id"]}
+        self.handle("on_payment", on_payment)
+        for number in ("1001", "2002", "3003"):
+            post(payment(number))
+        ipn_receiver.close_store()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            key = b"digistore24:on_payment:2002"
+            at = content.index(key, 2 * 4096, 3 * 4096) + len(key)      # page 3: the index; then its rowid
+            self.assertEqual(content[at], 2)
+            content[at] = 3
+            file.seek(0)
+            file.write(content)
+        self.assertNotEqual(integrity(self.store()), "ok")
+        for number in ("2002", "3003", "1001"):
+            self.assertEqual(post(payment(number)).body, "OK\nusername: buyer-" + number)
+        self.assertEqual(runs, ["1001", "2002", "3003"])
+        self.assertIn("the index of duplicate keys points to a row that holds another key", self.log_text())
+
     def test_a_row_whose_key_lost_a_bit_keeps_both_keys(self):
         # One flipped bit in a stored key: the index still holds the key as it was. Which of the
         # two is right cannot be told; both are kept, and a copy under either runs nothing.
