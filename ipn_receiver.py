@@ -274,7 +274,8 @@ def settings():
     global _settings, _settings_read_from
     if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
         state = ini_file_state()
-        _settings = None                    # so that, if they are wrong, the next use reads them again
+        # Where they are wrong, ConfigError: the settings before stay in _settings, for the log to
+        # mask their secrets, and the next use reads the file again.
         _settings, _settings_read_from = load_settings(), state
         log.reset()                         # its secrets and level, and where its files are
     return _settings
@@ -353,6 +354,7 @@ def use_settings(**values):
     where = {name: ("use_settings(%s=...)" % name, "use_settings()") for name in merged}
     _settings, _settings_read_from = finish_settings(merged, where, None), None
     log.reset()
+    log.secrets = ()                        # these settings from now on: theirs alone
     close_store()
     return _settings
 
@@ -715,14 +717,16 @@ class Log:
         """Take the secrets and the level from the settings, and open the log files. Whether that
         worked: where it did not (the settings are wrong, the data folder cannot be written), the
         next line tries again, so a process that lives on masks and writes as soon as it can."""
-        self.level, self.secrets = 20, ()
         try:
             config = settings()
         except ConfigError:
-            return False                    # the error itself is logged, to stderr only
+            # (The error itself is logged, to stderr only.) The secrets of the settings before, a
+            # config.ini that was right until it was caught half written, say, stay masked: a
+            # handler's error may hold them.
+            self._mask_the_secrets_of(_settings)
+            return False
         self.level = LOG_LEVELS[config["LOG_LEVEL"]]
-        self.secrets = tuple(sorted({form for name in SECRET_SETTINGS if not secret_problem(config, name)
-                                     for form in secret_forms(config[name])}, key=len, reverse=True))
+        self._mask_the_secrets_of(config)
         files = []
         try:
             ensure_data_dir(config["DATA_DIR"])
@@ -739,6 +743,15 @@ class Log:
             return False
         self._files = files
         return True
+
+    def _mask_the_secrets_of(self, config):
+        """Mask the secrets of these settings from now on, as well as those masked before (after a
+        change of passphrase, a handler that started before it may still hold the old one)."""
+        secrets = set(self.secrets)
+        if config is not None:
+            secrets.update(form for name in SECRET_SETTINGS if not secret_problem(config, name)
+                           for form in secret_forms(config[name]))
+        self.secrets = tuple(sorted(secrets, key=len, reverse=True))
 
     def _log(self, level, message, args, with_traceback=False):
         try:

@@ -4,6 +4,7 @@ environment; every mistake a one-line message naming the file, the key and the f
 import configparser
 import os
 import shutil
+import sqlite3
 import tempfile
 import unittest
 from unittest import mock
@@ -354,6 +355,28 @@ class ALongLivedProcess(SettingsTestCase):
         self.assertNotIn(PASSPHRASE, written)
         connection = ipn_receiver.open_store(ipn_receiver.settings())
         self.assertNotIn(PASSPHRASE, connection.execute("SELECT last_error FROM notifications").fetchone()[0])
+
+    def test_settings_that_break_while_a_handler_runs_leave_its_secrets_masked(self):
+        # The vendor saves a config.ini with a typo while a handler waits for the shop's API; the
+        # handler then fails with the passphrase in its error. The settings that were right
+        # until then still say what to mask.
+        self.settings_file(PASSPHRASE)
+        ipn_receiver.log.reset()
+
+        def handler(notification):
+            self.write("[digistore24]\nsha_passphrase = %s\n[receiv" % PASSPHRASE)
+            raise RuntimeError("the shop refused key=" + PASSPHRASE)
+        ipn_receiver.DIGISTORE24_HANDLERS["on_payment"] = handler
+        self.assertEqual(post(payment("1")).status, 500)
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        self.assertEqual(connection.execute("SELECT last_error FROM notifications").fetchone()[0],
+                         "RuntimeError: the shop refused key=[secret]")
+        connection.close()
+        self.settings_file("a-new-passphrase")                  # after a change, the old one too
+        ipn_receiver.settings()
+        ipn_receiver.log.info("old %s, new %s", PASSPHRASE, "a-new-passphrase")
+        with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME), encoding="utf-8") as file:
+            self.assertTrue(file.read().endswith(" INFO [%d] old [secret], new [secret]\n" % os.getpid()))
 
     def test_a_data_folder_that_could_not_be_made_at_first_gets_its_log_once_it_can(self):
         self.settings_file(PASSPHRASE)
