@@ -401,6 +401,12 @@ def finish_settings(values, where, config_file):
                           "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR "
                           "of ASCII characters, or Python 3.7 or later"
                           % (where["DATA_DIR"][0], sys.getfilesystemencoding()), where["DATA_DIR"][1])
+    if os.path.normcase(os.path.join(HERE, "")).startswith(os.path.normcase(os.path.join(result["DATA_DIR"], ""))):
+        # The .htaccess written into the data folder denies the web everything in and below it:
+        # the receiver itself, and a whole site beside it.
+        raise ConfigError("%s: DATA_DIR is the folder the script is in, or one above it; set it to a folder of "
+                          "its own, outside the web root (/home/you/ipn_data)" % where["DATA_DIR"][0],
+                          where["DATA_DIR"][1])
     return result
 
 
@@ -706,7 +712,7 @@ class Log:
         with self._turn:
             for file in self._files:
                 file.close()
-            self._files, self._ready = [], False
+            self._files, self._ready, self._warned = [], False, False
 
     def _setup(self):
         with self._turn:
@@ -732,14 +738,14 @@ class Log:
             ensure_data_dir(config["DATA_DIR"])
             for name in (LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
                 files.append(LogFile(os.path.join(config["DATA_DIR"], name)))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, StorageError) as error:
             for file in files:
                 file.close()
             if self.to_stderr and not self._warned:
                 self._warned = True
                 sys.stderr.write("ipn_receiver: cannot write the log file in %s (%s); logging to "
-                                 "stderr only. Run `python3 ipn_receiver.py check`.\n"
-                                 % (config["DATA_DIR"], getattr(error, "strerror", None) or type(error).__name__))
+                                 "stderr only. Run `python3 ipn_receiver.py check`.\n" % (config["DATA_DIR"], one_line(
+                                     getattr(error, "strerror", None) or str(error) or type(error).__name__)))
             return False
         self._files = files
         return True
@@ -1247,6 +1253,10 @@ def ensure_data_dir(path):
         os.chmod(path, 0o700)
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
+        if is_anothers(htaccess):
+            # Another's (a site's rewrite rules): never overwritten, and nothing stored beside it.
+            raise StorageError("the data folder %s holds an .htaccess of its own, which does not deny the web: "
+                               "set DATA_DIR to a folder of its own, outside the web root" % path)
         # Written whole under another name, then renamed: a full disk must not leave an empty
         # .htaccess, which would deny nothing and never be written again. The name is this
         # thread's own: the threads of a WSGI server may all be writing it at once.
@@ -1258,6 +1268,18 @@ def ensure_data_dir(path):
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+
+
+def is_anothers(htaccess):
+    """Whether there is an .htaccess at that path that the receiver did not write: one that holds
+    anything, and does not start with the receiver's first line. (One left empty by a full disk,
+    or that cannot be read, is not: it is written anew.)"""
+    try:
+        with open(htaccess, "rb") as file:
+            first = file.readline()
+    except OSError:
+        return False
+    return first != b"" and not first.startswith(_HTACCESS.split("\n")[0].encode("ascii"))
 
 
 def denies_the_web(htaccess):
@@ -2890,7 +2912,9 @@ def command_check(args):
         check_owners(report, data_dir)
         if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
-                   "the web", "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
+                   "the web", "set DATA_DIR to a folder of its own, outside the web root: this one holds an .htaccess "
+                   "the receiver did not write, and leaves alone" if is_anothers(os.path.join(data_dir, ".htaccess"))
+                   else "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
                    % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")

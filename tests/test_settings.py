@@ -110,10 +110,21 @@ class Precedence(SettingsTestCase):
         self.assertEqual(load({"IPN_DATA_DIR": "/abs/data"})["DATA_DIR"], "/abs/data")
         self.assertEqual(load({"IPN_DATA_DIR": "~/d"})["DATA_DIR"], os.path.expanduser("~/d"))
 
+    def test_a_data_dir_that_holds_the_script_is_refused(self):
+        # The data folder gets an .htaccess that denies the web everything in and below it: the
+        # receiver itself, and a whole site beside it.
+        for data_dir in (".", self.folder, os.path.dirname(self.folder), self.folder + "/"):
+            with self.subTest(data_dir=data_dir):
+                self.assertConfigError("[receiver]\ndata_dir = %s\n" % data_dir, "config.ini line 2, [receiver] "
+                                       "data_dir: DATA_DIR is the folder the script is in, or one above it")
+        for data_dir in ("ipn_data", self.folder + "-data", os.path.join(os.path.dirname(self.folder), "ipn_data")):
+            self.write("[receiver]\ndata_dir = %s\n" % data_dir)
+            self.assertEqual(load({})["DATA_DIR"], os.path.join(self.folder, data_dir))
+
     def test_use_settings_ignores_ini_and_environment(self):
         self.write("[promopit]\nisn_key = from-ini\n")
         with mock.patch.dict(os.environ, {"IPN_SHA_PASSPHRASE": "from-env"}):
-            config = ipn_receiver.use_settings(DATA_DIR=self.folder)
+            config = ipn_receiver.use_settings(DATA_DIR=os.path.join(self.folder, "data"))
         self.addCleanup(setattr, ipn_receiver, "_settings", None)
         self.assertEqual(config["ISN_KEY"], ipn_receiver.ISN_KEY)
         self.assertEqual(config["SHA_PASSPHRASE"], ipn_receiver.SHA_PASSPHRASE)

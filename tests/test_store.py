@@ -1278,6 +1278,26 @@ class Protection(ReceiverTestCase):
         post(payment("2"))
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, ".htaccess")))
 
+    def test_an_htaccess_of_another_in_the_data_folder_is_left_alone_and_nothing_stored_there(self):
+        # DATA_DIR naming a folder of the site (public_html/wp-content, say): its .htaccess holds
+        # the site's rules. Replaced by one that denies all, the site would answer 403.
+        htaccess = os.path.join(self.data_dir, ".htaccess")
+        rules = b"RewriteEngine On\nRewriteRule ^index\\.php$ - [L]\n"
+        with open(htaccess, "wb") as file:
+            file.write(rules)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
+        with open(htaccess, "rb") as file:
+            self.assertEqual(file.read(), rules)
+        self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
+        self.assertFalse(ipn_receiver.is_anothers(os.path.join(self.data_dir, "none")))
+        with mock.patch.object(ipn_receiver.log, "to_stderr", True), \
+                contextlib.redirect_stderr(io.StringIO()) as errors:
+            ipn_receiver.log.reset()
+            post(payment())
+        self.assertIn("holds an .htaccess of its own, which does not deny the web: set DATA_DIR to a folder of its "
+                      "own", errors.getvalue())
+
     def test_an_htaccess_left_empty_by_a_full_disk_is_written_again(self):
         # A full disk (a web space over its quota) let the file be made but not written: an empty
         # .htaccess denies nothing, and the store and the log would be served.
