@@ -1428,6 +1428,8 @@ def open_store(config):
             if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 with StoreLock(config["DATA_DIR"]):     # one process migrates, the others wait
                     migrate_store(connection)
+            if schema_problem(connection):
+                raise StorageError(DAMAGED_SCHEMA % (path, schema_problem(connection)))
         except Exception:
             connection.close()
             raise
@@ -1435,6 +1437,33 @@ def open_store(config):
         return connection
     except (OSError, sqlite3.Error) as error:
         raise StorageError(describe_storage_error(error, path))
+
+
+def schema_problem(connection):
+    """What is wrong with the shape of the store's table, or None.
+
+    Its schema is kept as text in the file, and one flipped bit there (PRIMARY read as QRIMARY, a
+    line break as another character that makes a column part of a comment) passes SQLite's
+    integrity check, yet every id reads as NULL, or a column is gone: answers and outcomes would
+    go to no row, and handlers run again. Checked by shape, not text: the text of the schema has
+    changed between versions of the receiver (its comments, the order of the columns).
+    """
+    columns = {row[1]: row for row in connection.execute("PRAGMA table_info(notifications)")}
+    if set(columns) != set(STORE_COLUMNS):
+        return "its columns are not those of the receiver's table"
+    if columns["id"][2].upper() != "INTEGER" or columns["id"][5] != 1:
+        return "its id is not the table's INTEGER PRIMARY KEY"
+    unique = [row[1] for row in connection.execute("PRAGMA index_list(notifications)") if row[2]]
+    if not any([row[2] for row in connection.execute('PRAGMA index_info("%s")' % name.replace('"', '""'))] == ["duplicate_key"]
+               for name in unique):
+        return "its duplicate keys are not UNIQUE"
+    return None
+
+
+DAMAGED_SCHEMA = (
+    "event store %s: its schema is damaged (%s), so its rows cannot be told apart, and it was left as it was; "
+    "recover it by hand (sqlite3 events.sqlite3 .recover), or start an empty one with "
+    "`python3 ipn_receiver.py repair --force`")
 
 
 def create_store_file(path, data_dir):
@@ -1701,6 +1730,11 @@ def salvage_rows(damaged_path, connection):
     except (sqlite3.Error, MemoryError):
         return 0, 0
     try:
+        try:
+            if schema_problem(source):
+                return 0, 0                 # its rows cannot be told apart: not one is copied
+        except (sqlite3.Error, MemoryError):
+            pass                            # (and where the schema cannot be read, none can be)
         try:                                # a scan reads everything before the first bad page
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
                 rows[row[0]] = row
@@ -3257,12 +3291,14 @@ def command_repair(args):
 
 
 def integrity_of(path):
-    """SQLite's integrity check of the store at `path`: "ok", or what is wrong."""
+    """SQLite's integrity check of the store at `path`, and the shape of its table: "ok", or what
+    is wrong."""
     import sqlite3
     try:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
         try:
-            return connection.execute("PRAGMA integrity_check").fetchone()[0]
+            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
+            return result if result != "ok" else schema_problem(connection) or "ok"
         finally:
             connection.close()
     except sqlite3.Error as error:

@@ -49,7 +49,7 @@ FUNCTIONS = [
     "unusable_secret_answer", "refuse_another_user", "check_owners", "web_root_of", "check_web_folder",
     "end_a_forked_child", "store_within_reach", "ini_secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
-    "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers",
+    "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",

@@ -660,6 +660,48 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(runs, ["1001", "2002", "3003"])
         self.assertIn("the index of duplicate keys points to a row that holds another key", self.log_text())
 
+    def test_a_schema_damaged_where_the_integrity_check_cannot_see_gives_503_and_runs_nothing(self):
+        # One bit flipped in the schema's text: PRIMARY read as QRIMARY (every id is then NULL),
+        # or a line break as a vertical tab (the next column becomes part of a comment). SQLite's
+        # integrity check says ok. Answers and outcomes would go to no row: refused, left as it is.
+        for damage in (("PRIMARY", "QRIMARY"), ("(retries included)\n", "(retries included)\v")):
+            with self.subTest(damage=damage[1].strip()):
+                self.setUp()
+                runs = []
+
+                def on_payment(notification):
+                    runs.append(notification["transaction_id"])
+                    if notification["transaction_id"] == "2002":
+                        raise RuntimeError("not yet")
+                    return {"username": "buyer-" + notification["transaction_id"]}
+                self.handle("on_payment", on_payment)
+                for number in ("1001", "2002"):
+                    post(payment(number))
+                ipn_receiver.close_store()
+                connection = sqlite3.connect(self.store())
+                connection.execute("PRAGMA writable_schema=ON")
+                connection.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE name = 'notifications'",
+                                   damage)
+                connection.commit()
+                connection.close()
+                if damage[0] == "PRIMARY":
+                    self.assertEqual(integrity(self.store()), "ok")
+                for number in ("1001", "2002", "3003"):
+                    answer = post(payment(number))
+                    self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
+                self.assertEqual(runs, ["1001", "2002"])
+                self.assertIn("its schema is damaged (", self.log_text())
+                output = io.StringIO()
+                with contextlib.redirect_stdout(output), contextlib.redirect_stderr(io.StringIO()) as errors, \
+                        mock.patch.dict(os.environ, IPN_DATA_DIR=self.data_dir, IPN_SHA_PASSPHRASE=PASSPHRASE):
+                    self.assertEqual(ipn_receiver.main(["check"]), 1)
+                    self.assertEqual(ipn_receiver.main(["repair"]), 1)
+                self.assertIn("PROBLEM  event store: event store %s: its schema is damaged" % self.store(),
+                              output.getvalue())
+                self.assertIn("damaged where its schema is kept, so not one row can be read, and it was left as it was",
+                              errors.getvalue())
+                self.assertEqual(runs, ["1001", "2002"])
+
     def test_a_row_whose_key_lost_a_bit_keeps_both_keys(self):
         # One flipped bit in a stored key: the index still holds the key as it was. Which of the
         # two is right cannot be told; both are kept, and a copy under either runs nothing.
