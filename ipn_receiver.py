@@ -2717,7 +2717,7 @@ def stored_fields(row):
     import json
     try:
         fields = json.loads(row["fields"])
-    except ValueError:
+    except (ValueError, TypeError):         # (TypeError: a number or NULL where the text was)
         return {}
     return fields if isinstance(fields, dict) else {}
 
@@ -2726,13 +2726,16 @@ def reference_of(row):
     """The order/transaction id of a stored row, for tables."""
     fields = stored_fields(row)
     if row["provider"] == PROMOPIT:
-        return one_line(fields.get("promopit_txn_id", ""))
-    return one_line("/".join(value for value in (fields.get("order_id", ""), fields.get("transaction_id", ""))
+        return one_line(str(fields.get("promopit_txn_id", "")))
+    return one_line("/".join(str(value) for value in (fields.get("order_id", ""), fields.get("transaction_id", ""))
                              if value))
 
 
 def local_time(timestamp):
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"                          # damaged on the disk
 
 
 def command_events(args):
@@ -2746,10 +2749,11 @@ def command_events(args):
     print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s" % (
         "id", "received", "provider", "event", "status", "try", "got", "order/transaction"))
     for row in rows:
-        print("%6d  %-19s  %-11s  %-20s  %-10s  %3d  %3d  %s%s" % (
-            row["id"], local_time(row["received_at"]), row["provider"], one_line(row["event"])[:20],
+        # (Each as text: a flipped bit on the disk can make any column another type.)
+        print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s%s" % tuple(one_line(str(value)) for value in (
+            row["id"], local_time(row["received_at"]), row["provider"], one_line(str(row["event"]))[:20],
             one_line(str(row["status"]))[:10], row["attempts"], row["deliveries"], reference_of(row),
-            "  (test)" if row["is_test"] else ""))
+            "  (test)" if row["is_test"] else "")))
     return 0
 
 
@@ -3425,6 +3429,9 @@ def main(argv=None):
     except OSError as error:                # a file of the data folder this user may not open, say
         message, code = "%s%s; `python3 ipn_receiver.py check` says what to fix" % (
             "%s: " % error.filename if error.filename else "", error.strerror or error), 1
+    except Exception as error:              # a row damaged on the disk into a shape no one expects, say
+        message, code = "%s failed (%s: %s); `python3 ipn_receiver.py check` tells whether the event store is " \
+                        "damaged" % (args.name, type(error).__name__, one_line(shortened(str(error), 200))), 1
     print("ERROR: " + message, file=sys.stderr)
     return code
 

@@ -259,6 +259,29 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 self.assertEqual(self.command("replay", "1")[0], 0)            # no --force needed
                 self.assertEqual(self.rows()[0]["status"], "done")
 
+    def test_columns_damaged_into_other_types_are_shown_not_a_traceback(self):
+        # A flipped bit in a record's header makes a column another type: text a blob, a number
+        # text, the fields NULL-like. SQLite's integrity check does not always see it.
+        post(payment())
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET event = X'6f6e5f7061796d656e74', attempts = 'x', "
+                           "received_at = 'y', fields = 4.5")
+        connection.commit()
+        connection.close()
+        for command in (["events"], ["show", "1"]):
+            code, output, errors = self.command(*command)
+            self.assertEqual((code, errors), (0, ""), command)
+            self.assertNotIn("Traceback", output)
+        self.assertIn("     1  ?                    digistore24  b'on_payment'         done          x    1    (test)\n",
+                      self.command("events")[1])
+
+    def test_whatever_else_goes_wrong_in_a_command_is_one_line(self):
+        with mock.patch.object(ipn_receiver, "command_events", side_effect=TypeError("unexpected")), \
+                contextlib.redirect_stderr(io.StringIO()) as errors:
+            self.assertEqual(ipn_receiver.main(["events"]), 1)
+        self.assertEqual(errors.getvalue(), "ERROR: events failed (TypeError: unexpected); `python3 ipn_receiver.py "
+                                            "check` tells whether the event store is damaged\n")
+
 class CommandsMakeNothingForAnotherUser(CommandTestCase):
     """A command run as another user than the web server's (root over SSH, say) would make what it
     writes that user's: a data folder, a store, a lock or a log the web server cannot open, and
