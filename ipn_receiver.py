@@ -269,15 +269,20 @@ def settings():
 
     Read on first use, and again when the INI file has changed since: a process that lives on
     (under WSGI, or `serve`) follows the vendor's edits, a new passphrase say, without a restart.
-    (Not the environment's: a process keeps the one it was started with.)
+    All but DATA_DIR: a file caught half uploaded, its data_dir line not there yet, would start a
+    second, empty store elsewhere, in which every notification handled before runs again. Moving
+    the data folder takes a restart. (So does the environment: a process keeps the one it has.)
     """
     global _settings, _settings_read_from
     if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
         state = ini_file_state()
         # Where they are wrong, ConfigError: the settings before stay in _settings, for the log to
         # mask their secrets, and the next use reads the file again.
-        _settings, _settings_read_from = load_settings(), state
-        log.reset()                         # its secrets and level, and where its files are
+        loaded = load_settings()
+        if _settings is not None:
+            loaded["DATA_DIR"] = _settings["DATA_DIR"]
+        _settings, _settings_read_from = loaded, state
+        log.reset()                         # its secrets and level
     return _settings
 
 

@@ -349,6 +349,19 @@ class ALongLivedProcess(SettingsTestCase):
         self.assertEqual(post(payment("4")).body, "OK")
         self.assertEqual(ipn_receiver.log.level, 10)
 
+    def test_its_data_folder_stays_the_one_it_started_with(self):
+        # A config.ini caught half uploaded, its data_dir line not there yet: a new, empty store
+        # beside the script would run every notification handled before again.
+        self.settings_file(PASSPHRASE)
+        runs = []
+        ipn_receiver.DIGISTORE24_HANDLERS["on_payment"] = runs.append
+        self.assertEqual(post(payment("1")).body, "OK")
+        self.write("[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
+        self.assertEqual(post(payment("1")).body, "OK")
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(ipn_receiver.settings()["DATA_DIR"], self.data_dir)
+        self.assertFalse(os.path.exists(os.path.join(self.folder, "ipn_data")))
+
     def test_settings_wrong_at_the_first_call_leave_the_log_unmasked_no_longer_than_they_are_wrong(self):
         self.write("[digistore24]\nsha_pass")                            # a file half uploaded
         answer = post(payment("1"))
