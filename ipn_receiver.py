@@ -735,7 +735,7 @@ class Log:
             # config.ini that was right until it was caught half written, say, stay masked: a
             # handler's error may hold them.
             self._mask_the_secrets_of(_settings)
-            return False
+            return False                    # not set up: the next line tries again
         self.level = LOG_LEVELS[config["LOG_LEVEL"]]
         self._mask_the_secrets_of(config)
         files = []

@@ -72,7 +72,7 @@ EQUIVALENT = {
         "the size of each read, not what is read",
     ("lock_within", "if waited >= seconds:"):
         "differs only at the very instant of the deadline",
-    ("Log._open", "return True                    # the error itself is logged, to stderr only"):
+    ("Log._open", "return True                    # not set up: the next line tries again"):
         "settings() sets the log up again whenever it loads them, so one set up with wrong settings is "
         "set up again once they are right",
     ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):

@@ -702,6 +702,60 @@ class StorageProblems(ReceiverTestCase):
                               errors.getvalue())
                 self.assertEqual(runs, ["1001", "2002"])
 
+    def test_what_is_wrong_with_a_schema_is_told_by_its_shape(self):
+        def problem(*changes):
+            connection = sqlite3.connect(":memory:")
+            schema = ipn_receiver.SCHEMA
+            for old, new in changes[:1]:
+                schema = schema.replace(old, new)
+            connection.execute(schema)
+            for statement in changes[1:]:
+                connection.execute(statement)
+            return ipn_receiver.schema_problem(connection)
+
+        self.assertIsNone(problem())
+        self.assertEqual(problem(("(retries included)\n", "(retries included)\v")),
+                         "its columns are not those of the receiver's table")
+        for id_column in ("INTEGER QRIMARY KEY", "INTEGER", "INTEGEQ PRIMARY KEY"):
+            self.assertEqual(problem(("INTEGER PRIMARY KEY", id_column)), "its id is not the table's INTEGER PRIMARY KEY")
+        without_unique = ("NOT NULL UNIQUE", "NOT NULL")
+        self.assertEqual(problem(without_unique), "its duplicate keys are not UNIQUE")
+        self.assertEqual(problem(without_unique, "CREATE INDEX keys ON notifications (duplicate_key)"),
+                         "its duplicate keys are not UNIQUE")
+        self.assertEqual(problem(without_unique, "CREATE UNIQUE INDEX keys ON notifications (duplicate_key, event)"),
+                         "its duplicate keys are not UNIQUE")
+        self.assertIsNone(problem(without_unique, 'CREATE UNIQUE INDEX "a""b" ON notifications (duplicate_key)'))
+
+    def test_a_key_the_index_holds_but_no_row_does_is_damage(self):
+        post(payment("1001"))
+        post(payment("1002"))
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        key = "digistore24:on_payment:1002"
+        self.assertEqual(ipn_receiver.row_of_key(connection, "status", key), ("done",))
+        self.assertIsNone(ipn_receiver.row_of_key(connection, "status", "nowhere", may_be_missing=True))
+        with self.assertRaises(sqlite3.DatabaseError):
+            ipn_receiver.row_of_key(connection, "status", "nowhere")       # (a claim found it there)
+        ipn_receiver.close_store()
+        with open(self.store(), "r+b") as file:                          # its entry points to row 9
+            content = bytearray(file.read())
+            at = content.index(key.encode(), 2 * 4096, 3 * 4096) + len(key)
+            self.assertEqual(content[at], 2)
+            content[at] = 9
+            file.seek(0)
+            file.write(content)
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        for may_be_missing in (False, True):
+            with self.assertRaises(sqlite3.DatabaseError):
+                ipn_receiver.row_of_key(connection, "status", key, may_be_missing)
+
+    def test_an_htaccess_of_the_receivers_cut_short_is_written_again(self):
+        htaccess = os.path.join(self.data_dir, ".htaccess")
+        with open(htaccess, "w") as file:
+            file.write(ipn_receiver._HTACCESS.split("\n")[0] + "\n<IfModule mod_authz_core.c>\n")   # a full disk
+        self.assertFalse(ipn_receiver.is_anothers(htaccess))
+        self.assertEqual(post(payment()).body, "OK")
+        self.assertTrue(ipn_receiver.denies_the_web(htaccess))
+
     def test_a_row_whose_key_lost_a_bit_keeps_both_keys(self):
         # One flipped bit in a stored key: the index still holds the key as it was. Which of the
         # two is right cannot be told; both are kept, and a copy under either runs nothing.
