@@ -1245,7 +1245,9 @@ class TheLiveStore(ReceiverTestCase):
             real_sleep(seconds)
         with mock.patch.object(ipn_receiver.time, "sleep", sleep):
             self.assertEqual(post(payment("2")).body, "OK")
-        self.assertEqual(pauses, [0.0001] * 3)               # a call holds it a moment: try again soon
+        self.assertEqual(len(pauses), 3)
+        self.assertEqual(pauses[0], 0.0001)                  # a call holds it a moment: try again soon
+        self.assertLessEqual(max(pauses), 0.001)             # (on a loaded machine 50 ms may pass by)
 
     def test_a_waiter_for_a_lock_held_long_tries_less_often(self):
         # Whoever holds the lock 50 ms is doing more than a call does (a salvage, or it is stuck):
