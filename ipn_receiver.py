@@ -1433,8 +1433,9 @@ def open_store(config):
             if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 with StoreLock(config["DATA_DIR"]):     # one process migrates, the others wait
                     migrate_store(connection)
-            if schema_problem(connection):
-                raise StorageError(DAMAGED_SCHEMA % (path, schema_problem(connection)))
+            problem = schema_problem(connection)
+            if problem:
+                raise StorageError(DAMAGED_SCHEMA % (path, problem))
         except Exception:
             connection.close()
             raise
@@ -1459,8 +1460,9 @@ def schema_problem(connection):
     if columns["id"][2].upper() != "INTEGER" or columns["id"][5] != 1:
         return "its id is not the table's INTEGER PRIMARY KEY"
     unique = [row[1] for row in connection.execute("PRAGMA index_list(notifications)") if row[2]]
-    if not any([row[2] for row in connection.execute('PRAGMA index_info("%s")' % name.replace('"', '""'))] == ["duplicate_key"]
-               for name in unique):
+    indexed = [[row[2] for row in connection.execute('PRAGMA index_info("%s")' % name.replace('"', '""'))]
+               for name in unique]
+    if ["duplicate_key"] not in indexed:
         return "its duplicate keys are not UNIQUE"
     return None
 
@@ -1891,8 +1893,8 @@ def claim_notification(connection, notification, dispatch, timeout):
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
     None) when another process is running its handler right now, or ("unknown", None) when it
     was salvaged from a damaged store without its status, or its status is damaged (the vendor
-    decides; the fields this copy brings are kept for `replay`). A claim older than `timeout` seconds counts as abandoned
-    (its process died) and is taken over.
+    decides; the fields this copy brings are kept for `replay`). A claim older than `timeout`
+    seconds counts as abandoned (its process died) and is taken over.
     """
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
@@ -2754,11 +2756,11 @@ def command_events(args):
     print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s" % (
         "id", "received", "provider", "event", "status", "try", "got", "order/transaction"))
     for row in rows:
-        # (Each as text: a flipped bit on the disk can make any column another type.)
-        print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s%s" % tuple(one_line(str(value)) for value in (
-            row["id"], local_time(row["received_at"]), row["provider"], one_line(str(row["event"]))[:20],
-            one_line(str(row["status"]))[:10], row["attempts"], row["deliveries"], reference_of(row),
-            "  (test)" if row["is_test"] else "")))
+        # Each as text, escaped once: a flipped bit on the disk can make any column another type.
+        cells = tuple(one_line(str(value)) for value in (row["id"], local_time(row["received_at"]), row["provider"],
+                                                          row["event"], row["status"], row["attempts"], row["deliveries"]))
+        print("%6s  %-19s  %-11s  %-20.20s  %-10.10s  %3s  %3s  %s%s" % (
+            cells + (reference_of(row), "  (test)" if row["is_test"] else "")))
     return 0
 
 
