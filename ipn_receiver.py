@@ -396,6 +396,11 @@ def finish_settings(values, where, config_file):
                 where[name][0], name, example), where[name][1])
         result[name] = number
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
+    if len(data_dir) > 1 and data_dir[0] == data_dir[-1] and data_dir[0] in "\"'":
+        # Taken as it is written, as config.ini takes every value: a folder whose name begins with
+        # a quote, inside the script's folder, on the web.
+        raise ConfigError("%s: DATA_DIR is in quotes, which would be part of the folder's name; remove them"
+                          % where["DATA_DIR"][0], where["DATA_DIR"][1])
     # Absolute stays absolute; normalised, so that "/data//" and "/data" name one lock file.
     result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, os.path.expanduser(data_dir)))
     try:
@@ -1227,9 +1232,12 @@ OUTCOME_LOCK_TIMEOUT_SECONDS = 50   # how long a handler's outcome waits for it:
 STORAGE_ERROR = ("ERROR: storage unavailable: the receiver could not write its event store; run "
                  "`python3 ipn_receiver.py check` on the server (the reason is in ipn_receiver.log, or in "
                  "the web server's error log where the data folder cannot be written)")
-STORE_BUSY = ("ERROR: the event store is busy: another process has held it for over %d s; the sender "
-              "retries later, and if this repeats, run `python3 ipn_receiver.py check` on the server"
-              % LOCK_TIMEOUT_SECONDS)
+STORE_BUSY = ("ERROR: the event store is busy: another process has held it too long; the sender retries "
+              "later, and if this repeats, run `python3 ipn_receiver.py check` on the server")
+OUTCOME_NOT_STORED = (
+    "ERROR: the handler ran for notification #%d, but the receiver could not record that it did (the event "
+    "store was busy or could not be written); a retry after PROCESSING_TIMEOUT runs it again. Run `python3 "
+    "ipn_receiver.py check` on the server; the reason is in ipn_receiver.log")
 _HTACCESS = """# Written by ipn_receiver: nothing in this folder may be served on the web.
 <IfModule mod_authz_core.c>
     Require all denied
@@ -1545,7 +1553,8 @@ def describe_storage_error(error, path):
         hint = "another process held the store longer than %d s" % BUSY_TIMEOUT_SECONDS
     elif store_is_damaged(error):
         hint = "the file is damaged: run `python3 ipn_receiver.py repair` (it keeps every row that can be read)"
-    return "event store %s: %s; %s" % (path, text, hint)
+    # (The file it names where it has one: the lock file, say, not the store.)
+    return "event store %s: %s; %s" % (getattr(error, "filename", None) or path, text, hint)
 
 
 def store_is_damaged(error):
@@ -1893,8 +1902,8 @@ def claim_notification(connection, notification, dispatch, timeout):
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
     None) when another process is running its handler right now, or ("unknown", None) when it
     was salvaged from a damaged store without its status, or its status is damaged (the vendor
-    decides; the fields this copy brings are kept for `replay`). A claim older than `timeout`
-    seconds counts as abandoned (its process died) and is taken over.
+    decides; the fields this copy brings are kept for `replay`). An abandoned claim (see
+    claim_is_abandoned) is taken over.
     """
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
@@ -1915,7 +1924,7 @@ def claim_notification(connection, notification, dispatch, timeout):
             row_id, status, answer, claimed_at = row_of_key(connection, "id, status, answer, claimed_at",
                                                             notification.key)
             notification.id = row_id
-            abandoned = status == "processing" and (claimed_at or 0) < now - timeout
+            abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout)
             if (status == "failed" or abandoned) and not dispatch:
                 # Its handler was taken out of the table since: like any event without one, it
                 # is answered OK and kept (its last_error tells what happened before).
@@ -1950,6 +1959,16 @@ def claim_notification(connection, notification, dispatch, timeout):
     except BaseException:
         rollback(connection)
         raise
+
+
+def claim_is_abandoned(claimed_at, now, timeout):
+    """True when a handler run that started at `claimed_at` can no longer be running: it started
+    more than `timeout` seconds ago (its process died), or more than `timeout` seconds in the
+    future. A claim is never made in the future; one that seems to be was made while the clock
+    was ahead, and the clock was set back since (a server that booted with a wrong clock, say).
+    Waiting for the clock to catch up could outlast the sender's retries, and the sale would
+    never be handled. (No time at all: damage, taken over too.)"""
+    return not now - timeout <= (claimed_at or 0) <= now + timeout
 
 
 def row_of_key(connection, columns, key, may_be_missing=False):
@@ -2037,8 +2056,9 @@ MISSING_EVENT_ANSWER = (
 INVALID_ISN_KEY_ANSWER = (
     "invalid isn key: the ISN key sent is not the ISN_KEY of ipn_receiver; copy the ISN key from "
     "the product's ISN settings at PromoPit into ISN_KEY")
-BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; "
-               "the sender retries later, nothing to do")
+BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; the "
+               "sender retries later, nothing to do. (Should this last longer than PROCESSING_TIMEOUT, a handler "
+               "ran and could not be recorded: see ipn_receiver.log)")
 UNKNOWN_ANSWER = (
     "ERROR: notification #%(id)d lost its record when the event store was damaged, so whether its handler "
     "ran is unknown; on the server, look at `python3 ipn_receiver.py show %(id)d`, then run `replay %(id)d` "
@@ -2135,7 +2155,8 @@ def run_and_record(notification, handler, claim, config):
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
-        return storage_failure(error, config, "handler ran, but its outcome could not be stored")
+        status, _, outcome = storage_failure(error, config, "handler ran, but its outcome could not be stored")
+        return status, OUTCOME_NOT_STORED % notification.id, outcome
     if answer is not None:
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
@@ -2793,7 +2814,8 @@ def command_replay(args):
     --done, record it as handled without running it (for one the vendor has seen to by hand)."""
     config = settings()
     row = stored_row(config, args.id)
-    stale = row["status"] == "processing" and (row["claimed_at"] or 0) < time.time() - config["PROCESSING_TIMEOUT"]
+    stale = row["status"] == "processing" and claim_is_abandoned(row["claimed_at"], time.time(),
+                                                                 config["PROCESSING_TIMEOUT"])
     if row["status"] in ("processing", "done", "ignored") and not stale and not args.force:
         raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
                             "--force to run its handler again anyway" % (row["id"], row["status"]))
@@ -2920,6 +2942,8 @@ def command_check(args):
     for name in SECRET_SETTINGS:
         mistake = ini_secret_mistake(config[name]) if config["where"][name].startswith(
             "%s line " % os.path.basename(config["config_file"] or "?")) else None
+        if not mistake and config[name].strip() != config[name] and config[name].strip():
+            mistake = "spaces"          # (config.ini strips them; the file and the environment do not)
         if mistake:
             report(False, "%s (%s) %s" % (name, config["where"][name], SECRET_MISTAKES[mistake][0]),
                    SECRET_MISTAKES[mistake][1] % name)
@@ -2928,7 +2952,9 @@ def command_check(args):
         first_line = file.readline()
     report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
            "%s starts with a shebang line ending in LF" % os.path.basename(script),
-           "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
+           "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
+           "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
+           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
     report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
            "chmod 755 %s   (needed to run as CGI)" % script)
     data_dir = config["DATA_DIR"]
@@ -2962,8 +2988,18 @@ def command_check(args):
                    else "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
                    % data_dir)
         if os.path.dirname(data_dir) == HERE:
-            note("the data folder is beside the script; outside the web root is safer (DATA_DIR)")
+            note("the data folder is beside the script; outside the web root is safer (set DATA_DIR, and move the "
+                 "store into it: check says how)")
     check_web_folder(report, note, data_dir)
+    left_behind = os.path.join(HERE, "ipn_data")        # the default data folder
+    if os.path.normcase(left_behind) != os.path.normcase(data_dir) and os.path.isfile(
+            os.path.join(left_behind, STORE_FILE_NAME)):
+        # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
+        report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
+               "with no calls arriving, move its events.sqlite3 (with the -wal and -shm files, if any) into "
+               "DATA_DIR if that has no store yet, else keep the one with your notifications, and delete the "
+               "other folder: a store left behind can be downloaded, and in an empty one the copies of "
+               "notifications already handled run their handlers again")
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a damaged store was set aside: %s" % name,
@@ -3008,15 +3044,39 @@ def command_check(args):
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             if os.path.exists(os.path.join(data_dir, name)):
                 report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
-        # A store (or its lock) that cannot be written makes every call a 503 (a backup restored
-        # read-only, say), though it reads well.
-        for name in (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock"):
-            path = os.path.join(data_dir, name)
-            if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-                report(False, "%s can be read and written by %s" % (name, user_name(os.geteuid())),
-                       "chmod 600 %s   (every call needs to write it)" % path)
+        check_store_files(report, data_dir)
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
+
+
+def check_store_files(report, data_dir):
+    """What `check` says about the files every call writes: the store, its journal and its lock.
+    Each makes every call a 503 where it is not a file this user can write (a backup restored
+    read-only, a folder made in its place), or, for the lock, where another process holds it."""
+    import stat
+    for name in (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock"):
+        path = os.path.join(data_dir, name)
+        if not os.path.lexists(path):
+            continue
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            report(False, "%s is a file" % name, "it is a folder or a link, which the receiver does not open: move "
+                   "it out of the data folder (`mv %s %s.moved`)%s" % (path, path, "" if name == STORE_FILE_NAME
+                                                                      else "; the receiver makes it again"))
+        elif not os.access(path, os.R_OK | os.W_OK):
+            report(False, "%s can be read and written by %s" % (name, user_name(os.geteuid())),
+                   "chmod 600 %s   (every call needs to write it)" % path)
+        elif name == ".lock":
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                lock_within(fd, 2)
+                free = True
+            except StoreBusy:
+                free = False
+            finally:
+                os.close(fd)            # (lets the lock go, if taken)
+            report(free, "the store's lock is free", "another process has held %s for over 2 s, and every call "
+                   "waits %d s for it, then gets 503: find that process (`fuser -v %s`) and end it if it is stuck "
+                   "(a `repair` stopped with Ctrl+Z, say: `fg` goes on with it)" % (path, LOCK_TIMEOUT_SECONDS, path))
 
 
 def check_owners(report, data_dir):
@@ -3058,6 +3118,9 @@ SECRET_MISTAKES = {
     "ini quotes": ("is in quotes, which config.ini takes as part of it",
                    "remove the quotes around %s; were they truly part of it, choose a new one without them, the "
                    "same on both sides"),
+    "spaces": ("begins or ends with a space, a tab or a line break",
+               "remove them where %s is set; were they truly part of it, choose a new one without them, the same on "
+               "both sides"),
     "ini comment": ("has what looks like a comment after it (\" ;\" or \" #\"), which config.ini takes as part of it",
                     "move the comment to a line of its own (config.ini has none after a value); were it truly part "
                     "of %s, choose a new one without it, the same on both sides"),
@@ -3132,8 +3195,8 @@ def check_web_folder(report, note, data_dir):
     if rules is None and web_root_of(data_dir):
         report(False, "data folder %s is in %s, which looks like web space, with no .htaccess beside the script: "
                "under nginx or lighttpd the store and the log can be downloaded" % (data_dir, web_root_of(data_dir)),
-               "set DATA_DIR to a folder outside the web root; under Apache, use the .htaccess of README.md's "
-               "deployment guide beside the script")
+               "set DATA_DIR to a folder outside the web root, and move the store into it (check says how); under "
+               "Apache, use the .htaccess of README.md's deployment guide beside the script")
     if rules is None and os.path.isfile(os.path.join(HERE, CONFIG_FILE_NAME)):
         fix = "keep it outside the web root (IPN_CONFIG), or use the .htaccess of README.md's deployment guide"
         if web_root:

@@ -49,7 +49,8 @@ FUNCTIONS = [
     "unusable_secret_answer", "refuse_another_user", "check_owners", "web_root_of", "check_web_folder",
     "end_a_forked_child", "store_within_reach", "ini_secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
-    "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem",
+    "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
+    "check_store_files",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -77,10 +78,12 @@ EQUIVALENT = {
         "set up again once they are right",
     ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):
         "differs only for a wait of exactly 50 ms, to the last bit of a float, and only in the pause",
-    ("claim_notification", 'abandoned = status == "processing" and (claimed_at or 1) < now - timeout'):
+    ("claim_is_abandoned", "return not now - timeout <= (claimed_at or 1) <= now + timeout"):
         "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
-    ("claim_notification", 'abandoned = status == "processing" and (claimed_at or 0) <= now - timeout'):
+    ("claim_is_abandoned", "return not now - timeout < (claimed_at or 0) <= now + timeout"):
         "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
+    ("claim_is_abandoned", "return not now - timeout <= (claimed_at or 0) < now + timeout"):
+        "differs only for a claim exactly PROCESSING_TIMEOUT ahead, to the last bit of a float",
     ("claim_notification", 'decision = ("XXrunXX", claim)'):
         'dispatch tells "busy" and "answer" apart; whatever else it gets, it runs the handler',
     ("read_body", 'if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "XXXX").lower() and "uwsgi.version" in environ:'):
@@ -109,12 +112,6 @@ EQUIVALENT = {
     ("end_a_forked_child", '"end such a process with os._exit()\\n" % one_line(shortened(name, 40))).encode("utf-8", '
                            '"XXreplaceXX"))'):
         "one_line escapes a lone surrogate, so the line always encodes and the error handler is never called",
-    ("command_replay", 'stale = row["status"] == "processing" and (row["claimed_at"] or 1) < time.time() - '
-                       'config["PROCESSING_TIMEOUT"]'):
-        "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
-    ("command_replay", 'stale = row["status"] == "processing" and (row["claimed_at"] or 0) <= time.time() - '
-                       'config["PROCESSING_TIMEOUT"]'):
-        "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

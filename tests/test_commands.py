@@ -164,13 +164,16 @@ class WhatReplayRuns(CommandTestCase):
         post(payment())
         refusal = ("ERROR: notification #1 is %s; replay runs failed ones (and abandoned and unknown ones). Add "
                    "--force to run its handler again anyway\n")
-        for status, claimed_ago in (("processing", 5), ("done", 5), ("done", 400)):
+        for status, claimed_ago in (("processing", 5), ("processing", -5), ("done", 5), ("done", 400)):
             self.set_row(status, claimed_ago)
             self.assertEqual(self.command("replay", "1"), (1, "", refusal % status), (status, claimed_ago))
         self.set_row("processing", 400)
         code, output, _ = self.command("replay", "1")
         self.assertEqual((code, output.splitlines()[1:]), (0, ["#1 digistore24 on_payment: handled as #1", "OK"]))
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 2)])
+        self.set_row("processing", -400)        # claimed while the clock was ahead: abandoned too
+        self.assertEqual(self.command("replay", "1")[0], 0)
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 3)])
         self.assertIn("INFO [", self.log_text())
         self.assertTrue(self.log_text().rstrip().endswith("replay of #1: handled as #1"), self.log_text())
 
@@ -532,6 +535,33 @@ class Check(CommandTestCase):
                                  "early" in output, problem, output)
                 self.assertNotIn("without the r", output)
 
+    def test_a_secret_with_spaces_around_it_from_the_environment_or_the_file_is_a_problem(self):
+        # config.ini strips a value; the environment and the file do not: a line break at the end of
+        # IPN_SHA_PASSPHRASE makes every call a 403 while the passphrase seems set.
+        for value in (PASSPHRASE + "\n", " " + PASSPHRASE, PASSPHRASE + "\t"):
+            code, output, _ = self.command("check", IPN_SHA_PASSPHRASE=value)
+            self.assertEqual(code, 1, output)
+            self.assertIn("PROBLEM  SHA_PASSPHRASE (environment variable IPN_SHA_PASSPHRASE) begins or ends with a "
+                          "space, a tab or a line break\n         fix: remove them where SHA_PASSPHRASE is set", output)
+            self.assertNotIn(PASSPHRASE, output)
+        output = self.check_with_the_passphrase_written('SHA_PASSPHRASE = r"passphrase-secretZ "')
+        self.assertIn("PROBLEM  SHA_PASSPHRASE (SHA_PASSPHRASE at the top of ipn_receiver.py) begins or ends with a "
+                      "space", output)
+        self.assertEqual(self.command("check", IPN_SHA_PASSPHRASE="pass phrase-in-the-middle")[0], 0)
+
+    def test_a_bom_before_the_shebang_is_named_as_such(self):
+        # A Windows editor's byte order mark: the file is no longer a program the web server can run.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(SCRIPT, "rb") as source, open(script, "wb") as copy:
+            copy.write(b"\xef\xbb\xbf" + source.read())
+        os.chmod(script, 0o755)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file "
+                      "as UTF-8 without a BOM", output)
+
     def test_a_secret_in_config_ini_in_quotes_or_with_a_comment_after_it_is_a_problem(self):
         # config.ini takes a value as it is written; other INI readers drop quotes and comments, so
         # a vendor may write them, and every call is refused while the secret seems set.
@@ -621,6 +651,67 @@ class Check(CommandTestCase):
         self.assertEqual(code, 2)
         self.assertEqual(errors.count("\n"), 1)
         self.assertTrue(errors.startswith("ERROR: ipn.ini"))
+
+
+class CheckTheStoreAndItsLock(CommandTestCase):
+    """What makes every call a 503 though the store reads well: check names it."""
+
+    def test_a_lock_another_process_holds_is_a_problem(self):
+        import fcntl
+        post(payment())
+        lock = os.path.join(self.data_dir, ".lock")
+        holder = os.open(lock, os.O_RDWR)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)                  # a process stopped while holding it
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  the store's lock is free\n         fix: another process has held %s for over 2 s, and "
+                      "every call waits 10 s for it, then gets 503: find that process (`fuser -v %s`)" % (lock, lock),
+                      output)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 0, output)
+        self.assertIn("ok       the store's lock is free\n", output)
+
+    def test_a_folder_in_place_of_the_lock_or_the_store_is_a_problem_and_the_log_names_it(self):
+        post(payment("1"))
+        lock = os.path.join(self.data_dir, ".lock")
+        os.remove(lock)
+        os.mkdir(lock)
+        self.assertEqual(post(payment("2")).status, 503)
+        self.assertLogged("ERROR", "event store %s: Is a directory; check that the data folder exists, is writable by "
+                                   "the web server's user and the disk is not full" % lock)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  .lock is a file\n         fix: it is a folder or a link, which the receiver does not "
+                      "open: move it out of the data folder (`mv %s %s.moved`); the receiver makes it again\n"
+                      % (lock, lock), output)
+        os.rmdir(lock)
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        ipn_receiver.close_store()
+        os.rename(store, store + ".real")
+        os.symlink(store + ".real", store)
+        code, output, _ = self.command("check")
+        self.assertIn("PROBLEM  events.sqlite3 is a file\n         fix: it is a folder or a link, which the receiver "
+                      "does not open: move it out of the data folder (`mv %s %s.moved`)\n" % (store, store), output)
+
+    def test_a_store_left_beside_the_script_when_data_dir_moved_is_a_problem(self):
+        # The vendor set DATA_DIR after calls had come, as check advises for a data folder on the
+        # web, and did not move the store: copies of handled notifications would run again.
+        site = os.path.join(self.data_dir, "site")
+        os.makedirs(os.path.join(site, "ipn_data"))
+        script = shutil.copy(SCRIPT, site)
+        elsewhere = os.path.join(self.data_dir, "elsewhere")
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
+        self.assertNotIn("left", output)                    # no store there: nothing left behind
+        with open(os.path.join(site, "ipn_data", "events.sqlite3"), "w"):
+            pass
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: with "
+                      "no calls arriving, move its events.sqlite3" % (os.path.join(site, "ipn_data"), elsewhere), output)
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
+        self.assertNotIn("left in", output)                 # the store in use is not left behind
 
 
 class CheckTheWebFolder(CommandTestCase):
@@ -763,7 +854,7 @@ class CheckTheWebFolder(CommandTestCase):
         # denies nothing, and the store (buyers' data, access data handed out) and the log download.
         problem = ("PROBLEM  data folder %s is in public_html, which looks like web space, with no .htaccess beside the "
                    "script: under nginx or lighttpd the store and the log can be downloaded\n         fix: set DATA_DIR "
-                   "to a folder outside the web root; under Apache, use the .htaccess of README.md's deployment guide "
+                   "to a folder outside the web root, and move the store into it (check says how); under Apache, use the .htaccess of README.md's deployment guide "
                    "beside the script\n")
         for name, htaccess, verdict in (("public_html", None, True), ("apps", None, False),
                                         ("public_html", snippet("apache-htaccess"), False)):

@@ -121,6 +121,17 @@ class Precedence(SettingsTestCase):
             self.write("[receiver]\ndata_dir = %s\n" % data_dir)
             self.assertEqual(load({})["DATA_DIR"], os.path.join(self.folder, data_dir))
 
+    def test_a_data_dir_in_quotes_is_refused(self):
+        # config.ini takes a value as it is written: the quotes would be part of a folder made inside
+        # the script's folder, on the web, while the vendor's folder stayed empty.
+        for text in ('[receiver]\ndata_dir = "/home/you/ipn_data"\n', "[receiver]\ndata_dir = 'ipn_data'\n"):
+            self.assertConfigError(text, "config.ini line 2, [receiver] data_dir: DATA_DIR is in quotes, which would "
+                                         "be part of the folder's name; remove them")
+        self.assertConfigError(None, "environment variable IPN_DATA_DIR: DATA_DIR is in quotes",
+                               IPN_DATA_DIR='"/home/you/ipn_data"')
+        for data_dir in ('"', "a'b'", '"ipn_data'):         # one quote, or not around it: a name like any
+            self.assertEqual(load({"IPN_DATA_DIR": data_dir})["DATA_DIR"], os.path.join(self.folder, data_dir))
+
     def test_use_settings_ignores_ini_and_environment(self):
         self.write("[promopit]\nisn_key = from-ini\n")
         with mock.patch.dict(os.environ, {"IPN_SHA_PASSPHRASE": "from-env"}):

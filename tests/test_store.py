@@ -434,6 +434,30 @@ class ExactlyOnce(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["deliveries"]), ("done", 2, 3))
 
+    def test_a_claim_dated_in_the_future_is_abandoned_once_it_is_more_than_the_timeout_ahead(self):
+        # The process that claimed it ran while the clock was a day ahead, and died; the clock was
+        # set right since. Waiting for the clock to catch up would outlast the sender's retries.
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, PROCESSING_TIMEOUT=60)
+        seen = []
+        self.handle("on_payment", seen.append)
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        fields = dict(payment())
+        del fields["sha_sign"]
+        notification = ipn_receiver.Notification("digistore24", ipn_receiver.vouched_fields(fields, "exact"))
+        self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
+        connection.execute("UPDATE notifications SET claimed_at = claimed_at + 50")    # within the timeout
+        self.assertEqual(post(payment()).status, 503)
+        connection.execute("UPDATE notifications SET claimed_at = claimed_at + 86400")
+        self.assertEqual(post(payment()).body, "OK")
+        self.assertEqual(len(seen), 1)
+        self.assertEqual((self.rows()[0]["status"], self.rows()[0]["attempts"]), ("done", 2))
+
+    def test_a_claim_is_abandoned_outside_the_timeout_either_way_and_held_within_it(self):
+        abandoned = ipn_receiver.claim_is_abandoned
+        self.assertEqual([abandoned(1000 + ago, 1000, 60) for ago in (-61, -60, -59, 0, 59, 60, 61)],
+                         [True, False, False, False, False, False, True])
+        self.assertTrue(abandoned(None, 1000, 60))              # no time: damage, taken over
+
     def test_when_a_slow_run_and_its_takeover_both_finish_the_first_answer_stands(self):
         # A handler slower than PROCESSING_TIMEOUT: a retry took its claim over and runs it again.
         def slow(notification):
@@ -1224,7 +1248,8 @@ class TheLiveStore(ReceiverTestCase):
         failure = sqlite3.OperationalError("database or disk is full")
         with mock.patch.object(ipn_receiver, "record_outcome", side_effect=failure):
             answer = post(payment())
-        self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
+        self.assertTrue(answer.body.startswith("ERROR: the handler ran for notification #1, but"))
         self.assertEqual(self.rows()[0]["status"], "processing")
         self.assertLogged("WARNING", "POST -> 503, digistore24 on_payment order A1B2C3D4 txn 3999938: handler ran, "
                                      "but its outcome could not be stored")
