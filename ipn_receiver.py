@@ -275,7 +275,7 @@ def settings():
     """
     global _settings, _settings_read_from
     if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
-        state = ini_file_state()
+        state = settled_ini_file_state()
         # Where they are wrong, ConfigError: the settings before stay in _settings, for the log to
         # mask their secrets, and the next use reads the file again.
         loaded = load_settings()
@@ -294,6 +294,29 @@ def ini_file_state():
     except (OSError, ValueError):
         return path, None
     return path, found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
+
+
+CONFIG_SETTLE_SECONDS = 1.0     # how long the INI file must have been unchanged before it is read
+
+
+def settled_ini_file_state(most=10):
+    """ini_file_state(), once the INI file has not changed for CONFIG_SETTLE_SECONDS (waiting
+    `most` seconds at the most).
+
+    An upload, or an editor saving in place, writes the file over a moment, and a call that read
+    it then would take what is there so far: no data_dir line yet, or half a path. Under CGI every
+    call starts afresh, with no data folder from before to keep, and it would make a second, empty
+    store elsewhere, in which a copy of a notification handled before runs again. So a file changed
+    less than a second ago is waited for. (A time ahead of the clock's is taken as settled: a
+    file set to a future time would make every call wait.)
+    """
+    for _ in range(int(most * 20)):
+        state = ini_file_state()
+        age = time.time() - state[2] / 1e9 if state[1] is not None else CONFIG_SETTLE_SECONDS
+        if not 0 <= age < CONFIG_SETTLE_SECONDS:
+            return state
+        time.sleep(0.05)
+    return ini_file_state()
 
 
 def load_settings(environ=None):
@@ -587,10 +610,11 @@ _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 def secret_forms(secret):
     """The ways a secret may be written into a log line, a stored error or an answer: as it is;
     inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
-    or a JSON document); as repr() writes its UTF-8 bytes; and percent-encoded as in a form or a
+    or a JSON document; with ensure_ascii=False too, as for text with umlauts); as repr() writes
+    its UTF-8 bytes; and percent-encoded as in a form or a
     URL, with upper- or lower-case hex digits, and with "~" kept or encoded (Python before 3.7
     and PHP's urlencode encode it)."""
-    forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret),
+    forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), secret.translate(_JSON_ESCAPES),
              repr(secret.encode("utf-8"))[2:-1]}
     for digits in ("%%%02X", "%%%02x"):
         encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
@@ -1296,12 +1320,34 @@ def is_anothers(htaccess):
 
 
 def denies_the_web(htaccess):
-    """Whether the .htaccess at that path is there and denies all (as the one this file writes)."""
+    """Whether the .htaccess at that path is there and denies the web every file in its folder, as
+    the one this file writes does.
+
+    Read as Apache reads it, not searched for words: a site's own .htaccess (DATA_DIR naming a
+    folder of the site) may deny only some files (`Require all denied` inside <Files
+    wp-config.php> or <FilesMatch "\.php$">), or hold the words in a comment, and the store and
+    the log beside it would be served. So only a `Require all denied` (or Apache 2.2's `Deny from
+    all`) outside every section but <IfModule> counts, and only where nothing grants access again.
+    """
     try:
         with open(htaccess, encoding="utf-8", errors="replace") as file:
-            return "Require all denied" in file.read()
+            lines = file.read().splitlines()
     except OSError:
         return False
+    sections, denied = [], False
+    for line in lines:
+        words = line.lower().split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].startswith("</"):
+            sections = sections[:-1]
+        elif words[0].startswith("<"):
+            sections.append(words[0].strip("<>"))
+        elif words[:3] in (["require", "all", "denied"], ["deny", "from", "all"]):
+            denied = denied or all(section == "ifmodule" for section in sections)
+        elif words[:3] in (["require", "all", "granted"], ["allow", "from", "all"]) or words[0] == "satisfy":
+            return False
+    return denied
 
 
 class StoreLock:

@@ -663,11 +663,13 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         holder = os.open(lock, os.O_RDWR)
         self.addCleanup(os.close, holder)
         fcntl.flock(holder, fcntl.LOCK_EX)                  # a process stopped while holding it
+        ipn_receiver.close_store()                          # (no -wal and -shm files left: check goes on)
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3-wal")))
         code, output, _ = self.command("check")
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  the store's lock is free\n         fix: another process has held %s for over 2 s, and "
-                      "every call waits 10 s for it, then gets 503: find that process (`fuser -v %s`)" % (lock, lock),
-                      output)
+                      "every call waits 10 s for it, then gets 503: find that process (`fuser -v %s`) and end it if it "
+                      "is stuck (a `repair` stopped with Ctrl+Z, say: `fg` goes on with it)\n" % (lock, lock), output)
         fcntl.flock(holder, fcntl.LOCK_UN)
         code, output, _ = self.command("check")
         self.assertEqual(code, 0, output)
@@ -687,6 +689,15 @@ class CheckTheStoreAndItsLock(CommandTestCase):
                       "open: move it out of the data folder (`mv %s %s.moved`); the receiver makes it again\n"
                       % (lock, lock), output)
         os.rmdir(lock)
+        for suffix in ("-wal", "-shm"):                     # the journal's files, each on its own
+            journal = os.path.join(self.data_dir, "events.sqlite3" + suffix)
+            moved = os.path.exists(journal) and shutil.move(journal, journal + ".real")
+            os.mkdir(journal)
+            code, output, _ = self.command("check")
+            self.assertIn("PROBLEM  events.sqlite3%s is a file\n" % suffix, output)
+            os.rmdir(journal)
+            if moved:
+                os.rename(journal + ".real", journal)
         store = os.path.join(self.data_dir, "events.sqlite3")
         ipn_receiver.close_store()
         os.rename(store, store + ".real")
@@ -694,6 +705,16 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         code, output, _ = self.command("check")
         self.assertIn("PROBLEM  events.sqlite3 is a file\n         fix: it is a folder or a link, which the receiver "
                       "does not open: move it out of the data folder (`mv %s %s.moved`)\n" % (store, store), output)
+
+    def test_a_sites_htaccess_in_the_data_folder_that_denies_some_files_only_is_a_problem(self):
+        post(payment())
+        with open(os.path.join(self.data_dir, ".htaccess"), "w") as file:
+            file.write('<FilesMatch "\\.php$">\n  Require all denied\n</FilesMatch>\n')
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  data folder has its .htaccess, which denies the web\n         fix: set DATA_DIR to a "
+                      "folder of its own, outside the web root: this one holds an .htaccess the receiver did not "
+                      "write, and leaves alone\n", output)
 
     def test_a_store_left_beside_the_script_when_data_dir_moved_is_a_problem(self):
         # The vendor set DATA_DIR after calls had come, as check advises for a data folder on the

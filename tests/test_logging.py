@@ -306,6 +306,10 @@ class SecretForms(unittest.TestCase):
         for written in ("a~b%20c", "a~b+c", "a%7Eb%20c", "a%7Eb+c", "a%7eb%20c", "a%7eb+c"):
             self.assertIn(written, forms)
 
+    def test_json_that_keeps_umlauts_as_they_are(self):
+        # json.dumps(..., ensure_ascii=False), as a handler logs text with umlauts: quotes escaped, "ä" not.
+        self.assertIn('Pass\\"w\u00f6rt', ipn_receiver.secret_forms('Pass"w\u00f6rt'))
+
     def test_json_ascii_at_the_edges_of_16_bits(self):
         for text in ("\x7e\x7f\x80", "\uffff", "\U00010000", "\U0010ffff", "\x00\x1f\\\""):
             self.assertEqual(ipn_receiver.json_ascii(text), json.dumps(text)[1:-1], ascii(text))
@@ -316,6 +320,7 @@ class SecretForms(unittest.TestCase):
         quoted = urllib.parse.quote(secret, safe="")
         lower_hex = re.sub("%[0-9A-F]{2}", lambda escape: escape.group().lower(), quoted)
         for written in (secret, repr(secret)[1:-1], ascii(secret)[1:-1], json.dumps(secret)[1:-1],
+                        json.dumps(secret, ensure_ascii=False)[1:-1],
                         repr(secret.encode("utf-8", "surrogatepass"))[2:-1], quoted, lower_hex,
                         urllib.parse.quote_plus(secret, safe="")):
             self.assertTrue(written in forms or not written, (secret, written))

@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import unittest
 from unittest import mock
 
@@ -32,10 +33,12 @@ class SettingsTestCase(unittest.TestCase):
         self.addCleanup(patcher.stop)
 
     def write(self, text, name="config.ini"):
-        """Write the file: bytes as they are, text as UTF-8."""
+        """Write the file: bytes as they are, text as UTF-8; dated two seconds ago, as one uploaded
+        before the call (a file changed just now is waited for: see AFileBeingUploaded)."""
         path = os.path.join(self.folder, name)
         with open(path, "wb") as file:
             file.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+        os.utime(path, (time.time() - 2, time.time() - 2))
         return path
 
     def assertConfigError(self, text, *fragments, **environ):
@@ -323,6 +326,67 @@ class Secrets(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AFileBeingUploaded(SettingsTestCase):
+    """A call that reads config.ini while it is being uploaded (or saved in place) would take what
+    is there so far. Under CGI every call starts afresh: a data_dir line not there yet, or half a
+    path, would make a second, empty store, in which a copy of a handled notification runs again.
+    A file changed less than CONFIG_SETTLE_SECONDS ago is waited for."""
+
+    def setUp(self):
+        SettingsTestCase.setUp(self)
+        forget_settings()
+        self.addCleanup(forget_settings)
+        environment = mock.patch.dict(os.environ, {"IPN_SHA_PASSPHRASE": PASSPHRASE})
+        environment.start()
+        self.addCleanup(environment.stop)
+        for name in [name for name in os.environ if name.startswith("IPN_") and name != "IPN_SHA_PASSPHRASE"]:
+            del os.environ[name]
+        self.full = "[receiver]\ndata_dir = %s\n" % os.path.join(self.folder, "outside-the-web-root")
+
+    def upload_in_progress(self, written):
+        """config.ini as the first `written` characters of the full file, written just now."""
+        with open(os.path.join(self.folder, "config.ini"), "w") as file:
+            file.write(self.full[:written])
+
+    def test_a_file_written_just_now_is_read_once_it_has_been_still_for_a_moment(self):
+        pauses = []
+
+        def upload_goes_on(seconds):        # time.sleep while the settings wait: the upload ends
+            pauses.append(seconds)
+            if len(pauses) == 3:
+                self.write(self.full)
+        for written in (len("[receiver]\n"), len(self.full) - 12):       # no data_dir yet; half a path
+            with self.subTest(written=written):
+                forget_settings()
+                pauses.clear()
+                self.upload_in_progress(written)
+                with mock.patch.object(ipn_receiver.time, "sleep", upload_goes_on):
+                    config = ipn_receiver.settings()
+                self.assertEqual(config["DATA_DIR"], os.path.join(self.folder, "outside-the-web-root"))
+                self.assertEqual(pauses, [0.05, 0.05, 0.05])
+
+    def test_a_file_that_has_been_still_for_a_second_or_dated_ahead_is_read_at_once(self):
+        self.write(self.full)                                   # dated two seconds ago
+        future = time.time() + 3600
+        for when in (None, future):
+            if when:
+                os.utime(os.path.join(self.folder, "config.ini"), (when, when))
+            forget_settings()
+            with mock.patch.object(ipn_receiver.time, "sleep", side_effect=AssertionError("waited")):
+                self.assertEqual(ipn_receiver.settings()["DATA_DIR"], os.path.join(self.folder, "outside-the-web-root"))
+        os.remove(os.path.join(self.folder, "config.ini"))      # no file: nothing to wait for
+        forget_settings()
+        with mock.patch.object(ipn_receiver.time, "sleep", side_effect=AssertionError("waited")):
+            self.assertEqual(ipn_receiver.settings()["DATA_DIR"], os.path.join(self.folder, "ipn_data"))
+
+    def test_a_file_that_keeps_changing_is_read_after_the_longest_wait(self):
+        pauses = []
+        self.upload_in_progress(len(self.full))
+        with mock.patch.object(ipn_receiver.time, "sleep", pauses.append):
+            ipn_receiver.settled_ini_file_state(most=1)
+        self.assertEqual(len(pauses), 20)
 
 
 class ALongLivedProcess(SettingsTestCase):

@@ -1421,6 +1421,33 @@ class Protection(ReceiverTestCase):
         self.assertIn("holds an .htaccess of its own, which does not deny the web: set DATA_DIR to a folder of its "
                       "own", errors.getvalue())
 
+    def test_an_htaccess_of_another_that_denies_only_some_files_is_not_taken_for_one_that_denies_all(self):
+        # DATA_DIR naming a site's uploads folder, whose .htaccess denies the scripts only: the store
+        # and the log beside it would be served, every buyer's data in them.
+        htaccess = os.path.join(self.data_dir, ".htaccess")
+        for rules in ('<FilesMatch "\\.(php|py)$">\n    Require all denied\n</FilesMatch>\n',
+                      "<Files wp-config.php>\nRequire all denied\n</Files>\n",
+                      "# Require all denied, removed: we need the files\nOptions +Indexes\n",
+                      "Require all denied\n<Files *.jpg>\nRequire all granted\n</Files>\n",
+                      "Order deny,allow\nDeny from all\nSatisfy any\n"):
+            with self.subTest(rules=rules):
+                with open(htaccess, "w") as file:
+                    file.write(rules)
+                self.assertFalse(ipn_receiver.denies_the_web(htaccess))
+                answer = post(payment())
+                self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
+                self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
+        # One that denies the whole folder is used as it is, and left alone.
+        for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
+                      "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
+            with self.subTest(rules=rules):
+                with open(htaccess, "w") as file:
+                    file.write(rules)
+                self.assertTrue(ipn_receiver.denies_the_web(htaccess))
+        self.assertEqual(post(payment()).body, "OK")
+        with open(htaccess) as file:
+            self.assertEqual(file.read(), rules)
+
     def test_an_htaccess_left_empty_by_a_full_disk_is_written_again(self):
         # A full disk (a web space over its quota) let the file be made but not written: an empty
         # .htaccess denies nothing, and the store and the log would be served.
