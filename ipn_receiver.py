@@ -1325,9 +1325,10 @@ def denies_the_web(htaccess):
 
     Read as Apache reads it, not searched for words: a site's own .htaccess (DATA_DIR naming a
     folder of the site) may deny only some files (`Require all denied` inside <Files
-    wp-config.php> or <FilesMatch "\.php$">), or hold the words in a comment, and the store and
-    the log beside it would be served. So only a `Require all denied` (or Apache 2.2's `Deny from
-    all`) outside every section but <IfModule> counts, and only where nothing grants access again.
+    wp-config.php>, or a <FilesMatch> for the .php files), or hold the words in a comment, and the
+    store and the log beside it would be served. So only a `Require all denied` (or Apache 2.2's
+    `Deny from all`) outside every section but <IfModule> counts, and only where nothing grants
+    access again.
     """
     try:
         with open(htaccess, encoding="utf-8", errors="replace") as file:
