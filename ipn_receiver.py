@@ -268,10 +268,10 @@ def settings():
     """The settings in effect in this process: a dict (ConfigError if they are wrong).
 
     Read on first use, and again when the INI file has changed since: a process that lives on
-    (under WSGI, or `serve`) follows the vendor's edits, a new passphrase say, without a restart.
-    All but DATA_DIR: a file caught half uploaded, its data_dir line not there yet, would start a
-    second, empty store elsewhere, in which every notification handled before runs again. Moving
-    the data folder takes a restart. (So does the environment: a process keeps the one it has.)
+    (under WSGI, or `serve`) follows the vendor's edits, a new passphrase or data folder say,
+    without a restart, as every worker of a server does at its next call, and as a CGI call does.
+    (A file caught half uploaded is not read: see settled_ini_file_state. The environment takes a
+    restart: a process keeps the one it has.)
     """
     global _settings, _settings_read_from
     if _settings is None or (_settings_read_from is not None and _settings_read_from != ini_file_state()):
@@ -279,8 +279,6 @@ def settings():
         # Where they are wrong, ConfigError: the settings before stay in _settings, for the log to
         # mask their secrets, and the next use reads the file again.
         loaded = load_settings()
-        if _settings is not None:
-            loaded["DATA_DIR"] = _settings["DATA_DIR"]
         _settings, _settings_read_from = loaded, state
         log.reset()                         # its secrets and level
     return _settings
@@ -1336,17 +1334,15 @@ def denies_the_web(htaccess):
     except OSError:
         return False
     sections, denied = [], False
-    for line in lines:
-        words = line.lower().split()
-        if not words or words[0].startswith("#"):
-            continue
-        if words[0].startswith("</"):
+    for words in (line.lower().split() for line in lines):
+        directive = " ".join(words)         # (a comment, "# Require all denied", is none of those below)
+        if directive.startswith("</"):
             sections = sections[:-1]
-        elif words[0].startswith("<"):
+        elif directive.startswith("<"):
             sections.append(words[0].strip("<>"))
-        elif words[:3] in (["require", "all", "denied"], ["deny", "from", "all"]):
+        elif directive in ("require all denied", "deny from all"):
             denied = denied or all(section == "ifmodule" for section in sections)
-        elif words[:3] in (["require", "all", "granted"], ["allow", "from", "all"]) or words[0] == "satisfy":
+        elif directive in ("require all granted", "allow from all") or directive.startswith("satisfy"):
             return False
     return denied
 
@@ -1968,10 +1964,10 @@ def claim_notification(connection, notification, dispatch, timeout):
             notification.id = cursor.lastrowid
             decision = ("run", claim) if dispatch else ("answer", "OK")
         else:
-            row_id, status, answer, claimed_at = row_of_key(connection, "id, status, answer, claimed_at",
-                                                            notification.key)
+            row_id, status, answer, claimed_at, claimed_by = row_of_key(
+                connection, "id, status, answer, claimed_at, claim", notification.key)
             notification.id = row_id
-            abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout)
+            abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout, claimed_by)
             if (status == "failed" or abandoned) and not dispatch:
                 # Its handler was taken out of the table since: like any event without one, it
                 # is answered OK and kept (its last_error tells what happened before).
@@ -2008,14 +2004,35 @@ def claim_notification(connection, notification, dispatch, timeout):
         raise
 
 
-def claim_is_abandoned(claimed_at, now, timeout):
-    """True when a handler run that started at `claimed_at` can no longer be running: it started
-    more than `timeout` seconds ago (its process died), or more than `timeout` seconds in the
-    future. A claim is never made in the future; one that seems to be was made while the clock
+def claim_is_abandoned(claimed_at, now, timeout, claim):
+    """True when the handler run that `claim` started at `claimed_at` counts as abandoned: it
+    started more than `timeout` seconds ago (its process died, or it ran too long), or it seems
+    to have started more than `timeout` seconds in the future and the process that made the claim
+    is gone. A claim is never made in the future; one that seems to be was made while the clock
     was ahead, and the clock was set back since (a server that booted with a wrong clock, say).
     Waiting for the clock to catch up could outlast the sender's retries, and the sale would
-    never be handled. (No time at all: damage, taken over too.)"""
-    return not now - timeout <= (claimed_at or 0) <= now + timeout
+    never be handled; but the clock may have been set back while the handler still runs. (No
+    time at all: damage, taken over too.)"""
+    claimed_at = claimed_at or 0
+    return claimed_at < now - timeout or (claimed_at > now + timeout and not process_is_running(claim))
+
+
+def process_is_running(claim):
+    """Whether the process whose id starts `claim` ("1234-...") runs on this machine (where the
+    id cannot be read, or asking is not possible, it is taken as gone)."""
+    try:
+        pid = int(str(claim).split("-")[0])
+    except ValueError:
+        return False
+    if pid <= 0 or os.name != "posix":      # (0 and -1 would name groups of processes)
+        return False
+    try:
+        os.kill(pid, 0)                     # signal 0 sends nothing: it only asks
+    except PermissionError:
+        return True                         # another user's process
+    except OSError:
+        return False
+    return True
 
 
 def row_of_key(connection, columns, key, may_be_missing=False):
@@ -2094,6 +2111,9 @@ NO_SIGNATURE_ANSWER = (
     "no signature: Digistore24 sent none because its IPN connection has no passphrase; enter one there "
     "(Settings > Integrations (IPN), edit the connection, IPN passphrase) and the same one as "
     "SHA_PASSPHRASE of ipn_receiver")
+UNSIGNED_ANSWER = (
+    "unsigned call: it holds neither a sha_sign (Digistore24) nor an isn_key (PromoPit); register this URL "
+    "only with Digistore24 (as an IPN connection) and PromoPit (as the ISN URL)")
 INVALID_SIGNATURE_ANSWER = (
     "invalid sha signature: the passphrase of this IPN connection in Digistore24 is not the "
     "SHA_PASSPHRASE of ipn_receiver; enter the same passphrase in both")
@@ -2126,6 +2146,8 @@ def handle_post(environ):
         received = received if received is not None else alternative
         if received == NO_SIGNATURE:
             raise Refusal(403, NO_SIGNATURE_ANSWER)
+        if not received:                    # (not a wrong passphrase: there is nothing to compare)
+            raise Refusal(403, UNSIGNED_ANSWER)
         if secret_problem(config, "SHA_PASSPHRASE"):
             raise Refusal(503, unusable_secret_answer("SHA_PASSPHRASE"))
         variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
@@ -2862,7 +2884,7 @@ def command_replay(args):
     config = settings()
     row = stored_row(config, args.id)
     stale = row["status"] == "processing" and claim_is_abandoned(row["claimed_at"], time.time(),
-                                                                 config["PROCESSING_TIMEOUT"])
+                                                                 config["PROCESSING_TIMEOUT"], row["claim"])
     if row["status"] in ("processing", "done", "ignored") and not stale and not args.force:
         raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
                             "--force to run its handler again anyway" % (row["id"], row["status"]))
@@ -3004,6 +3026,15 @@ def command_check(args):
            else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
     report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
            "chmod 755 %s   (needed to run as CGI)" % script)
+    in_the_script = [name for name in SECRET_SETTINGS if not secret_problem(config, name)
+                     and config["where"][name].endswith("at the top of ipn_receiver.py")]
+    if in_the_script and os.stat(script).st_mode & 0o004:
+        # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
+        # need read it; else the web server's user must, and the secrets belong in config.ini.
+        report(False, "%s, set in %s, can be read by every user of this server (mode %03o)" % (
+            " and ".join(in_the_script), os.path.basename(script), os.stat(script).st_mode & 0o777),
+            "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
+            "into config.ini, readable by the web server's user only (chmod 600)" % script)
     data_dir = config["DATA_DIR"]
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
@@ -3043,10 +3074,11 @@ def command_check(args):
             os.path.join(left_behind, STORE_FILE_NAME)):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
-               "with no calls arriving, move its events.sqlite3 (with the -wal and -shm files, if any) into "
-               "DATA_DIR if that has no store yet, else keep the one with your notifications, and delete the "
-               "other folder: a store left behind can be downloaded, and in an empty one the copies of "
-               "notifications already handled run their handlers again")
+               "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
+               "stop the app instead), move the store's files (events.sqlite3, and its -wal and -shm files if "
+               "any) into DATA_DIR if that has no store yet, else keep the one with your notifications, delete "
+               "the other folder, and rename the script back: a store left behind can be downloaded, and in an "
+               "empty one the copies of notifications already handled run their handlers again")
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a damaged store was set aside: %s" % name,
@@ -3104,8 +3136,8 @@ def check_store_files(report, data_dir):
     for name in (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock"):
         path = os.path.join(data_dir, name)
         if not os.path.lexists(path):
-            continue
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+            pass
+        elif not stat.S_ISREG(os.lstat(path).st_mode):
             report(False, "%s is a file" % name, "it is a folder or a link, which the receiver does not open: move "
                    "it out of the data folder (`mv %s %s.moved`)%s" % (path, path, "" if name == STORE_FILE_NAME
                                                                       else "; the receiver makes it again"))

@@ -50,7 +50,7 @@ FUNCTIONS = [
     "end_a_forked_child", "store_within_reach", "ini_secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
-    "check_store_files", "settled_ini_file_state",
+    "check_store_files", "settled_ini_file_state", "process_is_running",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -78,16 +78,22 @@ EQUIVALENT = {
         "set up again once they are right",
     ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):
         "differs only for a wait of exactly 50 ms, to the last bit of a float, and only in the pause",
-    ("claim_is_abandoned", "return not now - timeout <= (claimed_at or 1) <= now + timeout"):
+    ("claim_is_abandoned", "claimed_at = claimed_at or 1"):
         "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
-    ("claim_is_abandoned", "return not now - timeout < (claimed_at or 0) <= now + timeout"):
+    ("claim_is_abandoned", "return claimed_at <= now - timeout or (claimed_at > now + timeout and not "
+                           "process_is_running(claim))"):
         "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
-    ("claim_is_abandoned", "return not now - timeout <= (claimed_at or 0) < now + timeout"):
+    ("claim_is_abandoned", "return claimed_at < now - timeout or (claimed_at >= now + timeout and not "
+                           "process_is_running(claim))"):
         "differs only for a claim exactly PROCESSING_TIMEOUT ahead, to the last bit of a float",
     ("check_store_files", "lock_within(fd, 3)"):
         "how long check waits for the lock; a lock not let go within 3 s was not within 2 s either",
     ("check_store_files", "free = None"):
         "report() takes anything false for a problem",
+    ("settled_ini_file_state", "if not 0 < age < CONFIG_SETTLE_SECONDS:"):
+        "differs only for a file changed at this very instant, to the last bit of a float",
+    ("denies_the_web", 'sections.append(words[0].strip("XX<>XX"))'):
+        "the words are in lower case: stripping an upper-case X as well as the brackets strips nothing more",
     ("claim_notification", 'decision = ("XXrunXX", claim)'):
         'dispatch tells "busy" and "answer" apart; whatever else it gets, it runs the handler',
     ("read_body", 'if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "XXXX").lower() and "uwsgi.version" in environ:'):

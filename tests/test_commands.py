@@ -505,6 +505,7 @@ class Check(CommandTestCase):
         with open(script, "w", encoding="utf-8") as file:
             file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"', line))
         os.chmod(script, 0o755)
+        self.last_script = script
         code, output, _ = self.command("check", script=script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("secretZ", output)
         return output
@@ -548,6 +549,24 @@ class Check(CommandTestCase):
         self.assertIn("PROBLEM  SHA_PASSPHRASE (SHA_PASSPHRASE at the top of ipn_receiver.py) begins or ends with a "
                       "space", output)
         self.assertEqual(self.command("check", IPN_SHA_PASSPHRASE="pass phrase-in-the-middle")[0], 0)
+
+    def test_a_secret_in_a_script_every_user_can_read_is_a_problem(self):
+        # chmod 755, as CGI wants: where the folder can be reached, every user of a shared server
+        # reads the passphrase. (In config.ini the same secret gets "chmod 600".)
+        output = self.check_with_the_passphrase_written('SHA_PASSPHRASE = r"passphrase-secretZ"')
+        script_problem = ("PROBLEM  SHA_PASSPHRASE, set in ipn_receiver.py, can be read by every user of this server "
+                          "(mode 755)\n         fix: chmod 700 ")
+        self.assertIn(script_problem, output)
+        self.assertIn(", where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets into "
+                      "config.ini, readable by the web server's user only (chmod 600)\n", output)
+        os.chmod(self.last_script, 0o750)
+        code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
+        self.assertNotIn("can be read by every user", output)
+        # A placeholder, or a secret from the environment, is not in the script.
+        os.chmod(self.last_script, 0o755)
+        for environment in ({"IPN_SHA_PASSPHRASE": PASSPHRASE}, {"IPN_SHA_PASSPHRASE": ""}):
+            code, output, _ = self.command("check", script=SCRIPT, **environment)
+            self.assertNotIn("can be read by every user", output)
 
     def test_a_bom_before_the_shebang_is_named_as_such(self):
         # A Windows editor's byte order mark: the file is no longer a program the web server can run.
@@ -729,8 +748,9 @@ class CheckTheStoreAndItsLock(CommandTestCase):
             pass
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: with "
-                      "no calls arriving, move its events.sqlite3" % (os.path.join(site, "ipn_data"), elsewhere), output)
+        self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: rename "
+                      "ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, stop "
+                      "the app instead), move the store's files" % (os.path.join(site, "ipn_data"), elsewhere), output)
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
         self.assertNotIn("left in", output)                 # the store in use is not left behind
 

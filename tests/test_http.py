@@ -6,6 +6,7 @@
 | a verified notification                         | 200 "OK" (+ on_payment's answer lines)   |
 | an unknown event, or none, verified             | 200 "OK", stored, not dispatched         |
 | "no_signature_passphrase_provided" as signature | 403 "ERROR: no signature: ..."           |
+| no signature at all, or an empty one            | 403 "ERROR: unsigned call: ..."          |
 | a wrong signature / ISN key                     | 403 "ERROR: invalid sha signature/isn key"|
 | the needed secret not set, placeholder, short   | 503 "ERROR: <SETTING> is not set, ..."   |
 | a configuration error                           | 503 naming the file, the line and check  |
@@ -235,6 +236,17 @@ class Answers(ReceiverTestCase):
         # Even where the receiver has no passphrase either: the same passphrase goes into both.
         ipn_receiver.use_settings(SHA_PASSPHRASE="", DATA_DIR=self.data_dir)
         self.assertTrue(post(fields).body.startswith("ERROR: no signature: "))
+        self.assertEqual(self.rows(), [])
+
+    def test_a_call_with_no_signature_at_all_is_not_told_that_the_passphrases_differ(self):
+        # Nothing to compare: not from Digistore24's IPN, nor from PromoPit (no isn_key either).
+        fields = dict(fixture_fields("digistore24_on_payment"))
+        del fields["sha_sign"]
+        for extra in ({}, {"sha_sign": ""}, {"SHASIGN": ""}, {"sha_sign": "", "SHASIGN": ""}):
+            answer = post(dict(fields, **extra))
+            self.assertEqual((answer.status, answer.body), (403, "ERROR: unsigned call: it holds neither a sha_sign "
+                             "(Digistore24) nor an isn_key (PromoPit); register this URL only with Digistore24 (as "
+                             "an IPN connection) and PromoPit (as the ISN URL)"), extra)
         self.assertEqual(self.rows(), [])
 
     def test_a_handler_with_a_long_name_is_named_shortened(self):

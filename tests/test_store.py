@@ -10,6 +10,8 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -447,16 +449,27 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
         connection.execute("UPDATE notifications SET claimed_at = claimed_at + 50")    # within the timeout
         self.assertEqual(post(payment()).status, 503)
+        # A day ahead, made by this process, which still runs: the clock was set back while its
+        # handler runs, and a copy must not run it a second time.
         connection.execute("UPDATE notifications SET claimed_at = claimed_at + 86400")
+        self.assertEqual(post(payment()).status, 503)
+        connection.execute("UPDATE notifications SET claim = ?", ("%d-0a1b2c" % pid_of_a_process_gone(),))
         self.assertEqual(post(payment()).body, "OK")
         self.assertEqual(len(seen), 1)
         self.assertEqual((self.rows()[0]["status"], self.rows()[0]["attempts"]), ("done", 2))
 
     def test_a_claim_is_abandoned_outside_the_timeout_either_way_and_held_within_it(self):
         abandoned = ipn_receiver.claim_is_abandoned
-        self.assertEqual([abandoned(1000 + ago, 1000, 60) for ago in (-61, -60, -59, 0, 59, 60, 61)],
-                         [True, False, False, False, False, False, True])
-        self.assertTrue(abandoned(None, 1000, 60))              # no time: damage, taken over
+        gone, running = "%d-0a1b2c" % pid_of_a_process_gone(), "%d-0a1b2c" % os.getpid()
+        for claim in (gone, running):
+            self.assertEqual([abandoned(1000 + ago, 1000, 60, claim) for ago in (-61, -60, -59, 0, 59, 60, 61)],
+                             [True, False, False, False, False, False, claim == gone], claim)
+        self.assertTrue(abandoned(None, 1000, 60, None))        # no time: damage, taken over
+        # Ahead of the clock, and no process that can be asked: taken as gone.
+        for claim in (None, "", "x-1", "0-a", "-1-a", "1.5-a"):
+            self.assertTrue(abandoned(1061, 1000, 60, claim), claim)
+        self.assertTrue(ipn_receiver.process_is_running("1-a"))       # init: another user's, still asked
+        self.assertTrue(ipn_receiver.process_is_running("%d-replay-0a1b" % os.getpid()))
 
     def test_when_a_slow_run_and_its_takeover_both_finish_the_first_answer_stands(self):
         # A handler slower than PROCESSING_TIMEOUT: a retry took its claim over and runs it again.
@@ -1316,6 +1329,13 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual(post(payment("2")).body, "OK")       # the sender's retry, once it is free
 
 
+def pid_of_a_process_gone():
+    """The id of a process that has ended (and been waited for)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def integrity(path):
     connection = sqlite3.connect(path)
     try:
@@ -1429,6 +1449,10 @@ class Protection(ReceiverTestCase):
                       "<Files wp-config.php>\nRequire all denied\n</Files>\n",
                       "# Require all denied, removed: we need the files\nOptions +Indexes\n",
                       "Require all denied\n<Files *.jpg>\nRequire all granted\n</Files>\n",
+                      "Deny from all\n<Files *.jpg>\nAllow from all\n</Files>\n",
+                      "<Files x>\n<IfModule a>\n</IfModule>\nRequire all denied\n</Files>\n",
+                      "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\nRequire all denied\n</Files>\n",
+                      "Require all denied for the .php files\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1439,6 +1463,8 @@ class Protection(ReceiverTestCase):
                 self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
+                      "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
+                      "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\n</Files>\nRequire all denied\n",
                       "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
