@@ -1288,10 +1288,12 @@ def ensure_data_dir(path):
         os.chmod(path, 0o700)
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
-        if is_anothers(htaccess):
-            # Another's (a site's rewrite rules): never overwritten, and nothing stored beside it.
-            raise StorageError("the data folder %s holds an .htaccess of its own, which does not deny the web: "
-                               "set DATA_DIR to a folder of its own, outside the web root" % path)
+        if is_anothers_folder(path):
+            # A site's (its rewrite rules, its images): no .htaccess written there, which would take
+            # the site's files off the web, and nothing stored beside them.
+            raise StorageError("the data folder %s holds files that are not the receiver's (an .htaccess that does "
+                               "not deny the web, or a site's files): set DATA_DIR to a folder of its own, outside "
+                               "the web root" % path)
         # Written whole under another name, then renamed: a full disk must not leave an empty
         # .htaccess, which would deny nothing and never be written again. The name is this
         # thread's own: the threads of a WSGI server may all be writing it at once.
@@ -1303,6 +1305,13 @@ def ensure_data_dir(path):
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+
+
+def is_anothers_folder(path):
+    """Whether the folder at `path` holds what the receiver did not write: an .htaccess (is_anothers),
+    or any file not named as the receiver names its own."""
+    ours = (STORE_FILE_NAME, "ipn_receiver.", ".lock", ".htaccess")
+    return is_anothers(os.path.join(path, ".htaccess")) or any(not name.startswith(ours) for name in os.listdir(path))
 
 
 def is_anothers(htaccess):
@@ -1321,28 +1330,31 @@ def denies_the_web(htaccess):
     """Whether the .htaccess at that path is there and denies the web every file in its folder, as
     the one this file writes does.
 
-    Read as Apache reads it, not searched for words: a site's own .htaccess (DATA_DIR naming a
-    folder of the site) may deny only some files (`Require all denied` inside <Files
-    wp-config.php>, or a <FilesMatch> for the .php files), or hold the words in a comment, and the
-    store and the log beside it would be served. So only a `Require all denied` (or Apache 2.2's
-    `Deny from all`) outside every section but <IfModule> counts, and only where nothing grants
-    access again.
+    Read as Apache 2.4 reads it, not searched for words: a site's own .htaccess (DATA_DIR naming
+    a folder of the site) may deny only some files (`Require all denied` inside <Files
+    wp-config.php>, or a <FilesMatch> for the .php files), or only where a module is loaded (the
+    Apache 2.2 form inside <IfModule !mod_authz_core.c>, which 2.4 skips), or hold the words in a
+    comment, and the store and the log beside it would be served. So only a `Require all denied`
+    (or `Deny from all`) outside every section but <IfModule mod_authz_core.c>, which 2.4 always
+    reads, counts; and any other Require, Allow, Satisfy or AuthMerging line, each of which can
+    let someone in again, makes the file one that does not deny all.
     """
     try:
         with open(htaccess, encoding="utf-8", errors="replace") as file:
-            lines = file.read().splitlines()
+            text = file.read().replace("\\\n", " ")     # (a line ending in a backslash goes on)
     except OSError:
         return False
     sections, denied = [], False
-    for words in (line.lower().split() for line in lines):
+    for words in (line.lower().split() for line in text.splitlines()):
         directive = " ".join(words)         # (a comment, "# Require all denied", is none of those below)
         if directive.startswith("</"):
             sections = sections[:-1]
         elif directive.startswith("<"):
-            sections.append(words[0].strip("<>"))
+            sections.append(directive.strip("<>"))
         elif directive in ("require all denied", "deny from all"):
-            denied = denied or all(section == "ifmodule" for section in sections)
-        elif directive in ("require all granted", "allow from all") or directive.startswith("satisfy"):
+            denied = denied or all(section in ("ifmodule mod_authz_core.c", "ifmodule authz_core_module")
+                                   for section in sections)
+        elif words[0] in ("require", "allow", "satisfy", "authmerging"):
             return False
     return denied
 
@@ -2112,7 +2124,7 @@ NO_SIGNATURE_ANSWER = (
     "(Settings > Integrations (IPN), edit the connection, IPN passphrase) and the same one as "
     "SHA_PASSPHRASE of ipn_receiver")
 UNSIGNED_ANSWER = (
-    "unsigned call: it holds neither a sha_sign (Digistore24) nor an isn_key (PromoPit); register this URL "
+    "unsigned call: its sha_sign (Digistore24) or isn_key (PromoPit) is missing or empty; register this URL "
     "only with Digistore24 (as an IPN connection) and PromoPit (as the ISN URL)")
 INVALID_SIGNATURE_ANSWER = (
     "invalid sha signature: the passphrase of this IPN connection in Digistore24 is not the "
@@ -2160,6 +2172,8 @@ def handle_post(environ):
         handlers = DIGISTORE24_HANDLERS
     else:
         received = fields.pop("isn_key")
+        if not received:
+            raise Refusal(403, UNSIGNED_ANSWER)
         if secret_problem(config, "ISN_KEY"):
             raise Refusal(503, unusable_secret_answer("ISN_KEY"))
         if not isn_key_is_valid(received, config["ISN_KEY"]):
@@ -3035,6 +3049,14 @@ def command_check(args):
             " and ".join(in_the_script), os.path.basename(script), os.stat(script).st_mode & 0o777),
             "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
             "into config.ini, readable by the web server's user only (chmod 600)" % script)
+    cache = os.path.join(HERE, "__pycache__")
+    copies = [name for name in (os.listdir(cache) if in_the_script and os.path.isdir(cache) else ())
+              if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
+    if copies:
+        # Python gives a compiled copy the mode the script had when it was first imported.
+        report(False, "compiled copies of %s, secrets and all, can be read by every user of this server (%s)" % (
+            os.path.basename(script), ", ".join(sorted(copies))), "rm -r %s   (Python writes them again, with the "
+            "script's mode: so chmod 700 the script first)" % cache)
     data_dir = config["DATA_DIR"]
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
@@ -3061,8 +3083,9 @@ def command_check(args):
         check_owners(report, data_dir)
         if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
-                   "the web", "set DATA_DIR to a folder of its own, outside the web root: this one holds an .htaccess "
-                   "the receiver did not write, and leaves alone" if is_anothers(os.path.join(data_dir, ".htaccess"))
+                   "the web", "set DATA_DIR to a folder of its own, outside the web root: this one holds files the "
+                   "receiver did not write (an .htaccess, a site's files), and it leaves them alone"
+                   if is_anothers_folder(data_dir)
                    else "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
                    % data_dir)
         if os.path.dirname(data_dir) == HERE:

@@ -559,7 +559,20 @@ class Check(CommandTestCase):
         self.assertIn(script_problem, output)
         self.assertIn(", where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets into "
                       "config.ini, readable by the web server's user only (chmod 600)\n", output)
+        # Its compiled copies (a launcher imports it) have the mode it had then: readable too.
+        cache = os.path.join(os.path.dirname(self.last_script), "__pycache__")
+        os.makedirs(cache)
+        for name, mode in (("ipn_receiver.cpython-311.pyc", 0o644), ("ipn_receiver.cpython-36.pyc", 0o600),
+                           ("other.cpython-311.pyc", 0o644)):
+            open(os.path.join(cache, name), "w").close()
+            os.chmod(os.path.join(cache, name), mode)
         os.chmod(self.last_script, 0o750)
+        code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
+        self.assertNotIn("ipn_receiver.py, can be read by every user", output)
+        self.assertIn("PROBLEM  compiled copies of ipn_receiver.py, secrets and all, can be read by every user of this "
+                      "server (ipn_receiver.cpython-311.pyc)\n         fix: rm -r %s   (Python writes them again, with "
+                      "the script's mode: so chmod 700 the script first)\n" % cache, output)
+        os.chmod(os.path.join(cache, "ipn_receiver.cpython-311.pyc"), 0o640)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("can be read by every user", output)
         # A placeholder, or a secret from the environment, is not in the script.
@@ -732,8 +745,8 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         code, output, _ = self.command("check")
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  data folder has its .htaccess, which denies the web\n         fix: set DATA_DIR to a "
-                      "folder of its own, outside the web root: this one holds an .htaccess the receiver did not "
-                      "write, and leaves alone\n", output)
+                      "folder of its own, outside the web root: this one holds files the receiver did not write (an "
+                      ".htaccess, a site's files), and it leaves them alone\n", output)
 
     def test_a_store_left_beside_the_script_when_data_dir_moved_is_a_problem(self):
         # The vendor set DATA_DIR after calls had come, as check advises for a data folder on the

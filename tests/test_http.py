@@ -20,7 +20,7 @@
 import unittest
 from unittest import mock
 
-from helpers import (PASSPHRASE, ReceiverTestCase, call, environ_for, fixture_fields,
+from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, call, environ_for, fixture_fields,
                      ipn_receiver, payment, post, promopit_sale, signed, urlencode)
 from test_signature import WORKED_EXAMPLES
 
@@ -148,7 +148,7 @@ class Answers(ReceiverTestCase):
     def test_promopit(self):
         self.assertAnswer(post(promopit_sale()), 200, "OK")
         self.assertAnswer(post(promopit_sale(isn_key="wrong")), 403, INVALID_ISN_KEY)
-        self.assertAnswer(post(promopit_sale(isn_key="")), 403, INVALID_ISN_KEY)
+        self.assertEqual(post(promopit_sale(isn_key="")).body[:22], "ERROR: unsigned call: ")
 
     def test_unknown_events_are_answered_ok_stored_and_not_dispatched(self):
         called = []
@@ -244,9 +244,14 @@ class Answers(ReceiverTestCase):
         del fields["sha_sign"]
         for extra in ({}, {"sha_sign": ""}, {"SHASIGN": ""}, {"sha_sign": "", "SHASIGN": ""}):
             answer = post(dict(fields, **extra))
-            self.assertEqual((answer.status, answer.body), (403, "ERROR: unsigned call: it holds neither a sha_sign "
-                             "(Digistore24) nor an isn_key (PromoPit); register this URL only with Digistore24 (as "
+            self.assertEqual((answer.status, answer.body), (403, "ERROR: unsigned call: its sha_sign (Digistore24) "
+                             "or isn_key (PromoPit) is missing or empty; register this URL only with Digistore24 (as "
                              "an IPN connection) and PromoPit (as the ISN URL)"), extra)
+        # An empty isn_key alike, whether ISN_KEY is usable or not: the caller learns nothing of it.
+        for isn_key in (ISN_KEY, ""):
+            ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=isn_key, DATA_DIR=self.data_dir)
+            answer = post(dict(promopit_sale(), isn_key=""))
+            self.assertEqual((answer.status, answer.body[:22]), (403, "ERROR: unsigned call: "), isn_key)
         self.assertEqual(self.rows(), [])
 
     def test_a_handler_with_a_long_name_is_named_shortened(self):

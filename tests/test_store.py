@@ -1438,8 +1438,25 @@ class Protection(ReceiverTestCase):
                 contextlib.redirect_stderr(io.StringIO()) as errors:
             ipn_receiver.log.reset()
             post(payment())
-        self.assertIn("holds an .htaccess of its own, which does not deny the web: set DATA_DIR to a folder of its "
-                      "own", errors.getvalue())
+        self.assertIn("holds files that are not the receiver's (an .htaccess that does not deny the web, or a site's "
+                      "files): set DATA_DIR to a folder of its own, outside the web root", errors.getvalue())
+
+    def test_a_folder_of_the_site_with_no_htaccess_is_not_taken_off_the_web(self):
+        # DATA_DIR naming a folder of images: an .htaccess written there would deny them all.
+        folder = os.path.join(self.data_dir, "uploads")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "logo.png"), "wb") as file:
+            file.write(b"\x89PNG")
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
+        self.assertEqual(os.listdir(folder), ["logo.png"])
+        # The receiver's own files, left by an earlier call or a damaged store set aside, are not another's.
+        os.remove(os.path.join(folder, "logo.png"))
+        for name in ("events.sqlite3.damaged-20261206", "ipn_receiver.log.1", ".lock"):
+            open(os.path.join(folder, name), "w").close()
+        self.assertEqual(post(payment()).body, "OK")
+        self.assertTrue(ipn_receiver.denies_the_web(os.path.join(folder, ".htaccess")))
 
     def test_an_htaccess_of_another_that_denies_only_some_files_is_not_taken_for_one_that_denies_all(self):
         # DATA_DIR naming a site's uploads folder, whose .htaccess denies the scripts only: the store
@@ -1453,6 +1470,12 @@ class Protection(ReceiverTestCase):
                       "<Files x>\n<IfModule a>\n</IfModule>\nRequire all denied\n</Files>\n",
                       "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\nRequire all denied\n</Files>\n",
                       "Require all denied for the .php files\n",
+                      # What Apache 2.4 skips, or what lets someone in again:
+                      "<IfModule !mod_authz_core.c>\n  Order deny,allow\n  Deny from all\n</IfModule>\n",
+                      "<IfModule mod_access_compat.c>\n  Require all denied\n</IfModule>\n",
+                      "Require all denied\nRequire env internal\n", "AuthMerging Or\nRequire all denied\n",
+                      "Order allow,deny\nAllow from 127.0.0.1\nDeny from all\n",
+                      "Require all denied\nRequire all \\\ngranted\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1464,6 +1487,9 @@ class Protection(ReceiverTestCase):
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
                       "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
+                      "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
+                      "<IfModule mod_authz_core.c>\nRequire all denied\n</IfModule>\n<IfModule !mod_authz_core.c>\n"
+                      "Deny from all\n</IfModule>\n",
                       "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\n</Files>\nRequire all denied\n",
                       "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
             with self.subTest(rules=rules):
