@@ -50,7 +50,7 @@ FUNCTIONS = [
     "end_a_forked_child", "store_within_reach", "ini_secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
-    "check_store_files", "settled_ini_file_state", "process_is_running",
+    "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -92,7 +92,7 @@ EQUIVALENT = {
         "report() takes anything false for a problem",
     ("settled_ini_file_state", "if not 0 < age < CONFIG_SETTLE_SECONDS:"):
         "differs only for a file changed at this very instant, to the last bit of a float",
-    ("denies_the_web", 'sections.append(words[0].strip("XX<>XX"))'):
+    ("denies_the_web", 'sections.append(directive.strip("XX<>XX"))'):
         "the words are in lower case: stripping an upper-case X as well as the brackets strips nothing more",
     ("claim_notification", 'decision = ("XXrunXX", claim)'):
         'dispatch tells "busy" and "answer" apart; whatever else it gets, it runs the handler',

@@ -468,7 +468,11 @@ class ExactlyOnce(ReceiverTestCase):
         # Ahead of the clock, and no process that can be asked: taken as gone.
         for claim in (None, "", "x-1", "0-a", "-1-a", "1.5-a"):
             self.assertTrue(abandoned(1061, 1000, 60, claim), claim)
-        self.assertTrue(ipn_receiver.process_is_running("1-a"))       # init: another user's, still asked
+        self.assertTrue(ipn_receiver.process_is_running("1-a"))       # init
+        with mock.patch.object(ipn_receiver.os, "kill", side_effect=PermissionError(1, "Operation not permitted")):
+            self.assertTrue(ipn_receiver.process_is_running("1-a"))   # another user's: it runs, not ours to signal
+        with mock.patch.object(ipn_receiver.os, "kill", side_effect=ProcessLookupError(3, "No such process")):
+            self.assertFalse(ipn_receiver.process_is_running("1-a"))
         self.assertTrue(ipn_receiver.process_is_running("%d-replay-0a1b" % os.getpid()))
 
     def test_when_a_slow_run_and_its_takeover_both_finish_the_first_answer_stands(self):
