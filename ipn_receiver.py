@@ -1309,9 +1309,11 @@ def ensure_data_dir(path):
 
 def is_anothers_folder(path):
     """Whether the folder at `path` holds what the receiver did not write: an .htaccess (is_anothers),
-    or any file not named as the receiver names its own."""
+    or any file not named as the receiver names its own, but for settings (*.ini: a private data
+    folder is a good place for config.ini)."""
     ours = (STORE_FILE_NAME, "ipn_receiver.", ".lock", ".htaccess")
-    return is_anothers(os.path.join(path, ".htaccess")) or any(not name.startswith(ours) for name in os.listdir(path))
+    return is_anothers(os.path.join(path, ".htaccess")) or any(
+        not name.startswith(ours) and not name.endswith(".ini") for name in os.listdir(path))
 
 
 def is_anothers(htaccess):

@@ -1457,7 +1457,7 @@ class Protection(ReceiverTestCase):
         self.assertEqual(os.listdir(folder), ["logo.png"])
         # The receiver's own files, left by an earlier call or a damaged store set aside, are not another's.
         os.remove(os.path.join(folder, "logo.png"))
-        for name in ("events.sqlite3.damaged-20261206", "ipn_receiver.log.1", ".lock"):
+        for name in ("events.sqlite3.damaged-20261206", "ipn_receiver.log.1", ".lock", "config.ini"):
             open(os.path.join(folder, name), "w").close()
         self.assertEqual(post(payment()).body, "OK")
         self.assertTrue(ipn_receiver.denies_the_web(os.path.join(folder, ".htaccess")))
