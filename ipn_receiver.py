@@ -432,7 +432,8 @@ def finish_settings(values, where, config_file):
                           "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR "
                           "of ASCII characters, or Python 3.7 or later"
                           % (where["DATA_DIR"][0], sys.getfilesystemencoding()), where["DATA_DIR"][1])
-    if os.path.normcase(os.path.join(HERE, "")).startswith(os.path.normcase(os.path.join(result["DATA_DIR"], ""))):
+    if os.path.normcase(os.path.join(os.path.realpath(HERE), "")).startswith(
+            os.path.normcase(os.path.join(os.path.realpath(result["DATA_DIR"]), ""))):     # (links followed)
         # The .htaccess written into the data folder denies the web everything in and below it:
         # the receiver itself, and a whole site beside it.
         raise ConfigError("%s: DATA_DIR is the folder the script is in, or one above it; set it to a folder of "
@@ -1311,7 +1312,7 @@ def is_anothers_folder(path):
     """Whether the folder at `path` holds what the receiver did not write: an .htaccess (is_anothers),
     or any file not named as the receiver names its own, but for settings (*.ini: a private data
     folder is a good place for config.ini)."""
-    ours = (STORE_FILE_NAME, "ipn_receiver.", ".lock", ".htaccess")
+    ours = (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME, ".lock", ".htaccess")
     return is_anothers(os.path.join(path, ".htaccess")) or any(
         not name.startswith(ours) and not name.endswith(".ini") for name in os.listdir(path))
 
@@ -2983,8 +2984,12 @@ def command_check(args):
         print("note     " + text)
 
     def report_private(path, label, fix):     # a file or folder others must not read
-        mode = os.stat(path).st_mode & 0o777
-        report(not mode & 0o077, label % mode, fix % path)
+        found = os.stat(path)
+        if found.st_uid == os.geteuid():
+            report(not found.st_mode & 0o077, label % (found.st_mode & 0o777), fix % path)
+        else:                               # check's user (the web server's) reads it through its group
+            report(not found.st_mode & 0o007, label % (found.st_mode & 0o777), "chmod o-rwx %s   (the web server's "
+                   "user may read it as its owner or through its group; no one else may)" % path)
 
     report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
            "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
@@ -3042,15 +3047,15 @@ def command_check(args):
            else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
     report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
            "chmod 755 %s   (needed to run as CGI)" % script)
-    in_the_script = [name for name in SECRET_SETTINGS if not secret_problem(config, name)
-                     and config["where"][name].endswith("at the top of ipn_receiver.py")]
+    # (Whether in use or not: one that config.ini overrides is as readable.)
+    in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
         report(False, "%s, set in %s, can be read by every user of this server (mode %03o)" % (
             " and ".join(in_the_script), os.path.basename(script), os.stat(script).st_mode & 0o777),
             "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
-            "into config.ini, readable by the web server's user only (chmod 600)" % script)
+            "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
     cache = os.path.join(HERE, "__pycache__")
     copies = [name for name in (os.listdir(cache) if in_the_script and os.path.isdir(cache) else ())
               if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]

@@ -558,7 +558,16 @@ class Check(CommandTestCase):
                           "(mode 755)\n         fix: chmod 700 ")
         self.assertIn(script_problem, output)
         self.assertIn(", where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets into "
-                      "config.ini, readable by the web server's user only (chmod 600)\n", output)
+                      "config.ini, readable by the web server's user only, and put the placeholders back\n", output)
+        # Moved into config.ini, but left in the script too: as readable as before.
+        config = os.path.join(os.path.dirname(self.last_script), "config.ini")
+        with open(config, "w") as file:
+            file.write("[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
+        os.chmod(config, 0o600)
+        code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
+        self.assertIn("SHA_PASSPHRASE is set (config.ini line 2, [digistore24] sha_passphrase)", output)
+        self.assertIn(script_problem, output)
+        os.remove(config)
         # Its compiled copies (a launcher imports it) have the mode it had then: readable too.
         cache = os.path.join(os.path.dirname(self.last_script), "__pycache__")
         os.makedirs(cache)
@@ -580,6 +589,25 @@ class Check(CommandTestCase):
         for environment in ({"IPN_SHA_PASSPHRASE": PASSPHRASE}, {"IPN_SHA_PASSPHRASE": ""}):
             code, output, _ = self.command("check", script=SCRIPT, **environment)
             self.assertNotIn("can be read by every user", output)
+
+    def test_a_config_file_the_web_server_reads_through_its_group_is_not_told_to_chmod_600(self):
+        # check runs as the web server's user; the file is the vendor's, mode 640: chmod 600 would
+        # lock the web server out, and every call would get 503.
+        if os.geteuid() != 0:
+            self.skipTest("needs root, to give the file another owner")
+        folder = tempfile.mkdtemp(prefix="ipn-config-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        config = os.path.join(folder, "ipn.ini")
+        with open(config, "w") as file:
+            file.write("[receiver]\nlog_level = INFO\n")
+        os.chown(config, 65534, 0)
+        for mode, problem in ((0o640, None), (0o644, "PROBLEM  config file %s (mode 644)\n         fix: chmod o-rwx %s   "
+                                                    "(the web server's user may read it as its owner or through its "
+                                                    "group; no one else may)\n" % (config, config))):
+            os.chmod(config, mode)
+            code, output, _ = self.command("check", IPN_CONFIG=config)
+            self.assertEqual(code, 1 if problem else 0, output)
+            self.assertIn(problem or "ok       config file %s (mode 640)\n" % config, output)
 
     def test_a_bom_before_the_shebang_is_named_as_such(self):
         # A Windows editor's byte order mark: the file is no longer a program the web server can run.

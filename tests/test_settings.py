@@ -124,6 +124,13 @@ class Precedence(SettingsTestCase):
             self.write("[receiver]\ndata_dir = %s\n" % data_dir)
             self.assertEqual(load({})["DATA_DIR"], os.path.join(self.folder, data_dir))
 
+    def test_a_data_dir_that_is_a_link_to_the_scripts_folder_is_refused_too(self):
+        # cPanel's ~/www is a link to public_html: an .htaccess written there would deny the script.
+        link = self.folder + "-link"
+        os.symlink(self.folder, link)
+        self.addCleanup(os.remove, link)
+        self.assertConfigError("[receiver]\ndata_dir = %s\n" % link, "DATA_DIR is the folder the script is in")
+
     def test_a_data_dir_in_quotes_is_refused(self):
         # config.ini takes a value as it is written: the quotes would be part of a folder made inside
         # the script's folder, on the web, while the vendor's folder stayed empty.

@@ -1455,6 +1455,10 @@ class Protection(ReceiverTestCase):
         answer = post(payment())
         self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
         self.assertEqual(os.listdir(folder), ["logo.png"])
+        self.assertTrue(ipn_receiver.is_anothers_folder(folder))
+        os.rename(os.path.join(folder, "logo.png"), os.path.join(folder, "ipn_receiver.py"))  # a script is a site's
+        self.assertTrue(ipn_receiver.is_anothers_folder(folder))
+        os.rename(os.path.join(folder, "ipn_receiver.py"), os.path.join(folder, "logo.png"))
         # The receiver's own files, left by an earlier call or a damaged store set aside, are not another's.
         os.remove(os.path.join(folder, "logo.png"))
         for name in ("events.sqlite3.damaged-20261206", "ipn_receiver.log.1", ".lock", "config.ini"):
