@@ -1340,11 +1340,12 @@ def denies_the_web(htaccess):
     comment, and the store and the log beside it would be served. So only a `Require all denied`
     (or `Deny from all`) outside every section but <IfModule mod_authz_core.c>, which 2.4 always
     reads, counts; and any other Require, Allow, Satisfy or AuthMerging line, each of which can
-    let someone in again, makes the file one that does not deny all.
+    let someone in again, makes the file one that does not deny all. (A line continued with a
+    backslash is read as two: "Require all \\" is no deny, and a Require all the same.)
     """
     try:
         with open(htaccess, encoding="utf-8", errors="replace") as file:
-            text = file.read().replace("\\\n", " ")     # (a line ending in a backslash goes on)
+            text = file.read()
     except OSError:
         return False
     sections, denied = [], False
@@ -1357,7 +1358,7 @@ def denies_the_web(htaccess):
         elif directive in ("require all denied", "deny from all"):
             denied = denied or all(section in ("ifmodule mod_authz_core.c", "ifmodule authz_core_module")
                                    for section in sections)
-        elif words[0] in ("require", "allow", "satisfy", "authmerging"):
+        elif words and words[0] in ("require", "allow", "satisfy", "authmerging"):
             return False
     return denied
 

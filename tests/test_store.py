@@ -1483,7 +1483,7 @@ class Protection(ReceiverTestCase):
                       "<IfModule mod_access_compat.c>\n  Require all denied\n</IfModule>\n",
                       "Require all denied\nRequire env internal\n", "AuthMerging Or\nRequire all denied\n",
                       "Order allow,deny\nAllow from 127.0.0.1\nDeny from all\n",
-                      "Require all denied\nRequire all \\\ngranted\n",
+                      "Require all denied\nRequire all \\\ngranted\n", "Require all \\\n  denied\n", "\n\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1494,6 +1494,7 @@ class Protection(ReceiverTestCase):
                 self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
+                      "# Keep out\n\n\tRequire all denied\n\n",
                       "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
                       "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
                       "<IfModule mod_authz_core.c>\nRequire all denied\n</IfModule>\n<IfModule !mod_authz_core.c>\n"
