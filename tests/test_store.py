@@ -418,7 +418,9 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertEqual([(a.status, a.body) for a in answers], [(503, BUSY)])
         self.assertEqual(self.rows()[0]["attempts"], 1)
 
-    def test_an_abandoned_claim_is_taken_over_after_the_timeout(self):
+    def claimed_by_this_process(self):
+        """A payment claimed here, as a call would before running its handler (PROCESSING_TIMEOUT
+        60 s): the handler runs it records, and a connection to the store."""
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, PROCESSING_TIMEOUT=60)
         seen = []
         self.handle("on_payment", seen.append)
@@ -427,6 +429,10 @@ class ExactlyOnce(ReceiverTestCase):
         del fields["sha_sign"]
         notification = ipn_receiver.Notification("digistore24", ipn_receiver.vouched_fields(fields, "exact"))
         self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
+        return seen, connection
+
+    def test_an_abandoned_claim_is_taken_over_after_the_timeout(self):
+        seen, connection = self.claimed_by_this_process()
         # The process that claimed it died. Within the timeout, copies wait...
         self.assertEqual(post(payment()).status, 503)
         # ...after it, the next copy takes the claim over and runs the handler.
@@ -439,14 +445,7 @@ class ExactlyOnce(ReceiverTestCase):
     def test_a_claim_dated_in_the_future_is_abandoned_once_it_is_more_than_the_timeout_ahead(self):
         # The process that claimed it ran while the clock was a day ahead, and died; the clock was
         # set right since. Waiting for the clock to catch up would outlast the sender's retries.
-        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, PROCESSING_TIMEOUT=60)
-        seen = []
-        self.handle("on_payment", seen.append)
-        connection = ipn_receiver.open_store(ipn_receiver.settings())
-        fields = dict(payment())
-        del fields["sha_sign"]
-        notification = ipn_receiver.Notification("digistore24", ipn_receiver.vouched_fields(fields, "exact"))
-        self.assertEqual(ipn_receiver.claim_notification(connection, notification, True, 60)[0], "run")
+        seen, connection = self.claimed_by_this_process()
         connection.execute("UPDATE notifications SET claimed_at = claimed_at + 50")    # within the timeout
         self.assertEqual(post(payment()).status, 503)
         # A day ahead, made by this process, which still runs: the clock was set back while its
