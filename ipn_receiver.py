@@ -417,6 +417,9 @@ def finish_settings(values, where, config_file):
                 where[name][0], name, example), where[name][1])
         result[name] = number
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
+    if "\0" in data_dir:
+        raise ConfigError("%s: DATA_DIR holds a NUL character, which no file name may" % where["DATA_DIR"][0],
+                          where["DATA_DIR"][1])
     if len(data_dir) > 1 and data_dir[0] == data_dir[-1] and data_dir[0] in "\"'":
         # Taken as it is written, as config.ini takes every value: a folder whose name begins with
         # a quote, inside the script's folder, on the web.
@@ -1319,14 +1322,20 @@ def is_anothers_folder(path):
 
 def is_anothers(htaccess):
     """Whether there is an .htaccess at that path that the receiver did not write: one that holds
-    anything, and does not start with the receiver's first line. (One left empty by a full disk,
-    or that cannot be read, is not: it is written anew.)"""
+    anything, and does not start with the receiver's first line, or anything else than a file (a
+    folder, a FIFO) by that name. (One left empty by a full disk, or that cannot be read, is not:
+    it is written anew.)"""
+    if os.path.exists(htaccess) and not os.path.isfile(htaccess):
+        return True
     try:
         with open(htaccess, "rb") as file:
             first = file.readline()
     except OSError:
         return False
     return first != b"" and not first.startswith(_HTACCESS.split("\n")[0].encode("ascii"))
+
+
+_APACHE_SPACES = {9: " ", 11: " ", 12: " ", 13: " "}      # tab, vertical tab, form feed, carriage return
 
 
 def denies_the_web(htaccess):
@@ -1340,16 +1349,21 @@ def denies_the_web(htaccess):
     comment, and the store and the log beside it would be served. So only a `Require all denied`
     (or `Deny from all`) outside every section but <IfModule mod_authz_core.c>, which 2.4 always
     reads, counts; and any other Require, Allow, Satisfy or AuthMerging line, each of which can
-    let someone in again, makes the file one that does not deny all. (A line continued with a
-    backslash is read as two: "Require all \\" is no deny, and a Require all the same.)
+    let someone in again, makes the file one that does not deny all. Its lines are Apache's: ended
+    by a line feed only, joined where one ends in a backslash (so a comment may go on into the
+    next), and cut into words at ASCII white space only.
     """
+    if not os.path.isfile(htaccess):        # (a folder, or a FIFO, which would block the open)
+        return False
     try:
-        with open(htaccess, encoding="utf-8", errors="replace") as file:
+        with open(htaccess, encoding="utf-8", errors="replace", newline="") as file:    # (line ends as they are)
             text = file.read()
     except OSError:
         return False
+    lines = text.replace("\\\r\n", "").replace("\\\n", "").split("\n")
     sections, denied = [], False
-    for words in (line.lower().split() for line in text.splitlines()):
+    for words in (line.translate(_APACHE_SPACES).lower().split(" ") for line in lines):
+        words = [word for word in words if word]
         directive = " ".join(words)         # (a comment, "# Require all denied", is none of those below)
         if directive.startswith("</"):
             sections = sections[:-1]
@@ -3046,10 +3060,10 @@ def command_check(args):
            "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
            "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
            else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
-    report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
-           "chmod 755 %s   (needed to run as CGI)" % script)
     # (Whether in use or not: one that config.ini overrides is as readable.)
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
+    report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
+           "chmod %s %s   (needed to run as CGI)" % ("700" if in_the_script else "755", script))
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3058,13 +3072,19 @@ def command_check(args):
             "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
             "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
     cache = os.path.join(HERE, "__pycache__")
-    copies = [name for name in (os.listdir(cache) if in_the_script and os.path.isdir(cache) else ())
+    copies = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
               if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
-    if copies:
-        # Python gives a compiled copy the mode the script had when it was first imported.
-        report(False, "compiled copies of %s, secrets and all, can be read by every user of this server (%s)" % (
-            os.path.basename(script), ", ".join(sorted(copies))), "rm -r %s   (Python writes them again, with the "
-            "script's mode: so chmod 700 the script first)" % cache)
+    copies += [name for name in os.listdir(HERE) if is_backup_copy(name) and os.stat(os.path.join(HERE, name)).st_mode
+               & 0o004 and (in_the_script or name.lstrip(".#").startswith(CONFIG_FILE_NAME))]
+    if copies and (in_the_script or not all(name.startswith("ipn_receiver.") for name in copies)):
+        # Python gives a compiled copy the mode the script had when it was first imported, and an
+        # editor's backup copy of config.ini may not keep its mode.
+        report(False, "copies of the settings, secrets and all, can be read by every user of this server (%s)"
+               % ", ".join(sorted(copies)), "delete them (rm -r %s, and the backup copies); Python writes its "
+               "compiled copies again with the script's mode: so chmod 700 the script first, where it may be" % cache)
+    elif copies:
+        note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
+             "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(copies)), cache))
     data_dir = config["DATA_DIR"]
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
@@ -3076,7 +3096,10 @@ def command_check(args):
     # check makes nothing: run by another user than the web server's, it would make the data folder
     # and the store that user's, and every call would fail.
     writable = os.path.isdir(data_dir) and os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    if os.path.islink(data_dir) and not os.path.exists(data_dir):
+        report(False, "DATA_DIR %s is a folder" % data_dir, "it is a link to %s, which does not exist: make that "
+               "folder, or set DATA_DIR to the folder itself" % os.readlink(data_dir))
+    elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
     elif os.path.isdir(data_dir) or not os.access(os.path.dirname(data_dir), os.W_OK):

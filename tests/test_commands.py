@@ -578,9 +578,14 @@ class Check(CommandTestCase):
         os.chmod(self.last_script, 0o750)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("ipn_receiver.py, can be read by every user", output)
-        self.assertIn("PROBLEM  compiled copies of ipn_receiver.py, secrets and all, can be read by every user of this "
-                      "server (ipn_receiver.cpython-311.pyc)\n         fix: rm -r %s   (Python writes them again, with "
-                      "the script's mode: so chmod 700 the script first)\n" % cache, output)
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+                      "(ipn_receiver.cpython-311.pyc)\n         fix: delete them (rm -r %s, and the backup copies); "
+                      "Python writes its compiled copies again with the script's mode: so chmod 700 the script first, "
+                      "where it may be\n" % cache, output)
+        os.chmod(self.last_script, 0o600)         # no run bit: the fix keeps the secret private
+        code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
+        self.assertIn("PROBLEM  ipn_receiver.py has its run bit set\n         fix: chmod 700 ", output)   # not 755
+        os.chmod(self.last_script, 0o750)
         os.chmod(os.path.join(cache, "ipn_receiver.cpython-311.pyc"), 0o640)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("can be read by every user", output)
@@ -588,7 +593,39 @@ class Check(CommandTestCase):
         os.chmod(self.last_script, 0o755)
         for environment in ({"IPN_SHA_PASSPHRASE": PASSPHRASE}, {"IPN_SHA_PASSPHRASE": ""}):
             code, output, _ = self.command("check", script=SCRIPT, **environment)
-            self.assertNotIn("can be read by every user", output)
+            self.assertNotIn("PROBLEM  SHA_PASSPHRASE, set in", output)
+            self.assertNotIn("PROBLEM  copies of the settings", output)    # (the tests' own compiled copy: a note)
+
+    def test_copies_of_the_settings_other_users_can_read_are_a_problem_or_a_note(self):
+        # An editor's backup copy of config.ini holds the secrets; a compiled copy of the script holds
+        # them where the script did (once, maybe: only a note where it holds none now).
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = shutil.copy(SCRIPT, folder)
+        os.makedirs(os.path.join(folder, "__pycache__"))
+        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "#config.ini#"):
+            with open(os.path.join(folder, name), "w") as file:
+                file.write("x")
+            os.chmod(os.path.join(folder, name), 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+                      "(#config.ini#, ipn_receiver.cpython-311.pyc)\n", output)
+        os.chmod(os.path.join(folder, "#config.ini#"), 0o600)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+        self.assertIn("note     compiled copies of ipn_receiver.py can be read by every user of this server "
+                      "(ipn_receiver.cpython-311.pyc); if it ever held a secret, delete them: rm -r %s\n"
+                      % os.path.join(folder, "__pycache__"), output)
+
+    def test_a_data_dir_that_is_a_broken_link_is_a_problem(self):
+        link = os.path.join(self.data_dir, "data")
+        os.symlink(os.path.join(self.data_dir, "nowhere"), link)
+        code, output, _ = self.command("check", IPN_DATA_DIR=link)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  DATA_DIR %s is a folder\n         fix: it is a link to %s, which does not exist: make "
+                      "that folder, or set DATA_DIR to the folder itself\n" % (link, os.path.join(self.data_dir,
+                                                                                          "nowhere")), output)
 
     def test_a_config_file_the_web_server_reads_through_its_group_is_not_told_to_chmod_600(self):
         # check runs as the web server's user; the file is the vendor's, mode 640: chmod 600 would
@@ -809,6 +846,7 @@ class CheckTheWebFolder(CommandTestCase):
         for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "config.ini~", "ipn_receiver.py.bak") if copies else ():
             with open(os.path.join(folder, name), "w") as file:
                 file.write("sha_passphrase = " + PASSPHRASE)
+            os.chmod(os.path.join(folder, name), 0o600)     # (on the web; what other users read: see Check)
         if htaccess is not None:
             with open(os.path.join(folder, ".htaccess"), "w") as file:
                 file.write(htaccess)

@@ -1482,7 +1482,12 @@ class Protection(ReceiverTestCase):
                       "<IfModule mod_access_compat.c>\n  Require all denied\n</IfModule>\n",
                       "Require all denied\nRequire env internal\n", "AuthMerging Or\nRequire all denied\n",
                       "Order allow,deny\nAllow from 127.0.0.1\nDeny from all\n",
-                      "Require all denied\nRequire all \\\ngranted\n", "Require all \\\n  denied\n", "\n\n",
+                      "Require all denied\nRequire all \\\ngranted\n", "\n\n",
+                      # Lines as Apache reads them: a comment goes on past a backslash, and only a line
+                      # feed ends a line.
+                      "# Nothing here may be served \\\nRequire all denied\n", "# note\x0cRequire all denied\n",
+                      "# note\x0bRequire all denied\n", "# note\u0085Require all denied\n",
+                      "# note\u2028Require all denied\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1493,7 +1498,8 @@ class Protection(ReceiverTestCase):
                 self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
-                      "# Keep out\n\n\tRequire all denied\n\n",
+                      "# Keep out\n\n\tRequire all denied\n\n", "Require all \\\n  denied\n",
+                      "\tRequire\tall\tdenied\r\n", ipn_receiver._HTACCESS.replace("\n", "\r\n"),
                       "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
                       "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
                       "<IfModule mod_authz_core.c>\nRequire all denied\n</IfModule>\n<IfModule !mod_authz_core.c>\n"
@@ -1507,6 +1513,13 @@ class Protection(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK")
         with open(htaccess) as file:
             self.assertEqual(file.read(), rules)
+        # The receiver's own, saved with CR line ends: one comment line to Apache, written anew.
+        with open(htaccess, "w", newline="") as file:
+            file.write(ipn_receiver._HTACCESS.replace("\n", "\r"))
+        self.assertFalse(ipn_receiver.denies_the_web(htaccess))
+        ipn_receiver.ensure_data_dir(self.data_dir)
+        with open(htaccess, newline="") as file:
+            self.assertEqual(file.read(), ipn_receiver._HTACCESS)
 
     def test_an_htaccess_left_empty_by_a_full_disk_is_written_again(self):
         # A full disk (a web space over its quota) let the file be made but not written: an empty
