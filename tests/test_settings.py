@@ -131,6 +131,10 @@ class Precedence(SettingsTestCase):
         self.addCleanup(os.remove, link)
         self.assertConfigError("[receiver]\ndata_dir = %s\n" % link, "DATA_DIR is the folder the script is in")
 
+    def test_a_data_dir_with_a_nul_is_a_configuration_error(self):
+        self.assertConfigError("[receiver]\ndata_dir = /home/you/ipn\x00data\n",
+                               "config.ini line 2, [receiver] data_dir: DATA_DIR holds a NUL character")
+
     def test_a_data_dir_in_quotes_is_refused(self):
         # config.ini takes a value as it is written: the quotes would be part of a folder made inside
         # the script's folder, on the web, while the vendor's folder stayed empty.
