@@ -1487,6 +1487,7 @@ class Protection(ReceiverTestCase):
                       # feed ends a line.
                       "# Nothing here may be served \\\nRequire all denied\n", "# note\x0cRequire all denied\n",
                       "# note\x0bRequire all denied\n", "# note\u0085Require all denied\n",
+                      "# Nothing here may be served \\\r\nRequire all denied\r\n",
                       "# note\u2028Require all denied\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
@@ -1499,6 +1500,7 @@ class Protection(ReceiverTestCase):
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
                       "# Keep out\n\n\tRequire all denied\n\n", "Require all \\\n  denied\n",
+                      "Require all \\\r\n  denied\r\n",
                       "\tRequire\tall\tdenied\r\n", ipn_receiver._HTACCESS.replace("\n", "\r\n"),
                       "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
                       "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
@@ -1513,6 +1515,16 @@ class Protection(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK")
         with open(htaccess) as file:
             self.assertEqual(file.read(), rules)
+        # One that cannot be read denies nothing that can be told.
+        with mock.patch("builtins.open", side_effect=PermissionError(13, "Permission denied")):
+            self.assertFalse(ipn_receiver.denies_the_web(htaccess))
+        # Not a file by that name: no deny, and another's (a FIFO would block an open for ever).
+        os.remove(htaccess)
+        for make, remove in ((os.mkdir, os.rmdir), (os.mkfifo, os.remove)):
+            make(htaccess)
+            self.assertFalse(ipn_receiver.denies_the_web(htaccess))
+            self.assertTrue(ipn_receiver.is_anothers(htaccess))
+            remove(htaccess)
         # The receiver's own, saved with CR line ends: one comment line to Apache, written anew.
         with open(htaccess, "w", newline="") as file:
             file.write(ipn_receiver._HTACCESS.replace("\n", "\r"))
