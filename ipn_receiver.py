@@ -1335,45 +1335,51 @@ def is_anothers(htaccess):
     return first != b"" and not first.startswith(_HTACCESS.split("\n")[0].encode("ascii"))
 
 
-_APACHE_SPACES = {9: " ", 11: " ", 12: " ", 13: " "}      # tab, vertical tab, form feed, carriage return
+_APACHE_SPACES = {9: " ", 11: " ", 12: " ", 13: " ", 34: ""}   # tab, VT, FF, CR: spaces; quotes: gone
+# All that an .htaccess may hold for the receiver to store beside it, each line as Apache reads it
+# (the case of its words and the spaces between them aside), with comments and empty lines.
+DENYING_LINES = ("require all denied", "deny from all", "order deny,allow", "order allow,deny", "options -indexes",
+                 "<ifmodule mod_authz_core.c>", "<ifmodule authz_core_module>", "<ifmodule !mod_authz_core.c>",
+                 "<ifmodule !authz_core_module>", "</ifmodule>")
 
 
 def denies_the_web(htaccess):
     """Whether the .htaccess at that path is there and denies the web every file in its folder, as
     the one this file writes does.
 
-    Read as Apache 2.4 reads it, not searched for words: a site's own .htaccess (DATA_DIR naming
-    a folder of the site) may deny only some files (`Require all denied` inside <Files
-    wp-config.php>, or a <FilesMatch> for the .php files), or only where a module is loaded (the
-    Apache 2.2 form inside <IfModule !mod_authz_core.c>, which 2.4 skips), or hold the words in a
-    comment, and the store and the log beside it would be served. So only a `Require all denied`
-    (or `Deny from all`) outside every section but <IfModule mod_authz_core.c>, which 2.4 always
-    reads, counts; and any other Require, Allow, Satisfy or AuthMerging line, each of which can
-    let someone in again, makes the file one that does not deny all. Its lines are Apache's: ended
-    by a line feed only, joined where one ends in a backslash (so a comment may go on into the
-    next), and cut into words at ASCII white space only.
+    Trusted only where it is plain. A site's own .htaccess (DATA_DIR naming a folder of the site)
+    may deny only some files (`Require all denied` inside <Files wp-config.php>), or only where a
+    module is loaded (the Apache 2.2 form inside <IfModule !mod_authz_core.c>, which 2.4 skips),
+    or let someone in again (another Require, an ErrorDocument), or hold the words in a comment
+    that Apache carries on into the next line (a line ending in a backslash); and the store and
+    the log beside it would be served. Rather than follow Apache into every such corner, only a
+    file of DENYING_LINES, comments and empty lines counts, and only with a deny outside every
+    section but <IfModule mod_authz_core.c>, which Apache 2.4 always reads. Its lines are
+    Apache's: ended by a line feed only.
     """
     if not os.path.isfile(htaccess):        # (a folder, or a FIFO, which would block the open)
         return False
     try:
-        with open(htaccess, encoding="utf-8", errors="replace", newline="") as file:    # (line ends as they are)
-            text = file.read()
+        with open(htaccess, encoding="utf-8-sig", errors="replace", newline="") as file:    # (line ends kept)
+            lines = file.read().split("\n")
     except OSError:
         return False
-    lines = text.replace("\\\r\n", "").replace("\\\n", "").split("\n")
     sections, denied = [], False
-    for words in (line.translate(_APACHE_SPACES).lower().split(" ") for line in lines):
-        words = [word for word in words if word]
-        directive = " ".join(words)         # (a comment, "# Require all denied", is none of those below)
+    for line in lines:
+        line = line.rstrip(" \t\r\v\f")
+        directive = " ".join(word for word in line.translate(_APACHE_SPACES).lower().split(" ") if word)
+        if line.endswith("\\"):
+            return False                    # carried on into the next line (a comment too): not plain
+        if not directive or directive.startswith("#"):
+            continue
+        if directive not in DENYING_LINES:
+            return False
         if directive.startswith("</"):
             sections = sections[:-1]
         elif directive.startswith("<"):
-            sections.append(directive.strip("<>"))
+            sections.append(directive)
         elif directive in ("require all denied", "deny from all"):
-            denied = denied or all(section in ("ifmodule mod_authz_core.c", "ifmodule authz_core_module")
-                                   for section in sections)
-        elif words and words[0] in ("require", "allow", "satisfy", "authmerging"):
-            return False
+            denied = denied or all(section in DENYING_LINES[5:7] for section in sections)
     return denied
 
 

@@ -92,8 +92,6 @@ EQUIVALENT = {
         "report() takes anything false for a problem",
     ("settled_ini_file_state", "if not 0 < age < CONFIG_SETTLE_SECONDS:"):
         "differs only for a file changed at this very instant, to the last bit of a float",
-    ("denies_the_web", 'sections.append(directive.strip("XX<>XX"))'):
-        "the words are in lower case: stripping an upper-case X as well as the brackets strips nothing more",
     ("claim_notification", 'decision = ("XXrunXX", claim)'):
         'dispatch tells "busy" and "answer" apart; whatever else it gets, it runs the handler',
     ("read_body", 'if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "XXXX").lower() and "uwsgi.version" in environ:'):

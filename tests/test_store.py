@@ -1489,6 +1489,13 @@ class Protection(ReceiverTestCase):
                       "# note\x0bRequire all denied\n", "# note\u0085Require all denied\n",
                       "# Nothing here may be served \\\r\nRequire all denied\r\n",
                       "# note\u2028Require all denied\n",
+                      # Not plain (Apache may deny all with some, and serve with others): not trusted.
+                      "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
+                      "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\n</Files>\nRequire all denied\n",
+                      "Require all \\\n  denied\n", "Require all \\\r\n  denied\r\n",
+                      "# keep out \\\\\n\nRequire all denied\n",     # (Apache carries the comment on twice)
+                      "Require all denied\nErrorDocument 403 /ipn_data/events.sqlite3\n",
+                      "\ufeff<IfModule mod_nonexistent.c>\nRequire all denied\n</IfModule>\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1499,14 +1506,12 @@ class Protection(ReceiverTestCase):
                 self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
         # One that denies the whole folder is used as it is, and left alone.
         for rules in ("Require all denied\n", "  require ALL denied  \n", "Order deny,allow\nDeny from all\n",
-                      "# Keep out\n\n\tRequire all denied\n\n", "Require all \\\n  denied\n",
-                      "Require all \\\r\n  denied\r\n",
+                      "# Keep out\n\n\tRequire all denied\n\n", "\ufeffRequire all denied\n",
+                      '<IfModule "mod_authz_core.c">\nRequire all denied\n</IfModule>\n',
                       "\tRequire\tall\tdenied\r\n", ipn_receiver._HTACCESS.replace("\n", "\r\n"),
-                      "<Files x>\nRequire all denied\n</Files>\nRequire all denied\n",
                       "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
                       "<IfModule mod_authz_core.c>\nRequire all denied\n</IfModule>\n<IfModule !mod_authz_core.c>\n"
                       "Deny from all\n</IfModule>\n",
-                      "<Files x>\n<IfModule a>\n<IfModule b>\n</IfModule>\n</IfModule>\n</Files>\nRequire all denied\n",
                       "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
