@@ -1496,6 +1496,12 @@ class Protection(ReceiverTestCase):
                       "# keep out \\\\\n\nRequire all denied\n",     # (Apache carries the comment on twice)
                       "Require all denied\nErrorDocument 403 /ipn_data/events.sqlite3\n",
                       "\ufeff<IfModule mod_nonexistent.c>\nRequire all denied\n</IfModule>\n",
+                      "Require all deniedX\n",
+                      # A deny inside <IfModule !mod_authz_core.c>, however deep, is one Apache 2.4 skips.
+                      "<IfModule !mod_authz_core.c>\n<IfModule mod_authz_core.c>\n</IfModule>\nRequire all denied\n"
+                      "</IfModule>\n",
+                      "<IfModule mod_authz_core.c>\n<IfModule !mod_authz_core.c>\n<IfModule mod_authz_core.c>\n"
+                      "</IfModule>\nRequire all denied\n</IfModule>\n</IfModule>\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
                 with open(htaccess, "w") as file:
@@ -1510,6 +1516,7 @@ class Protection(ReceiverTestCase):
                       '<IfModule "mod_authz_core.c">\nRequire all denied\n</IfModule>\n',
                       "\tRequire\tall\tdenied\r\n", ipn_receiver._HTACCESS.replace("\n", "\r\n"),
                       "<IfModule authz_core_module>\nRequire all denied\n</IfModule>\n",
+                      "<IfModule !mod_authz_core.c>\nDeny from all\n</IfModule>\nRequire all denied\n",
                       "<IfModule mod_authz_core.c>\nRequire all denied\n</IfModule>\n<IfModule !mod_authz_core.c>\n"
                       "Deny from all\n</IfModule>\n",
                       "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
