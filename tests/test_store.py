@@ -1469,6 +1469,11 @@ class Protection(ReceiverTestCase):
         # DATA_DIR naming a site's uploads folder, whose .htaccess denies the scripts only: the store
         # and the log beside it would be served, every buyer's data in them.
         htaccess = os.path.join(self.data_dir, ".htaccess")
+
+        def written(rules):
+            with open(htaccess, "w") as file:
+                file.write(rules)
+            return htaccess
         for rules in ('<FilesMatch "\\.(php|py)$">\n    Require all denied\n</FilesMatch>\n',
                       "<Files wp-config.php>\nRequire all denied\n</Files>\n",
                       "# Require all denied, removed: we need the files\nOptions +Indexes\n",
@@ -1504,9 +1509,7 @@ class Protection(ReceiverTestCase):
                       "</IfModule>\nRequire all denied\n</IfModule>\n</IfModule>\n",
                       "Order deny,allow\nDeny from all\nSatisfy any\n"):
             with self.subTest(rules=rules):
-                with open(htaccess, "w") as file:
-                    file.write(rules)
-                self.assertFalse(ipn_receiver.denies_the_web(htaccess))
+                self.assertFalse(ipn_receiver.denies_the_web(written(rules)))
                 answer = post(payment())
                 self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
                 self.assertEqual(sorted(os.listdir(self.data_dir)), [".htaccess"])
@@ -1521,9 +1524,7 @@ class Protection(ReceiverTestCase):
                       "Deny from all\n</IfModule>\n",
                       "<IfModule mod_authz_core.c>\n  Require all denied\n</IfModule>\nOptions -Indexes\n"):
             with self.subTest(rules=rules):
-                with open(htaccess, "w") as file:
-                    file.write(rules)
-                self.assertTrue(ipn_receiver.denies_the_web(htaccess))
+                self.assertTrue(ipn_receiver.denies_the_web(written(rules)))
         self.assertEqual(post(payment()).body, "OK")
         with open(htaccess) as file:
             self.assertEqual(file.read(), rules)
