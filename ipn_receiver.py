@@ -3078,19 +3078,20 @@ def command_check(args):
             "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
             "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
     cache = os.path.join(HERE, "__pycache__")
-    copies = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
-              if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
-    copies += [name for name in os.listdir(HERE) if is_backup_copy(name) and os.stat(os.path.join(HERE, name)).st_mode
+    compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
+                if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
+    backups = [name for name in os.listdir(HERE) if is_backup_copy(name) and os.stat(os.path.join(HERE, name)).st_mode
                & 0o004 and (in_the_script or name.lstrip(".#").startswith(CONFIG_FILE_NAME))]
-    if copies and (in_the_script or not all(name.startswith("ipn_receiver.") for name in copies)):
+    if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
         report(False, "copies of the settings, secrets and all, can be read by every user of this server (%s)"
-               % ", ".join(sorted(copies)), "delete them (rm -r %s, and the backup copies); Python writes its "
-               "compiled copies again with the script's mode: so chmod 700 the script first, where it may be" % cache)
-    elif copies:
+               % ", ".join(sorted(compiled + backups)), "delete them (rm -r %s, and the backup copies); Python "
+               "writes its compiled copies again with the script's mode: so chmod 700 the script first, where it "
+               "may be" % cache)
+    elif compiled:
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
-             "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(copies)), cache))
+             "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
     data_dir = config["DATA_DIR"]
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
@@ -3193,11 +3194,10 @@ def check_store_files(report, data_dir):
     Each makes every call a 503 where it is not a file this user can write (a backup restored
     read-only, a folder made in its place), or, for the lock, where another process holds it."""
     import stat
-    for name in (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock"):
+    names = (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock")
+    for name in [name for name in names if os.path.lexists(os.path.join(data_dir, name))]:
         path = os.path.join(data_dir, name)
-        if not os.path.lexists(path):
-            pass
-        elif not stat.S_ISREG(os.lstat(path).st_mode):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
             report(False, "%s is a file" % name, "it is a folder or a link, which the receiver does not open: move "
                    "it out of the data folder (`mv %s %s.moved`)%s" % (path, path, "" if name == STORE_FILE_NAME
                                                                       else "; the receiver makes it again"))
