@@ -111,6 +111,11 @@ class SilentClients(unittest.TestCase):
         self.addCleanup(setattr, ipn_receiver, "_settings", None)
         self.addCleanup(ipn_receiver.close_store)
         self.addCleanup(ipn_receiver.log.reset)
+        # (Before the settings are let go: a request cut off last still logs its line, which would
+        # otherwise go to the default data folder, beside the script.)
+        running = set(threading.enumerate())
+        self.addCleanup(lambda: [thread.join(10) for thread in set(threading.enumerate()) - running
+                                 if thread.is_alive()])     # (one still starting is joined by its starter)
         with mock.patch.object(ipn_receiver, "LOCAL_SERVER_TIMEOUT", 0.5), \
                 mock.patch.object(ipn_receiver, "LOCAL_SERVER_CONNECTIONS", 3):
             self.server = ipn_receiver.make_local_server("127.0.0.1", 0)

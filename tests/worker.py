@@ -24,6 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.dont_write_bytecode = True      # no __pycache__ beside the script (where it is on the web, one could be served)
 import ipn_receiver  # noqa: E402
 
 
