@@ -392,7 +392,11 @@ def finish_settings(values, where, config_file):
     """
     result = {"config_file": config_file, "where": {name: long for name, (long, _) in where.items()}}
     for name in SECRET_SETTINGS:
-        secret = str(values[name]) if values[name] is not None else ""
+        if not isinstance(values[name], (str, type(None))):
+            # b"...", or a comma after the quotes (a tuple): str() of it is no one's passphrase.
+            raise ConfigError("%s: %s is %s, not text; write it as %s = r\"...\", in quotes with nothing after "
+                              "them" % (where[name][0], name, type(values[name]).__name__, name), where[name][1])
+        secret = values[name] or ""
         try:
             secret.encode("utf-8")
         except UnicodeEncodeError:
@@ -612,18 +616,19 @@ _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 def secret_forms(secret):
     """The ways a secret may be written into a log line, a stored error or an answer: as it is;
     inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
-    or a JSON document; with ensure_ascii=False too, as for text with umlauts); as repr() writes
-    its UTF-8 bytes; and percent-encoded as in a form or a
-    URL, with upper- or lower-case hex digits, and with "~" kept or encoded (Python before 3.7
-    and PHP's urlencode encode it)."""
+    or a JSON document; with ensure_ascii=False too, as for text with umlauts), repr() and ascii()
+    also inside a longer text that holds both kinds of quote (which escapes "'"); as repr() writes
+    its UTF-8 bytes; and percent-encoded as in a form or a URL, with upper- or lower-case hex
+    digits, with "~" kept or encoded (Python before 3.7 and PHP's urlencode encode it), and with
+    "/" kept (as urllib.parse.quote() keeps it)."""
     forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), secret.translate(_JSON_ESCAPES),
-             repr(secret.encode("utf-8"))[2:-1]}
+             repr(secret.encode("utf-8"))[2:-1], repr('"' + secret)[2:-1], ascii('"' + secret)[2:-1]}
     for digits in ("%%%02X", "%%%02x"):
         encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
                                                                             character.encode("utf-8"))
                           for character in secret)
         for form in (encoded, encoded.replace("~", digits % ord("~"))):
-            forms.update((form, form.replace("%20", "+")))
+            forms.update((form, form.replace("%20", "+"), form.replace(digits % ord("/"), "/")))
     return forms
 
 
@@ -850,7 +855,7 @@ class Notification:
             self.event = fields.get("event", "")
             self.is_test = fields.get("api_mode") == "test"
             self.add_info = {}
-        self.key = duplicate_key(self)
+        self.key = log.mask(duplicate_key(self))     # (a secret in a PromoPit field: see fields_as_stored)
 
     def get(self, name, default=""):
         """The field `name`, or `default` when the call has none or sent it empty.
@@ -1251,6 +1256,7 @@ STATUSES = ("processing", "done", "failed", "ignored", "unknown")     # unknown:
 # (fields, the long one, comes last: a damaged page in the middle of it leaves the others readable.
 # Stores made by version 1.0.0 have it in the middle; every query names its columns.)
 BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
+RETRY_PAUSE_SECONDS = 60        # a failed handler runs again for a copy that comes this long after, or later
 LOCK_TIMEOUT_SECONDS = 10       # how long a call waits for the store lock; then 503, and a retry
 OUTCOME_LOCK_TIMEOUT_SECONDS = 50   # how long a handler's outcome waits for it: the work is done, and
                                     # giving up would let a retry do it again (Apache ends a CGI call
@@ -1290,6 +1296,13 @@ def ensure_data_dir(path):
     if not os.path.isdir(path):
         os.makedirs(path, 0o700, exist_ok=True)
         os.chmod(path, 0o700)
+    if hasattr(os, "geteuid") and os.stat(path).st_uid != os.geteuid():
+        # Made by another user, in /tmp say, before the first call: that user could read every
+        # buyer's data, plant answers, or delete the store, and every handler would run again.
+        raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver; set DATA_DIR to a "
+                           "folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
+                               path, user_name(os.stat(path).st_uid), user_name(os.geteuid()),
+                               user_name(os.geteuid())))
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
         if is_anothers_folder(path):
@@ -1702,7 +1715,7 @@ def set_damaged_store_aside(config, reason, start_empty=False):
     aside = move_store_aside(path)
     os.replace(path + ".salvaged", path)
     sync_folder(config["DATA_DIR"])
-    log.error("event store %s was damaged (%s); it was moved to %s, a new store was started and "
+    log.error("event store %s was set aside (%s); it was moved to %s, a new store was started and "
               "%d notifications were copied from the damaged one%s. Keep the damaged copy until "
               "`python3 ipn_receiver.py check` is clean.", path, reason, os.path.basename(aside), copied,
               UNKNOWN_NOTE % keys_only if keys_only else "")
@@ -1936,6 +1949,16 @@ def salvage_row(source, number):
     return tuple(row.get(column) for column in STORE_COLUMNS)
 
 
+def fields_as_stored(fields):
+    """The fields as the store keeps them: JSON (json_text), with any secret in them replaced by
+    [secret]. PromoPit's key may come in any field (whoever holds it sends what they like), and a
+    row keeps what it holds for as long as the store and its backups live."""
+    text = json_text(fields)
+    if log.mask(text) != text:      # (each value alone: a secret's form may span a value and a key)
+        text = json_text({log.mask(key): log.mask(value) for key, value in fields.items()})
+    return text
+
+
 def json_text(fields):
     """A flat {str: str} dict as a JSON object: what json.dumps(fields, ensure_ascii=False,
     separators=(",", ":")) gives (tests/test_store.py compares them on generated dicts), without
@@ -1979,7 +2002,8 @@ def claim_notification(connection, notification, dispatch, timeout):
 
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
-    None) when another process is running its handler right now, or ("unknown", None) when it
+    None) when another process is running its handler right now, ("paused", seconds) when its
+    handler failed less than RETRY_PAUSE_SECONDS ago, or ("unknown", None) when it
     was salvaged from a damaged store without its status, or its status is damaged (the vendor
     decides; the fields this copy brings are kept for `replay`). An abandoned claim (see
     claim_is_abandoned) is taken over.
@@ -1994,17 +2018,21 @@ def claim_notification(connection, notification, dispatch, timeout):
             "is_test, fields, status, attempts, deliveries, answer, claim, claimed_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
             (now, notification.provider, notification.event, notification.key, int(notification.is_test),
-             json_text(notification.fields), status, int(dispatch), None if dispatch else "OK",
+             fields_as_stored(notification.fields), status, int(dispatch), None if dispatch else "OK",
              claim if dispatch else None, now if dispatch else None, now))
         if cursor.rowcount == 1:
             notification.id = cursor.lastrowid
             decision = ("run", claim) if dispatch else ("answer", "OK")
         else:
-            row_id, status, answer, claimed_at, claimed_by = row_of_key(
-                connection, "id, status, answer, claimed_at, claim", notification.key)
+            row_id, status, answer, claimed_at, claimed_by, updated_at = row_of_key(
+                connection, "id, status, answer, claimed_at, claim, updated_at", notification.key)
             notification.id = row_id
             abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout, claimed_by)
-            if (status == "failed" or abandoned) and not dispatch:
+            if status == "failed" and dispatch and 0 <= now - updated_at < RETRY_PAUSE_SECONDS:
+                # Left as it is: a copy sent again and again (by whoever captured the call) must not
+                # run the handler, and what it did before it failed, at the sender's pace.
+                decision = ("paused", int(updated_at + RETRY_PAUSE_SECONDS - now) + 1)
+            elif (status == "failed" or abandoned) and not dispatch:
                 # Its handler was taken out of the table since: like any event without one, it
                 # is answered OK and kept (its last_error tells what happened before).
                 connection.execute(
@@ -2029,7 +2057,7 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "UPDATE notifications SET status = 'unknown', provider = ?, event = ?, is_test = ?, "
                     "fields = ?, deliveries = deliveries + 1, updated_at = ?, last_error = COALESCE(?, last_error) "
                     "WHERE id = ?", (notification.provider, notification.event, int(notification.is_test),
-                                     json_text(notification.fields), now, None if status == "unknown" else
+                                     fields_as_stored(notification.fields), now, None if status == "unknown" else
                                      "damaged: its status read %s, which the receiver never writes"
                                      % json_string(str(status)), row_id))
                 decision = ("unknown", None)
@@ -2106,7 +2134,7 @@ def record_outcome(connection, notification, claim, status, answer=None, error=N
                 "INSERT INTO notifications (received_at, provider, event, duplicate_key, is_test, fields, "
                 "status, attempts, deliveries, last_error, answer, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
                 "1, 1, ?, ?, ?)", (now, notification.provider, notification.event, notification.key,
-                                   int(notification.is_test), json_text(notification.fields), status, error,
+                                   int(notification.is_test), fields_as_stored(notification.fields), status, error,
                                    answer, now))
             notification.id = cursor.lastrowid
             result = answer if status == "done" else None
@@ -2162,6 +2190,8 @@ INVALID_ISN_KEY_ANSWER = (
 BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; the "
                "sender retries later, nothing to do. (Should this last longer than PROCESSING_TIMEOUT, a handler "
                "ran and could not be recorded: see ipn_receiver.log)")
+PAUSED_ANSWER = ("ERROR: the handler failed for notification #%d less than a minute ago; a copy that comes in %d s "
+                 "or later runs it again (the sender retries later; on the server, `replay %d` runs it now)")
 UNKNOWN_ANSWER = (
     "ERROR: notification #%(id)d lost its record when the event store was damaged, so whether its handler "
     "ran is unknown; on the server, look at `python3 ipn_receiver.py show %(id)d`, then run `replay %(id)d` "
@@ -2218,6 +2248,8 @@ def dispatch(notification, handler, config):
         return storage_failure(error, config, "storage unavailable")
     if decision == "busy":
         return 503, BUSY_ANSWER, "a copy is being processed right now"
+    if decision == "paused":
+        return 503, PAUSED_ANSWER % (notification.id, value, notification.id), "held: its handler failed just now"
     if decision == "unknown":
         return 503, UNKNOWN_ANSWER % {"id": notification.id}, "held: salvaged from a damaged store, status unknown"
     if decision == "answer":
@@ -2256,9 +2288,19 @@ def run_and_record(notification, handler, claim, config):
         outcome = ("failed", None, error_line(error))
     else:
         outcome = ("done", answer_body(notification, result), None)
+
+    def record(connection):
+        return record_outcome(connection, notification, claim, *outcome)
+
     try:
-        answer = write_to_store(config, lambda connection: record_outcome(connection, notification, claim, *outcome),
-                                OUTCOME_LOCK_TIMEOUT_SECONDS)
+        try:
+            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
+        except KeyboardInterrupt:
+            # Ctrl+C in `replay` while the outcome waits for the store: the work is done, and
+            # unrecorded it would run again on the sender's next copy. So it is recorded first.
+            print("the handler has run: recording its outcome before stopping (Ctrl+C again stops now, and "
+                  "the handler runs again later)", file=sys.stderr)
+            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
@@ -2720,13 +2762,23 @@ def command_send(args):
 
 def command_demo(args):
     """Start a throw-away receiver, send it one of everything, and show what came back."""
-    global DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS
     import shutil
     import tempfile
+    data_dir = tempfile.mkdtemp(prefix="ipn-demo-")
+    try:
+        return run_demo(data_dir)
+    finally:                                # (Ctrl+C too)
+        close_store()
+        log.reset()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_demo(data_dir):
+    """The demo, with its data in `data_dir`: 0 when everything behaved as expected."""
+    global DIGISTORE24_HANDLERS, PROMOPIT_HANDLERS
     import threading
     import urllib.request
 
-    data_dir = tempfile.mkdtemp(prefix="ipn-demo-")
     config = use_settings(SHA_PASSPHRASE=os.urandom(16).hex(), ISN_KEY=os.urandom(16).hex(),
                           DATA_DIR=data_dir, LOG_LEVEL="INFO")
     log.to_stderr = False
@@ -2791,9 +2843,6 @@ def command_demo(args):
                 print("  " + line.rstrip()[24:])
     except OSError:
         pass
-    close_store()
-    log.reset()
-    shutil.rmtree(data_dir, ignore_errors=True)
     all_good = good == len(rows) and len(ran) == len(DIGISTORE24_EVENTS) + 1
     print("\n%d of %d behaved as expected%s" % (good, len(rows), "" if all_good else ": SOMETHING IS WRONG"))
     return 0 if all_good else 1
@@ -3050,26 +3099,20 @@ def command_check(args):
     for name, mistake in miswritten_secrets():
         report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
                SECRET_MISTAKES[mistake][1] % name)
+    in_the_ini = [name for name in config["where"] if config["where"][name].startswith(
+        "%s line " % os.path.basename(config["config_file"] or "?"))]
     for name in SECRET_SETTINGS:
-        mistake = ini_secret_mistake(config[name]) if config["where"][name].startswith(
-            "%s line " % os.path.basename(config["config_file"] or "?")) else None
-        if not mistake and config[name].strip() != config[name] and config[name].strip():
-            mistake = "spaces"          # (config.ini strips them; the file and the environment do not)
+        mistake = secret_mistake(config[name], name in in_the_ini)
         if mistake:
             report(False, "%s (%s) %s" % (name, config["where"][name], SECRET_MISTAKES[mistake][0]),
                    SECRET_MISTAKES[mistake][1] % name)
     script = os.path.abspath(__file__)
-    with open(script, "rb") as file:
-        first_line = file.readline()
-    report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
-           "%s starts with a shebang line ending in LF" % os.path.basename(script),
-           "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
-           "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
-           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
     # (Whether in use or not: one that config.ini overrides is as readable.)
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
-    report(os.access(script, os.X_OK), "%s has its run bit set" % os.path.basename(script),
-           "chmod %s %s   (needed to run as CGI)" % ("700" if in_the_script else "755", script))
+    check_runs_as_cgi(report, script, "700" if in_the_script else "755")
+    for name in sorted(os.listdir(HERE)):
+        if name.endswith(".py") and name != os.path.basename(script) and is_launcher(os.path.join(HERE, name)):
+            check_runs_as_cgi(report, os.path.join(HERE, name), "755")
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3081,7 +3124,7 @@ def command_check(args):
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
                 if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
     backups = [name for name in os.listdir(HERE) if is_backup_copy(name) and os.stat(os.path.join(HERE, name)).st_mode
-               & 0o004 and (in_the_script or name.lstrip(".#").startswith(CONFIG_FILE_NAME))]
+               & 0o004 and (in_the_script or name.lstrip(".#").lower().startswith("config"))]
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
@@ -3093,6 +3136,21 @@ def command_check(args):
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
     data_dir = config["DATA_DIR"]
+    shared = shared_folder_above(data_dir)
+    if shared:
+        report(False, "DATA_DIR %s is in %s, where every user of this server may make or move folders" % (
+            data_dir, shared), "set DATA_DIR to a folder in your home folder, outside the web root: another user "
+            "could make it first, or move it away, and read or change what is stored")
+    apart = [name for name in SECRET_SETTINGS if not secret_problem(config, name) and name not in in_the_ini]
+    if "DATA_DIR" in in_the_ini and apart:
+        # While config.ini is missing (renamed while it is edited, deleted before an upload), the
+        # secrets set elsewhere still verify calls, and a store in the default folder runs every
+        # handler again.
+        report(False, "DATA_DIR is set in %s, but %s elsewhere" % (os.path.basename(config["config_file"]),
+                                                                   " and ".join(apart)),
+               "set %s in %s too (or DATA_DIR where they are): should it go missing for a moment (renamed while "
+               "you edit it, say), calls would be stored in another folder, and their handlers would run again"
+               % (" and ".join(apart), os.path.basename(config["config_file"])))
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
                "characters, or use Python 3.7 or later: where a web server sets no LANG, Python 3.6 writes "
@@ -3142,7 +3200,7 @@ def command_check(args):
                "empty one the copies of notifications already handled run their handlers again")
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
-            report(False, "a damaged store was set aside: %s" % name,
+            report(False, "a store was set aside (damaged, or by repair --force): %s" % name,
                    "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
     if writable and not os.path.exists(store_path(config)):
         note("no event store yet; the receiver makes it at its first call")
@@ -3187,6 +3245,41 @@ def command_check(args):
         check_store_files(report, data_dir)
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
+
+
+def shared_folder_above(path):
+    """The folder above `path` in which another user could make the folder at `path` (or one on
+    its way) first, or move it away: one every user may write to, and for a folder that exists
+    already, not sticky (as /tmp is, where only a file's owner may move it). None if none is."""
+    while os.path.dirname(path) != path:
+        made = os.path.isdir(path)
+        path = os.path.dirname(path)
+        mode = os.stat(path).st_mode if os.path.isdir(path) else 0
+        if mode & 0o002 and not (made and mode & 0o1000):
+            return path
+    return None
+
+
+def check_runs_as_cgi(report, program, mode):
+    """What `check` says about a program a web server runs as CGI: the script, or a launcher."""
+    with open(program, "rb") as file:
+        first_line = file.readline()
+    report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
+           "%s starts with a shebang line ending in LF" % os.path.basename(program),
+           "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
+           "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
+           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
+    report(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
+           "chmod %s %s   (needed to run as CGI)" % (mode, program))
+
+
+def is_launcher(path):
+    """Whether the file at `path` runs the receiver: the launcher of README.md, or a wrapper."""
+    try:
+        with open(path, "rb") as file:
+            return b"ipn_receiver.main()" in file.read(65536)
+    except OSError:
+        return False
 
 
 def check_store_files(report, data_dir):
@@ -3254,9 +3347,9 @@ SECRET_MISTAKES = {
               "put %s into config.ini, where it is taken as it is: in the file, Python reads what follows the "
               "quote as a comment, so the secret in use is only what comes before it"),
     # config.ini takes a value as it is written, to the end of the line (see read_ini_file).
-    "ini quotes": ("is in quotes, which config.ini takes as part of it",
-                   "remove the quotes around %s; were they truly part of it, choose a new one without them, the "
-                   "same on both sides"),
+    "quotes": ("is in quotes, which are taken as part of it",
+               "remove the quotes around %s; were they truly part of it, choose a new one without them, the same on "
+               "both sides"),
     "spaces": ("begins or ends with a space, a tab or a line break",
                "remove them where %s is set; were they truly part of it, choose a new one without them, the same on "
                "both sides"),
@@ -3266,15 +3359,22 @@ SECRET_MISTAKES = {
 }
 
 
-def ini_secret_mistake(value):
-    """What looks miswritten in a secret from config.ini: "ini quotes" around it, or an "ini comment"
-    after it (other INI readers allow both); None for nothing. Either way every call would be
-    refused while the secret seemed set."""
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
-        return "ini quotes"
-    if any(space + mark in value for space in " \t" for mark in ";#"):
+def secret_mistake(value, from_ini):
+    """What looks miswritten in a secret: "quotes" around it (config.ini and the environment take
+    them as part of it, where other INI readers and shells do not; typographic ones, pasted from
+    a document, anywhere), "spaces" around it (config.ini strips them; the file and the
+    environment do not), or an "ini comment" after it in config.ini (other INI readers allow
+    one); None for nothing. Every call would be refused while the secret seemed set."""
+    if len(value) > 1 and value[0] in QUOTES and value[-1] in QUOTES:
+        return "quotes"
+    if value.strip() != value and value.strip():
+        return "spaces"
+    if from_ini and any(space + mark in value for space in " \t" for mark in ";#"):
         return "ini comment"
     return None
+
+
+QUOTES = "\"'\u201c\u201d\u2018\u2019\u201e\u00ab\u00bb"     # "' and typographic ones
 
 
 def miswritten_secrets():
@@ -3316,19 +3416,21 @@ def check_web_folder(report, note, data_dir):
                       and os.path.join(folder, name) != data_dir]
         copies += [os.path.relpath(os.path.join(folder, name), HERE) for name in files
                    if name.endswith(".pyc") or (folder == HERE and is_backup_copy(name))]
-    rules = None
-    if os.path.isfile(os.path.join(HERE, ".htaccess")):
+    rules, htaccess = None, os.path.join(HERE, ".htaccess")
+    if os.path.isfile(htaccess):
         try:
-            with open(os.path.join(HERE, ".htaccess"), encoding="utf-8", errors="replace") as file:
+            with open(htaccess, encoding="utf-8", errors="replace") as file:
                 rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
             report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
                    "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
                    "cgi-script .py, Require all denied, and the scripts' names allowed")
         except OSError:
             rules = False
-            report(False, ".htaccess beside the script can be read by %s" % user_name(os.geteuid()),
-                   "chmod 644 %s   (Apache refuses the whole folder where it cannot read it)"
-                   % os.path.join(HERE, ".htaccess"))
+        # Apache reads it as its own user (under suEXEC not the owner), and refuses the whole folder
+        # where it cannot.
+        report(rules is not False and os.stat(htaccess).st_mode & 0o004, ".htaccess beside the script can be read by "
+               "the web server (mode %03o)" % (os.stat(htaccess).st_mode & 0o777), "chmod 644 %s   (Apache "
+               "refuses the whole folder, with 403, where it cannot read it)" % htaccess)
     web_root = web_root_of(HERE)
     unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
     if rules is None and web_root_of(data_dir):
@@ -3378,9 +3480,13 @@ BACKUP_ENDINGS = ("~", ".bak", ".backup", ".old", ".orig", ".save", ".swp", ".sw
 
 
 def is_backup_copy(name):
-    """Whether `name` is an editor's or an upload tool's copy of the script or its config file."""
-    return (name.lstrip(".#").startswith(("ipn_receiver.py", "config.ini"))
-            and name not in ("ipn_receiver.py", "config.ini") and name.endswith(BACKUP_ENDINGS + ("#",)))
+    """Whether `name` is a copy of the script or its config file made beside it by an editor, an
+    upload tool or a vendor (config.ini~, config (1).ini, config.old.ini, ipn_receiver.py.bak,
+    ipn_receiver - Copy.py): a name that starts as theirs and still says .ini or .py, but is
+    neither of them, nor the example shipped, nor a compiled copy."""
+    base = name.lstrip(".#").lower()
+    return name not in ("ipn_receiver.py", "config.ini", "config.example.ini") and not name.endswith(".pyc") and (
+        base.startswith("config") and ".ini" in base or base.startswith("ipn_receiver") and ".py" in base)
 
 
 # Names that hold the settings, or what was stored: no <Files> section of an .htaccess may serve them.
@@ -3491,7 +3597,9 @@ def command_repair(args):
             print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
             return 0
         try:
-            connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0], start_empty=args.force)
+            connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0] if result != "ok" else
+                                                 "repair --force, though it passed its integrity check",
+                                                 start_empty=args.force)
         except (OSError, sqlite3_module().Error) as error:
             print("ERROR: the store could not be repaired (%s); it was left as it was. Free disk space, "
                   "then run repair again" % error, file=sys.stderr)
@@ -3549,7 +3657,9 @@ def build_parser():
 
     send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver")
     send.add_argument("event", help="a Digistore24 event (on_payment, on_refund, ...) or sale (PromoPit)")
-    send.add_argument("--url", default="http://127.0.0.1:8000/", help="where (default the local server)")
+    # (No default: whoever listens on a local port, another user of a shared server, say, would
+    # get a call signed with the passphrase, or PromoPit's key itself.)
+    send.add_argument("--url", required=True, help="the receiver's URL (the local server's: http://127.0.0.1:8000/)")
     send.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a field (repeatable)")
     send.add_argument("--provider", choices=(DIGISTORE24, PROMOPIT), default=DIGISTORE24)
 
@@ -3627,7 +3737,15 @@ def main(argv=None):
         argv = ["serve"] + list(argv)
     args = build_parser().parse_args(argv)
     try:
-        return globals()["command_" + args.name](args)
+        code = globals()["command_" + args.name](args)
+        sys.stdout.flush()                  # (a closed pipe shows here, not as Python ends)
+        return code
+    except KeyboardInterrupt:
+        print("\nstopped (Ctrl+C)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:                 # `... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # (no error at exit either)
+        return 1
     except (ConfigError, CommandFailed, StorageError) as error:
         message, code = str(error), 2 if isinstance(error, ConfigError) else getattr(error, "code", 1)
     except sqlite3_module().Error as error:

@@ -47,10 +47,11 @@ FUNCTIONS = [
     "environment_text", "serves_only_the_scripts", "section_matches_any", "may_hold_rows", "denies_the_web",
     "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "miswritten_secrets",
     "unusable_secret_answer", "refuse_another_user", "check_owners", "web_root_of", "check_web_folder",
-    "end_a_forked_child", "store_within_reach", "ini_secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
+    "end_a_forked_child", "store_within_reach", "secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
     "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
+    "fields_as_stored", "is_backup_copy", "is_launcher", "shared_folder_above",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",

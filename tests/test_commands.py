@@ -5,6 +5,8 @@ import functools
 import io
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -146,6 +148,81 @@ class Replaying(CommandTestCase):
         code, _, errors = self.command("replay", "7")
         self.assertEqual(code, 1)
         self.assertIn("no notification #7", errors)
+
+
+class Interrupted(CommandTestCase):
+    """Ctrl+C, a closed pipe: a command ends with a line, not a traceback, and leaves nothing
+    half done behind."""
+
+    def environment(self):
+        values = {key: value for key, value in os.environ.items() if not key.startswith("IPN_")}
+        values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
+        return values
+
+    def test_ctrl_c_ends_a_command_with_one_line(self):
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(60)
+        process = subprocess.Popen([PYTHON, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/"
+                                    % listener.getsockname()[1]], env=self.environment(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        connection, _ = listener.accept()           # it has started, and waits for an answer that never comes
+        self.addCleanup(connection.close)
+        process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=60)
+        self.assertEqual((process.returncode, errors.decode()), (130, "\nstopped (Ctrl+C)\n"))
+
+    def test_a_closed_pipe_ends_a_command_quietly(self):
+        # `events | head -1`: the reader has all it wanted.
+        post(payment())
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            done = subprocess.run([PYTHON, SCRIPT, "events"], env=self.environment(), stdout=write,
+                                  stderr=subprocess.PIPE, timeout=60)
+        finally:
+            os.close(write)
+        self.assertEqual((done.returncode, done.stderr), (1, b""))
+
+    def test_send_has_no_default_url(self):
+        # A default on a local port would send a call signed with the passphrase, or PromoPit's key
+        # itself, to whoever listens there: another user of a shared server, say.
+        code, output, errors = self.command("send", "sale")
+        self.assertEqual(code, 2)
+        self.assertIn("the following arguments are required: --url", errors)
+
+    def test_demo_stopped_with_ctrl_c_leaves_no_folder(self):
+        made, make = [], tempfile.mkdtemp
+
+        def mkdtemp(*args, **kwargs):
+            made.append(make(*args, **kwargs))
+            return made[-1]
+        with mock.patch.object(tempfile, "mkdtemp", mkdtemp), mock.patch.object(
+                ipn_receiver, "run_demo", side_effect=KeyboardInterrupt), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["demo"]), 130)
+        self.assertEqual(len(made), 1)
+        self.assertFalse(os.path.exists(made[0]))
+
+    def test_ctrl_c_while_replay_waits_to_record_the_outcome_records_it_first(self):
+        # The handler has run: left "processing", its notification would run again once
+        # PROCESSING_TIMEOUT has passed, on the sender's next copy.
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        ran, interrupted, write_to_store = [], [], ipn_receiver.write_to_store
+        self.handle("on_payment", lambda n: ran.append(n.id))
+
+        def interrupted_once(config, write, lock_seconds=None):
+            if lock_seconds == ipn_receiver.OUTCOME_LOCK_TIMEOUT_SECONDS and not interrupted:
+                interrupted.append("Ctrl+C")
+                raise KeyboardInterrupt
+            return write_to_store(config, write, lock_seconds)
+        with mock.patch.object(ipn_receiver, "write_to_store", interrupted_once), contextlib.redirect_stdout(
+                io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
+            self.assertEqual(ipn_receiver.main(["replay", "1"]), 0)
+        self.assertEqual((ran, interrupted, self.rows()[0]["status"]), ([1], ["Ctrl+C"], "done"))
+        self.assertIn("the handler has run: recording its outcome before stopping", errors.getvalue())
 
 
 class WhatReplayRuns(CommandTestCase):
@@ -603,20 +680,89 @@ class Check(CommandTestCase):
         self.addCleanup(shutil.rmtree, folder, True)
         script = shutil.copy(SCRIPT, folder)
         os.makedirs(os.path.join(folder, "__pycache__"))
-        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "#config.ini#"):
+        for name in ("__pycache__/ipn_receiver.cpython-311.pyc", "#config.ini#", "config (1).ini"):
             with open(os.path.join(folder, name), "w") as file:
                 file.write("x")
             os.chmod(os.path.join(folder, name), 0o644)
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
-                      "(#config.ini#, ipn_receiver.cpython-311.pyc)\n", output)
+                      "(#config.ini#, config (1).ini, ipn_receiver.cpython-311.pyc)\n", output)
         os.chmod(os.path.join(folder, "#config.ini#"), 0o600)
+        os.chmod(os.path.join(folder, "config (1).ini"), 0o600)
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 0, output)
         self.assertIn("note     compiled copies of ipn_receiver.py can be read by every user of this server "
                       "(ipn_receiver.cpython-311.pyc); if it ever held a secret, delete them: rm -r %s\n"
                       % os.path.join(folder, "__pycache__"), output)
+
+    def test_a_data_dir_where_other_users_may_make_or_move_folders_is_a_problem(self):
+        # Another user could make the data folder first (the receiver then refuses it: 503 for every
+        # call), or move it away where the folder above is not sticky (and every handler runs again).
+        shared = os.path.join(self.data_dir, "shared")
+        os.mkdir(shared)
+        os.mkdir(os.path.join(shared, "made"), 0o700)
+        problem = "PROBLEM  DATA_DIR %s is in %s, where every user of this server may make or move folders\n"
+        for mode, name, reported in ((0o777, "made", True), (0o777, "not-yet", True), (0o1777, "made", False),
+                                     (0o1777, "not-yet", True), (0o1777, "not-yet/below", True),
+                                     (0o755, "not-yet", False)):
+            with self.subTest(mode=oct(mode), name=name):
+                os.chmod(shared, mode)
+                data_dir = os.path.join(shared, name)
+                code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+                self.assertEqual(problem % (data_dir, shared) in output, reported, output)
+                self.assertEqual(code, 1 if reported else 0, output)
+
+    def test_data_dir_in_config_ini_with_a_secret_set_elsewhere_is_a_problem(self):
+        # While config.ini is missing (renamed while it is edited, deleted before an upload), the
+        # secret set elsewhere still verifies calls, and a store in another folder runs them again.
+        folder = tempfile.mkdtemp(prefix="ipn-config-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        config = os.path.join(folder, "config.ini")
+        with open(config, "w") as file:
+            file.write("[digistore24]\nsha_passphrase = %s\n[receiver]\ndata_dir = %s\n" % (PASSPHRASE, self.data_dir))
+        os.chmod(config, 0o600)
+        code, output, _ = self.command("check", IPN_CONFIG=config, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  DATA_DIR is set in config.ini, but ISN_KEY elsewhere\n         fix: set ISN_KEY in "
+                      "config.ini too (or DATA_DIR where they are)", output)
+        code, output, _ = self.command("check", IPN_CONFIG=config, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="",
+                                       IPN_ISN_KEY="")
+        self.assertEqual(code, 0, output)
+        code, output, _ = self.command("check", IPN_CONFIG=config)      # DATA_DIR from the environment
+        self.assertNotIn("DATA_DIR is set in", output)
+
+    def test_a_launcher_that_cannot_run_as_cgi_is_a_problem(self):
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = shutil.copy(SCRIPT, folder)
+        launcher = os.path.join(folder, "ipn.py")
+        with open(launcher, "w", newline="\r\n") as file:
+            file.write(snippet("launcher"))
+        os.chmod(launcher, 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn.py starts with a shebang line ending in LF\n         fix: save the file with Unix "
+                      "(LF) line endings", output)
+        self.assertIn("PROBLEM  ipn.py has its run bit set\n         fix: chmod 755 %s" % launcher, output)
+        with open(launcher, "w") as file:
+            file.write(snippet("launcher"))
+        os.chmod(launcher, 0o755)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+        self.assertIn("ok       ipn.py has its run bit set\n", output)
+
+    def test_a_healthy_store_set_aside_by_repair_force_is_not_called_damaged(self):
+        post(payment())
+        ipn_receiver.close_store()
+        code, output, errors = self.command("repair", "--force")
+        self.assertEqual(code, 0, errors)
+        self.assertIn("was set aside (repair --force, though it passed its integrity check); it was moved to "
+                      "events.sqlite3.damaged-", self.log_text())
+        self.assertNotIn("was damaged", self.log_text())
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  a store was set aside (damaged, or by repair --force): events.sqlite3.damaged-", output)
 
     def test_a_data_dir_that_is_a_broken_link_is_a_problem(self):
         link = os.path.join(self.data_dir, "data")
@@ -665,7 +811,7 @@ class Check(CommandTestCase):
         folder = tempfile.mkdtemp(prefix="ipn-config-")
         self.addCleanup(shutil.rmtree, folder, True)
         config = os.path.join(folder, "config.ini")
-        for value, mistake in (('"%s"' % PASSPHRASE, "is in quotes, which config.ini takes as part of it\n"
+        for value, mistake in (('"%s"' % PASSPHRASE, "is in quotes, which are taken as part of it\n"
                                 "         fix: remove the quotes around SHA_PASSPHRASE"),
                                ("'%s'" % PASSPHRASE, "is in quotes"),
                                (PASSPHRASE + " ; from Digistore24", "has what looks like a comment after it"),
@@ -681,9 +827,32 @@ class Check(CommandTestCase):
                     self.assertIn("PROBLEM  SHA_PASSPHRASE (config.ini line 2, [digistore24] sha_passphrase) "
                                   + mistake, output)
                 self.assertNotIn(PASSPHRASE, output)
-        for value, mistake in (("x", None), ('"', None), ('""', "ini quotes"), ("''", "ini quotes"), ("XsecretX", None),
-                               ("secret;x#", None), ("secretX;", None), ("pass Xword", None), ("a\t;b", "ini comment")):
-            self.assertEqual(ipn_receiver.ini_secret_mistake(value), mistake, value)
+        for value, mistake in (("x", None), ('"', None), ('""', "quotes"), ("''", "quotes"), ("XsecretX", None),
+                               ("secret;x#", None), ("secretX;", None), ("pass Xword", None), ("a\t;b", "ini comment"),
+                               ("\u201csecret\u201d", "quotes"), ("'secret\u2019", "quotes"), ("\u00absecret", None),
+                               (" secret", "spaces"), ("secret\n", "spaces"), (" ", None)):
+            self.assertEqual(ipn_receiver.secret_mistake(value, True), mistake, value)
+        # Only config.ini has comments after a value; elsewhere " ;" may be part of a secret.
+        self.assertIsNone(ipn_receiver.secret_mistake("a\t;b", False))
+        self.assertEqual(ipn_receiver.secret_mistake("'secret'", False), "quotes")
+
+    def test_a_secret_in_quotes_in_the_environment_or_in_typographic_quotes_in_the_file_is_a_problem(self):
+        # A shell or SetEnv line written with quotes inside quotes, or a passphrase pasted from a
+        # document with its typographic quotes: every call is refused while the secret seems set.
+        code, output, _ = self.command("check", IPN_SHA_PASSPHRASE='"%s"' % PASSPHRASE)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  SHA_PASSPHRASE (environment variable IPN_SHA_PASSPHRASE) is in quotes", output)
+        self.assertNotIn(PASSPHRASE, output)
+        output = self.check_with_the_passphrase_written('SHA_PASSPHRASE = r"\u201cXy7dQ9pL2m-secretZ\u201d"')
+        self.assertIn("PROBLEM  SHA_PASSPHRASE (SHA_PASSPHRASE at the top of ipn_receiver.py) is in quotes", output)
+
+    def test_a_secret_written_as_bytes_or_with_a_comma_after_it_is_a_configuration_error(self):
+        # str() of b"..." or of a tuple is no one's passphrase: every call would be refused.
+        for written, kind in (('b"Xy7dQ9pL2m-secretZ"', "bytes"), ('r"Xy7dQ9pL2m-secretZ",', "tuple")):
+            with self.subTest(written=written):
+                output = self.check_with_the_passphrase_written("SHA_PASSPHRASE = " + written)
+                self.assertIn("PROBLEM  settings: SHA_PASSPHRASE at the top of ipn_receiver.py: SHA_PASSPHRASE is %s, "
+                              "not text; write it as SHA_PASSPHRASE = r\"...\"" % kind, output)
 
     def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
         with open(SCRIPT, encoding="utf-8") as file:
@@ -882,6 +1051,17 @@ class CheckTheWebFolder(CommandTestCase):
                       "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
         self.assertNotIn("config.ini is beside the script", output)        # the .htaccess denies it
 
+    def test_an_htaccess_only_its_owner_can_read_is_a_problem(self):
+        # Apache reads it as its own user, under suEXEC not the owner, and refuses the whole folder.
+        script = self.web_folder(snippet("apache-htaccess"), copies=False)
+        htaccess = os.path.join(os.path.dirname(script), ".htaccess")
+        for mode, reported in ((0o600, True), (0o640, True), (0o644, False), (0o604, False)):
+            os.chmod(htaccess, mode)
+            code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+            self.assertEqual(code, 1 if reported else 0, output)
+            self.assertIn("%s .htaccess beside the script can be read by the web server (mode %03o)\n" % (
+                "PROBLEM " if reported else "ok      ", mode), output)
+
     def test_where_it_looks_for_copies(self):
         # Compiled copies three folders down at most (a web root can be large), not in hidden folders
         # or the data folder; backup copies beside the script only. Three are named, then "...".
@@ -922,9 +1102,9 @@ class CheckTheWebFolder(CommandTestCase):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", timeout=60,
             preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
         self.assertEqual((done.returncode, done.stderr), (1, b""))
-        self.assertIn("PROBLEM  .htaccess beside the script can be read by nobody\n         fix: chmod 644 %s   (Apache "
-                      "refuses the whole folder where it cannot read it)\n" % os.path.join(folder, ".htaccess"),
-                      done.stdout.decode())
+        self.assertIn("PROBLEM  .htaccess beside the script can be read by the web server (mode 600)\n         fix: "
+                      "chmod 644 %s   (Apache refuses the whole folder, with 403, where it cannot read it)\n"
+                      % os.path.join(folder, ".htaccess"), done.stdout.decode())
         self.assertIn("PROBLEM  copies of the settings beside the script (__pycache__/ipn_receiver.cpython-311.pyc, "
                       "config.ini~, ipn_receiver.py.bak)\n", done.stdout.decode())
 
@@ -994,10 +1174,16 @@ class CheckTheWebFolder(CommandTestCase):
 
     def test_which_names_are_backup_copies(self):
         for name in ("config.ini~", "config.ini.bak", "config.ini.save", "ipn_receiver.py~", "ipn_receiver.py.orig",
-                     ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old"):
+                     ".config.ini.swp", "#config.ini#", "ipn_receiver.py.old",
+                     # ... and those a vendor or an upload tool makes: copied, renamed, half uploaded.
+                     "config.old.ini", "config (1).ini", "config.ini.1", "config.ini.txt", "config - Copy.ini",
+                     "config.ini.filepart", "ipn_receiver - Copy.py", "ipn_receiver.py.txt", "ipn_receiver.py.1",
+                     "Config.INI.bak", "ipn_receiver (2).py"):
             self.assertTrue(ipn_receiver.is_backup_copy(name), name)
+        # Not copies: the two files themselves, the example, compiled copies (found in __pycache__),
+        # and a site's own files (its config.php).
         for name in ("config.ini", "ipn_receiver.py", "ipn.py", "config.example.ini", "notes.txt~", "README.md",
-                     "#notes#"):
+                     "#notes#", "config.php", "configuration.json", "ipn_receiver.cpython-311.pyc", "wrapper.py"):
             self.assertFalse(ipn_receiver.is_backup_copy(name), name)
 
     def test_what_counts_as_serving_the_scripts_only(self):

@@ -215,6 +215,14 @@ class NoSecrets(ReceiverTestCase):
                               "p%C3%A4+ss%27w%C3%B6rd%5C1", "p%C3%A4%20ss%27w%C3%B6rd%5C1")
         self.assertLogged("INFO", "settings {'p': \"[secret]\"}; request body sha_passphrase=[secret] and [secret]")
 
+    def test_a_secret_is_masked_inside_a_repr_with_both_quotes_and_as_quote_keeps_its_slash(self):
+        secret = "it's/a-long passphrase"
+        ipn_receiver.use_settings(SHA_PASSPHRASE=secret, DATA_DIR=self.data_dir)
+        ipn_receiver.log.info("calling %r", 'say "hi" with ' + secret)
+        ipn_receiver.log.info("url https://x/?p=%s", urllib.parse.quote(secret))
+        self.assertLogged("INFO", "calling 'say \"hi\" with [secret]'")
+        self.assertLogged("INFO", "url https://x/?p=[secret]")
+
     def test_a_secret_is_masked_as_json_ascii_and_its_utf8_bytes_write_it_too(self):
         # PROTOCOL.md's own example passphrase: outside ASCII, it has more spellings.
         secret = "pässwörd"
@@ -322,7 +330,9 @@ class SecretForms(unittest.TestCase):
         for written in (secret, repr(secret)[1:-1], ascii(secret)[1:-1], json.dumps(secret)[1:-1],
                         json.dumps(secret, ensure_ascii=False)[1:-1],
                         repr(secret.encode("utf-8", "surrogatepass"))[2:-1], quoted, lower_hex,
-                        urllib.parse.quote_plus(secret, safe="")):
+                        urllib.parse.quote_plus(secret, safe=""), urllib.parse.quote(secret),
+                        # repr() and ascii() of a longer text holding both kinds of quote: "'" escaped
+                        repr('say "hi" ' + secret)[10:-1], ascii('say "hi" ' + secret)[10:-1]):
             self.assertTrue(written in forms or not written, (secret, written))
 
 

@@ -9,7 +9,9 @@
 import contextlib
 import hmac
 import io
+import json
 import os
+import unittest
 from unittest import mock
 
 from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, call, environ_for, ipn_receiver, payment, post,
@@ -53,6 +55,37 @@ class NothingLeaks(ReceiverTestCase):
             for secret in (PASSPHRASE, ISN_KEY, ipn_receiver.PLACEHOLDERS["SHA_PASSPHRASE"], payment()["sha_sign"]):
                 self.assertFalse(secret in answer.body, "a secret in an answer")
                 self.assertFalse(any(secret in value for value in answer.headers.values()), "a secret in a header")
+
+    def test_the_isn_key_sent_in_another_field_is_not_stored(self):
+        # Whoever holds the key may send it in any field, the transaction id too; the log masks it,
+        # and so must the store, which lives on in its backups.
+        answer = post(promopit_sale(custom_2="x" + ISN_KEY + "x", promopit_txn_id=ISN_KEY))
+        self.assertEqual(answer.status, 200, answer.body)
+        row = self.rows()[0]
+        self.assertEqual(row["duplicate_key"], "promopit:[secret]")
+        self.assertIn('"custom_2":"x[secret]x"', row["fields"])
+        self.assertEqual(json.loads(row["fields"])["promopit_txn_id"], "[secret]")
+        self.assertNotIn(ISN_KEY, str(row))
+        self.assertEqual(post(promopit_sale(custom_2="x" + ISN_KEY + "x", promopit_txn_id=ISN_KEY)).body, "OK")
+        self.assertEqual(len(self.rows()), 1)                     # its copy is still a copy
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the folder another owner")
+    def test_a_data_folder_another_user_made_is_not_used(self):
+        # Made first by another user of the server (in /tmp, say): that user could read every
+        # buyer's data, plant an answer for a sale to come, or delete the store.
+        folder = os.path.join(self.data_dir, "theirs")
+        os.mkdir(folder)
+        os.chmod(folder, 0o777)
+        os.chown(folder, 65534, 65534)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
+        ran = []
+        self.handle("on_payment", ran.append)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body, ran, os.listdir(folder)), (503, ipn_receiver.STORAGE_ERROR, [], []))
+        with self.assertRaises(ipn_receiver.StorageError) as raised:
+            ipn_receiver.ensure_data_dir(folder)
+        self.assertIn("the data folder %s belongs to nobody, not to root, who runs the receiver" % folder,
+                      str(raised.exception))
 
     def test_the_status_line_names_no_setting(self):
         body = call(environ_for(method="GET", content_type=None)).body

@@ -147,6 +147,14 @@ class StandIns(unittest.TestCase):
 
 
 class ExactlyOnce(ReceiverTestCase):
+    def let_the_retry_pause_pass(self):
+        """Make every failure a minute older: as if RETRY_PAUSE_SECONDS had passed since."""
+        connection = sqlite3.connect(os.path.join(self.data_dir, ipn_receiver.STORE_FILE_NAME))
+        with connection:
+            connection.execute("UPDATE notifications SET updated_at = updated_at - ? WHERE status = 'failed'",
+                               (ipn_receiver.RETRY_PAUSE_SECONDS,))
+        connection.close()
+
     def test_a_copy_of_a_done_notification_gets_the_stored_answer_byte_for_byte(self):
         calls = []
 
@@ -226,6 +234,16 @@ class ExactlyOnce(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"]), ("failed", 1))
         self.assertEqual(row["last_error"], "ConnectionError: mail server unreachable\\nsecond line")
+        # A copy within a minute does not run it: sent again and again (by whoever captured the call),
+        # it would run the handler, and what it did before it failed, at the sender's pace.
+        for _ in range(3):
+            held = post(payment())
+            self.assertEqual(held.status, 503)
+            self.assertRegex(held.body, r"^ERROR: the handler failed for notification #1 less than a minute ago; a copy "
+                                        r"that comes in (59|60) s or later runs it again \(the sender retries later; on "
+                                        r"the server, `replay 1` runs it now\)$")
+        self.assertEqual(len(attempts), 1)
+        self.let_the_retry_pause_pass()
         second = post(payment())
         self.assertEqual((second.status, second.body), (200, "OK\nusername: ok"))
         row = self.rows()[0]
@@ -276,7 +294,8 @@ class ExactlyOnce(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["last_error"]), ("failed", "Broken: (its message could not be read)"))
         self.handle("on_payment", lambda n: None)
-        self.assertEqual(post(payment()).body, "OK")            # the retry runs it again at once
+        self.let_the_retry_pause_pass()
+        self.assertEqual(post(payment()).body, "OK")            # the retry runs it again
 
     def test_what_is_not_an_exception_still_fails_the_handler_and_is_answered(self):
         # A cancelled task, a library's timeout, Ctrl+C: not Exceptions, but a handler that raises
@@ -296,7 +315,8 @@ class ExactlyOnce(ReceiverTestCase):
             self.assertEqual(self.rows()[-1]["status"], "failed")
         self.assertIn("Timeout: took too long", self.log_text())
         self.handle("on_payment", lambda n: None)
-        self.assertEqual(post(payment("1")).body, "OK")         # the retry runs it again at once
+        self.let_the_retry_pause_pass()
+        self.assertEqual(post(payment("1")).body, "OK")         # the retry runs it again
 
     def test_an_async_or_generator_handler_fails_instead_of_being_answered_ok_unrun(self):
         # `async def` (or a `yield` inside) makes a function return before a line of it runs.
@@ -842,7 +862,7 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(integrity(self.store()), "ok")
         kept = {row["duplicate_key"] for row in self.rows()}
         self.assertEqual(kept, readable | {"digistore24:on_payment:new"})   # every readable row kept
-        self.assertIn(("ERROR", "event store %s was damaged (database disk image is malformed); it was moved to %s, "
+        self.assertIn(("ERROR", "event store %s was set aside (database disk image is malformed); it was moved to %s, "
                                 "a new store was started and %d notifications were copied from the damaged one. "
                                 "Keep the damaged copy until `python3 ipn_receiver.py check` is clean."
                        % (self.store(), aside[0], len(readable))), self.log_messages())
