@@ -573,7 +573,9 @@ def one_line(text):
 
 
 def shortened(text, size=80):
-    """At most `size` characters of text nobody has vouched for: junk must not fill the log."""
+    """At most `size` characters of text nobody has vouched for: junk must not fill the log. Its
+    secrets masked first: cut through, the first part of one would be masked no more."""
+    text = log.mask(text)
     return text if len(text) <= size else "%s...(%d characters)" % (text[:size], len(text))
 
 
@@ -617,12 +619,15 @@ def secret_forms(secret):
     """The ways a secret may be written into a log line, a stored error or an answer: as it is;
     inside quotes as repr(), ascii() and json.dumps write it (a handler logging a dict, a request
     or a JSON document; with ensure_ascii=False too, as for text with umlauts), repr() and ascii()
-    also inside a longer text that holds both kinds of quote (which escapes "'"); as repr() writes
+    also inside a longer text that holds both kinds of quote (which escapes "'"); as html.escape()
+    writes it (a handler building a page or a mail); as repr() writes
     its UTF-8 bytes; and percent-encoded as in a form or a URL, with upper- or lower-case hex
     digits, with "~" kept or encoded (Python before 3.7 and PHP's urlencode encode it), and with
     "/" kept (as urllib.parse.quote() keeps it)."""
     forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), secret.translate(_JSON_ESCAPES),
-             repr(secret.encode("utf-8"))[2:-1], repr('"' + secret)[2:-1], ascii('"' + secret)[2:-1]}
+             repr(secret.encode("utf-8"))[2:-1], repr('"' + secret)[2:-1], ascii('"' + secret)[2:-1],
+             secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace(
+                 "'", "&#x27;")}
     for digits in ("%%%02X", "%%%02x"):
         encoded = "".join(character if character in _URL_SAFE else "".join(digits % byte for byte in
                                                                             character.encode("utf-8"))
@@ -756,9 +761,10 @@ class Log:
             self._files, self._ready, self._warned = [], False, False
 
     def _setup(self):
-        with self._turn:
-            if not self._ready:
-                self._ready = self._open()
+        if not self._ready:                 # (set up, no lock is taken: a forked child masks too)
+            with self._turn:
+                if not self._ready:
+                    self._ready = self._open()
 
     def _open(self):
         """Take the secrets and the level from the settings, and open the log files. Whether that
@@ -1256,7 +1262,8 @@ STATUSES = ("processing", "done", "failed", "ignored", "unknown")     # unknown:
 # (fields, the long one, comes last: a damaged page in the middle of it leaves the others readable.
 # Stores made by version 1.0.0 have it in the middle; every query names its columns.)
 BUSY_TIMEOUT_SECONDS = 30       # how long SQLite waits for another connection's write to finish
-RETRY_PAUSE_SECONDS = 60        # a failed handler runs again for a copy that comes this long after, or later
+RETRY_PAUSE_SECONDS = 60        # a failed handler runs again for a copy that comes this long after, or later;
+                                # twice as long after each failure after the first, an hour at most
 LOCK_TIMEOUT_SECONDS = 10       # how long a call waits for the store lock; then 503, and a retry
 OUTCOME_LOCK_TIMEOUT_SECONDS = 50   # how long a handler's outcome waits for it: the work is done, and
                                     # giving up would let a retry do it again (Apache ends a CGI call
@@ -1293,16 +1300,21 @@ class StoreBusy(StorageError):
 
 def ensure_data_dir(path):
     """Create the data folder (0700) with an .htaccess that denies web access, if missing."""
+    controlled = hasattr(os, "geteuid") and folder_others_control(path)
+    if controlled:
+        raise StorageError("the data folder %s is below %s, where another user of this server could move it away or "
+                           "put another in its place; set DATA_DIR to a folder in your home folder, outside the web "
+                           "root (`python3 ipn_receiver.py check`)" % (path, controlled))
     if not os.path.isdir(path):
         os.makedirs(path, 0o700, exist_ok=True)
         os.chmod(path, 0o700)
-    if hasattr(os, "geteuid") and os.stat(path).st_uid != os.geteuid():
+    owner = os.stat(path).st_uid
+    if hasattr(os, "geteuid") and owner != os.geteuid():
         # Made by another user, in /tmp say, before the first call: that user could read every
         # buyer's data, plant answers, or delete the store, and every handler would run again.
         raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver; set DATA_DIR to a "
                            "folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
-                               path, user_name(os.stat(path).st_uid), user_name(os.geteuid()),
-                               user_name(os.geteuid())))
+                               path, user_name(owner), user_name(os.geteuid()), user_name(os.geteuid())))
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
         if is_anothers_folder(path):
@@ -1322,6 +1334,32 @@ def ensure_data_dir(path):
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+
+
+def folder_others_control(path, group_too=False):
+    """The first folder above `path` (as written, and where its links lead) that a user other than
+    this one, root and the script's owner could change: one that belongs to such a user, or that
+    every user may write to (with `group_too`, its group's members too) and that is not sticky, as
+    /tmp is, where only a folder's owner may move it. None where there is none.
+
+    In such a folder that user could move the data folder away, and every handler would run again
+    in a new store, or swap in one of their own, with answers planted for sales to come.
+    """
+    import stat
+    trusted, above = (os.geteuid(), 0, os.stat(os.path.abspath(__file__)).st_uid), set()
+    for folder in (path, os.path.realpath(path)):
+        while os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+            above.add(folder)
+    for folder in sorted(above):                # from the top down
+        try:
+            found = os.lstat(folder)
+        except OSError:
+            continue                            # not made yet
+        shared = found.st_mode & (0o022 if group_too else 0o002) and not found.st_mode & stat.S_ISVTX
+        if found.st_uid not in trusted or (shared and not stat.S_ISLNK(found.st_mode)):
+            return folder
+    return None
 
 
 def is_anothers_folder(path):
@@ -2003,7 +2041,7 @@ def claim_notification(connection, notification, dispatch, timeout):
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
     None) when another process is running its handler right now, ("paused", seconds) when its
-    handler failed less than RETRY_PAUSE_SECONDS ago, or ("unknown", None) when it
+    handler failed too recently (retry_pause), or ("unknown", None) when it
     was salvaged from a damaged store without its status, or its status is damaged (the vendor
     decides; the fields this copy brings are kept for `replay`). An abandoned claim (see
     claim_is_abandoned) is taken over.
@@ -2024,14 +2062,14 @@ def claim_notification(connection, notification, dispatch, timeout):
             notification.id = cursor.lastrowid
             decision = ("run", claim) if dispatch else ("answer", "OK")
         else:
-            row_id, status, answer, claimed_at, claimed_by, updated_at = row_of_key(
-                connection, "id, status, answer, claimed_at, claim, updated_at", notification.key)
+            row_id, status, answer, claimed_at, claimed_by, updated_at, attempts = row_of_key(
+                connection, "id, status, answer, claimed_at, claim, updated_at, attempts", notification.key)
             notification.id = row_id
             abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout, claimed_by)
-            if status == "failed" and dispatch and 0 <= now - updated_at < RETRY_PAUSE_SECONDS:
+            if status == "failed" and dispatch and 0 <= now - updated_at < retry_pause(attempts):
                 # Left as it is: a copy sent again and again (by whoever captured the call) must not
                 # run the handler, and what it did before it failed, at the sender's pace.
-                decision = ("paused", int(updated_at + RETRY_PAUSE_SECONDS - now) + 1)
+                decision = ("paused", int(updated_at + retry_pause(attempts) - now) + 1)
             elif (status == "failed" or abandoned) and not dispatch:
                 # Its handler was taken out of the table since: like any event without one, it
                 # is answered OK and kept (its last_error tells what happened before).
@@ -2066,6 +2104,13 @@ def claim_notification(connection, notification, dispatch, timeout):
     except BaseException:
         rollback(connection)
         raise
+
+
+def retry_pause(attempts):
+    """How long after its last failure a notification's handler may run again for a copy: a minute
+    after the first, twice as long after each one after it, an hour at most. (Digistore24's own
+    retries come ever further apart: after about 3 minutes first, 20 of them over 10 days.)"""
+    return min(RETRY_PAUSE_SECONDS * 2 ** min(max(attempts, 1) - 1, 6), 3600)
 
 
 def claim_is_abandoned(claimed_at, now, timeout, claim):
@@ -2190,8 +2235,8 @@ INVALID_ISN_KEY_ANSWER = (
 BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; the "
                "sender retries later, nothing to do. (Should this last longer than PROCESSING_TIMEOUT, a handler "
                "ran and could not be recorded: see ipn_receiver.log)")
-PAUSED_ANSWER = ("ERROR: the handler failed for notification #%d less than a minute ago; a copy that comes in %d s "
-                 "or later runs it again (the sender retries later; on the server, `replay %d` runs it now)")
+PAUSED_ANSWER = ("ERROR: the handler failed for notification #%d just now; a copy that comes in %d s or later runs it "
+                 "again (the sender retries later; on the server, `replay %d` runs it now)")
 UNKNOWN_ANSWER = (
     "ERROR: notification #%(id)d lost its record when the event store was damaged, so whether its handler "
     "ran is unknown; on the server, look at `python3 ipn_receiver.py show %(id)d`, then run `replay %(id)d` "
@@ -2296,10 +2341,11 @@ def run_and_record(notification, handler, claim, config):
         try:
             answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
         except KeyboardInterrupt:
-            # Ctrl+C in `replay` while the outcome waits for the store: the work is done, and
-            # unrecorded it would run again on the sender's next copy. So it is recorded first.
-            print("the handler has run: recording its outcome before stopping (Ctrl+C again stops now, and "
-                  "the handler runs again later)", file=sys.stderr)
+            # `replay` stopped (Ctrl+C, a kill, a closed terminal) while the outcome waits for the
+            # store: the work is done, and unrecorded it would run again on the sender's next copy.
+            # So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
+            log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it runs "
+                        "again later)", name, notification.id)
             answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
@@ -2875,6 +2921,9 @@ def store_within_reach(config):
         if os.access(path, os.R_OK):
             return True
     except FileNotFoundError:
+        if os.path.exists(path + ".salvaged"):
+            raise CommandFailed("a repair was interrupted before it put its new store in place; run `python3 "
+                                "ipn_receiver.py repair` to do that (the next call does it too)")
         return False
     except NotADirectoryError:
         raise CommandFailed("DATA_DIR %s is a file, not a folder; set DATA_DIR to a folder (the receiver makes it)"
@@ -3136,11 +3185,15 @@ def command_check(args):
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
     data_dir = config["DATA_DIR"]
-    shared = shared_folder_above(data_dir)
-    if shared:
-        report(False, "DATA_DIR %s is in %s, where every user of this server may make or move folders" % (
-            data_dir, shared), "set DATA_DIR to a folder in your home folder, outside the web root: another user "
-            "could make it first, or move it away, and read or change what is stored")
+    controlled = folder_others_control(data_dir, group_too=True)
+    first = None if os.path.lexists(data_dir) else data_dir
+    while first and not os.path.lexists(first):
+        first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
+    if controlled or (first and os.stat(first).st_mode & 0o002):
+        report(False, "DATA_DIR %s is below %s, where another user of this server may make, move or replace "
+               "folders" % (data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
+               "the web root: another user could make the data folder first, or move it away, and read or change "
+               "what is stored (the receiver refuses such a folder)")
     apart = [name for name in SECRET_SETTINGS if not secret_problem(config, name) and name not in in_the_ini]
     if "DATA_DIR" in in_the_ini and apart:
         # While config.ini is missing (renamed while it is edited, deleted before an upload), the
@@ -3202,6 +3255,10 @@ def command_check(args):
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,
                    "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
+        elif name == STORE_FILE_NAME + ".salvaged":
+            report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
+                   "in place if there is no store; beside a store, it is older than the store: move it out of the "
+                   "data folder")
     if writable and not os.path.exists(store_path(config)):
         note("no event store yet; the receiver makes it at its first call")
     elif writable:
@@ -3245,19 +3302,6 @@ def command_check(args):
         check_store_files(report, data_dir)
     print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
     return 1 if problems else 0
-
-
-def shared_folder_above(path):
-    """The folder above `path` in which another user could make the folder at `path` (or one on
-    its way) first, or move it away: one every user may write to, and for a folder that exists
-    already, not sticky (as /tmp is, where only a file's owner may move it). None if none is."""
-    while os.path.dirname(path) != path:
-        made = os.path.isdir(path)
-        path = os.path.dirname(path)
-        mode = os.stat(path).st_mode if os.path.isdir(path) else 0
-        if mode & 0o002 and not (made and mode & 0o1000):
-            return path
-    return None
 
 
 def check_runs_as_cgi(report, program, mode):
@@ -3587,6 +3631,12 @@ def command_repair(args):
     """Set a damaged store aside and start a new one with every row that can still be read."""
     config = settings()
     path = store_path(config)
+    if not os.path.exists(path) and os.path.exists(path + ".salvaged"):
+        refuse_another_user(config, "repair")
+        with StoreLock(config["DATA_DIR"]):
+            finish_interrupted_swap(path)       # (as the next call would)
+        print("an interrupted repair left its new store beside the old one; it is in place now")
+        return 0
     if not store_within_reach(config):
         print("no store at %s yet; nothing to repair" % path)
         return 0
@@ -3733,6 +3783,10 @@ def main(argv=None):
         if "GATEWAY_INTERFACE" in os.environ:   # a web server runs us: a CGI request
             return run_cgi()
         argv = sys.argv[1:]
+        import signal
+        for name in ("SIGTERM", "SIGHUP"):      # (Windows has no SIGHUP)
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), stop_as_by_ctrl_c)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve"] + list(argv)
     args = build_parser().parse_args(argv)
@@ -3741,7 +3795,7 @@ def main(argv=None):
         sys.stdout.flush()                  # (a closed pipe shows here, not as Python ends)
         return code
     except KeyboardInterrupt:
-        print("\nstopped (Ctrl+C)", file=sys.stderr)
+        print("\nstopped", file=sys.stderr)
         return 130
     except BrokenPipeError:                 # `... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # (no error at exit either)
@@ -3761,6 +3815,12 @@ def main(argv=None):
                         "damaged" % (args.name, type(error).__name__, one_line(shortened(str(error), 200))), 1
     print("ERROR: " + message, file=sys.stderr)
     return code
+
+
+def stop_as_by_ctrl_c(number, frame):
+    """A command killed (SIGTERM) or left by its terminal (SIGHUP) stops as by Ctrl+C: what
+    `replay` has run is recorded first, and the command ends with a line, not a traceback."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

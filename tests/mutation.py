@@ -51,7 +51,7 @@ FUNCTIONS = [
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
     "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
-    "fields_as_stored", "is_backup_copy", "is_launcher", "shared_folder_above",
+    "fields_as_stored", "is_backup_copy", "is_launcher", "folder_others_control", "retry_pause",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",

@@ -159,7 +159,12 @@ class Interrupted(CommandTestCase):
         values.update(IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY, IPN_DATA_DIR=self.data_dir)
         return values
 
-    def test_ctrl_c_ends_a_command_with_one_line(self):
+    def test_ctrl_c_a_kill_or_a_closed_terminal_ends_a_command_with_one_line(self):
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=stop):
+                self.stop_send(stop)
+
+    def stop_send(self, stop):
         listener = socket.socket()
         self.addCleanup(listener.close)
         listener.bind(("127.0.0.1", 0))
@@ -170,9 +175,9 @@ class Interrupted(CommandTestCase):
                                    stderr=subprocess.PIPE)
         connection, _ = listener.accept()           # it has started, and waits for an answer that never comes
         self.addCleanup(connection.close)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         output, errors = process.communicate(timeout=60)
-        self.assertEqual((process.returncode, errors.decode()), (130, "\nstopped (Ctrl+C)\n"))
+        self.assertEqual((process.returncode, errors.decode()), (130, "\nstopped\n"))
 
     def test_a_closed_pipe_ends_a_command_quietly(self):
         # `events | head -1`: the reader has all it wanted.
@@ -219,10 +224,34 @@ class Interrupted(CommandTestCase):
                 raise KeyboardInterrupt
             return write_to_store(config, write, lock_seconds)
         with mock.patch.object(ipn_receiver, "write_to_store", interrupted_once), contextlib.redirect_stdout(
-                io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
+                io.StringIO()):
             self.assertEqual(ipn_receiver.main(["replay", "1"]), 0)
         self.assertEqual((ran, interrupted, self.rows()[0]["status"]), ([1], ["Ctrl+C"], "done"))
-        self.assertIn("the handler has run: recording its outcome before stopping", errors.getvalue())
+        self.assertIn("WARNING [%d] stopped after handler <lambda> ran for #1: recording its outcome first"
+                      % os.getpid(), self.log_text())
+
+
+class AnInterruptedRepair(CommandTestCase):
+    def test_the_commands_name_it_and_repair_finishes_it(self):
+        # Stopped between its renames, a repair leaves its new store as events.sqlite3.salvaged and
+        # none in place, until the next call puts it there: the commands must not say nothing was
+        # stored.
+        post(payment())
+        ipn_receiver.close_store()
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        os.replace(store, store + ".salvaged")
+        code, output, errors = self.command("events")
+        self.assertEqual((code, errors), (1, "ERROR: a repair was interrupted before it put its new store in place; "
+                                             "run `python3 ipn_receiver.py repair` to do that (the next call does "
+                                             "it too)\n"))
+        code, output, _ = self.command("check")
+        self.assertIn("PROBLEM  an interrupted repair left events.sqlite3.salvaged\n", output)
+        code, output, _ = self.command("repair")
+        self.assertEqual((code, output), (0, "an interrupted repair left its new store beside the old one; it is in "
+                                             "place now\n"))
+        self.assertEqual(self.command("events")[0], 0)
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+        self.assertFalse(os.path.exists(store + ".salvaged"))
 
 
 class WhatReplayRuns(CommandTestCase):
@@ -702,16 +731,22 @@ class Check(CommandTestCase):
         shared = os.path.join(self.data_dir, "shared")
         os.mkdir(shared)
         os.mkdir(os.path.join(shared, "made"), 0o700)
-        problem = "PROBLEM  DATA_DIR %s is in %s, where every user of this server may make or move folders\n"
+        problem = "PROBLEM  DATA_DIR %s is below %s, where another user of this server may make, move or replace folders\n"
         for mode, name, reported in ((0o777, "made", True), (0o777, "not-yet", True), (0o1777, "made", False),
                                      (0o1777, "not-yet", True), (0o1777, "not-yet/below", True),
-                                     (0o755, "not-yet", False)):
+                                     (0o755, "not-yet", False), (0o775, "made", True), (0o3775, "made", False)):
             with self.subTest(mode=oct(mode), name=name):
                 os.chmod(shared, mode)
                 data_dir = os.path.join(shared, name)
                 code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
                 self.assertEqual(problem % (data_dir, shared) in output, reported, output)
-                self.assertEqual(code, 1 if reported else 0, output)
+                self.assertEqual(code, 1 if reported or name == "not-yet/below" else 0, output)
+        if os.geteuid() == 0:                   # (root's, or this user's: those may)
+            os.chmod(shared, 0o755)
+            os.chown(shared, 65534, 65534)      # nobody's: nobody may move what is in it
+            data_dir = os.path.join(shared, "made")
+            code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+            self.assertIn(problem % (data_dir, shared), output)
 
     def test_data_dir_in_config_ini_with_a_secret_set_elsewhere_is_a_problem(self):
         # While config.ini is missing (renamed while it is edited, deleted before an upload), the
@@ -1183,7 +1218,8 @@ class CheckTheWebFolder(CommandTestCase):
         # Not copies: the two files themselves, the example, compiled copies (found in __pycache__),
         # and a site's own files (its config.php).
         for name in ("config.ini", "ipn_receiver.py", "ipn.py", "config.example.ini", "notes.txt~", "README.md",
-                     "#notes#", "config.php", "configuration.json", "ipn_receiver.cpython-311.pyc", "wrapper.py"):
+                     "#notes#", "config.php", "configuration.json", "ipn_receiver.cpython-311.pyc", "wrapper.py",
+                     "Xconfig.ini", "x.ipn_receiver.py"):
             self.assertFalse(ipn_receiver.is_backup_copy(name), name)
 
     def test_what_counts_as_serving_the_scripts_only(self):

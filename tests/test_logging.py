@@ -1,5 +1,6 @@
 """Logging: one line per request to DATA_DIR/ipn_receiver.log and stderr; never a secret."""
 
+import html
 import json
 import logging
 import os
@@ -220,8 +221,14 @@ class NoSecrets(ReceiverTestCase):
         ipn_receiver.use_settings(SHA_PASSPHRASE=secret, DATA_DIR=self.data_dir)
         ipn_receiver.log.info("calling %r", 'say "hi" with ' + secret)
         ipn_receiver.log.info("url https://x/?p=%s", urllib.parse.quote(secret))
+        ipn_receiver.log.info("<p>%s</p>", html.escape("<" + secret + ">"))
+        # Cut short where it is too long to log whole: masked first, not cut through.
+        ipn_receiver.log.info("key %s", ipn_receiver.shortened("x" * 30 + secret, 40))
         self.assertLogged("INFO", "calling 'say \"hi\" with [secret]'")
         self.assertLogged("INFO", "url https://x/?p=[secret]")
+        self.assertLogged("INFO", "<p>&lt;[secret]&gt;</p>")
+        self.assertLogged("INFO", "key %s[secret]" % ("x" * 30))
+        self.assertNotIn("it&#x27;s", self.log_text())
 
     def test_a_secret_is_masked_as_json_ascii_and_its_utf8_bytes_write_it_too(self):
         # PROTOCOL.md's own example passphrase: outside ASCII, it has more spellings.
@@ -332,7 +339,7 @@ class SecretForms(unittest.TestCase):
                         repr(secret.encode("utf-8", "surrogatepass"))[2:-1], quoted, lower_hex,
                         urllib.parse.quote_plus(secret, safe=""), urllib.parse.quote(secret),
                         # repr() and ascii() of a longer text holding both kinds of quote: "'" escaped
-                        repr('say "hi" ' + secret)[10:-1], ascii('say "hi" ' + secret)[10:-1]):
+                        repr('say "hi" ' + secret)[10:-1], ascii('say "hi" ' + secret)[10:-1], html.escape(secret)):
             self.assertTrue(written in forms or not written, (secret, written))
 
 

@@ -84,8 +84,43 @@ class NothingLeaks(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body, ran, os.listdir(folder)), (503, ipn_receiver.STORAGE_ERROR, [], []))
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(folder)
-        self.assertIn("the data folder %s belongs to nobody, not to root, who runs the receiver" % folder,
-                      str(raised.exception))
+        self.assertEqual(str(raised.exception), "the data folder %s belongs to nobody, not to root, who runs the "
+                         "receiver; set DATA_DIR to a folder of root's own, outside the web root (`python3 "
+                         "ipn_receiver.py check`)" % folder)
+
+    def test_a_data_folder_below_one_another_user_may_change_is_not_used(self):
+        # There that user could move the data folder away (every handler would run again in a new
+        # store), or swap in one of their own, with answers planted for sales to come.
+        shared = os.path.join(self.data_dir, "shared")
+        os.mkdir(shared)
+        ran = []
+        self.handle("on_payment", ran.append)
+        cases = [(0o777, None, False), (0o1777, None, True), (0o755, None, True), (0o775, None, True)]
+        if os.geteuid() == 0:
+            cases += [(0o755, 65534, False), (0o1777, 65534, False)]        # nobody's folder, sticky or not
+        for number, (mode, owner, used) in enumerate(cases, 1):
+            with self.subTest(mode=oct(mode), owner=owner):
+                os.chmod(shared, mode)
+                if owner is not None:
+                    os.chown(shared, owner, owner)
+                folder = os.path.join(shared, "data%d" % number)
+                ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
+                answer = post(payment(str(number)))
+                self.assertEqual((answer.status, os.path.isdir(folder)), (200, True) if used else (503, False))
+                self.assertEqual(len(ran), sum(used for _, _, used in cases[:number]))
+                ipn_receiver.close_store()
+        # The way there through a link counts too: where it leads is what is used.
+        os.chmod(shared, 0o777)
+        os.symlink(shared, os.path.join(self.data_dir, "link"))
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=os.path.join(self.data_dir, "link", "data"))
+        self.assertEqual(post(payment("99")).status, 503)
+        self.assertEqual(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "link", "data")), shared)
+        with self.assertRaises(ipn_receiver.StorageError) as raised:
+            ipn_receiver.ensure_data_dir(os.path.join(shared, "data"))
+        self.assertEqual(str(raised.exception), "the data folder %s is below %s, where another user of this server "
+                         "could move it away or put another in its place; set DATA_DIR to a folder in your home "
+                         "folder, outside the web root (`python3 ipn_receiver.py check`)" % (
+                             os.path.join(shared, "data"), shared))
 
     def test_the_status_line_names_no_setting(self):
         body = call(environ_for(method="GET", content_type=None)).body

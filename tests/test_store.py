@@ -148,11 +148,10 @@ class StandIns(unittest.TestCase):
 
 class ExactlyOnce(ReceiverTestCase):
     def let_the_retry_pause_pass(self):
-        """Make every failure a minute older: as if RETRY_PAUSE_SECONDS had passed since."""
+        """Make every failure an hour older: as if the longest pause before a retry had passed since."""
         connection = sqlite3.connect(os.path.join(self.data_dir, ipn_receiver.STORE_FILE_NAME))
         with connection:
-            connection.execute("UPDATE notifications SET updated_at = updated_at - ? WHERE status = 'failed'",
-                               (ipn_receiver.RETRY_PAUSE_SECONDS,))
+            connection.execute("UPDATE notifications SET updated_at = updated_at - 3600 WHERE status = 'failed'")
         connection.close()
 
     def test_a_copy_of_a_done_notification_gets_the_stored_answer_byte_for_byte(self):
@@ -239,15 +238,34 @@ class ExactlyOnce(ReceiverTestCase):
         for _ in range(3):
             held = post(payment())
             self.assertEqual(held.status, 503)
-            self.assertRegex(held.body, r"^ERROR: the handler failed for notification #1 less than a minute ago; a copy "
-                                        r"that comes in (59|60) s or later runs it again \(the sender retries later; on "
-                                        r"the server, `replay 1` runs it now\)$")
+            self.assertRegex(held.body, r"^ERROR: the handler failed for notification #1 just now; a copy that comes in "
+                                        r"(59|60) s or later runs it again \(the sender retries later; on the server, "
+                                        r"`replay 1` runs it now\)$")
         self.assertEqual(len(attempts), 1)
         self.let_the_retry_pause_pass()
         second = post(payment())
         self.assertEqual((second.status, second.body), (200, "OK\nusername: ok"))
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 2))
+
+    def test_the_pause_before_a_retry_doubles_with_each_failure_up_to_an_hour(self):
+        # Whoever captured a call that fails runs its handler about 30 times a day at most, where
+        # Digistore24 retries 20 times in 10 days.
+        self.assertEqual([ipn_receiver.retry_pause(attempts) for attempts in (0, 1, 2, 3, 6, 7, 8, 10 ** 6)],
+                         [60, 60, 120, 240, 1920, 3600, 3600, 3600])
+        self.handle("on_payment", lambda n: 1 / 0)
+        connection = sqlite3.connect(os.path.join(self.data_dir, ipn_receiver.STORE_FILE_NAME))
+        self.addCleanup(connection.close)
+        for attempts, pause in ((1, 60), (2, 120), (3, 240)):
+            self.assertEqual(post(payment()).status, 500)
+            self.assertEqual(self.rows()[0]["attempts"], attempts)
+            with connection:        # the pause, less a second, has passed: held
+                connection.execute("UPDATE notifications SET updated_at = updated_at - ?", (pause - 2,))
+            held = post(payment())
+            self.assertEqual(held.status, 503)
+            self.assertRegex(held.body, r"comes in [12] s or later")
+            with connection:        # all of it: run again
+                connection.execute("UPDATE notifications SET updated_at = updated_at - 2")
 
     def test_a_failed_notification_whose_handler_was_removed_since_is_answered_ok(self):
         # The vendor takes an event's handler out of the table after it failed: from then on the
