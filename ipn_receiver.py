@@ -747,8 +747,13 @@ class Log:
         self._log(40, message, args, with_traceback=True)
 
     def mask(self, text):
-        """`text` with every configured secret replaced by [secret]."""
-        self._setup()
+        """`text` with every configured secret replaced by [secret]. (It opens no file: `events`,
+        `show` and `check` make nothing, not even the data folder, and mask too.)"""
+        if not self._ready:
+            try:
+                self._mask_the_secrets_of(settings())
+            except ConfigError:
+                pass                        # (those of the settings before stay masked)
         for secret in self.secrets:
             text = text.replace(secret, "[secret]")
         return text
@@ -3783,10 +3788,11 @@ def main(argv=None):
         if "GATEWAY_INTERFACE" in os.environ:   # a web server runs us: a CGI request
             return run_cgi()
         argv = sys.argv[1:]
-        import signal
-        for name in ("SIGTERM", "SIGHUP"):      # (Windows has no SIGHUP)
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), stop_as_by_ctrl_c)
+        if argv and argv[0] in ("replay", "repair", "check", "events", "show", "send", "demo"):
+            import signal               # (the local server, threaded, ends at a kill as it always did)
+            for name in ("SIGTERM", "SIGHUP"):  # (Windows has no SIGHUP)
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), stop_as_by_ctrl_c)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve"] + list(argv)
     args = build_parser().parse_args(argv)

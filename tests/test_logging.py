@@ -230,6 +230,14 @@ class NoSecrets(ReceiverTestCase):
         self.assertLogged("INFO", "key %s[secret]" % ("x" * 30))
         self.assertNotIn("it&#x27;s", self.log_text())
 
+    def test_masking_opens_no_file(self):
+        # `events`, `show` and `check` make nothing, not even the data folder, and mask what they print.
+        folder = os.path.join(self.data_dir, "not-yet")
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
+        self.assertEqual(ipn_receiver.shortened("x" * 70 + PASSPHRASE, 80), "x" * 70 + "[secret]")
+        self.assertEqual(ipn_receiver.log.mask(PASSPHRASE), "[secret]")
+        self.assertFalse(os.path.exists(folder))
+
     def test_a_secret_is_masked_as_json_ascii_and_its_utf8_bytes_write_it_too(self):
         # PROTOCOL.md's own example passphrase: outside ASCII, it has more spellings.
         secret = "pässwörd"
