@@ -227,8 +227,8 @@ class Interrupted(CommandTestCase):
                 io.StringIO()):
             self.assertEqual(ipn_receiver.main(["replay", "1"]), 0)
         self.assertEqual((ran, interrupted, self.rows()[0]["status"]), ([1], ["Ctrl+C"], "done"))
-        self.assertIn("WARNING [%d] stopped after handler <lambda> ran for #1: recording its outcome first"
-                      % os.getpid(), self.log_text())
+        self.assertIn("WARNING [%d] stopped after handler <lambda> ran for #1: recording its outcome first (stopped "
+                      "again, it runs again later)\n" % os.getpid(), self.log_text())
 
 
 class AnInterruptedRepair(CommandTestCase):

@@ -115,12 +115,34 @@ class NothingLeaks(ReceiverTestCase):
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=os.path.join(self.data_dir, "link", "data"))
         self.assertEqual(post(payment("99")).status, 503)
         self.assertEqual(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "link", "data")), shared)
+        # ... and past a folder on the way that is not made yet ("link/new" sorts before "shared").
+        self.assertEqual(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "link", "new", "data")),
+                         shared)
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(os.path.join(shared, "data"))
         self.assertEqual(str(raised.exception), "the data folder %s is below %s, where another user of this server "
                          "could move it away or put another in its place; set DATA_DIR to a folder in your home "
                          "folder, outside the web root (`python3 ipn_receiver.py check`)" % (
                              os.path.join(shared, "data"), shared))
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give files other owners")
+    def test_folders_of_root_and_of_the_scripts_owner_are_trusted(self):
+        # Run as a user who is neither: / and /tmp are root's, and the data folder's parent the
+        # script's owner's (the vendor's, where the web server runs the receiver as www-data).
+        script = os.path.join(self.data_dir, "ipn_receiver.py")
+        parent = os.path.join(self.data_dir, "vendor")
+        with open(script, "w"):
+            pass
+        os.mkdir(parent)
+        for path in (script, parent):
+            os.chown(path, 4242, 4242)
+        os.chown(self.data_dir, 4343, 4343)
+        with mock.patch.object(ipn_receiver, "__file__", script), mock.patch.object(os, "geteuid", return_value=4444):
+            self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), self.data_dir)
+            os.chown(self.data_dir, 4444, 4444)             # this user's own
+            self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
+            os.chown(parent, 4545, 4545)                    # neither root's, nor this user's, nor the script owner's
+            self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), parent)
 
     def test_the_status_line_names_no_setting(self):
         body = call(environ_for(method="GET", content_type=None)).body
