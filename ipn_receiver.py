@@ -1307,9 +1307,9 @@ def ensure_data_dir(path):
     """Create the data folder (0700) with an .htaccess that denies web access, if missing."""
     controlled = hasattr(os, "geteuid") and folder_others_control(path)
     if controlled:
-        raise StorageError("the data folder %s is below %s, where another user of this server could move it away or "
-                           "put another in its place; set DATA_DIR to a folder in your home folder, outside the web "
-                           "root (`python3 ipn_receiver.py check`)" % (path, controlled))
+        raise StorageError("another user of this server could change %s, and so move the data folder %s away or put "
+                           "another in its place; set DATA_DIR to a folder in your home folder, outside the web root "
+                           "(`python3 ipn_receiver.py check`)" % (controlled, path))
     if not os.path.isdir(path):
         os.makedirs(path, 0o700, exist_ok=True)
         os.chmod(path, 0o700)
@@ -1342,10 +1342,11 @@ def ensure_data_dir(path):
 
 
 def folder_others_control(path, group_too=False):
-    """The first folder above `path` (as written, and where its links lead) that a user other than
-    this one, root and the script's owner could change: one that belongs to such a user, or that
-    every user may write to (with `group_too`, its group's members too) and that is not sticky, as
-    /tmp is, where only a folder's owner may move it. None where there is none.
+    """The first of the folder `path` and the folders above it (as written, and where its links
+    lead) that a user other than this one, root and the script's owner could change: one (or a
+    link) that belongs to such a user, or that every user may write to (with `group_too`, its
+    group's members too) and that is not sticky, as /tmp is, where only a folder's owner may move
+    it. None where there is none.
 
     In such a folder that user could move the data folder away, and every handler would run again
     in a new store, or swap in one of their own, with answers planted for sales to come.
@@ -1353,6 +1354,7 @@ def folder_others_control(path, group_too=False):
     import stat
     trusted, above = (os.geteuid(), 0, os.stat(os.path.abspath(__file__)).st_uid), set()
     for folder in (path, os.path.realpath(path)):
+        above.add(folder)
         while os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
             above.add(folder)
@@ -3195,8 +3197,8 @@ def command_check(args):
     while first and not os.path.lexists(first):
         first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
     if controlled or (first and os.stat(first).st_mode & 0o002):
-        report(False, "DATA_DIR %s is below %s, where another user of this server may make, move or replace "
-               "folders" % (data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
+        report(False, "DATA_DIR %s: another user of this server may make, move or replace folders in %s" % (
+               data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
                "the web root: another user could make the data folder first, or move it away, and read or change "
                "what is stored (the receiver refuses such a folder)")
     apart = [name for name in SECRET_SETTINGS if not secret_problem(config, name) and name not in in_the_ini]

@@ -731,7 +731,7 @@ class Check(CommandTestCase):
         shared = os.path.join(self.data_dir, "shared")
         os.mkdir(shared)
         os.mkdir(os.path.join(shared, "made"), 0o700)
-        problem = "PROBLEM  DATA_DIR %s is below %s, where another user of this server may make, move or replace folders\n"
+        problem = "PROBLEM  DATA_DIR %s: another user of this server may make, move or replace folders in %s\n"
         for mode, name, reported in ((0o777, "made", True), (0o777, "not-yet", True), (0o1777, "made", False),
                                      (0o1777, "not-yet", True), (0o1777, "not-yet/below", True),
                                      (0o755, "not-yet", False), (0o775, "made", True), (0o3775, "made", False)):

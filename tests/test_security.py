@@ -84,8 +84,18 @@ class NothingLeaks(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body, ran, os.listdir(folder)), (503, ipn_receiver.STORAGE_ERROR, [], []))
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(folder)
-        self.assertEqual(str(raised.exception), "the data folder %s belongs to nobody, not to root, who runs the "
-                         "receiver; set DATA_DIR to a folder of root's own, outside the web root (`python3 "
+        self.assertEqual(str(raised.exception), "another user of this server could change %s, and so move the data "
+                         "folder %s away or put another in its place; set DATA_DIR to a folder in your home folder, "
+                         "outside the web root (`python3 ipn_receiver.py check`)" % (folder, folder))
+        # Root's (or the script owner's), where the receiver runs as another user: no one else may
+        # change it, but the receiver could not write its files into it either.
+        os.chown(folder, 0, 0)
+        os.chmod(folder, 0o755)
+        with mock.patch.object(os, "geteuid", return_value=4444), self.assertRaises(
+                ipn_receiver.StorageError) as raised:
+            ipn_receiver.ensure_data_dir(folder)
+        self.assertEqual(str(raised.exception), "the data folder %s belongs to root, not to user 4444, who runs the "
+                         "receiver; set DATA_DIR to a folder of user 4444's own, outside the web root (`python3 "
                          "ipn_receiver.py check`)" % folder)
 
     def test_a_data_folder_below_one_another_user_may_change_is_not_used(self):
@@ -120,10 +130,33 @@ class NothingLeaks(ReceiverTestCase):
                          shared)
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(os.path.join(shared, "data"))
-        self.assertEqual(str(raised.exception), "the data folder %s is below %s, where another user of this server "
-                         "could move it away or put another in its place; set DATA_DIR to a folder in your home "
-                         "folder, outside the web root (`python3 ipn_receiver.py check`)" % (
-                             os.path.join(shared, "data"), shared))
+        self.assertEqual(str(raised.exception), "another user of this server could change %s, and so move the data "
+                         "folder %s away or put another in its place; set DATA_DIR to a folder in your home folder, "
+                         "outside the web root (`python3 ipn_receiver.py check`)" % (shared, os.path.join(shared, "data")))
+        # The data folder itself, where every user may write to it (made so before the receiver's first call).
+        opened = os.path.join(self.data_dir, "open")
+        os.mkdir(opened)
+        os.chmod(opened, 0o777)
+        self.assertEqual(ipn_receiver.folder_others_control(opened), opened)
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a link another owner")
+    def test_a_link_another_user_made_as_the_data_folder_is_not_used(self):
+        # In /tmp, say, before the first call: it leads to a folder of this user's, but its maker
+        # may remove it (a new, empty store) or make it lead elsewhere at any time.
+        sticky = os.path.join(self.data_dir, "tmp")
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        spare = os.path.join(self.data_dir, "spare")
+        os.mkdir(spare, 0o700)
+        link = os.path.join(sticky, "ipn_data")
+        os.symlink(spare, link)
+        os.lchown(link, 65534, 65534)
+        self.assertEqual(ipn_receiver.folder_others_control(link), link)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=link)
+        self.assertEqual(post(payment()).status, 503)
+        self.assertEqual(os.listdir(spare), [])
+        os.lchown(link, 0, 0)                               # this user's own link: fine
+        self.assertIsNone(ipn_receiver.folder_others_control(link))
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give files other owners")
     def test_folders_of_root_and_of_the_scripts_owner_are_trusted(self):
