@@ -139,6 +139,12 @@ class NothingLeaks(ReceiverTestCase):
         os.chmod(opened, 0o777)
         self.assertEqual(ipn_receiver.folder_others_control(opened), opened)
 
+    def test_a_data_folder_made_meanwhile_by_another_call_is_fine(self):
+        # Two first calls at once: the other one makes the folder between this one's look and its own.
+        with mock.patch.object(os.path, "isdir", return_value=False):
+            ipn_receiver.ensure_data_dir(self.data_dir)
+        self.assertTrue(os.path.isfile(os.path.join(self.data_dir, ".htaccess")))
+
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a link another owner")
     def test_a_link_another_user_made_as_the_data_folder_is_not_used(self):
         # In /tmp, say, before the first call: it leads to a folder of this user's, but its maker
