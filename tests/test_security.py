@@ -141,7 +141,12 @@ class NothingLeaks(ReceiverTestCase):
 
     def test_a_data_folder_made_meanwhile_by_another_call_is_fine(self):
         # Two first calls at once: the other one makes the folder between this one's look and its own.
-        with mock.patch.object(os.path, "isdir", return_value=False):
+        isdir, looks = os.path.isdir, []
+
+        def not_yet_at_first(path):
+            looks.append(path)
+            return len(looks) > 1 and isdir(path)
+        with mock.patch.object(os.path, "isdir", not_yet_at_first):
             ipn_receiver.ensure_data_dir(self.data_dir)
         self.assertTrue(os.path.isfile(os.path.join(self.data_dir, ".htaccess")))
 
