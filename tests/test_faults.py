@@ -142,7 +142,7 @@ class StoreFaults(ReceiverTestCase):
         done = subprocess.run([PYTHON, os.path.join(REPO, "ipn_receiver.py"), "repair"], env=environment,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertEqual(done.returncode, 0, done.stdout)
-        self.assertIn(b"was set aside (repair: database disk image is malformed)", done.stderr)            # the log line says what happened
+        self.assertIn(b"was set aside (repair: ", done.stderr)            # the log line says what happened
         self.assertEqual(integrity(self.store()), "ok")
 
 
