@@ -26,21 +26,13 @@ with p99 under 50 ms.
 
 Goals (printed, not enforced): CGI at most 2.0x PHP's time and at most its peak memory, as the issue
 "Plain Python" asks. How close the receiver comes depends on the machine more than on anything in
-it: the same code took 1.85x to 2.00x PHP's time on an AMD EPYC (2026-12-04) and 2.69x to 2.76x on
-an Intel Xeon VM (2026-12-05), where starting Python alone takes 0.70x PHP's whole call (0.52x on
-the EPYC) and compiling costs about 2 us a token (0.9 us). Even on one machine the ratio moves
-from run to run with the machine's state: 2.46x to 2.80x on the Xeon in one afternoon, PHP's own
-call between 21.6 and 27.3 ms. Python compiles the file it runs on every call (it caches the
-compiled form only of files it imports): the table prints how many tokens, about 0.48 KiB of peak
-memory each; the sixth review's fixes took the count from 16,400 to 17,000 and the memory from
-1.00x to 1.015x PHP's, the seventh and eighth reviews' to 17,900 and 1.03x, the ninth and tenth
-reviews' to 19,000 and 1.044x, the eleventh to fourteenth reviews' to 19,900 and 1.066x (PHP's
-median peak moves between 21.4 and 21.7 MiB from run to run).
-On the
-Xeon even the receiver without its commands (a third of the file) took 2.21x. The targets hold on
-both machines with a margin the spread does not eat. README.md's launcher, which lets Python cache
-the compiled file, measures 1.37x to 1.48x there (1.04x to 1.10x on the EPYC) and 0.70x the
-memory; it is reported, with no target.
+it: the code of 2026-12-04 took 1.85x to 2.00x PHP's time on an AMD EPYC and 2.69x to 2.76x on an
+Intel Xeon VM, where starting Python alone takes about 0.66x PHP's whole call. Python compiles the
+file it runs on every call, and keeps the parsed file until the call ends: the table prints how
+many tokens, each about 1 us and 0.39 KiB of peak memory on the Xeon. README.md's Performance
+section says where the rest goes, how the figures moved with the code, and why the targets are
+where they are; its launcher, which lets Python cache the compiled file, is reported with no
+target.
 """
 
 import argparse
