@@ -3237,7 +3237,7 @@ def command_check(args):
     if writable:
         report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
         check_owners(report, data_dir)
-        if os.listdir(data_dir) or denies_the_web(os.path.join(data_dir, ".htaccess")):
+        if os.listdir(data_dir):                # (an empty folder is one the receiver has yet to use)
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
                    "the web", "set DATA_DIR to a folder of its own, outside the web root: this one holds files the "
                    "receiver did not write (an .htaccess, a site's files), and it leaves them alone"
