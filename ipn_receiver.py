@@ -903,12 +903,18 @@ class Notification:
 
 
 def promopit_answers(fields):
-    """PromoPit's add_info_N (question) and add_value_N (answer) pairs, N = 1, 2, ... in order."""
-    answers, number = {}, 1
-    while "add_info_%d" % number in fields or "add_value_%d" % number in fields:
+    """PromoPit's add_info_N (question) and add_value_N (answer) pairs, by N: every N sent, since
+    a pair sent empty is left out (see vouched_fields). A question asked twice under one label
+    keeps its last answer here; notification.fields holds them all."""
+    numbers = set()
+    for key in fields:
+        kind, _, number = key.rpartition("_")
+        if kind in ("add_info", "add_value") and number.strip("0123456789") == "" and number[:1] not in ("", "0"):
+            numbers.add(int(number))        # (written as PromoPit writes numbers: ASCII, no leading 0)
+    answers = {}
+    for number in sorted(numbers):
         label = fields.get("add_info_%d" % number, "") or "add_info_%d" % number
         answers[label] = fields.get("add_value_%d" % number, "")
-        number += 1
     return answers
 
 
@@ -957,9 +963,10 @@ def digistore24_signature_variant(fields, received, passphrase):
     #    signed text is empty, and its hash, the same for every passphrase, proves nothing.
     if not any(value != "" for key, value in fields.items() if key not in SIGNATURE_FIELDS):
         return None
-    # 3. The sender may write the hex digits in either case. Compare bytes: hmac.compare_digest
-    #    refuses str with non-ASCII characters, and a forged value may contain any.
-    received = received.upper().encode("utf-8")
+    # 3. The sender may write the hex digits in either case, in ASCII (str.upper() would also
+    #    turn the ligature "\ufb00" into "FF"). Compare bytes: hmac.compare_digest refuses str with
+    #    non-ASCII characters, and a forged value may contain any.
+    received = received.translate(_ASCII_UPPER).encode("utf-8")
     for variant in ("exact", "upper_keys"):
         expected = digistore24_signature(passphrase, fields, variant == "upper_keys").encode("ascii")
         if hmac.compare_digest(expected, received):
@@ -2249,6 +2256,7 @@ UNKNOWN_ANSWER = (
     "ran is unknown; on the server, look at `python3 ipn_receiver.py show %(id)d`, then run `replay %(id)d` "
     "to run it, or `replay %(id)d --done` if it was handled")
 ANSWER_KEYS = ("thankyou_url", "username", "password", "loginurl", "headline", "show_on", "hide_on")
+ACCOUNT_KEYS = ("username", "password", "loginurl")     # more accounts: username_2, password_2, ...
 
 
 def handle_post(environ):
@@ -2434,9 +2442,14 @@ def answer_body(notification, result):
             if line.startswith(":"):
                 log.warning("on_payment returned an answer line without a key; it is left out")
                 continue
-            if line.split(":")[0].rstrip("0123456789").rstrip("_") not in ANSWER_KEYS:
-                log.warning("on_payment returned the answer line %s, which Digistore24 does not know; "
-                            "known: %s", shortened(key, 40), ", ".join(ANSWER_KEYS))
+            name, _, number = line.split(":")[0].rpartition("_")
+            if line.split(":")[0] not in ANSWER_KEYS and not (
+                    name in ACCOUNT_KEYS and number.strip("0123456789") == "" and number[:1] not in ("", "0")):
+                log.warning("on_payment returned the answer line %s, which Digistore24 does not know; known: "
+                            "%s, and username_2, password_2, loginurl_2, ...", shortened(key, 40), ", ".join(ANSWER_KEYS))
+            elif "<" in value and ">" in value:
+                log.warning("on_payment's answer line %s looks like HTML; Digistore24 shows it as plain text",
+                            shortened(key, 40))
             lines.append(line)
         return "\n".join(lines)
     except BaseException:                   # (a value's str() may raise anything, a CancelledError too)
@@ -2810,7 +2823,7 @@ def command_send(args):
     print("HTTP %d" % status)
     # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.
     print("\n".join(one_line(line) for line in body.split("\n")))
-    return 0 if body.startswith("OK") else 1
+    return 0 if body == "OK" or body.startswith("OK\n") else 1        # what Digistore24 counts as success
 
 
 def command_demo(args):

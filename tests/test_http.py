@@ -345,12 +345,28 @@ class AccessData(ReceiverTestCase):
         self.assertEqual([level for level, _ in self.log_messages()], ["INFO"])
 
     def test_a_known_key_with_something_after_it_is_unknown(self):
-        self.handle("on_payment", lambda n: {"passwordX": "1", "username_": "2"})
-        self.assertEqual(post(payment()).body, "OK\npasswordX: 1\nusername_: 2")
-        known = "known: thankyou_url, username, password, loginurl, headline, show_on, hide_on"
-        self.assertLogged("WARNING", "on_payment returned the answer line passwordX, which Digistore24 does not "
-                                     "know; " + known)
-        self.assertNotIn("username_,", self.log_text())     # (username_2's like: known)
+        # Only an account's keys take a number, and only as _2, _3, ... (PROTOCOL.md).
+        keys = ["passwordX", "username_", "username2", "headline_2", "password_02", "loginurl_x2"]
+        self.handle("on_payment", lambda n: dict.fromkeys(keys, "1"))
+        self.assertEqual(post(payment()).body, "OK\n" + "\n".join(key + ": 1" for key in keys))
+        known = ("known: thankyou_url, username, password, loginurl, headline, show_on, hide_on, and username_2, "
+                 "password_2, loginurl_2, ...")
+        for key in keys:
+            self.assertLogged("WARNING", "on_payment returned the answer line %s, which Digistore24 does not know; %s"
+                              % (key, known))
+
+    def test_more_accounts_are_known(self):
+        self.handle("on_payment", lambda n: {"username_2": "a", "password_2": "b", "loginurl_12": "c"})
+        self.assertEqual(post(payment()).body, "OK\nusername_2: a\npassword_2: b\nloginurl_12: c")
+        self.assertEqual([level for level, _ in self.log_messages()], ["INFO"])
+
+    def test_html_is_sent_with_a_warning(self):
+        # Digistore24 takes plain text: the line goes out as it is, and the log says why it shows so.
+        self.handle("on_payment", lambda n: {"headline": "Welcome <b>Jane</b>", "username": "a<b"})
+        self.assertEqual(post(payment()).body, "OK\nheadline: Welcome <b>Jane</b>\nusername: a<b")
+        self.assertLogged("WARNING", "on_payment's answer line headline looks like HTML; Digistore24 shows it as "
+                                     "plain text")
+        self.assertNotIn("line username looks", self.log_text())
 
     def test_a_long_key_with_a_line_break_is_named_shortened(self):
         key = "user" + "\x0b" * 50 + "name"
@@ -366,7 +382,7 @@ class AccessData(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK\n%s: 1" % key)
         self.assertLogged("WARNING", "on_payment returned the answer line %s...(59 characters), which Digistore24 "
                                      "does not know; known: thankyou_url, username, password, loginurl, headline, "
-                                     "show_on, hide_on" % key[:40])
+                                     "show_on, hide_on, and username_2, password_2, loginurl_2, ..." % key[:40])
 
     def test_a_lone_surrogate_at_either_end_of_its_range_becomes_a_replacement_character(self):
         self.handle("on_payment", lambda n: {"username": "a\ud800b\udfffc"})
@@ -458,6 +474,14 @@ class TheNotification(ReceiverTestCase):
         self.assertNotIn("isn_key", notification.fields)
         self.assertEqual(list(notification.add_info.items()), [("Color", "Red"), ("Name", "Mark"), ("Size", "XL")])
         self.assertEqual(notification["customer_name"], "Ana Müller")
+
+    def test_promopit_questions_after_a_gap_are_kept(self):
+        # A pair sent empty is left out, so the numbers may skip: every pair sent counts.
+        seen = self.capture("sale", "PROMOPIT_HANDLERS")
+        post(promopit_sale(add_info_1="", add_value_1="", add_info_2="", add_value_2="", add_info_3="Size",
+                           add_value_3="XL", add_info_10="Gift", add_value_10="no", add_value_4="orphan",
+                           add_info_05="Padded"))
+        self.assertEqual(list(seen[0].add_info.items()), [("Size", "XL"), ("add_info_4", "orphan"), ("Gift", "no")])
 
     def test_shasign_is_removed_too(self):
         seen = self.capture()

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 import urllib.request
 
 from helpers import PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ipn_receiver
@@ -225,7 +226,7 @@ class Send(unittest.TestCase):
                     body = b""
                 else:
                     self.send_response(200)
-                    body = b"OK\x1b[2J\x1b]0;owned\x07\r\nusername: \xc2\x9b31m"       # (U+009B: CSI)
+                    body = b"OK\n\x1b[2J\x1b]0;owned\x07\r\nusername: \xc2\x9b31m"     # (U+009B: CSI)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -247,10 +248,38 @@ class Send(unittest.TestCase):
                               or 0x7f <= ord(character) < 0xa0], output)
             if path == "/":
                 self.assertEqual(done.returncode, 0)
-                self.assertEqual(output, "HTTP 200\nOK\\x1b[2J\\x1b]0;owned\\x07\\r\nusername: \\x9b31m\n")
+                self.assertEqual(output, "HTTP 200\nOK\n\\x1b[2J\\x1b]0;owned\\x07\\r\nusername: \\x9b31m\n")
             else:
                 self.assertEqual(done.returncode, 1)
                 self.assertIn("redirect to https://example.com/\\x1b[2Jcleared", output)
+
+    def test_only_what_digistore24_counts_as_success_is_one(self):
+        # "OK" alone, or followed by a line feed and answer lines; "OKAY" from another script at
+        # that URL, or "OK" with something after it on its line, is a failure to Digistore24.
+        import http.server
+
+        class Answers(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = urllib.parse.unquote(self.path[1:]).encode("ascii")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Answers)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        for body, code in (("OK", 0), ("OK\nusername: a", 0), ("OKAY", 1), ("OK but", 1), ("ok", 1)):
+            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url",
+                                   "http://127.0.0.1:%d/%s" % (server.server_port, urllib.parse.quote(body))],
+                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+            self.assertEqual(done.returncode, code, body)
 
     def test_a_url_that_is_not_http_is_refused(self):
         for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):

@@ -180,6 +180,14 @@ class NeverWithoutASecret(unittest.TestCase):
     def test_a_signature_with_non_ascii_characters_is_refused_not_an_error(self):
         self.assertFalse(is_valid({"a": "1"}, "ÄÖÜ" * 40, "p"))
 
+    def test_only_ascii_letters_are_taken_in_either_case(self):
+        # str.upper() turns the ligature U+FB00 into "FF": a value no sender writes would verify.
+        fields = {"order_id": "ORD-2", "product_id": "42"}
+        value = sign(PASSPHRASE, fields)
+        self.assertIn("FF", value, "the example needs a signature with FF in it")
+        self.assertFalse(is_valid(fields, value.replace("FF", "\ufb00", 1), PASSPHRASE))
+        self.assertTrue(is_valid(fields, value.replace("FF", "ff", 1), PASSPHRASE))
+
     def test_isn_key(self):
         self.assertTrue(ipn_receiver.isn_key_is_valid("pp-isn-1", "pp-isn-1"))
         self.assertFalse(ipn_receiver.isn_key_is_valid("pp-isn-2", "pp-isn-1"))
