@@ -1359,7 +1359,11 @@ def folder_others_control(path, group_too=False):
     in a new store, or swap in one of their own, with answers planted for sales to come.
     """
     import stat
-    trusted, above = (os.geteuid(), 0, os.stat(os.path.abspath(__file__)).st_uid), set()
+    try:
+        script_owner = os.stat(os.path.abspath(__file__)).st_uid
+    except OSError:                             # renamed or being replaced this moment (an upload)
+        script_owner = os.geteuid()
+    trusted, above = (os.geteuid(), 0, script_owner), set()
     for folder in (path, os.path.realpath(path)):
         above.add(folder)
         while os.path.dirname(folder) != folder:
@@ -1553,8 +1557,9 @@ def sqlite3_module():
         return sqlite3
 
 
-def open_store(config):
-    """A connection to the event store, created on first use; StorageError when impossible.
+def open_store(config, create=True):
+    """A connection to the event store, created on first use (unless not `create`); StorageError
+    when impossible.
 
     A long-running process keeps one connection per thread; it opens a new one when the file was
     replaced or deleted in the meantime, so nothing is ever written to a file nobody can see.
@@ -1572,6 +1577,9 @@ def open_store(config):
             if identity == (on_disk.st_ino, on_disk.st_dev):
                 return connection
         close_store(key)
+        if on_disk is None and not create:
+            raise StorageError("the event store %s is gone (moved or deleted while a handler ran); the handler's "
+                               "outcome is not recorded elsewhere" % path)
         if on_disk is None:
             # Only here: a call makes sure of the data folder before each write, and a command
             # that only reads (events, show, check) makes nothing.
@@ -1707,7 +1715,7 @@ def store_is_damaged(error):
     return "malformed" in text or "not a database" in text
 
 
-def write_to_store(config, write, lock_seconds=None):
+def write_to_store(config, write, lock_seconds=None, outcome=False, create=True):
     """Run write(connection) on the live store, under the store lock (waiting for it `lock_seconds`,
     LOCK_TIMEOUT_SECONDS by default), and return what it returns.
 
@@ -1715,11 +1723,16 @@ def write_to_store(config, write, lock_seconds=None):
     one that a repair or another call's recovery has just set aside: what is written is in the
     live store. If the store turns out to be damaged, it is set aside, and `write` runs once more
     on the new one.
+
+    The `outcome` of a handler that has run goes into the store that holds its claim, whatever
+    has become of the data folder meanwhile (a chmod, the script renamed for an upload): turned
+    away, the handler would run again. Where the store is gone, one is made only if `create`.
     """
-    ensure_data_dir(config["DATA_DIR"])
+    if not outcome:
+        ensure_data_dir(config["DATA_DIR"])
     with StoreLock(config["DATA_DIR"], lock_seconds):
         try:
-            return write(open_store(config))
+            return write(open_store(config, create))
         except Exception as error:
             if not store_is_damaged(error):
                 raise
@@ -2352,16 +2365,26 @@ def run_and_record(notification, handler, claim, config):
     def record(connection):
         return record_outcome(connection, notification, claim, *outcome)
 
+    # The store the settings name now. Moved to another DATA_DIR while the handler ran, it holds
+    # the claim there, and no store is made in the folder before: OK would go out for a record
+    # that the store the sender's next copy reaches does not hold. (Deleted, the store is made
+    # anew where it was, and the outcome written into it.)
+    claimed_in = config["DATA_DIR"]
+    try:
+        config = settings()
+    except ConfigError:
+        pass                                # (config.ini caught half uploaded: the settings of the claim)
+    create = config["DATA_DIR"] == claimed_in
     try:
         try:
-            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
+            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, True, create)
         except KeyboardInterrupt:
             # `replay` stopped (Ctrl+C, a kill, a closed terminal) while the outcome waits for the
             # store: the work is done, and unrecorded it would run again on the sender's next copy.
             # So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
             log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it runs "
                         "again later)", name, notification.id)
-            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS)
+            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, True, create)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
@@ -3267,7 +3290,7 @@ def command_check(args):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
                "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
-               "stop the app instead), move the store's files (events.sqlite3, and its -wal and -shm files if "
+               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the store's files (events.sqlite3, and its -wal and -shm files if "
                "any) into DATA_DIR if that has no store yet, else keep the one with your notifications, delete "
                "the other folder, and rename the script back: a store left behind can be downloaded, and in an "
                "empty one the copies of notifications already handled run their handlers again")

@@ -218,11 +218,11 @@ class Interrupted(CommandTestCase):
         ran, interrupted, write_to_store = [], [], ipn_receiver.write_to_store
         self.handle("on_payment", lambda n: ran.append(n.id))
 
-        def interrupted_once(config, write, lock_seconds=None):
+        def interrupted_once(config, write, lock_seconds=None, *outcome):
             if lock_seconds == ipn_receiver.OUTCOME_LOCK_TIMEOUT_SECONDS and not interrupted:
                 interrupted.append("Ctrl+C")
                 raise KeyboardInterrupt
-            return write_to_store(config, write, lock_seconds)
+            return write_to_store(config, write, lock_seconds, *outcome)
         with mock.patch.object(ipn_receiver, "write_to_store", interrupted_once), contextlib.redirect_stdout(
                 io.StringIO()):
             self.assertEqual(ipn_receiver.main(["replay", "1"]), 0)
@@ -1032,7 +1032,8 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: rename "
                       "ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, stop "
-                      "the app instead), move the store's files" % (os.path.join(site, "ipn_data"), elsewhere), output)
+                      "the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the store's files"
+                      % (os.path.join(site, "ipn_data"), elsewhere), output)
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
         self.assertNotIn("left in", output)                 # the store in use is not left behind
 

@@ -187,6 +187,11 @@ class NothingLeaks(ReceiverTestCase):
             self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
             os.chown(parent, 4545, 4545)                    # neither root's, nor this user's, nor the script owner's
             self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), parent)
+            os.chown(parent, 4242, 4242)
+            os.remove(script)               # renamed for an upload: its owner unknown, trusted no more
+            self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), parent)
+            os.chown(parent, 4444, 4444)    # ... and this user's folders are trusted still
+            self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
 
     def test_the_status_line_names_no_setting(self):
         body = call(environ_for(method="GET", content_type=None)).body

@@ -1297,6 +1297,67 @@ class TheLiveStore(ReceiverTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["answer"]), ("done", "OK\nusername: jane"))
 
+    def move_the_store(self, to):
+        ipn_receiver.close_store()
+        os.makedirs(to, 0o700, exist_ok=True)
+        for name in os.listdir(self.data_dir):
+            if name.startswith("events.sqlite3"):
+                os.replace(os.path.join(self.data_dir, name), os.path.join(to, name))
+
+    def test_the_store_moved_to_a_new_data_dir_while_the_handler_runs_gets_the_outcome(self):
+        # The README's "move the store along", done while a handler runs: the outcome follows the
+        # settings, into the store that holds the claim, and none is made in the folder before.
+        moved = os.path.join(self.data_dir, "new")
+
+        def grant(notification):
+            self.move_the_store(moved)
+            ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=moved)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
+        self.data_dir = moved
+        self.assertEqual([(row["status"], row["answer"]) for row in self.rows()], [("done", "OK\nusername: jane")])
+
+    def test_no_ok_where_the_store_went_away_with_the_data_dir_of_the_claim(self):
+        # Moved away, and the settings name a folder with no store: the outcome is nowhere the next
+        # copy will look, so it is not OK (the sender retries), and no store is made for it.
+        elsewhere, empty = os.path.join(self.data_dir, "elsewhere"), os.path.join(self.data_dir, "empty")
+
+        def grant(notification):
+            self.move_the_store(elsewhere)
+            os.mkdir(empty, 0o700)
+            ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=empty)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
+        self.assertEqual([name for name in os.listdir(empty) if name.startswith("events")], [])
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
+
+    def test_an_outcome_is_recorded_though_the_data_folder_became_everyones(self):
+        # A vendor's "chmod 777 to fix it" while a handler runs: its outcome still goes into the
+        # store that holds its claim (else it would run again); new calls are refused from then.
+        def grant(notification):
+            os.chmod(self.data_dir, 0o777)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.addCleanup(os.chmod, self.data_dir, 0o700)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+        self.assertEqual(post(payment(transaction_id="another")).status, 503)
+
+    def test_an_outcome_is_recorded_though_the_script_was_renamed(self):
+        # Renamed for a moment, as "move the store along" says, or replaced by an upload.
+        def grant(notification):
+            patcher = mock.patch.object(ipn_receiver, "__file__", os.path.join(self.data_dir, "gone.py"))
+            patcher.start()
+            self.addCleanup(patcher.stop)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+
     def test_an_outcome_that_cannot_be_stored_gets_no_ok(self):
         self.handle("on_payment", lambda notification: {"username": "jane"})
         failure = sqlite3.OperationalError("database or disk is full")
