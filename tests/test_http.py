@@ -346,7 +346,7 @@ class AccessData(ReceiverTestCase):
 
     def test_a_known_key_with_something_after_it_is_unknown(self):
         # Only an account's keys take a number, and only as _2, _3, ... (PROTOCOL.md).
-        keys = ["passwordX", "username_", "username2", "headline_2", "password_02", "loginurl_x2"]
+        keys = ["passwordX", "username_", "username2", "headline_2", "password_02", "loginurl_x2", "username_X"]
         self.handle("on_payment", lambda n: dict.fromkeys(keys, "1"))
         self.assertEqual(post(payment()).body, "OK\n" + "\n".join(key + ": 1" for key in keys))
         known = ("known: thankyou_url, username, password, loginurl, headline, show_on, hide_on, and username_2, "
@@ -367,6 +367,13 @@ class AccessData(ReceiverTestCase):
         self.assertLogged("WARNING", "on_payment's answer line headline looks like HTML; Digistore24 shows it as "
                                      "plain text")
         self.assertNotIn("line username looks", self.log_text())
+
+    def test_a_long_key_of_html_is_named_shortened(self):
+        key = "username_" + "1" * 40
+        self.handle("on_payment", lambda n: {key: "<i>x</i>"})
+        post(payment())
+        self.assertLogged("WARNING", "on_payment's answer line %s...(49 characters) looks like HTML; Digistore24 "
+                                     "shows it as plain text" % key[:40])
 
     def test_a_long_key_with_a_line_break_is_named_shortened(self):
         key = "user" + "\x0b" * 50 + "name"
@@ -480,8 +487,10 @@ class TheNotification(ReceiverTestCase):
         seen = self.capture("sale", "PROMOPIT_HANDLERS")
         post(promopit_sale(add_info_1="", add_value_1="", add_info_2="", add_value_2="", add_info_3="Size",
                            add_value_3="XL", add_info_10="Gift", add_value_10="no", add_value_4="orphan",
-                           add_info_05="Padded"))
-        self.assertEqual(list(seen[0].add_info.items()), [("Size", "XL"), ("add_info_4", "orphan"), ("Gift", "no")])
+                           add_info_6="Unanswered", add_info_05="Padded", add_info_X="junk", add_info_="junk",
+                           add_value_="junk"))
+        self.assertEqual(list(seen[0].add_info.items()), [("Size", "XL"), ("add_info_4", "orphan"), ("Unanswered", ""),
+                                                          ("Gift", "no")])
 
     def test_shasign_is_removed_too(self):
         seen = self.capture()
