@@ -1320,13 +1320,19 @@ def ensure_data_dir(path):
     if not os.path.isdir(path):
         os.makedirs(path, 0o700, exist_ok=True)
         os.chmod(path, 0o700)
-    owner = os.stat(path).st_uid
-    if hasattr(os, "geteuid") and owner != os.geteuid():
+    found = os.stat(path)
+    if hasattr(os, "geteuid") and found.st_uid != os.geteuid():
         # Made by another user, in /tmp say, before the first call: that user could read every
         # buyer's data, plant answers, or delete the store, and every handler would run again.
         raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver; set DATA_DIR to a "
                            "folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
-                               path, user_name(owner), user_name(os.geteuid()), user_name(os.geteuid())))
+                               path, user_name(found.st_uid), user_name(os.geteuid()), user_name(os.geteuid())))
+    if hasattr(os, "geteuid") and found.st_mode & 0o077:
+        # Opened to others (chmod 755 to look at the log, say), the folder would let them read
+        # every buyer's data, and write to a file whose mode lets them: plant answers in the store.
+        os.chmod(path, 0o700)
+        sys.stderr.write("ipn_receiver: the data folder %s had mode %03o, which let other users in; set back to 700\n"
+                         % (path, found.st_mode & 0o777))
     htaccess = os.path.join(path, ".htaccess")
     if not denies_the_web(htaccess):
         if is_anothers_folder(path):
@@ -1351,19 +1357,19 @@ def ensure_data_dir(path):
 def folder_others_control(path, group_too=False):
     """The first of the folder `path` and the folders above it (as written, and where its links
     lead) that a user other than this one, root and the script's owner could change: one (or a
-    link) that belongs to such a user, or that every user may write to (with `group_too`, its
-    group's members too) and that is not sticky, as /tmp is, where only a folder's owner may move
-    it. None where there is none.
+    link) that belongs to such a user, or that every user may write to, or the members of a group
+    others may be in (group_is_shared; with `group_too`, of any group), and that is not sticky, as
+    /tmp is, where only a folder's owner may move it. None where there is none.
 
     In such a folder that user could move the data folder away, and every handler would run again
     in a new store, or swap in one of their own, with answers planted for sales to come.
     """
     import stat
+    trusted, above = {os.geteuid(), 0}, set()
     try:
-        script_owner = os.stat(os.path.abspath(__file__)).st_uid
+        trusted.add(os.stat(os.path.abspath(__file__)).st_uid)
     except OSError:                             # renamed or being replaced this moment (an upload)
-        script_owner = os.geteuid()
-    trusted, above = (os.geteuid(), 0, script_owner), set()
+        pass
     for folder in (path, os.path.realpath(path)):
         above.add(folder)
         while os.path.dirname(folder) != folder:
@@ -1374,10 +1380,24 @@ def folder_others_control(path, group_too=False):
             found = os.lstat(folder)
         except OSError:
             continue                            # not made yet
-        shared = found.st_mode & (0o022 if group_too else 0o002) and not found.st_mode & stat.S_ISVTX
+        shared = found.st_mode & 0o002 or found.st_mode & 0o020 and (group_too or group_is_shared(found.st_gid))
+        shared = shared and not found.st_mode & stat.S_ISVTX
         if found.st_uid not in trusted or (shared and not stat.S_ISLNK(found.st_mode)):
             return folder
     return None
+
+
+def group_is_shared(gid):
+    """Whether users other than this one may be in the group `gid`: any group but this user's own,
+    and that one where it names other members. (umask 002 lets the owner's own group write to every
+    new folder: where that group is the owner's alone, that is no one else.)"""
+    if gid != os.getegid():
+        return True
+    import grp
+    try:
+        return any(member != user_name(os.geteuid()) for member in grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
 
 
 def is_anothers_folder(path):
@@ -2365,16 +2385,20 @@ def run_and_record(notification, handler, claim, config):
     def record(connection):
         return record_outcome(connection, notification, claim, *outcome)
 
-    # The store the settings name now. Moved to another DATA_DIR while the handler ran, it holds
-    # the claim there, and no store is made in the folder before: OK would go out for a record
-    # that the store the sender's next copy reaches does not hold. (Deleted, the store is made
-    # anew where it was, and the outcome written into it.)
-    claimed_in = config["DATA_DIR"]
-    try:
-        config = settings()
-    except ConfigError:
-        pass                                # (config.ini caught half uploaded: the settings of the claim)
-    create = config["DATA_DIR"] == claimed_in
+    # The outcome goes into the store that holds the claim: where it was, if it is there (the
+    # settings now may name another folder only because config.ini is missing for a moment,
+    # while it is uploaded). Gone from there, it was moved along with a new DATA_DIR, or deleted:
+    # moved, it is in the folder the settings name now, and no store is made in the folder of
+    # the claim, where an OK would be for a record that the sender's next copy does not reach;
+    # deleted, a new one is made where it was.
+    create = True
+    if not os.path.exists(store_path(config)):
+        try:
+            now = settings()
+        except ConfigError:
+            now = config                    # (config.ini caught half uploaded)
+        if now["DATA_DIR"] != config["DATA_DIR"]:
+            config, create = now, False
     try:
         try:
             answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, True, create)

@@ -193,6 +193,38 @@ class NothingLeaks(ReceiverTestCase):
             os.chown(parent, 4444, 4444)    # ... and this user's folders are trusted still
             self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
 
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a folder another group")
+    def test_a_folder_its_group_may_write_to_is_anothers_where_others_may_be_in_the_group(self):
+        parent, name = os.path.join(self.data_dir, "shared"), ipn_receiver.user_name(os.geteuid())
+        data = os.path.join(parent, "data")
+        os.mkdir(parent)
+        os.chown(parent, -1, 4242)
+        os.chmod(parent, 0o775)
+        self.assertEqual(ipn_receiver.folder_others_control(data), parent)      # not this user's group
+        with mock.patch.object(os, "getegid", return_value=4242):
+            for members, controlled in (([], None), ([name], None), ([name, "mallory"], parent)):
+                group = mock.Mock(gr_mem=members)
+                with mock.patch("grp.getgrgid", return_value=group):
+                    self.assertEqual(ipn_receiver.folder_others_control(data), controlled, members)
+            with mock.patch("grp.getgrgid", side_effect=KeyError(4242)):
+                self.assertIsNone(ipn_receiver.folder_others_control(data))     # a group with no entry
+        os.chmod(parent, 0o1775)                                               # sticky
+        self.assertIsNone(ipn_receiver.folder_others_control(data))
+        os.chmod(parent, 0o755)
+        self.assertIsNone(ipn_receiver.folder_others_control(data))
+
+    def test_a_data_folder_opened_to_others_is_closed_again(self):
+        post(payment())
+        os.chmod(self.data_dir, 0o755)                      # to look at the log, say
+        with contextlib.redirect_stderr(io.StringIO()) as errors:
+            self.assertEqual(post(payment(transaction_id="another")).status, 200)
+        self.assertEqual(os.stat(self.data_dir).st_mode & 0o777, 0o700)
+        self.assertEqual(errors.getvalue(), "ipn_receiver: the data folder %s had mode 755, which let other users in; "
+                                            "set back to 700\n" % self.data_dir)
+        with contextlib.redirect_stderr(io.StringIO()) as errors:
+            post(payment(transaction_id="third"))
+        self.assertEqual(errors.getvalue(), "")
+
     def test_the_status_line_names_no_setting(self):
         body = call(environ_for(method="GET", content_type=None)).body
         for setting in ("SHA_PASSPHRASE", "ISN_KEY", "DATA_DIR", self.data_dir, "LOG_LEVEL", ipn_receiver.__version__):

@@ -1335,6 +1335,19 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual([name for name in os.listdir(empty) if name.startswith("events")], [])
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
 
+    def test_settings_naming_another_folder_leave_the_outcome_in_the_store_of_the_claim(self):
+        # config.ini missing for a moment while it is uploaded: the settings name the default
+        # folder. The store of the claim is still there, and the outcome goes into it.
+        default = os.path.join(self.data_dir, "default")
+
+        def grant(notification):
+            ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=default)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+        self.assertFalse(os.path.exists(os.path.join(default, "events.sqlite3")))
+
     def test_an_outcome_is_recorded_though_the_data_folder_became_everyones(self):
         # A vendor's "chmod 777 to fix it" while a handler runs: its outcome still goes into the
         # store that holds its claim (else it would run again); new calls are refused from then.
