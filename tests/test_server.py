@@ -202,47 +202,53 @@ class SilentClients(unittest.TestCase):
 
 
 class Send(unittest.TestCase):
-    def test_an_unreachable_url_is_a_clear_error(self):
-        with socket.socket() as probe:                  # a port nobody listens on
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/" % port],
+    def send(self, url):
+        return subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url", url],
                               env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=60)
-        self.assertEqual(done.returncode, 1)
-        self.assertIn(b"ERROR: could not reach", done.stdout)
 
-    def test_what_the_server_answers_cannot_drive_the_terminal(self):
-        # A wrong URL, or an http:// one on a path someone can intercept: the answer may hold
-        # escape sequences that clear the screen or retitle the window. They are shown escaped.
+    def serve(self, answer):
+        """A local HTTP server that answers a POST to `path` with answer(path): (status, headers,
+        body). Returns its URL."""
         import http.server
 
-        class Hostile(http.server.BaseHTTPRequestHandler):
+        class Answering(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/moved":
-                    self.send_response(302)
-                    self.send_header("Location", "https://example.com/\x1b[2Jcleared")
-                    body = b""
-                else:
-                    self.send_response(200)
-                    body = b"OK\n\x1b[2J\x1b]0;owned\x07\r\nusername: \xc2\x9b31m"     # (U+009B: CSI)
-                self.send_header("Content-Length", str(len(body)))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for header in headers + [("Content-Length", str(len(body)))]:
+                    self.send_header(*header)
                 self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
-        server = http.server.HTTPServer(("127.0.0.1", 0), Hostile)
+        server = http.server.HTTPServer(("127.0.0.1", 0), Answering)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
+        return "http://127.0.0.1:%d" % server.server_port
+
+    def test_an_unreachable_url_is_a_clear_error(self):
+        with socket.socket() as probe:                  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        done = self.send("http://127.0.0.1:%d/" % port)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(b"ERROR: could not reach", done.stdout)
+
+    def test_what_the_server_answers_cannot_drive_the_terminal(self):
+        # A wrong URL, or an http:// one on a path someone can intercept: the answer may hold
+        # escape sequences that clear the screen or retitle the window. They are shown escaped.
+        def hostile(path):
+            if path == "/moved":
+                return 302, [("Location", "https://example.com/\x1b[2Jcleared")], b""
+            return 200, [], b"OK\n\x1b[2J\x1b]0;owned\x07\r\nusername: \xc2\x9b31m"       # (U+009B: CSI)
+        url = self.serve(hostile)
         for path in ("/", "/moved"):
-            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url",
-                                   "http://127.0.0.1:%d%s" % (server.server_port, path)],
-                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=60)
+            done = self.send(url + path)
             output = done.stdout.decode("utf-8")
             self.assertFalse([character for character in output if ord(character) < 32 and character != "\n"
                               or 0x7f <= ord(character) < 0xa0], output)
@@ -256,36 +262,13 @@ class Send(unittest.TestCase):
     def test_only_what_digistore24_counts_as_success_is_one(self):
         # "OK" alone, or followed by a line feed and answer lines; "OKAY" from another script at
         # that URL, or "OK" with something after it on its line, is a failure to Digistore24.
-        import http.server
-
-        class Answers(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                body = urllib.parse.unquote(self.path[1:]).encode("ascii")
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        server = http.server.HTTPServer(("127.0.0.1", 0), Answers)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
+        url = self.serve(lambda path: (200, [], urllib.parse.unquote(path[1:]).encode("ascii")))
         for body, code in (("OK", 0), ("OK\nusername: a", 0), ("OKAY", 1), ("OK but", 1), ("ok", 1)):
-            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url",
-                                   "http://127.0.0.1:%d/%s" % (server.server_port, urllib.parse.quote(body))],
-                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=60)
-            self.assertEqual(done.returncode, code, body)
+            self.assertEqual(self.send(url + "/" + urllib.parse.quote(body)).returncode, code, body)
 
     def test_a_url_that_is_not_http_is_refused(self):
         for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):
-            done = subprocess.run([PYTHON, SCRIPT, "send", "on_payment", "--url", url],
-                                  env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=60)
+            done = self.send(url)
             self.assertEqual(done.returncode, 2, url)
             self.assertEqual(done.stderr, b"ERROR: --url must start with http:// or https://, e.g. "
                                           b"https://example.com/ipn/ipn_receiver.py\n")
