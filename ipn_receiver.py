@@ -675,8 +675,12 @@ class LogFile:
             pass
 
     def _reopen(self):
+        # Opened before the old one is closed: should the open fail (the data folder moved away),
+        # self.fd must not keep the number of a closed descriptor, which the process may give to
+        # another file, a handler's, that the next line would then be written into, or closed.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.close(self.fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.fd = fd
 
     def _rotate_if_needed(self):
         try:
@@ -1354,12 +1358,12 @@ def ensure_data_dir(path):
                 os.remove(partial)
 
 
-def folder_others_control(path, group_too=False):
+def folder_others_control(path):
     """The first of the folder `path` and the folders above it (as written, and where its links
     lead) that a user other than this one, root and the script's owner could change: one (or a
-    link) that belongs to such a user, or that every user may write to, or the members of a group
-    others may be in (group_is_shared; with `group_too`, of any group), and that is not sticky, as
-    /tmp is, where only a folder's owner may move it. None where there is none.
+    link) that belongs to such a user, or that such a user may write to (every user, or, through
+    the folder's group or an ACL, some), and that is not sticky, as /tmp is, where only a folder's
+    owner may move it. None where there is none.
 
     In such a folder that user could move the data folder away, and every handler would run again
     in a new store, or swap in one of their own, with answers planted for sales to come.
@@ -1380,24 +1384,41 @@ def folder_others_control(path, group_too=False):
             found = os.lstat(folder)
         except OSError:
             continue                            # not made yet
-        shared = found.st_mode & 0o002 or found.st_mode & 0o020 and (group_too or group_is_shared(found.st_gid))
-        shared = shared and not found.st_mode & stat.S_ISVTX
-        if found.st_uid not in trusted or (shared and not stat.S_ISLNK(found.st_mode)):
+        shared = found.st_mode & 0o002 or found.st_mode & 0o020 and (
+            has_acl(folder) or not users_of_group(found.st_gid) <= trusted)
+        if found.st_uid not in trusted or (shared and not found.st_mode & stat.S_ISVTX and not stat.S_ISLNK(
+                found.st_mode)):
             return folder
     return None
 
 
-def group_is_shared(gid):
-    """Whether users other than this one may be in the group `gid`: any group but this user's own,
-    and that one where it names other members. (umask 002 lets the owner's own group write to every
-    new folder: where that group is the owner's alone, that is no one else.)"""
-    if gid != os.getegid():
-        return True
+def users_of_group(gid):
+    """The ids of the users in the group `gid`: those it names, and those whose own (primary) group
+    it is. (umask 002 lets a folder's group write to it: where that group is its owner's own, as
+    on most systems, that is no one else; where it is `users`, every user whose group that is.)"""
     import grp
+    import pwd
+    users = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
     try:
-        return any(member != user_name(os.geteuid()) for member in grp.getgrgid(gid).gr_mem)
+        names = grp.getgrgid(gid).gr_mem
     except KeyError:
+        names = []
+    for name in names:
+        try:
+            users.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            users.add(-1)                       # a member with no account here: not one of ours
+    return users
+
+
+def has_acl(folder):
+    """Whether the folder has an access ACL (Linux): its group bits are then the most that users
+    and groups it names may do, not what its group may."""
+    try:
+        os.getxattr(folder, "system.posix_acl_access", follow_symlinks=False)
+    except (AttributeError, OSError):           # (no getxattr on this system, or no ACL)
         return False
+    return True
 
 
 def is_anothers_folder(path):
@@ -1748,8 +1769,8 @@ def write_to_store(config, write, lock_seconds=None, outcome=False, create=True)
     has become of the data folder meanwhile (a chmod, the script renamed for an upload): turned
     away, the handler would run again. Where the store is gone, one is made only if `create`.
     """
-    if not outcome:
-        ensure_data_dir(config["DATA_DIR"])
+    if not outcome or create and not os.path.isdir(config["DATA_DIR"]):
+        ensure_data_dir(config["DATA_DIR"])     # (for an outcome, only where it is to be made anew)
     with StoreLock(config["DATA_DIR"], lock_seconds):
         try:
             return write(open_store(config, create))
@@ -3252,7 +3273,7 @@ def command_check(args):
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
     data_dir = config["DATA_DIR"]
-    controlled = folder_others_control(data_dir, group_too=True)
+    controlled = folder_others_control(data_dir)
     first = None if os.path.lexists(data_dir) else data_dir
     while first and not os.path.lexists(first):
         first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
@@ -3261,15 +3282,17 @@ def command_check(args):
                data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
                "the web root: another user could make the data folder first, or move it away, and read or change "
                "what is stored (the receiver refuses such a folder)")
-    apart = [name for name in SECRET_SETTINGS if not secret_problem(config, name) and name not in in_the_ini]
+    apart = [name for name in SECRET_SETTINGS
+             if name in in_the_script or not secret_problem(config, name) and name not in in_the_ini]
     if "DATA_DIR" in in_the_ini and apart:
         # While config.ini is missing (renamed while it is edited, deleted before an upload), the
-        # secrets set elsewhere still verify calls, and a store in the default folder runs every
-        # handler again.
+        # secrets set elsewhere (in the file as well, say) still verify calls, and a store in the
+        # default folder runs every handler again.
         report(False, "DATA_DIR is set in %s, but %s elsewhere" % (os.path.basename(config["config_file"]),
                                                                    " and ".join(apart)),
-               "set %s in %s too (or DATA_DIR where they are): should it go missing for a moment (renamed while "
-               "you edit it, say), calls would be stored in another folder, and their handlers would run again"
+               "set %s in %s only, not at the top of ipn_receiver.py or in the environment (or DATA_DIR where "
+               "they are): should it go missing for a moment (renamed while you edit it, say), calls would be "
+               "stored in another folder, and their handlers would run again"
                % (" and ".join(apart), os.path.basename(config["config_file"])))
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "

@@ -736,7 +736,8 @@ class Check(CommandTestCase):
         problem = "PROBLEM  DATA_DIR %s: another user of this server may make, move or replace folders in %s\n"
         for mode, name, reported in ((0o777, "made", True), (0o777, "not-yet", True), (0o1777, "made", False),
                                      (0o1777, "not-yet", True), (0o1777, "not-yet/below", True),
-                                     (0o755, "not-yet", False), (0o775, "made", True), (0o3775, "made", False)):
+                                     (0o755, "not-yet", False), (0o775, "made", False), (0o3775, "made", False)):
+            # (0o775: its group is this user's own, and no one else's)
             with self.subTest(mode=oct(mode), name=name):
                 os.chmod(shared, mode)
                 data_dir = os.path.join(shared, name)
@@ -747,6 +748,10 @@ class Check(CommandTestCase):
             os.chmod(shared, 0o755)
             os.chown(shared, 65534, 65534)      # nobody's: nobody may move what is in it
             data_dir = os.path.join(shared, "made")
+            code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+            self.assertIn(problem % (data_dir, shared), output)
+            os.chown(shared, 0, 65534)
+            os.chmod(shared, 0o775)             # root's, but nobody's group (nobody's own) may write to it
             code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
             self.assertIn(problem % (data_dir, shared), output)
 
@@ -762,12 +767,33 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check", IPN_CONFIG=config, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="")
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  DATA_DIR is set in config.ini, but ISN_KEY elsewhere\n         fix: set ISN_KEY in "
-                      "config.ini too (or DATA_DIR where they are)", output)
+                      "config.ini only, not at the top of ipn_receiver.py or in the environment (or DATA_DIR where "
+                      "they are)", output)
         code, output, _ = self.command("check", IPN_CONFIG=config, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="",
                                        IPN_ISN_KEY="")
         self.assertEqual(code, 0, output)
         code, output, _ = self.command("check", IPN_CONFIG=config)      # DATA_DIR from the environment
         self.assertNotIn("DATA_DIR is set in", output)
+
+    def test_data_dir_in_config_ini_with_a_secret_left_in_the_script_too_is_a_problem(self):
+        # config.ini holds both, and the script still holds the passphrase: while config.ini is
+        # missing for a moment, calls verify, and go to the store in the default folder.
+        folder = tempfile.mkdtemp(prefix="ipn-config-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(script, "w", encoding="utf-8") as file:
+            file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
+                                      'SHA_PASSPHRASE = r"%s"' % PASSPHRASE))
+        os.chmod(script, 0o700)
+        with open(os.path.join(folder, "config.ini"), "w") as file:
+            file.write("[receiver]\ndata_dir = %s\n[digistore24]\nsha_passphrase = %s\n[promopit]\nisn_key = %s\n"
+                       % (self.data_dir, PASSPHRASE, ISN_KEY))
+        os.chmod(os.path.join(folder, "config.ini"), 0o600)
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="", IPN_ISN_KEY="")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  DATA_DIR is set in config.ini, but SHA_PASSPHRASE elsewhere\n", output)
 
     def test_a_launcher_that_cannot_run_as_cgi_is_a_problem(self):
         folder = tempfile.mkdtemp(prefix="ipn-site-")

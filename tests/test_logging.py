@@ -386,6 +386,26 @@ class Rotation(ReceiverTestCase):
         self.assertEqual(os.stat(os.path.join(self.data_dir, "ipn_receiver.errors.log")).st_mode & 0o777, 0o600)
 
 
+class AFolderMovedAway(ReceiverTestCase):
+    def test_a_log_file_that_cannot_be_opened_again_holds_no_closed_descriptor(self):
+        # The data folder moved away under a long-lived process: the log cannot follow. Its old
+        # descriptor, closed, would be a number the process gives to the next file it opens (a
+        # handler's), which the log's next line would then close, or be written into.
+        log_file = ipn_receiver.LogFile(os.path.join(self.data_dir, "x.log"))
+        self.addCleanup(log_file.close)
+        os.rename(self.data_dir, self.data_dir + "-moved")
+        self.addCleanup(os.rename, self.data_dir + "-moved", self.data_dir)
+        log_file.write("cannot follow\n")
+        read_end, write_end = os.pipe()                 # (given the lowest free numbers)
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        log_file.write("nor now\n")
+        os.fstat(write_end)                             # still open
+        self.assertNotIn(log_file.fd, (read_end, write_end))
+        os.set_blocking(read_end, False)
+        self.assertRaises(BlockingIOError, os.read, read_end, 100)      # and nothing written into it
+
+
 class LongRunningProcesses(ReceiverTestCase):
     """WSGI servers and the local server write the log as a CGI call does, from many threads."""
 

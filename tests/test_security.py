@@ -193,25 +193,62 @@ class NothingLeaks(ReceiverTestCase):
             os.chown(parent, 4444, 4444)    # ... and this user's folders are trusted still
             self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
 
-    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a folder another group")
-    def test_a_folder_its_group_may_write_to_is_anothers_where_others_may_be_in_the_group(self):
-        parent, name = os.path.join(self.data_dir, "shared"), ipn_receiver.user_name(os.geteuid())
+    def test_a_folder_its_group_may_write_to_is_anothers_where_others_are_in_the_group(self):
+        # umask 002 gives every new folder to its group to write to: where that group is its
+        # owner's alone (most systems), no one else may; where it is `users` (some), everyone may.
+        parent = os.path.join(self.data_dir, "shared")
         data = os.path.join(parent, "data")
         os.mkdir(parent)
-        os.chown(parent, -1, 4242)
         os.chmod(parent, 0o775)
-        self.assertEqual(ipn_receiver.folder_others_control(data), parent)      # not this user's group
-        with mock.patch.object(os, "getegid", return_value=4242):
-            for members, controlled in (([], None), ([name], None), ([name, "mallory"], parent)):
-                group = mock.Mock(gr_mem=members)
-                with mock.patch("grp.getgrgid", return_value=group):
-                    self.assertEqual(ipn_receiver.folder_others_control(data), controlled, members)
-            with mock.patch("grp.getgrgid", side_effect=KeyError(4242)):
-                self.assertIsNone(ipn_receiver.folder_others_control(data))     # a group with no entry
-        os.chmod(parent, 0o1775)                                               # sticky
-        self.assertIsNone(ipn_receiver.folder_others_control(data))
-        os.chmod(parent, 0o755)
-        self.assertIsNone(ipn_receiver.folder_others_control(data))
+        me, group = os.geteuid(), os.stat(parent).st_gid
+
+        def account(uid, gid):
+            return mock.Mock(pw_uid=uid, pw_gid=gid, pw_name="user%d" % uid)
+        for accounts, members, controlled in (([account(me, group)], [], None),           # this user's alone
+                                              ([account(me, group), account(4242, group)], [], parent),  # users
+                                              ([account(me, 9), account(4242, 9)], ["user4242"], parent),
+                                              ([account(me, 9)], ["user%d" % me], None),
+                                              ([account(me, 9)], ["ghost"], parent),        # no account here
+                                              ([account(me, 9)], [], None)):                # no one's
+            def by_name(name):
+                for found in accounts:
+                    if found.pw_name == name:
+                        return found
+                raise KeyError(name)
+            with mock.patch("pwd.getpwall", return_value=accounts), mock.patch("pwd.getpwnam", by_name), \
+                    mock.patch("grp.getgrgid", return_value=mock.Mock(gr_mem=members)):
+                self.assertEqual(ipn_receiver.folder_others_control(data), controlled, (accounts, members))
+                os.chmod(parent, 0o1775)                                               # sticky
+                self.assertIsNone(ipn_receiver.folder_others_control(data))
+                os.chmod(parent, 0o755)                                                # not group-writable
+                self.assertIsNone(ipn_receiver.folder_others_control(data))
+                os.chmod(parent, 0o775)
+        with mock.patch("grp.getgrgid", side_effect=KeyError(group)):      # a group with no entry: its users'
+            self.assertIsNone(ipn_receiver.folder_others_control(data))
+
+    def test_a_folder_with_an_acl_is_anothers_where_its_group_bits_let_write(self):
+        # With an ACL, the group bits are the most that the users and groups it names may do.
+        parent = os.path.join(self.data_dir, "acl")
+        os.mkdir(parent)
+        os.chmod(parent, 0o775)
+
+        def getxattr(path, name, follow_symlinks=True):
+            if path == parent and name == "system.posix_acl_access" and not follow_symlinks:
+                return b"\x02\x00\x00\x00"
+            raise OSError(61, "No data available")
+        self.assertFalse(ipn_receiver.has_acl(parent))                          # none here
+        with mock.patch.object(os, "getxattr", getxattr, create=True):
+            self.assertTrue(ipn_receiver.has_acl(parent))
+            self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), parent)
+            os.chmod(parent, 0o755)
+            self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
+
+    def test_a_new_data_folder_is_made_700_without_a_word(self):
+        made = os.path.join(self.data_dir, "new")
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=made)
+        with contextlib.redirect_stderr(io.StringIO()) as errors:
+            self.assertEqual(post(payment()).status, 200)
+        self.assertEqual((os.stat(made).st_mode & 0o777, errors.getvalue()), (0o700, ""))
 
     def test_a_data_folder_opened_to_others_is_closed_again(self):
         post(payment())

@@ -1348,6 +1348,20 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual([row["status"] for row in self.rows()], ["done"])
         self.assertFalse(os.path.exists(os.path.join(default, "events.sqlite3")))
 
+    def test_the_store_deleted_while_config_ini_is_half_uploaded_is_made_anew_where_it_was(self):
+        def grant(notification):
+            ipn_receiver.close_store()
+            for name in os.listdir(self.data_dir):
+                if name.startswith("events.sqlite3"):
+                    os.remove(os.path.join(self.data_dir, name))
+            patcher = mock.patch.object(ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("cut short"))
+            patcher.start()
+            self.addCleanup(patcher.stop)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+
     def test_an_outcome_is_recorded_though_the_data_folder_became_everyones(self):
         # A vendor's "chmod 777 to fix it" while a handler runs: its outcome still goes into the
         # store that holds its claim (else it would run again); new calls are refused from then.
