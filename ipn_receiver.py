@@ -1359,66 +1359,104 @@ def ensure_data_dir(path):
 
 
 def folder_others_control(path):
-    """The first of the folder `path` and the folders above it (as written, and where its links
-    lead) that a user other than this one, root and the script's owner could change: one (or a
-    link) that belongs to such a user, or that such a user may write to (every user, or, through
-    the folder's group or an ACL, some), and that is not sticky, as /tmp is, where only a folder's
-    owner may move it. None where there is none.
+    """The first of the folder `path` and the folders on the way to it (through every link on the
+    way, and where each leads) that a user other than this one, root and the script's owner could
+    change: one (or a link) that belongs to such a user, or that such a user may write to
+    (others_may_write) and that is not sticky, as /tmp is, where only a folder's owner may move
+    it. The data folder itself counts even where sticky: others could put files into it. None
+    where there is none.
 
     In such a folder that user could move the data folder away, and every handler would run again
     in a new store, or swap in one of their own, with answers planted for sales to come.
     """
     import stat
-    trusted, above = {os.geteuid(), 0}, set()
+    trusted = {os.geteuid(), 0}
     try:
         trusted.add(os.stat(os.path.abspath(__file__)).st_uid)
     except OSError:                             # renamed or being replaced this moment (an upload)
         pass
-    for folder in (path, os.path.realpath(path)):
-        above.add(folder)
-        while os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)
-            above.add(folder)
-    for folder in sorted(above):                # from the top down
+    itself = (os.path.abspath(path), os.path.realpath(path))
+    for folder in sorted(folders_on_the_way(path)):     # from the top down
         try:
             found = os.lstat(folder)
         except OSError:
             continue                            # not made yet
-        shared = found.st_mode & 0o002 or found.st_mode & 0o020 and (
-            has_acl(folder) or not users_of_group(found.st_gid) <= trusted)
-        if found.st_uid not in trusted or (shared and not found.st_mode & stat.S_ISVTX and not stat.S_ISLNK(
-                found.st_mode)):
+        if stat.S_ISLNK(found.st_mode):
+            shared = False                      # (a link's mode means nothing; its folder's does)
+        else:
+            shared = others_may_write(folder, found, trusted) and (
+                folder in itself or not found.st_mode & stat.S_ISVTX)
+        if found.st_uid not in trusted or shared:
             return folder
     return None
 
 
+def folders_on_the_way(path, links=40):
+    """Every folder (and link) that reaching `path` goes through, resolved as the system resolves
+    it: at each link, on from where it leads; a ".." after one goes up from there."""
+    folders, current = {os.sep}, os.sep
+    parts = os.path.join(os.getcwd(), path).split(os.sep)
+    for number, part in enumerate(parts):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, part)
+        folders.add(step)
+        if links and os.path.islink(step):
+            leads_to = os.path.join(current, os.readlink(step), *parts[number + 1:])
+            return folders | folders_on_the_way(leads_to, links - 1)
+        current = step
+    return folders
+
+
+def others_may_write(folder, found, trusted):
+    """Whether a user not `trusted` may write to the folder (`found`: its lstat): every user, the
+    members of its group, or users and groups that an ACL (Linux) names."""
+    import struct
+    if found.st_mode & 0o002:
+        return True
+    try:
+        acl = os.getxattr(folder, "system.posix_acl_access", follow_symlinks=False)
+    except (AttributeError, OSError):           # (no getxattr on this system, or no ACL)
+        return bool(found.st_mode & 0o020) and not users_of_group(found.st_gid) <= trusted
+    # An ACL: a version, then (tag, permissions, id) entries; a user's (2), a group's (8) and the
+    # folder's group's (4) write as far as the mask (16) lets them.
+    entries = list(struct.iter_unpack("<HHI", acl[4:]))
+    mask = min([permissions for tag, permissions, _ in entries if tag == 16] or [7])
+    for tag, permissions, number in entries:
+        if permissions & mask & 2 and (tag == 2 and number not in trusted or tag in (4, 8) and not users_of_group(
+                found.st_gid if tag == 4 else number) <= trusted):
+            return True
+    return False
+
+
 def users_of_group(gid):
     """The ids of the users in the group `gid`: those it names, and those whose own (primary) group
-    it is. (umask 002 lets a folder's group write to it: where that group is its owner's own, as
-    on most systems, that is no one else; where it is `users`, every user whose group that is.)"""
+    it is. Where it is a user's own group, named as that user (as most systems make one for each
+    user, and umask 002 lets write to every new folder), that user is taken for the only one whose
+    own group it is; else every account is looked at (`users`, on some systems, is everyone's)."""
     import grp
     import pwd
-    users = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
     try:
-        names = grp.getgrgid(gid).gr_mem
+        group = grp.getgrgid(gid)
     except KeyError:
-        names = []
-    for name in names:
+        group = None
+    try:
+        own = pwd.getpwnam(group.gr_name) if group else None
+    except KeyError:
+        own = None
+    if own is not None and own.pw_gid == gid:
+        users = {own.pw_uid}
+    else:
+        users = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
+    for name in group.gr_mem if group else ():
         try:
             users.add(pwd.getpwnam(name).pw_uid)
         except KeyError:
-            users.add(-1)                       # a member with no account here: not one of ours
+            users.add(name)                     # a member with no account here: trusted under no id
     return users
-
-
-def has_acl(folder):
-    """Whether the folder has an access ACL (Linux): its group bits are then the most that users
-    and groups it names may do, not what its group may."""
-    try:
-        os.getxattr(folder, "system.posix_acl_access", follow_symlinks=False)
-    except (AttributeError, OSError):           # (no getxattr on this system, or no ACL)
-        return False
-    return True
 
 
 def is_anothers_folder(path):

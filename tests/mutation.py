@@ -52,7 +52,7 @@ FUNCTIONS = [
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
     "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
     "fields_as_stored", "is_backup_copy", "is_launcher", "folder_others_control", "retry_pause",
-    "promopit_answers", "users_of_group", "has_acl", "LogFile._reopen",
+    "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",

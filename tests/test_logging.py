@@ -361,6 +361,7 @@ class Rotation(ReceiverTestCase):
                                  "ipn_receiver.log.3"])
         for name in names:
             self.assertLess(os.path.getsize(os.path.join(self.data_dir, name)), 2200)
+        self.assertEqual(os.stat(os.path.join(self.data_dir, "ipn_receiver.log")).st_mode & 0o777, 0o600)
 
     def test_refused_requests_cannot_rotate_an_error_away(self):
         # Anyone may send requests that are refused, as many as they like; the errors file, where

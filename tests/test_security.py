@@ -226,22 +226,96 @@ class NothingLeaks(ReceiverTestCase):
         with mock.patch("grp.getgrgid", side_effect=KeyError(group)):      # a group with no entry: its users'
             self.assertIsNone(ipn_receiver.folder_others_control(data))
 
-    def test_a_folder_with_an_acl_is_anothers_where_its_group_bits_let_write(self):
-        # With an ACL, the group bits are the most that the users and groups it names may do.
+    def test_a_folder_with_an_acl_is_anothers_where_it_lets_another_write(self):
+        # An ACL's entries: (tag, permissions, id); 1 the owner, 2 a user, 4 the folder's group,
+        # 8 a group, 16 the mask (the most that 2, 4 and 8 get), 32 everyone else.
+        import struct
         parent = os.path.join(self.data_dir, "acl")
+        data, me = os.path.join(parent, "data"), os.geteuid()
         os.mkdir(parent)
-        os.chmod(parent, 0o775)
+        os.chmod(parent, 0o775)                 # (the group bits of a folder with an ACL are its mask)
 
-        def getxattr(path, name, follow_symlinks=True):
-            if path == parent and name == "system.posix_acl_access" and not follow_symlinks:
-                return b"\x02\x00\x00\x00"
-            raise OSError(61, "No data available")
-        self.assertFalse(ipn_receiver.has_acl(parent))                          # none here
-        with mock.patch.object(os, "getxattr", getxattr, create=True):
-            self.assertTrue(ipn_receiver.has_acl(parent))
-            self.assertEqual(ipn_receiver.folder_others_control(os.path.join(parent, "data")), parent)
+        def acl(*entries):
+            return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+        owner, others, mine = (1, 7, 0xFFFFFFFF), (32, 5, 0xFFFFFFFF), (4, 7, 0xFFFFFFFF)
+        for entries, controlled in (((owner, (2, 7, 4242), mine, (16, 7, 0xFFFFFFFF), others), parent),
+                                    ((owner, (2, 5, 4242), mine, (16, 7, 0xFFFFFFFF), others), None),   # nginx's x
+                                    ((owner, (2, 7, me), mine, (16, 7, 0xFFFFFFFF), others), None),    # this user
+                                    ((owner, (2, 7, 4242), mine, (16, 5, 0xFFFFFFFF), others), None),  # masked
+                                    ((owner, (8, 7, 4343), mine, (16, 7, 0xFFFFFFFF), others), parent),
+                                    ((owner, (8, 7, 4444), mine, (16, 7, 0xFFFFFFFF), others), None),
+                                    ((owner, (2, 5, 4242), (4, 7, 4545), (16, 7, 0xFFFFFFFF), others), None),
+                                    ((owner, (2, 7, 4242), mine, others), parent)):                    # no mask
+            def getxattr(path, name, follow_symlinks=True, entries=entries):
+                if path == parent and name == "system.posix_acl_access" and not follow_symlinks:
+                    return acl(*entries)
+                raise OSError(61, "No data available")
+
+            def users_of_group(gid):            # 4343: another user's too; the rest this user's
+                return {me, 4242} if gid == 4343 else {me}
+            with mock.patch.object(os, "getxattr", getxattr, create=True), \
+                    mock.patch.object(ipn_receiver, "users_of_group", users_of_group):
+                self.assertEqual(ipn_receiver.folder_others_control(data), controlled, entries)
+        with mock.patch.object(ipn_receiver, "users_of_group", lambda gid: {me, 4242}):
+            with mock.patch.object(os, "getxattr", getxattr, create=True):
+                self.assertEqual(ipn_receiver.folder_others_control(data), parent)     # its group's others
             os.chmod(parent, 0o755)
-            self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(parent, "data")))
+            self.assertIsNone(ipn_receiver.folder_others_control(data))     # no ACL, no group write
+
+    def test_a_users_own_group_is_taken_for_that_user_alone_without_looking_at_every_account(self):
+        # A server with thousands of accounts: every call would read them all.
+        import grp
+        import pwd
+        group = mock.Mock(gr_name="vend", gr_mem=[])
+        with mock.patch.object(grp, "getgrgid", return_value=group), mock.patch.object(
+                pwd, "getpwnam", return_value=mock.Mock(pw_uid=77, pw_gid=1077)), mock.patch.object(
+                pwd, "getpwall", side_effect=AssertionError("every account read")):
+            self.assertEqual(ipn_receiver.users_of_group(1077), {77})
+        everyone = [mock.Mock(pw_uid=77, pw_gid=100), mock.Mock(pw_uid=78, pw_gid=100), mock.Mock(pw_uid=79, pw_gid=5)]
+        with mock.patch.object(grp, "getgrgid", return_value=mock.Mock(gr_name="users", gr_mem=[])), \
+                mock.patch.object(pwd, "getpwnam", side_effect=KeyError("users")), \
+                mock.patch.object(pwd, "getpwall", return_value=everyone):
+            self.assertEqual(ipn_receiver.users_of_group(100), {77, 78})
+        with mock.patch.object(grp, "getgrgid", return_value=group), mock.patch.object(
+                pwd, "getpwnam", return_value=mock.Mock(pw_uid=77, pw_gid=5)), mock.patch.object(
+                pwd, "getpwall", return_value=everyone + [mock.Mock(pw_uid=80, pw_gid=1077)]):
+            self.assertEqual(ipn_receiver.users_of_group(1077), {80})      # named as a user, not that user's own
+
+    def test_the_folders_on_the_way_go_through_every_link(self):
+        # pub -> mid/l2 -> real/site: mid, another user's, could make l2 lead anywhere.
+        base = os.path.realpath(self.data_dir)
+        for folder in ("real/site", "mid", "home"):
+            os.makedirs(os.path.join(base, folder))
+        os.symlink(os.path.join(base, "real", "site"), os.path.join(base, "mid", "l2"))
+        os.symlink(os.path.join("..", "mid", "l2"), os.path.join(base, "home", "pub"))
+        os.symlink(os.path.join(base, "real", "site"), os.path.join(base, "home", "up"))
+        on_the_way = ipn_receiver.folders_on_the_way(os.path.join(base, "home", "pub", "ipn_data"))
+        for folder in ("home", "home/pub", "mid", "mid/l2", "real", "real/site", "real/site/ipn_data"):
+            self.assertIn(os.path.join(base, folder), on_the_way)
+        on_the_way = ipn_receiver.folders_on_the_way(os.path.join(base, "home", "up", "..", "x"))
+        self.assertIn(os.path.join(base, "real", "x"), on_the_way)      # ".." after a link: up from where it leads
+        self.assertNotIn(os.path.join(base, "home", "x"), on_the_way)
+        os.symlink("loop", os.path.join(base, "loop"))
+        self.assertIn(os.path.join(base, "loop"), ipn_receiver.folders_on_the_way(os.path.join(base, "loop", "x")))
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a folder another owner")
+    def test_a_folder_another_user_owns_between_two_links_is_found(self):
+        base = os.path.realpath(self.data_dir)
+        for folder in ("real/site", "mid", "home"):
+            os.makedirs(os.path.join(base, folder))
+        os.symlink(os.path.join(base, "real", "site"), os.path.join(base, "mid", "l2"))
+        os.symlink(os.path.join(base, "mid", "l2"), os.path.join(base, "home", "pub"))
+        data = os.path.join(base, "home", "pub", "ipn_data")
+        self.assertIsNone(ipn_receiver.folder_others_control(data))
+        os.chown(os.path.join(base, "mid"), 4242, 4242)
+        self.assertEqual(ipn_receiver.folder_others_control(data), os.path.join(base, "mid"))
+
+    def test_a_sticky_data_folder_is_still_one_others_may_write_into(self):
+        os.chmod(self.data_dir, 0o1777)
+        self.addCleanup(os.chmod, self.data_dir, 0o700)
+        self.assertEqual(ipn_receiver.folder_others_control(self.data_dir), self.data_dir)
+        self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "below")))
+        self.assertEqual(post(payment()).status, 503)
 
     def test_a_new_data_folder_is_made_700_without_a_word(self):
         made = os.path.join(self.data_dir, "new")
