@@ -1414,13 +1414,13 @@ def folders_on_the_way(path, links=40):
 def others_may_write(folder, found, trusted):
     """Whether a user not `trusted` may write to the folder (`found`: its lstat): every user, the
     members of its group, or users and groups that an ACL (Linux) names."""
-    import struct
     if found.st_mode & 0o002:
         return True
     try:
         acl = os.getxattr(folder, "system.posix_acl_access", follow_symlinks=False)
     except (AttributeError, OSError):           # (no getxattr on this system, or no ACL)
         return bool(found.st_mode & 0o020) and not users_of_group(found.st_gid) <= trusted
+    import struct
     # An ACL: a version, then (tag, permissions, id) entries; a user's (2), a group's (8) and the
     # folder's group's (4) write as far as the mask (16) lets them.
     entries = list(struct.iter_unpack("<HHI", acl[4:]))
