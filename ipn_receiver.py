@@ -1381,11 +1381,9 @@ def folder_others_control(path):
             found = os.lstat(folder)
         except OSError:
             continue                            # not made yet
-        if stat.S_ISLNK(found.st_mode):
-            shared = False                      # (a link's mode means nothing; its folder's does)
-        else:
-            shared = others_may_write(folder, found, trusted) and (
-                folder in itself or not found.st_mode & stat.S_ISVTX)
+        # (A link's mode means nothing; its folder's does.)
+        shared = not stat.S_ISLNK(found.st_mode) and others_may_write(folder, found, trusted) and (
+            folder in itself or not found.st_mode & stat.S_ISVTX)
         if found.st_uid not in trusted or shared:
             return folder
     return None
@@ -1441,17 +1439,17 @@ def users_of_group(gid):
     import pwd
     try:
         group = grp.getgrgid(gid)
-    except KeyError:
-        group = None
+    except KeyError:                            # (no name, no members named: those whose own it is)
+        return {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
     try:
-        own = pwd.getpwnam(group.gr_name) if group else None
+        own = pwd.getpwnam(group.gr_name)
     except KeyError:
         own = None
     if own is not None and own.pw_gid == gid:
         users = {own.pw_uid}
     else:
         users = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
-    for name in group.gr_mem if group else ():
+    for name in group.gr_mem:
         try:
             users.add(pwd.getpwnam(name).pw_uid)
         except KeyError:

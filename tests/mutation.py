@@ -110,6 +110,11 @@ EQUIVALENT = {
         "the new store's name while it is filled is the function's own; any name not in use will do",
     ("Log._log", "for file in self._files[:3 if level >= 40 else 1]:"):
         "there are two log files: the first three of them are both",
+    ("folders_on_the_way", "def folders_on_the_way(path, links=41):"):
+        "the system follows 40 links at most: a path through a 41st it cannot reach, so no data folder is there",
+    ("folders_on_the_way", 'if part in ("XXXX", "."):'):
+        "an empty part (a slash doubled, or at the end) adds the folder before it again, with a slash after it: "
+        "the same folder, looked at twice",
     ("ensure_data_dir", "os.makedirs(path, 449, exist_ok=True)"):
         "the folder is chmod 0700 right after (and since Python 3.7 the mode affects no folder but that one)",
     ("serves_only_the_scripts",

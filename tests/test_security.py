@@ -235,8 +235,12 @@ class NothingLeaks(ReceiverTestCase):
         os.mkdir(parent)
         os.chmod(parent, 0o775)                 # (the group bits of a folder with an ACL are its mask)
 
-        def acl(*entries):
-            return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+        def reading(entries):                   # os.getxattr, for a folder with these entries
+            def getxattr(path, name, follow_symlinks=True):
+                if path == parent and name == "system.posix_acl_access" and not follow_symlinks:
+                    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+                raise OSError(61, "No data available")
+            return getxattr
         owner, others, mine = (1, 7, 0xFFFFFFFF), (32, 5, 0xFFFFFFFF), (4, 7, 0xFFFFFFFF)
         for entries, controlled in (((owner, (2, 7, 4242), mine, (16, 7, 0xFFFFFFFF), others), parent),
                                     ((owner, (2, 5, 4242), mine, (16, 7, 0xFFFFFFFF), others), None),   # nginx's x
@@ -246,18 +250,19 @@ class NothingLeaks(ReceiverTestCase):
                                     ((owner, (8, 7, 4444), mine, (16, 7, 0xFFFFFFFF), others), None),
                                     ((owner, (2, 5, 4242), (4, 7, 4545), (16, 7, 0xFFFFFFFF), others), None),
                                     ((owner, (2, 7, 4242), mine, others), parent)):                    # no mask
-            def getxattr(path, name, follow_symlinks=True, entries=entries):
-                if path == parent and name == "system.posix_acl_access" and not follow_symlinks:
-                    return acl(*entries)
-                raise OSError(61, "No data available")
-
             def users_of_group(gid):            # 4343: another user's too; the rest this user's
                 return {me, 4242} if gid == 4343 else {me}
-            with mock.patch.object(os, "getxattr", getxattr, create=True), \
+            with mock.patch.object(os, "getxattr", reading(entries), create=True), \
                     mock.patch.object(ipn_receiver, "users_of_group", users_of_group):
                 self.assertEqual(ipn_receiver.folder_others_control(data), controlled, entries)
+        entries = (owner, (4, 7, 0xFFFFFFFF), (16, 7, 0xFFFFFFFF), others)        # the folder's group writes
+        with mock.patch.object(os, "getxattr", reading(entries), create=True):
+            for users, controlled in (({me, 4242}, parent), ({me}, None)):
+                with mock.patch.object(ipn_receiver, "users_of_group", lambda gid: users if gid == os.stat(
+                        parent).st_gid else {me, 4242}):
+                    self.assertEqual(ipn_receiver.folder_others_control(data), controlled, users)
         with mock.patch.object(ipn_receiver, "users_of_group", lambda gid: {me, 4242}):
-            with mock.patch.object(os, "getxattr", getxattr, create=True):
+            with mock.patch.object(os, "getxattr", reading(entries), create=True):
                 self.assertEqual(ipn_receiver.folder_others_control(data), parent)     # its group's others
             os.chmod(parent, 0o755)
             self.assertIsNone(ipn_receiver.folder_others_control(data))     # no ACL, no group write
@@ -297,6 +302,21 @@ class NothingLeaks(ReceiverTestCase):
         self.assertNotIn(os.path.join(base, "home", "x"), on_the_way)
         os.symlink("loop", os.path.join(base, "loop"))
         self.assertIn(os.path.join(base, "loop"), ipn_receiver.folders_on_the_way(os.path.join(base, "loop", "x")))
+        for number in range(40):                # as many links as the system follows
+            os.symlink(os.path.join(base, "chain%d" % (number + 1)) if number < 39 else os.path.join(base, "real"),
+                       os.path.join(base, "chain%d" % number))
+        self.assertIn(os.path.join(base, "real", "x"), ipn_receiver.folders_on_the_way(os.path.join(base, "chain0", "x")))
+
+    def test_a_folder_not_made_yet_does_not_end_the_look_at_the_others(self):
+        # On the way to the data folder (not made yet), through a link, a folder every user may
+        # write to comes after it in the order looked at.
+        base = os.path.realpath(self.data_dir)
+        os.makedirs(os.path.join(base, "aaa"))
+        os.makedirs(os.path.join(base, "home"))
+        os.symlink(os.path.join(base, "aaa"), os.path.join(base, "home", "link"))
+        os.chmod(os.path.join(base, "home"), 0o777)
+        self.assertEqual(ipn_receiver.folder_others_control(os.path.join(base, "home", "link", "ipn_data")),
+                         os.path.join(base, "home"))
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a folder another owner")
     def test_a_folder_another_user_owns_between_two_links_is_found(self):
@@ -314,6 +334,8 @@ class NothingLeaks(ReceiverTestCase):
         os.chmod(self.data_dir, 0o1777)
         self.addCleanup(os.chmod, self.data_dir, 0o700)
         self.assertEqual(ipn_receiver.folder_others_control(self.data_dir), self.data_dir)
+        for written in (self.data_dir + "/.", self.data_dir + "/", self.data_dir + "//."):
+            self.assertIn(ipn_receiver.folder_others_control(written), (self.data_dir, self.data_dir + "/"), written)
         self.assertIsNone(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "below")))
         self.assertEqual(post(payment()).status, 503)
 
