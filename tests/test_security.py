@@ -300,6 +300,8 @@ class NothingLeaks(ReceiverTestCase):
         on_the_way = ipn_receiver.folders_on_the_way(os.path.join(base, "home", "up", "..", "x"))
         self.assertIn(os.path.join(base, "real", "x"), on_the_way)      # ".." after a link: up from where it leads
         self.assertNotIn(os.path.join(base, "home", "x"), on_the_way)
+        on_the_way = ipn_receiver.folders_on_the_way(os.path.join(base, "home", "up", ".", "..", "x"))
+        self.assertIn(os.path.join(base, "real", "x"), on_the_way)      # (a "." goes nowhere)
         os.symlink("loop", os.path.join(base, "loop"))
         self.assertIn(os.path.join(base, "loop"), ipn_receiver.folders_on_the_way(os.path.join(base, "loop", "x")))
         for number in range(40):                # as many links as the system follows
