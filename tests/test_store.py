@@ -1348,42 +1348,40 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual([row["status"] for row in self.rows()], ["done"])
         self.assertFalse(os.path.exists(os.path.join(default, "events.sqlite3")))
 
-    def test_the_store_deleted_while_config_ini_is_half_uploaded_is_made_anew_where_it_was(self):
+    def assertGrantedWhile(self, meanwhile):
+        """A handler that grants access data while meanwhile() happens is answered OK, held as done."""
         def grant(notification):
+            meanwhile()
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+
+    def patched_from_now_on(self, target, name, **how):
+        patcher = mock.patch.object(target, name, **how)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_the_store_deleted_while_config_ini_is_half_uploaded_is_made_anew_where_it_was(self):
+        def delete_the_store():
             ipn_receiver.close_store()
             for name in os.listdir(self.data_dir):
                 if name.startswith("events.sqlite3"):
                     os.remove(os.path.join(self.data_dir, name))
-            patcher = mock.patch.object(ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("cut short"))
-            patcher.start()
-            self.addCleanup(patcher.stop)
-            return {"username": "jane"}
-        self.handle("on_payment", grant)
-        self.assertEqual(post(payment()).body, "OK\nusername: jane")
-        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+            self.patched_from_now_on(ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("cut short"))
+        self.assertGrantedWhile(delete_the_store)
 
     def test_an_outcome_is_recorded_though_the_data_folder_became_everyones(self):
         # A vendor's "chmod 777 to fix it" while a handler runs: its outcome still goes into the
         # store that holds its claim (else it would run again); new calls are refused from then.
-        def grant(notification):
-            os.chmod(self.data_dir, 0o777)
-            return {"username": "jane"}
-        self.handle("on_payment", grant)
         self.addCleanup(os.chmod, self.data_dir, 0o700)
-        self.assertEqual(post(payment()).body, "OK\nusername: jane")
-        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+        self.assertGrantedWhile(lambda: os.chmod(self.data_dir, 0o777))
         self.assertEqual(post(payment(transaction_id="another")).status, 503)
 
     def test_an_outcome_is_recorded_though_the_script_was_renamed(self):
         # Renamed for a moment, as "move the store along" says, or replaced by an upload.
-        def grant(notification):
-            patcher = mock.patch.object(ipn_receiver, "__file__", os.path.join(self.data_dir, "gone.py"))
-            patcher.start()
-            self.addCleanup(patcher.stop)
-            return {"username": "jane"}
-        self.handle("on_payment", grant)
-        self.assertEqual(post(payment()).body, "OK\nusername: jane")
-        self.assertEqual([row["status"] for row in self.rows()], ["done"])
+        self.assertGrantedWhile(lambda: self.patched_from_now_on(
+            ipn_receiver, "__file__", new=os.path.join(self.data_dir, "gone.py")))
 
     def test_an_outcome_that_cannot_be_stored_gets_no_ok(self):
         self.handle("on_payment", lambda notification: {"username": "jane"})
