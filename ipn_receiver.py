@@ -1322,8 +1322,7 @@ def ensure_data_dir(path):
                            "another in its place; set DATA_DIR to a folder in your home folder, outside the web root "
                            "(`python3 ipn_receiver.py check`)" % (controlled, path))
     if not os.path.isdir(path):
-        os.makedirs(path, 0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+        make_private_folders(path)
     found = os.stat(path)
     if hasattr(os, "geteuid") and found.st_uid != os.geteuid():
         # Made by another user, in /tmp say, before the first call: that user could read every
@@ -1358,6 +1357,44 @@ def ensure_data_dir(path):
                 os.remove(partial)
 
 
+def make_private_folders(path):
+    """Make the folder `path`, and each one missing on the way to it, with mode 0700: not as the
+    umask (000 on some hosts) or a parent's default ACL would have them, which could let others in,
+    and the receiver would then refuse the folders it made itself (folder_others_control)."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        make_private_folders(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if os.path.isdir(path):                 # (made this moment by another call, or a trailing /)
+            return
+        raise                                   # a file by that name
+    os.chmod(path, 0o700)                       # (the mode the umask took bits from; an ACL's mask)
+
+
+def folder_identity(path):
+    """(device, inode) of the folder at `path` where it is there and this user's own, else None:
+    a folder that was made anew, by whoever, has another."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    if hasattr(os, "geteuid") and found.st_uid != os.geteuid():
+        return None
+    return found.st_dev, found.st_ino
+
+
+def trusted_users():
+    """The users whose folders the data folder may be in: this one, root and the script's owner."""
+    trusted = {os.geteuid(), 0}
+    try:
+        trusted.add(os.stat(os.path.abspath(__file__)).st_uid)
+    except OSError:                             # renamed or being replaced this moment (an upload)
+        pass
+    return trusted
+
+
 def folder_others_control(path):
     """The first of the folder `path` and the folders on the way to it (through every link on the
     way, and where each leads) that a user other than this one, root and the script's owner could
@@ -1370,11 +1407,7 @@ def folder_others_control(path):
     in a new store, or swap in one of their own, with answers planted for sales to come.
     """
     import stat
-    trusted = {os.geteuid(), 0}
-    try:
-        trusted.add(os.stat(os.path.abspath(__file__)).st_uid)
-    except OSError:                             # renamed or being replaced this moment (an upload)
-        pass
+    trusted = trusted_users()
     itself = (os.path.abspath(path), os.path.realpath(path))
     for folder in sorted(folders_on_the_way(path)):     # from the top down
         try:
@@ -1393,7 +1426,9 @@ def folders_on_the_way(path, links=40):
     """Every folder (and link) that reaching `path` goes through, resolved as the system resolves
     it: at each link, on from where it leads; a ".." after one goes up from there."""
     folders, current = {os.sep}, os.sep
-    parts = os.path.join(os.getcwd(), path).split(os.sep)
+    # (The working folder only for a relative path: in a process that lives on, it may have been
+    # deleted, and os.getcwd() would fail every call.)
+    parts = (path if os.path.isabs(path) else os.path.join(os.getcwd(), path)).split(os.sep)
     for number, part in enumerate(parts):
         if part in ("", "."):
             continue
@@ -1792,7 +1827,7 @@ def store_is_damaged(error):
     return "malformed" in text or "not a database" in text
 
 
-def write_to_store(config, write, lock_seconds=None, outcome=False, create=True):
+def write_to_store(config, write, lock_seconds=None, claimed_in=None, create=True):
     """Run write(connection) on the live store, under the store lock (waiting for it `lock_seconds`,
     LOCK_TIMEOUT_SECONDS by default), and return what it returns.
 
@@ -1801,12 +1836,17 @@ def write_to_store(config, write, lock_seconds=None, outcome=False, create=True)
     live store. If the store turns out to be damaged, it is set aside, and `write` runs once more
     on the new one.
 
-    The `outcome` of a handler that has run goes into the store that holds its claim, whatever
-    has become of the data folder meanwhile (a chmod, the script renamed for an upload): turned
-    away, the handler would run again. Where the store is gone, one is made only if `create`.
+    A handler's outcome gives `claimed_in`, the folder_identity of the data folder its claim went
+    into. In that very folder, the outcome is written whatever has become of it meanwhile (a chmod,
+    the script renamed for an upload): turned away, the handler would run again. Any other folder
+    (one made anew, by whoever, or another DATA_DIR) must pass ensure_data_dir first: in /tmp,
+    say, another user could have made it, with a store in it whose answers they wrote. Where the
+    store is gone, one is made only if `create`.
     """
-    if not outcome or create and not os.path.isdir(config["DATA_DIR"]):
-        ensure_data_dir(config["DATA_DIR"])     # (for an outcome, only where it is to be made anew)
+    data_dir = config["DATA_DIR"]
+    if claimed_in is None or claimed_in != folder_identity(data_dir):
+        if create or os.path.isdir(data_dir):
+            ensure_data_dir(data_dir)
     with StoreLock(config["DATA_DIR"], lock_seconds):
         try:
             return write(open_store(config, create))
@@ -2424,6 +2464,7 @@ def run_and_record(notification, handler, claim, config):
     """
     name, failure = getattr(handler, "__name__", notification.event), None
     process = os.getpid()
+    claimed_in = folder_identity(config["DATA_DIR"])
     try:
         result = handler(notification)
         end_a_forked_child(process, name)
@@ -2442,30 +2483,17 @@ def run_and_record(notification, handler, claim, config):
     def record(connection):
         return record_outcome(connection, notification, claim, *outcome)
 
-    # The outcome goes into the store that holds the claim: where it was, if it is there (the
-    # settings now may name another folder only because config.ini is missing for a moment,
-    # while it is uploaded). Gone from there, it was moved along with a new DATA_DIR, or deleted:
-    # moved, it is in the folder the settings name now, and no store is made in the folder of
-    # the claim, where an OK would be for a record that the sender's next copy does not reach;
-    # deleted, a new one is made where it was.
-    create = True
-    if not os.path.exists(store_path(config)):
-        try:
-            now = settings()
-        except ConfigError:
-            now = config                    # (config.ini caught half uploaded)
-        if now["DATA_DIR"] != config["DATA_DIR"]:
-            config, create = now, False
     try:
-        try:
-            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, True, create)
-        except KeyboardInterrupt:
-            # `replay` stopped (Ctrl+C, a kill, a closed terminal) while the outcome waits for the
-            # store: the work is done, and unrecorded it would run again on the sender's next copy.
-            # So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
-            log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it runs "
-                        "again later)", name, notification.id)
-            answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, True, create)
+        for config, create in outcome_stores(config):
+            try:
+                answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
+            except KeyboardInterrupt:
+                # `replay` stopped (Ctrl+C, a kill, a closed terminal) while the outcome waits for the
+                # store: the work is done, and unrecorded it would run again on the sender's next copy.
+                # So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
+                log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it "
+                            "runs again later)", name, notification.id)
+                answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
@@ -2475,6 +2503,28 @@ def run_and_record(notification, handler, claim, config):
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
         shortened(name, 40), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
+
+
+def outcome_stores(config):
+    """Where a handler's outcome goes, the claim having been made with `config`: a list of (the
+    settings naming a store, whether to make the store where it is gone). The last one's answer is
+    the one sent.
+
+    First the store that holds the claim, where it is still there: the settings may name another
+    folder now only because config.ini is missing for a moment, while it is uploaded. Deleted, it
+    is made anew where it was. Then the store the settings name now, where that is another and
+    it is there: the one moved or copied into a new DATA_DIR, which the sender's next copy
+    reaches. None is made there: an OK would be for a record in a store that is not in use.
+    """
+    try:
+        now = settings()
+    except ConfigError:
+        now = config                        # (config.ini caught half uploaded)
+    claimed = os.path.exists(store_path(config))
+    stores = [(config, True)] if claimed or now["DATA_DIR"] == config["DATA_DIR"] else []
+    if now["DATA_DIR"] != config["DATA_DIR"] and (os.path.exists(store_path(now)) or not claimed):
+        stores.append((now, False))
+    return stores
 
 
 def end_a_forked_child(process, name, error=None):
@@ -3311,9 +3361,11 @@ def command_check(args):
     data_dir = config["DATA_DIR"]
     controlled = folder_others_control(data_dir)
     first = None if os.path.lexists(data_dir) else data_dir
-    while first and not os.path.lexists(first):
+    while first and not os.path.exists(first):
         first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
-    if controlled or (first and os.stat(first).st_mode & 0o002):
+    made_in = first and os.path.realpath(first)
+    # (A folder others may write to, sticky or not: one of them could make the data folder first.)
+    if controlled or (made_in and others_may_write(made_in, os.stat(made_in), trusted_users())):
         report(False, "DATA_DIR %s: another user of this server may make, move or replace folders in %s" % (
                data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
                "the web root: another user could make the data folder first, or move it away, and read or change "
@@ -3340,13 +3392,15 @@ def command_check(args):
     # check makes nothing: run by another user than the web server's, it would make the data folder
     # and the store that user's, and every call would fail.
     writable = os.path.isdir(data_dir) and os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)
-    if os.path.islink(data_dir) and not os.path.exists(data_dir):
-        report(False, "DATA_DIR %s is a folder" % data_dir, "it is a link to %s, which does not exist: make that "
-               "folder, or set DATA_DIR to the folder itself" % os.readlink(data_dir))
+    broken = [link for link in sorted(folders_on_the_way(data_dir)) if os.path.islink(link) and not
+              os.path.exists(link)]
+    if broken:
+        report(False, "DATA_DIR %s is a folder" % data_dir, "%s is a link to %s, which does not exist: make that "
+               "folder, or set DATA_DIR to the folder itself" % (broken[0], os.readlink(broken[0])))
     elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
-    elif os.path.isdir(data_dir) or not os.access(os.path.dirname(data_dir), os.W_OK):
+    elif os.path.isdir(data_dir) or not os.access(first, os.W_OK | os.X_OK):     # (it is made in `first`)
         report(writable, "data folder %s can be read and written by %s" % (data_dir, user_name(os.geteuid())),
                "it belongs to %s: run check as the user the web server runs the receiver as, and make the folder "
                "that user's (chown, chmod 700)" % user_name(os.stat(data_dir).st_uid) if os.path.isdir(data_dir)

@@ -53,6 +53,7 @@ FUNCTIONS = [
     "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
     "fields_as_stored", "is_backup_copy", "is_launcher", "folder_others_control", "retry_pause",
     "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
+    "make_private_folders", "folder_identity", "trusted_users", "outcome_stores",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -115,8 +116,8 @@ EQUIVALENT = {
     ("folders_on_the_way", 'if part in ("XXXX", "."):'):
         "an empty part (a slash doubled, or at the end) adds the folder before it again, with a slash after it: "
         "the same folder, looked at twice",
-    ("ensure_data_dir", "os.makedirs(path, 449, exist_ok=True)"):
-        "the folder is chmod 0700 right after (and since Python 3.7 the mode affects no folder but that one)",
+    ("make_private_folders", "os.mkdir(path, 449)"):
+        "the folder is chmod 0700 right after",
     ("serves_only_the_scripts",
      'runs_scripts = runs_scripts or any(extension.lstrip("XX.XX") == "py" for extension in words[2:])'):
         "the words are in lower case: stripping an upper-case X as well as the dot strips nothing more",

@@ -736,14 +736,15 @@ class Check(CommandTestCase):
         problem = "PROBLEM  DATA_DIR %s: another user of this server may make, move or replace folders in %s\n"
         for mode, name, reported in ((0o777, "made", True), (0o777, "not-yet", True), (0o1777, "made", False),
                                      (0o1777, "not-yet", True), (0o1777, "not-yet/below", True),
-                                     (0o755, "not-yet", False), (0o775, "made", False), (0o3775, "made", False)):
+                                     (0o755, "not-yet", False), (0o755, "not-yet/below", False),
+                                     (0o775, "made", False), (0o3775, "made", False)):
             # (0o775: its group is this user's own, and no one else's)
             with self.subTest(mode=oct(mode), name=name):
                 os.chmod(shared, mode)
                 data_dir = os.path.join(shared, name)
                 code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
                 self.assertEqual(problem % (data_dir, shared) in output, reported, output)
-                self.assertEqual(code, 1 if reported or name == "not-yet/below" else 0, output)
+                self.assertEqual(code, 1 if reported else 0, output)      # (the receiver makes both folders)
         if os.geteuid() == 0:                   # (root's, or this user's: those may)
             os.chmod(shared, 0o755)
             os.chown(shared, 65534, 65534)      # nobody's: nobody may move what is in it
@@ -754,6 +755,11 @@ class Check(CommandTestCase):
             os.chmod(shared, 0o775)             # root's, but nobody's group (nobody's own) may write to it
             code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
             self.assertIn(problem % (data_dir, shared), output)
+            os.chmod(shared, 0o1775)            # sticky: nobody may not move "made", but may make "not-yet"
+            for name, reported in (("made", False), ("not-yet", True)):
+                data_dir = os.path.join(shared, name)
+                code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+                self.assertEqual((problem % (data_dir, shared) in output, code), (reported, int(reported)), output)
 
     def test_data_dir_in_config_ini_with_a_secret_set_elsewhere_is_a_problem(self):
         # While config.ini is missing (renamed while it is edited, deleted before an upload), the
@@ -832,9 +838,15 @@ class Check(CommandTestCase):
         os.symlink(os.path.join(self.data_dir, "nowhere"), link)
         code, output, _ = self.command("check", IPN_DATA_DIR=link)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  DATA_DIR %s is a folder\n         fix: it is a link to %s, which does not exist: make "
-                      "that folder, or set DATA_DIR to the folder itself\n" % (link, os.path.join(self.data_dir,
-                                                                                          "nowhere")), output)
+        problem = ("PROBLEM  DATA_DIR %s is a folder\n         fix: %s is a link to %s, which does not exist: make that "
+                   "folder, or set DATA_DIR to the folder itself\n")
+        nowhere = os.path.join(self.data_dir, "nowhere")
+        self.assertIn(problem % (link, link, nowhere), output)
+        # One on the way to it: the receiver could not make the data folder there either.
+        below = os.path.join(link, "below")
+        code, output, _ = self.command("check", IPN_DATA_DIR=below)
+        self.assertEqual(code, 1, output)
+        self.assertIn(problem % (below, link, nowhere), output)
 
     def test_a_config_file_the_web_server_reads_through_its_group_is_not_told_to_chmod_600(self):
         # check runs as the web server's user; the file is the vendor's, mode 640: chmod 600 would

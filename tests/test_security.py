@@ -98,6 +98,63 @@ class NothingLeaks(ReceiverTestCase):
                          "receiver; set DATA_DIR to a folder of user 4444's own, outside the web root (`python3 "
                          "ipn_receiver.py check`)" % folder)
 
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the folder another owner")
+    def test_an_outcome_goes_into_no_data_folder_another_user_made_while_the_handler_ran(self):
+        # DATA_DIR right in /tmp: the folder is deleted while a handler runs (a clean-up of /tmp,
+        # say), and another user makes it again at once, with a store of their own in which this
+        # sale is done and its answer is theirs. Neither their answer nor the outcome may go there.
+        import shutil
+        sticky = os.path.join(self.data_dir, "tmp")
+        folder, planted = os.path.join(sticky, "ipn"), os.path.join(self.data_dir, "planted")
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=planted)
+        self.handle("on_payment", lambda notification: {"username": "mallory"})
+        self.assertEqual(post(payment()).body, "OK\nusername: mallory")
+        ipn_receiver.close_store()
+
+        def grant(notification):
+            ipn_receiver.close_store()
+            shutil.rmtree(folder)
+            shutil.copytree(planted, folder)
+            for name in [""] + os.listdir(folder):
+                os.chown(os.path.join(folder, name), 65534, 65534)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
+        self.data_dir = folder
+        self.assertEqual([(row["status"], row["answer"]) for row in self.rows()], [("done", "OK\nusername: mallory")])
+
+    def test_an_outcome_goes_into_the_data_folder_of_its_claim_only_while_it_is_this_users(self):
+        identity = ipn_receiver.folder_identity(self.data_dir)
+        self.assertEqual(identity, (os.stat(self.data_dir).st_dev, os.stat(self.data_dir).st_ino))
+        self.assertIsNone(ipn_receiver.folder_identity(os.path.join(self.data_dir, "none")))
+        with mock.patch.object(os, "geteuid", return_value=os.geteuid() + 1):
+            self.assertIsNone(ipn_receiver.folder_identity(self.data_dir))      # made anew by another user
+
+    def test_a_deleted_working_folder_fails_no_call(self):
+        # A process that lives on (a WSGI server) whose working folder was deleted under it.
+        gone = os.path.join(self.data_dir, "gone")
+        os.mkdir(gone)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(gone)
+        os.rmdir(gone)
+        self.assertEqual(post(payment()).status, 200)
+
+    def test_folders_made_on_the_way_to_the_data_folder_are_private_whatever_the_umask(self):
+        # Made as umask 000 has them (0777), they would be every user's: the next call refused.
+        previous = os.umask(0)
+        self.addCleanup(os.umask, previous)
+        made = os.path.join(self.data_dir, "a", "b", "data")
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=made)
+        self.assertEqual([post(payment(number)).status for number in ("1", "2")], [200, 200])
+        for folder in (os.path.join(self.data_dir, "a"), os.path.join(self.data_dir, "a", "b"), made):
+            self.assertEqual(os.stat(folder).st_mode & 0o777, 0o700, folder)
+        ipn_receiver.ensure_data_dir(made + "2/")       # (with a / at the end)
+        self.assertEqual(os.stat(made + "2").st_mode & 0o777, 0o700)
+
     def test_a_data_folder_below_one_another_user_may_change_is_not_used(self):
         # There that user could move the data folder away (every handler would run again in a new
         # store), or swap in one of their own, with answers planted for sales to come.

@@ -1335,6 +1335,34 @@ class TheLiveStore(ReceiverTestCase):
         self.assertEqual([name for name in os.listdir(empty) if name.startswith("events")], [])
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
 
+    def test_the_store_copied_to_a_new_data_dir_while_the_handler_runs_gets_the_outcome_too(self):
+        # Copied, not moved: the store the settings name now is the one the sender's next copy
+        # reaches. Left "processing" there, the handler would run again after PROCESSING_TIMEOUT.
+        copied, ran = os.path.join(self.data_dir, "copied"), []
+
+        def grant(notification):
+            ran.append(notification.id)
+            ipn_receiver.close_store()
+            os.mkdir(copied, 0o700)
+            for name in os.listdir(self.data_dir):
+                if name.startswith("events.sqlite3"):
+                    shutil.copy(os.path.join(self.data_dir, name), copied)
+            ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=copied)
+            return {"username": "jane"}
+        self.handle("on_payment", grant)
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        for folder in (self.data_dir, copied):          # the store of the claim, and the one in use now
+            self.data_dir = folder
+            self.assertEqual([(row["status"], row["answer"]) for row in self.rows()], [("done", "OK\nusername: jane")])
+        self.assertEqual((post(payment()).body, ran), ("OK\nusername: jane", [1]))
+
+    def test_the_data_folder_deleted_while_the_handler_runs_is_made_anew_with_the_outcome(self):
+        def delete_the_data_folder():
+            ipn_receiver.close_store()
+            shutil.rmtree(self.data_dir)
+        self.assertGrantedWhile(delete_the_data_folder)
+        self.assertEqual(os.stat(self.data_dir).st_mode & 0o777, 0o700)
+
     def test_settings_naming_another_folder_leave_the_outcome_in_the_store_of_the_claim(self):
         # config.ini missing for a moment while it is uploaded: the settings name the default
         # folder. The store of the claim is still there, and the outcome goes into it.
