@@ -1474,17 +1474,18 @@ def users_of_group(gid):
     import pwd
     try:
         group = grp.getgrgid(gid)
+        name, members = group.gr_name, group.gr_mem
     except KeyError:                            # (no name, no members named: those whose own it is)
-        return {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
+        name, members = None, []
     try:
-        own = pwd.getpwnam(group.gr_name)
+        own = pwd.getpwnam(name) if name else None
     except KeyError:
         own = None
     if own is not None and own.pw_gid == gid:
         users = {own.pw_uid}
     else:
         users = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
-    for name in group.gr_mem:
+    for name in members:
         try:
             users.add(pwd.getpwnam(name).pw_uid)
         except KeyError:
