@@ -332,6 +332,13 @@ def load_settings(environ=None):
         config_file = os.path.join(HERE, CONFIG_FILE_NAME)
     if config_file:
         name, lines = os.path.basename(config_file), {}
+        owner = os.stat(config_file).st_uid if hasattr(os, "geteuid") else None
+        if owner is not None and owner not in trusted_users():
+            # Written by another user of the server (in /tmp, say): their passphrase would verify
+            # their own calls, and their DATA_DIR hold the store.
+            raise ConfigError("%s belongs to %s, not to %s, who runs the receiver, root or the script's owner; "
+                              "delete it and write your own" % (config_file, user_name(owner), user_name(
+                                  os.geteuid())), name)
         ini = read_ini_file(config_file, lines)
         for setting, section, key, _ in SETTINGS_SOURCES:
             value = ini.get(section, {}).pop(key, "")
@@ -913,7 +920,7 @@ def promopit_answers(fields):
     numbers = set()
     for key in fields:
         kind, _, number = key.rpartition("_")
-        if kind in ("add_info", "add_value") and number.strip("0123456789") == "" and number[:1] not in ("", "0"):
+        if kind in ("add_info", "add_value") and is_whole_number(number) and number[0] != "0":
             numbers.add(int(number))        # (written as PromoPit writes numbers: ASCII, no leading 0)
     answers = {}
     for number in sorted(numbers):
@@ -2187,8 +2194,8 @@ def claim_notification(connection, notification, dispatch, timeout):
     notification was handled before (or has no handler) and `body` is what to send, ("busy",
     None) when another process is running its handler right now, ("paused", seconds) when its
     handler failed too recently (retry_pause), or ("unknown", None) when it
-    was salvaged from a damaged store without its status, or its status is damaged (the vendor
-    decides; the fields this copy brings are kept for `replay`). An abandoned claim (see
+    was salvaged from a damaged store without its status, or its row is damaged (row_damage; the
+    vendor decides; the fields this copy brings are kept for `replay`). An abandoned claim (see
     claim_is_abandoned) is taken over.
     """
     now = time.time()
@@ -2210,8 +2217,21 @@ def claim_notification(connection, notification, dispatch, timeout):
             row_id, status, answer, claimed_at, claimed_by, updated_at, attempts = row_of_key(
                 connection, "id, status, answer, claimed_at, claim, updated_at, attempts", notification.key)
             notification.id = row_id
-            abandoned = status == "processing" and claim_is_abandoned(claimed_at, now, timeout, claimed_by)
-            if status == "failed" and dispatch and 0 <= now - updated_at < retry_pause(attempts):
+            damage = row_damage(status, answer, claimed_at, claimed_by, updated_at, attempts)
+            abandoned = not damage and status == "processing" and claim_is_abandoned(
+                claimed_at, now, timeout, claimed_by)
+            if damage or status == "unknown":
+                # "unknown": salvaged from a damaged store without its status. Or damage that
+                # SQLite's integrity check cannot see (row_damage): whether its handler ran cannot
+                # be told, so it is "unknown" too, and the vendor decides.
+                connection.execute(
+                    "UPDATE notifications SET status = 'unknown', provider = ?, event = ?, is_test = ?, "
+                    "fields = ?, deliveries = deliveries + 1, updated_at = ?, last_error = COALESCE(?, last_error) "
+                    "WHERE id = ?", (notification.provider, notification.event, int(notification.is_test),
+                                     fields_as_stored(notification.fields), now, None if status == "unknown" else
+                                     "damaged: " + damage, row_id))
+                decision = ("unknown", None)
+            elif status == "failed" and dispatch and 0 <= now - updated_at < retry_pause(attempts):
                 # Left as it is: a copy sent again and again (by whoever captured the call) must not
                 # run the handler, and what it did before it failed, at the sender's pace.
                 decision = ("paused", int(updated_at + retry_pause(attempts) - now) + 1)
@@ -2228,27 +2248,35 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ? "
                     "WHERE id = ?", (claim, now, now, row_id))
                 decision = ("run", claim)
-            elif status in ("processing", "done", "ignored"):
+            else:                           # processing, done, ignored
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1, "
                                    "updated_at = ? WHERE id = ?", (now, row_id))
                 decision = ("busy", None) if status == "processing" else ("answer", answer or "OK")
-            else:
-                # "unknown": salvaged from a damaged store without its status. Or a status this
-                # receiver never writes, a bit flipped on the disk, which SQLite's integrity check
-                # cannot see: whether its handler ran cannot be told either, so it is "unknown" too.
-                connection.execute(
-                    "UPDATE notifications SET status = 'unknown', provider = ?, event = ?, is_test = ?, "
-                    "fields = ?, deliveries = deliveries + 1, updated_at = ?, last_error = COALESCE(?, last_error) "
-                    "WHERE id = ?", (notification.provider, notification.event, int(notification.is_test),
-                                     fields_as_stored(notification.fields), now, None if status == "unknown" else
-                                     "damaged: its status read %s, which the receiver never writes"
-                                     % json_string(str(status)), row_id))
-                decision = ("unknown", None)
         connection.execute("COMMIT")
         return decision
     except BaseException:
         rollback(connection)
         raise
+
+
+def row_damage(status, answer, claimed_at, claim, updated_at, attempts):
+    """What is damaged in the columns of a stored row that decide what a copy gets, as SQLite's
+    integrity check cannot see it; None where nothing is, and for a row salvaged as "unknown".
+
+    A status this receiver never writes ("fahled": a bit flipped on the disk), or a column of
+    another type than the receiver writes: one bit in a record's header turns an answer's text
+    into bytes, which no answer can be made of, or the number 1 into the text '', which no
+    pause before a retry can be counted from.
+    """
+    if status == "unknown":
+        return None
+    if status not in STATUSES:
+        return "its status read %s, which the receiver never writes" % json_string(str(status))
+    number, nothing = (int, float), type(None)
+    if not (isinstance(answer, (str, nothing)) and isinstance(claim, (str, nothing)) and type(attempts) is int
+            and isinstance(updated_at, number) and isinstance(claimed_at, number + (nothing,))):
+        return "a column of its row is not of the type the receiver writes"
+    return None
 
 
 def retry_pause(attempts):
@@ -3178,7 +3206,7 @@ def command_show(args):
         print("%-14s %s" % (key, one_line(str(row[key])) if row[key] is not None else "-"))
     for key in ("received_at", "claimed_at", "updated_at"):
         print("%-14s %s" % (key, local_time(row[key])))
-    answer = [one_line(line) for line in (row["answer"] or "-").split("\n")]
+    answer = [one_line(line) for line in str(row["answer"] or "-").split("\n")]     # (str: bytes where damaged)
     print("answer         " + "\n               ".join(answer))
     fields = {one_line(str(key)): one_line(str(value)) for key, value in stored_fields(row).items()}
     print("fields (%d):%s" % (len(fields), "" if fields else " none can be read (damaged); the sender's next "
@@ -3334,9 +3362,12 @@ def command_check(args):
     # (Whether in use or not: one that config.ini overrides is as readable.)
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
     check_runs_as_cgi(report, script, "700" if in_the_script else "755")
-    for name in sorted(os.listdir(HERE)):
-        if name.endswith(".py") and name != os.path.basename(script) and is_launcher(os.path.join(HERE, name)):
-            check_runs_as_cgi(report, os.path.join(HERE, name), "755")
+    launchers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
+                 name != os.path.basename(script) and is_launcher(os.path.join(HERE, name))]
+    for launcher in launchers:
+        check_runs_as_cgi(report, launcher, "755")
+    check_who_else_may_change_the_code(report, [script] + launchers + [config["config_file"]] * bool(
+        config["config_file"]))
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3346,9 +3377,9 @@ def command_check(args):
             "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
     cache = os.path.join(HERE, "__pycache__")
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
-                if name.startswith("ipn_receiver.") and os.stat(os.path.join(cache, name)).st_mode & 0o004]
-    backups = [name for name in os.listdir(HERE) if is_backup_copy(name) and os.stat(os.path.join(HERE, name)).st_mode
-               & 0o004 and (in_the_script or name.lstrip(".#").lower().startswith("config"))]
+                if name.startswith("ipn_receiver.") and readable_by_all(os.path.join(cache, name))]
+    backups = [name for name in os.listdir(HERE) if is_backup_copy(name) and readable_by_all(os.path.join(HERE, name))
+               and (in_the_script or name.lstrip(".#").lower().startswith("config"))]
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
@@ -3468,10 +3499,11 @@ def command_check(args):
                 report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
                        "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
                        "its handler, or `replay ID --done` if it was handled")
-            damaged = ["#%d" % number for number, status in connection.execute("SELECT id, status FROM notifications")
-                       if status not in STATUSES]
+            damaged = ["#%d" % row[0] for row in connection.execute(
+                "SELECT id, status, answer, claimed_at, claim, updated_at, attempts FROM notifications")
+                if row_damage(*row[1:])]
             if damaged:
-                report(False, "%d notifications whose status is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
+                report(False, "%d notifications whose row is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
                        "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
                        "handler, or `replay ID --done` if it was handled")
         except (StorageError, sqlite3.Error) as error:
@@ -3496,6 +3528,49 @@ def check_runs_as_cgi(report, program, mode):
            else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
     report(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
            "chmod %s %s   (needed to run as CGI)" % (mode, program))
+
+
+def check_who_else_may_change_the_code(report, files):
+    """What `check` says about the files that decide what the receiver does (the script, its
+    launchers, the config file: `files`), the folder they are in (and those on the way to it) and
+    Python's compiled copies in __pycache__: another user who may change one of them could run
+    their own code as the receiver's user, or give it a passphrase of their own."""
+    import stat
+    trusted = trusted_users()
+    controlled = folder_others_control(HERE)
+    if controlled:
+        report(False, "another user of this server may change %s, the folder of ipn_receiver.py or one on the way "
+               "to it: they could replace the script, or put a config.ini of theirs beside it" % controlled,
+               "chmod go-w %s where it is yours; else move the receiver into a folder of your own" % controlled)
+    cache = os.path.join(HERE, "__pycache__")
+    if os.path.isdir(cache):
+        files = files + [cache] + [os.path.join(cache, name) for name in sorted(os.listdir(cache))]
+    for path in files:
+        try:
+            found = os.lstat(path)
+        except OSError:                         # (gone this moment)
+            continue
+        if found.st_uid not in trusted:
+            report(False, "%s belongs to %s, another user of this server" % (path, user_name(found.st_uid)),
+                   "delete %s (rm -r %s) and upload your own: Python runs what is in it as the receiver's "
+                   "user" % ((path,) * 2) if path.startswith(cache) else
+                   "delete it and upload your own, as the receiver's user; it decides what the receiver does")
+        elif not stat.S_ISLNK(found.st_mode) and others_may_write(path, found, trusted):
+            report(False, "%s can be changed by other users of this server (mode %03o)" % (
+                   path, found.st_mode & 0o777), "chmod go-w %s   (Python runs what is in it, as the receiver's "
+                   "user; the receiver takes that from __pycache__ itself at its next call)" % path if path == cache
+                   else "chmod go-w %s   (it decides what the receiver does)" % path)
+
+
+def readable_by_all(path):
+    """Whether `path` is a file (not a link: an editor's lock, .#config.ini, is one to nowhere)
+    that every user of this server may read."""
+    import stat
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o004)
 
 
 def is_launcher(path):
@@ -4005,5 +4080,22 @@ def stop_as_by_ctrl_c(number, frame):
     raise KeyboardInterrupt
 
 
+def keep_compiled_copies_private():
+    """Take others' write access away from __pycache__ beside the script, where the receiver was
+    imported (by the launcher, Passenger or a WSGI server): Python makes that folder as the umask
+    says, 0777 under umask 000, and another user could put a compiled copy of their own in it,
+    dated as the script is, which Python would run as this user at the next import. (`check`
+    reports a compiled copy that is another user's.)"""
+    cache = os.path.join(HERE, "__pycache__")
+    try:
+        found = os.stat(cache)
+        if found.st_mode & 0o022 and found.st_uid == os.geteuid():
+            os.chmod(cache, found.st_mode & 0o755)
+    except (AttributeError, OSError):           # (none; Windows has no owners)
+        pass
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    keep_compiled_copies_private()

@@ -356,7 +356,7 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 connection.close()
                 code, output, errors = self.command("check")
                 self.assertEqual((code, errors), (1, ""))
-                self.assertIn("PROBLEM  1 notifications whose status is damaged: #1\n         fix: `show ID` for each",
+                self.assertIn("PROBLEM  1 notifications whose row is damaged: #1\n         fix: `show ID` for each",
                               output)
                 for command in (["check"], ["events"], ["show", "1"]):              # shown escaped
                     self.assertNotIn("\x1b", self.command(*command)[1], command)
@@ -369,6 +369,40 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                                   % ipn_receiver.json_string(damaged), 2))
                 self.assertEqual(self.command("replay", "1")[0], 0)            # no --force needed
                 self.assertEqual(self.rows()[0]["status"], "done")
+
+    def test_a_row_whose_answer_or_numbers_are_damaged_into_other_types_is_held_not_answered(self):
+        # One bit in a record's header: an answer's text read as bytes (no answer can be made of
+        # them), a failed row's attempts 1 read as '' (no pause can be counted from it), a time as
+        # text. SQLite's integrity check says ok. Held as "unknown", as a damaged status is.
+        for column, value in (("answer", "X'4f4b0a757365726e616d653a206a616e65'"), ("attempts", "''"),
+                              ("updated_at", "'x'"), ("claimed_at", "'x'"), ("claim", "X'00'")):
+            with self.subTest(column=column):
+                self.setUp()
+                runs = []
+                self.handle("on_payment", lambda n: runs.append(n) or {"username": "jane"})
+                post(payment())
+                connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+                connection.execute("UPDATE notifications SET %s = %s" % (column, value))
+                connection.commit()
+                connection.close()
+                code, output, errors = self.command("check")
+                self.assertEqual((code, errors), (1, ""))
+                self.assertIn("PROBLEM  1 notifications whose row is damaged: #1\n", output)
+                self.assertEqual(self.command("show", "1")[::2], (0, ""))
+                answer = post(payment())
+                self.assertEqual((answer.status, answer.body), (503, ipn_receiver.UNKNOWN_ANSWER % {"id": 1}))
+                self.assertEqual(len(runs), 1)
+                self.assertEqual((self.rows()[0]["status"], self.rows()[0]["last_error"]),
+                                 ("unknown", "damaged: a column of its row is not of the type the receiver writes"))
+        # A failed one, its attempts damaged, after the pause: held too, not a 503 "storage unavailable".
+        self.setUp()
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET attempts = '', updated_at = updated_at - 7200")
+        connection.commit()
+        connection.close()
+        self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
 
     def test_columns_damaged_into_other_types_are_shown_not_a_traceback(self):
         # A flipped bit in a record's header makes a column another type: text a blob, a number
@@ -855,15 +889,17 @@ class Check(CommandTestCase):
             self.skipTest("needs root, to give the file another owner")
         folder = tempfile.mkdtemp(prefix="ipn-config-")
         self.addCleanup(shutil.rmtree, folder, True)
-        config = os.path.join(folder, "ipn.ini")
+        config, script = os.path.join(folder, "ipn.ini"), os.path.join(folder, "ipn_receiver.py")
         with open(config, "w") as file:
             file.write("[receiver]\nlog_level = INFO\n")
-        os.chown(config, 65534, 0)
+        shutil.copy(SCRIPT, script)
+        for path in (config, script):
+            os.chown(path, 65534, 0)            # the vendor's, as the script is
         for mode, problem in ((0o640, None), (0o644, "PROBLEM  config file %s (mode 644)\n         fix: chmod o-rwx %s   "
                                                     "(the web server's user may read it as its owner or through its "
                                                     "group; no one else may)\n" % (config, config))):
             os.chmod(config, mode)
-            code, output, _ = self.command("check", IPN_CONFIG=config)
+            code, output, _ = self.command("check", script=script, IPN_CONFIG=config)
             self.assertEqual(code, 1 if problem else 0, output)
             self.assertIn(problem or "ok       config file %s (mode 640)\n" % config, output)
 
@@ -992,6 +1028,89 @@ class Check(CommandTestCase):
         self.assertEqual(code, 2)
         self.assertEqual(errors.count("\n"), 1)
         self.assertTrue(errors.startswith("ERROR: ipn.ini"))
+
+
+class CheckWhoElseMayChangeTheCode(CommandTestCase):
+    """Another user who may change the script, its launcher, its folder, the config file or the
+    compiled copies in __pycache__ runs their own code as the receiver's user, or gives it a
+    passphrase of their own: check says so."""
+
+    def setUp(self):
+        super().setUp()
+        self.site = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, self.site, True)
+        os.chmod(self.site, 0o755)
+        self.script, self.launcher = os.path.join(self.site, "ipn_receiver.py"), os.path.join(self.site, "ipn.py")
+        self.config = os.path.join(self.site, "config.ini")
+        shutil.copy(SCRIPT, self.script)
+        with open(self.launcher, "w") as file:
+            file.write(snippet("launcher"))
+        with open(self.config, "w") as file:
+            file.write("[receiver]\nlog_level = INFO\n")
+        for path, mode in ((self.script, 0o755), (self.launcher, 0o755), (self.config, 0o600)):
+            os.chmod(path, mode)
+
+    def check(self):
+        return self.command("check", script=self.script, IPN_CONFIG=self.config)
+
+    def test_all_of_it_the_receivers_users_own(self):
+        code, output, _ = self.check()
+        self.assertEqual(code, 0, output)
+        self.assertNotIn("another user", output)
+
+    def test_a_folder_others_may_write_to(self):
+        os.chmod(self.site, 0o777)
+        code, output, _ = self.check()
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  another user of this server may change %s, the folder of ipn_receiver.py or one on the "
+                      "way to it: they could replace the script, or put a config.ini of theirs beside it\n         fix: "
+                      "chmod go-w %s where it is yours" % (self.site, self.site), output)
+
+    def test_files_others_may_write_to(self):
+        for path in (self.script, self.launcher, self.config):
+            with self.subTest(path=path):
+                mode = os.stat(path).st_mode & 0o777
+                os.chmod(path, mode | 0o002)
+                code, output, _ = self.check()
+                os.chmod(path, mode)
+                self.assertEqual(code, 1, output)
+                self.assertIn("PROBLEM  %s can be changed by other users of this server (mode %03o)\n         fix: "
+                              "chmod go-w %s   (it decides what the receiver does)\n" % (path, mode | 0o002, path),
+                              output)
+
+    def test_a_pycache_others_may_write_to_or_a_compiled_copy_another_user_made(self):
+        cache = os.path.join(self.site, "__pycache__")
+        os.mkdir(cache)
+        os.chmod(cache, 0o777)
+        code, output, _ = self.check()
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 777)\n" % cache, output)
+        os.chmod(cache, 0o755)
+        if os.geteuid() == 0:
+            planted = os.path.join(cache, "ipn_receiver.cpython-311.pyc")
+            with open(planted, "wb") as file:
+                file.write(b"not Python's")
+            os.chown(planted, 65534, 65534)
+            code, output, _ = self.check()
+            self.assertEqual(code, 1, output)
+            self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: delete %s (rm -r "
+                          "%s) and upload your own" % (planted, planted, planted), output)
+
+    def test_importing_the_receiver_takes_others_write_access_from_pycache(self):
+        # The launcher under umask 000: Python makes __pycache__ 0777.
+        environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+        done = subprocess.run("umask 000 && %s %s --version" % (PYTHON, self.launcher), shell=True, env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        cache = os.path.join(self.site, "__pycache__")
+        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
+        self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["ipn_receiver"])
+
+    def test_an_editors_lock_link_to_nowhere_does_not_stop_check(self):
+        os.symlink("vendor@host.1234:1700000000", os.path.join(self.site, ".#config.ini"))     # Emacs's
+        code, output, _ = self.check()
+        self.assertEqual(code, 0, output)
+        self.assertIn("data folder", output)
 
 
 class CheckTheStoreAndItsLock(CommandTestCase):

@@ -488,9 +488,11 @@ class TheNotification(ReceiverTestCase):
         post(promopit_sale(add_info_1="", add_value_1="", add_info_2="", add_value_2="", add_info_3="Size",
                            add_value_3="XL", add_info_10="Gift", add_value_10="no", add_value_4="orphan",
                            add_info_6="Unanswered", add_info_05="Padded", add_info_X="junk", add_info_="junk",
-                           add_value_="junk"))
+                           add_value_="junk", **{"add_info_" + "9" * 5000: "a number too long for int()",
+                                                 "add_value_" + "9" * 19: "longer than any number PromoPit writes"}))
         self.assertEqual(list(seen[0].add_info.items()), [("Size", "XL"), ("add_info_4", "orphan"), ("Unanswered", ""),
                                                           ("Gift", "no")])
+        self.assertEqual(seen[0]["add_info_" + "9" * 5000], "a number too long for int()")
 
     def test_shasign_is_removed_too(self):
         seen = self.capture()

@@ -108,6 +108,18 @@ class Precedence(SettingsTestCase):
                                IPN_CONFIG="/nonexistent/ipn.ini")
         self.assertEqual(self.location, "the environment variable IPN_CONFIG")
 
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the file another owner")
+    def test_a_config_file_another_user_wrote_is_refused(self):
+        # IPN_CONFIG=/tmp/ipn.ini, made first by another user: their passphrase would verify their calls.
+        path = self.write("[digistore24]\nsha_passphrase = their-own-passphrase\n", name="ipn.ini")
+        os.chown(path, 65534, 65534)
+        message = self.assertConfigError(None, "%s belongs to nobody, not to root, who runs the receiver, root or the "
+                                               "script's owner; delete it and write your own" % path, IPN_CONFIG=path)
+        self.assertNotIn("their-own", message)
+        self.assertEqual(self.location, "ipn.ini")
+        os.chown(path, 0, 65534)                # root's: read
+        self.assertEqual(load({"IPN_CONFIG": path})["SHA_PASSPHRASE"], "their-own-passphrase")
+
     def test_relative_data_dir_starts_at_the_script_folder(self):
         self.assertEqual(load({"IPN_DATA_DIR": "data"})["DATA_DIR"], os.path.join(self.folder, "data"))
         self.assertEqual(load({"IPN_DATA_DIR": "/abs/data"})["DATA_DIR"], "/abs/data")
