@@ -332,13 +332,15 @@ def load_settings(environ=None):
         config_file = os.path.join(HERE, CONFIG_FILE_NAME)
     if config_file:
         name, lines = os.path.basename(config_file), {}
-        owner = os.stat(config_file).st_uid if hasattr(os, "geteuid") else None
-        if owner is not None and owner not in trusted_users():
-            # Written by another user of the server (in /tmp, say): their passphrase would verify
-            # their own calls, and their DATA_DIR hold the store.
-            raise ConfigError("%s belongs to %s, not to %s, who runs the receiver, root or the script's owner; "
-                              "delete it and write your own" % (config_file, user_name(owner), user_name(
-                                  os.geteuid())), name)
+        controlled = hasattr(os, "geteuid") and folder_others_control(config_file)
+        if controlled:
+            # Written, or replaceable, by another user of the server (in /tmp, say, or mode 666
+            # after an upload): their passphrase would verify calls they make up, and a DATA_DIR
+            # of theirs start an empty store, in which every sale handled before runs again.
+            raise ConfigError("%s: another user of this server could change %s, and so give the receiver a "
+                              "passphrase or a data folder of their own; keep it in a folder of your own, owned by "
+                              "the user the receiver runs as, chmod 600 (`python3 ipn_receiver.py check`)"
+                              % (config_file, "it" if controlled == config_file else controlled), name)
         ini = read_ini_file(config_file, lines)
         for setting, section, key, _ in SETTINGS_SOURCES:
             value = ini.get(section, {}).pop(key, "")
@@ -1762,6 +1764,10 @@ def create_store_file(path, data_dir):
         # first: once the file exists, other processes may already be using new journal files.
         remove_store_files(path)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # Its name durable in the folder before its first rows: else, after a power cut, the
+        # store could be gone while the journal holding those rows is not, and the next call,
+        # making the store anew, would remove that journal as one left behind.
+        sync_folder(data_dir)
 
 
 def migrate_store(connection):
@@ -3552,8 +3558,9 @@ def check_who_else_may_change_the_code(report, files):
             continue
         if found.st_uid not in trusted:
             report(False, "%s belongs to %s, another user of this server" % (path, user_name(found.st_uid)),
-                   "delete %s (rm -r %s) and upload your own: Python runs what is in it as the receiver's "
-                   "user" % ((path,) * 2) if path.startswith(cache) else
+                   "rm -r %s   (Python runs what is in it as the receiver's user; it makes the folder again, "
+                   "closed to others where the umask is 022, as the launcher of README.md sets it)" % cache
+                   if path.startswith(cache) else
                    "delete it and upload your own, as the receiver's user; it decides what the receiver does")
         elif not stat.S_ISLNK(found.st_mode) and others_may_write(path, found, trusted):
             report(False, "%s can be changed by other users of this server (mode %03o)" % (

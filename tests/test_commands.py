@@ -1060,7 +1060,12 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
 
     def test_a_folder_others_may_write_to(self):
         os.chmod(self.site, 0o777)
-        code, output, _ = self.check()
+        code, output, _ = self.check()          # the receiver would refuse config.ini there
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  settings: %s: another user of this server could change %s, and so give the receiver "
+                      "a passphrase or a data folder of their own" % (self.config, self.site), output)
+        os.remove(self.config)                  # (the secrets in the environment)
+        code, output, _ = self.command("check", script=self.script)
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  another user of this server may change %s, the folder of ipn_receiver.py or one on the "
                       "way to it: they could replace the script, or put a config.ini of theirs beside it\n         fix: "
@@ -1075,8 +1080,9 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 os.chmod(path, mode)
                 self.assertEqual(code, 1, output)
                 self.assertIn("PROBLEM  %s can be changed by other users of this server (mode %03o)\n         fix: "
-                              "chmod go-w %s   (it decides what the receiver does)\n" % (path, mode | 0o002, path),
-                              output)
+                              "chmod go-w %s   (it decides what the receiver does)\n" % (path, mode | 0o002, path)
+                              if path != self.config else "PROBLEM  settings: %s: another user of this server could "
+                              "change it," % path, output)
 
     def test_a_pycache_others_may_write_to_or_a_compiled_copy_another_user_made(self):
         cache = os.path.join(self.site, "__pycache__")
@@ -1093,18 +1099,22 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
             os.chown(planted, 65534, 65534)
             code, output, _ = self.check()
             self.assertEqual(code, 1, output)
-            self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: delete %s (rm -r "
-                          "%s) and upload your own" % (planted, planted, planted), output)
+            self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: rm -r %s   (Python "
+                          "runs what is in it as the receiver's user;" % (planted, cache), output)
 
     def test_importing_the_receiver_takes_others_write_access_from_pycache(self):
-        # The launcher under umask 000: Python makes __pycache__ 0777.
+        # Under umask 000, Python makes __pycache__ 0777: the launcher sets the umask before it
+        # imports the receiver, and anything else that imports it, the receiver closes it after.
         environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-        done = subprocess.run("umask 000 && %s %s --version" % (PYTHON, self.launcher), shell=True, env=environment,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
         cache = os.path.join(self.site, "__pycache__")
-        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
-        self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["ipn_receiver"])
+        for command in ("%s %s --version" % (PYTHON, self.launcher), "%s -c 'import ipn_receiver'" % PYTHON):
+            with self.subTest(command=command):
+                shutil.rmtree(cache, True)
+                done = subprocess.run("umask 000 && " + command, shell=True, env=environment, cwd=self.site,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
+                self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["ipn_receiver"])
 
     def test_an_editors_lock_link_to_nowhere_does_not_stop_check(self):
         os.symlink("vendor@host.1234:1700000000", os.path.join(self.site, ".#config.ini"))     # Emacs's

@@ -113,12 +113,30 @@ class Precedence(SettingsTestCase):
         # IPN_CONFIG=/tmp/ipn.ini, made first by another user: their passphrase would verify their calls.
         path = self.write("[digistore24]\nsha_passphrase = their-own-passphrase\n", name="ipn.ini")
         os.chown(path, 65534, 65534)
-        message = self.assertConfigError(None, "%s belongs to nobody, not to root, who runs the receiver, root or the "
-                                               "script's owner; delete it and write your own" % path, IPN_CONFIG=path)
+        message = self.assertConfigError(None, "%s: another user of this server could change it, and so give the "
+                                               "receiver a passphrase or a data folder of their own; keep it in a "
+                                               "folder of your own" % path, IPN_CONFIG=path)
         self.assertNotIn("their-own", message)
         self.assertEqual(self.location, "ipn.ini")
         os.chown(path, 0, 65534)                # root's: read
         self.assertEqual(load({"IPN_CONFIG": path})["SHA_PASSPHRASE"], "their-own-passphrase")
+        # A link to it that another user made: they could make it lead to a file of theirs.
+        link = os.path.join(self.folder, "link.ini")
+        os.symlink(path, link)
+        os.chown(link, 65534, 65534, follow_symlinks=False)
+        self.assertConfigError(None, "%s: another user of this server could change it," % link, IPN_CONFIG=link)
+
+    def test_a_config_file_others_may_write_to_is_refused(self):
+        # Mode 666 after an upload under umask 000, or beside the script in a folder every user
+        # may write to: another user could put their passphrase and data folder into it.
+        path = self.write("[digistore24]\nsha_passphrase = the-vendors-passphrase\n")
+        self.assertEqual(load({})["SHA_PASSPHRASE"], "the-vendors-passphrase")      # 644: read (check reports it)
+        os.chmod(path, 0o666)
+        self.assertConfigError(None, "%s: another user of this server could change it," % path)
+        os.chmod(path, 0o600)
+        os.chmod(self.folder, 0o777)
+        self.addCleanup(os.chmod, self.folder, 0o700)
+        self.assertConfigError(None, "%s: another user of this server could change %s," % (path, self.folder))
 
     def test_relative_data_dir_starts_at_the_script_folder(self):
         self.assertEqual(load({"IPN_DATA_DIR": "data"})["DATA_DIR"], os.path.join(self.folder, "data"))

@@ -1087,6 +1087,16 @@ class StorageProblems(ReceiverTestCase):
         events = self.renames_and_syncs(lambda: ipn_receiver.finish_interrupted_swap(self.store()))
         self.assertEqual(events[-2:], [("replace", self.store()), ("sync", os.stat(self.data_dir).st_ino)])
 
+    def test_a_new_stores_name_is_synced_into_its_folder_before_its_first_row(self):
+        # Else, after a power cut, the store could be gone while its journal, with the first
+        # rows, is not; the next call would make the store anew and remove that journal.
+        events = self.renames_and_syncs(lambda: post(payment()))
+        self.assertIn(("sync", os.stat(self.data_dir).st_ino), events)
+        with mock.patch.object(ipn_receiver, "sync_folder", side_effect=OSError(5, "Input/output error")):
+            ipn_receiver.close_store()
+            os.remove(self.store())
+            self.assertEqual(post(payment("2")).status, 503)
+
     def test_a_folder_its_file_system_cannot_sync_is_passed_over_but_a_failing_sync_is_not(self):
         for number in (errno.EINVAL, errno.EIO):
             def fsync(fd):
