@@ -4095,10 +4095,8 @@ def keep_compiled_copies_private():
     reports a compiled copy that is another user's.)"""
     cache = os.path.join(HERE, "__pycache__")
     try:
-        found = os.stat(cache)
-        if found.st_mode & 0o022 and found.st_uid == os.geteuid():
-            os.chmod(cache, found.st_mode & 0o755)
-    except (AttributeError, OSError):           # (none; Windows has no owners)
+        os.chmod(cache, os.stat(cache).st_mode & 0o755)
+    except OSError:                             # (none; or another user's, which check reports)
         pass
 
 

@@ -55,7 +55,7 @@ FUNCTIONS = [
     "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
     "make_private_folders", "folder_identity", "trusted_users", "outcome_stores",
     "row_damage", "keep_compiled_copies_private", "check_who_else_may_change_the_code", "readable_by_all",
-    "load_settings",
+    "load_settings", "create_store_file",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -97,9 +97,9 @@ EQUIVALENT = {
         "report() takes anything false for a problem",
     ("settled_ini_file_state", "if not 0 < age < CONFIG_SETTLE_SECONDS:"):
         "differs only for a file changed at this very instant, to the last bit of a float",
-    ("claim_notification", 'if status == "failed" and dispatch and 0 < now - updated_at < retry_pause(attempts):'):
+    ("claim_notification", 'elif status == "failed" and dispatch and 0 < now - updated_at < retry_pause(attempts):'):
         "a copy in the very instant (to the float) of the failure: no clock tells them apart",
-    ("claim_notification", 'if status == "failed" and dispatch and 0 <= now - updated_at <= retry_pause(attempts):'):
+    ("claim_notification", 'elif status == "failed" and dispatch and 0 <= now - updated_at <= retry_pause(attempts):'):
         "a copy exactly (to the float) as the pause ends: no clock tells them apart",
     ("retry_pause", "return min(RETRY_PAUSE_SECONDS * 2 ** min(max(attempts, 1) - 1, 7), 3600)"):
         "a minute times 2 ** 6 is past the hour already; the cap only keeps the power small",

@@ -404,6 +404,17 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         connection.close()
         self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
 
+    def test_a_row_salvaged_without_its_status_is_reported_once_whatever_its_columns(self):
+        post(payment())
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET status = 'unknown', answer = X'4f4b'")
+        connection.commit()
+        connection.close()
+        code, output, errors = self.command("check")
+        self.assertEqual((code, errors), (1, ""))
+        self.assertIn("PROBLEM  1 notifications salvaged from damage with their status lost\n", output)
+        self.assertNotIn("whose row is damaged", output)
+
     def test_columns_damaged_into_other_types_are_shown_not_a_traceback(self):
         # A flipped bit in a record's header makes a column another type: text a blob, a number
         # text, the fields NULL-like. SQLite's integrity check does not always see it.
@@ -1090,7 +1101,9 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         os.chmod(cache, 0o777)
         code, output, _ = self.check()
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 777)\n" % cache, output)
+        self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 777)\n         fix: chmod go-w %s   "
+                      "(Python runs what is in it, as the receiver's user; the receiver takes that from __pycache__ "
+                      "itself at its next call)\n" % (cache, cache), output)
         os.chmod(cache, 0o755)
         if os.geteuid() == 0:
             planted = os.path.join(cache, "ipn_receiver.cpython-311.pyc")
@@ -1100,7 +1113,8 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
             code, output, _ = self.check()
             self.assertEqual(code, 1, output)
             self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: rm -r %s   (Python "
-                          "runs what is in it as the receiver's user;" % (planted, cache), output)
+                          "runs what is in it as the receiver's user; it makes the folder again, closed to others where "
+                          "the umask is 022, as the launcher of README.md sets it)\n" % (planted, cache), output)
 
     def test_importing_the_receiver_takes_others_write_access_from_pycache(self):
         # Under umask 000, Python makes __pycache__ 0777: the launcher sets the umask before it
@@ -1115,6 +1129,36 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 self.assertEqual(done.returncode, 0, done.stderr)
                 self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
                 self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["ipn_receiver"])
+
+    def test_each_file_is_looked_at_whatever_became_of_the_one_before(self):
+        # (Called here directly: a file gone between the listing and the look is a race.)
+        problems = []
+        os.chmod(self.launcher, 0o757)
+        ipn_receiver.check_who_else_may_change_the_code(lambda ok, text, fix=None: problems.append((ok, text, fix)),
+                                                        [os.path.join(self.site, "gone.py"), self.launcher])
+        self.assertEqual(problems, [(False, "%s can be changed by other users of this server (mode 757)" % self.launcher,
+                                     "chmod go-w %s   (it decides what the receiver does)" % self.launcher)])
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a file another owner")
+    def test_a_launcher_another_user_owns(self):
+        os.chown(self.launcher, 65534, 65534)
+        code, output, _ = self.check()
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: delete it and upload "
+                      "your own, as the receiver's user; it decides what the receiver does\n" % self.launcher, output)
+
+    def test_what_counts_as_readable_by_every_user(self):
+        path = os.path.join(self.site, "copy")
+        for mode, readable in ((0o604, True), (0o644, True), (0o640, False), (0o601, False), (0o600, False)):
+            with open(path, "w"):
+                pass
+            os.chmod(path, mode)
+            self.assertEqual(ipn_receiver.readable_by_all(path), readable, oct(mode))
+        os.symlink(path, path + ".link")
+        os.chmod(path, 0o644)
+        self.assertFalse(ipn_receiver.readable_by_all(path + ".link"))        # a link: its target is looked at
+        self.assertFalse(ipn_receiver.readable_by_all(self.site))             # a folder
+        self.assertFalse(ipn_receiver.readable_by_all(os.path.join(self.site, "none")))
 
     def test_an_editors_lock_link_to_nowhere_does_not_stop_check(self):
         os.symlink("vendor@host.1234:1700000000", os.path.join(self.site, ".#config.ini"))     # Emacs's

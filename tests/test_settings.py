@@ -104,8 +104,9 @@ class Precedence(SettingsTestCase):
         self.assertEqual(config["config_file"], path)
 
     def test_ipn_config_naming_a_missing_file_is_an_error(self):
-        self.assertConfigError(None, "IPN_CONFIG", "/nonexistent/ipn.ini",
-                               IPN_CONFIG="/nonexistent/ipn.ini")
+        message = self.assertConfigError(None, IPN_CONFIG="/nonexistent/ipn.ini")
+        self.assertEqual(message, "IPN_CONFIG names /nonexistent/ipn.ini, which is not a file; correct the path or "
+                                  "unset IPN_CONFIG")
         self.assertEqual(self.location, "the environment variable IPN_CONFIG")
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the file another owner")
@@ -256,6 +257,9 @@ class IniFile(SettingsTestCase):
         message = self.assertConfigError("[promopit]\nisn_key =\nSeCrEt-K3y:9f8e7d\n", "config.ini line 3", "unknown")
         self.assertNotIn("secret-k3y", message.lower())
         self.assertEqual(self.location, "config.ini line 3")
+        self.assertEqual(message, "config.ini line 3: unknown setting in [promopit]; the settings are [digistore24] "
+                                  "sha_passphrase, [promopit] isn_key, [receiver] data_dir, [receiver] log_level, "
+                                  "[receiver] max_body_bytes, [receiver] processing_timeout")
 
     def test_bad_values_name_where_they_came_from(self):
         self.assertConfigError("[receiver]\nmax_body_bytes = lots\n", "config.ini line 2, [receiver] max_body_bytes",
@@ -263,6 +267,9 @@ class IniFile(SettingsTestCase):
         self.assertConfigError("[receiver]\nprocessing_timeout = -1\n", "processing_timeout")
         self.assertConfigError("[receiver]\nlog_level = LOUD\n", "[receiver] log_level", "DEBUG, INFO")
         os.remove(os.path.join(self.folder, "config.ini"))
+        with mock.patch.object(ipn_receiver, "LOG_LEVEL", "LOUD"):
+            self.assertConfigError(None, "LOG_LEVEL at the top of ipn_receiver.py")
+        self.assertEqual(self.location, "ipn_receiver.py")          # (what an answer shows)
         for value in ("1e6", "1_000", "\u0663", "9" * 30):
             self.assertConfigError(None, "environment variable IPN_MAX_BODY_BYTES", IPN_MAX_BODY_BYTES=value)
 

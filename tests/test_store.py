@@ -1087,6 +1087,16 @@ class StorageProblems(ReceiverTestCase):
         events = self.renames_and_syncs(lambda: ipn_receiver.finish_interrupted_swap(self.store()))
         self.assertEqual(events[-2:], [("replace", self.store()), ("sync", os.stat(self.data_dir).st_ino)])
 
+    def test_a_claim_that_fails_inside_its_transaction_leaves_the_connection_usable(self):
+        # A process that lives on keeps its connection: left inside the failed transaction, its
+        # every later call would fail ("cannot start a transaction within a transaction").
+        self.handle("on_payment", lambda notification: 1 / 0)
+        post(payment("1"))
+        with mock.patch.object(ipn_receiver, "retry_pause", side_effect=RuntimeError("a bug")):
+            self.assertEqual(post(payment("1")).status, 503)
+        self.handle("on_payment", lambda notification: None)
+        self.assertEqual(post(payment("2")).status, 200)
+
     def test_a_new_stores_name_is_synced_into_its_folder_before_its_first_row(self):
         # Else, after a power cut, the store could be gone while its journal, with the first
         # rows, is not; the next call would make the store anew and remove that journal.
