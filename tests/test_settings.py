@@ -133,7 +133,10 @@ class Precedence(SettingsTestCase):
         path = self.write("[digistore24]\nsha_passphrase = the-vendors-passphrase\n")
         self.assertEqual(load({})["SHA_PASSPHRASE"], "the-vendors-passphrase")      # 644: read (check reports it)
         os.chmod(path, 0o666)
-        self.assertConfigError(None, "%s: another user of this server could change it," % path)
+        message = self.assertConfigError(None)
+        self.assertEqual(message, "%s: another user of this server could change it, and so give the receiver a "
+                                  "passphrase or a data folder of their own; keep it in a folder of your own, owned by "
+                                  "the user the receiver runs as, chmod 600 (`python3 ipn_receiver.py check`)" % path)
         os.chmod(path, 0o600)
         os.chmod(self.folder, 0o777)
         self.addCleanup(os.chmod, self.folder, 0o700)
