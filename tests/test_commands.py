@@ -317,14 +317,18 @@ class WhatReplayRuns(CommandTestCase):
 
 
 class DamageTheIntegrityCheckCannotSee(CommandTestCase):
+    def damage(self, statement, parameters=()):
+        """Change the store's rows as a bit flipped on the disk would, with a connection of our own."""
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute(statement, parameters)
+        connection.commit()
+        connection.close()
+
     def test_a_row_whose_fields_are_damaged_is_listed_shown_and_reported_without_a_traceback(self):
         # One bit flipped on the disk inside a row's JSON: SQLite's integrity check says ok.
         self.handle("on_payment", lambda n: 1 / 0)
         post(payment())
-        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-        connection.execute("UPDATE notifications SET fields = '{#' || substr(fields, 3)")
-        connection.commit()
-        connection.close()
+        self.damage("UPDATE notifications SET fields = '{#' || substr(fields, 3)")
         code, output, errors = self.command("events")
         self.assertEqual((code, errors), (0, ""))
         self.assertIn("on_payment", output)
@@ -350,10 +354,7 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 runs = []
                 self.handle("on_payment", runs.append)
                 post(payment())
-                connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-                connection.execute("UPDATE notifications SET status = ?", (damaged,))
-                connection.commit()
-                connection.close()
+                self.damage("UPDATE notifications SET status = ?", (damaged,))
                 code, output, errors = self.command("check")
                 self.assertEqual((code, errors), (1, ""))
                 self.assertIn("PROBLEM  1 notifications whose row is damaged: #1\n         fix: `show ID` for each",
@@ -381,10 +382,7 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 runs = []
                 self.handle("on_payment", lambda n: runs.append(n) or {"username": "jane"})
                 post(payment())
-                connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-                connection.execute("UPDATE notifications SET %s = %s" % (column, value))
-                connection.commit()
-                connection.close()
+                self.damage("UPDATE notifications SET %s = %s" % (column, value))
                 code, output, errors = self.command("check")
                 self.assertEqual((code, errors), (1, ""))
                 self.assertIn("PROBLEM  1 notifications whose row is damaged: #1\n", output)
@@ -398,18 +396,12 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         self.setUp()
         self.handle("on_payment", lambda n: 1 / 0)
         post(payment())
-        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-        connection.execute("UPDATE notifications SET attempts = '', updated_at = updated_at - 7200")
-        connection.commit()
-        connection.close()
+        self.damage("UPDATE notifications SET attempts = '', updated_at = updated_at - 7200")
         self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
 
     def test_a_row_salvaged_without_its_status_is_reported_once_whatever_its_columns(self):
         post(payment())
-        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-        connection.execute("UPDATE notifications SET status = 'unknown', answer = X'4f4b'")
-        connection.commit()
-        connection.close()
+        self.damage("UPDATE notifications SET status = 'unknown', answer = X'4f4b'")
         code, output, errors = self.command("check")
         self.assertEqual((code, errors), (1, ""))
         self.assertIn("PROBLEM  1 notifications salvaged from damage with their status lost\n", output)
@@ -419,11 +411,8 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         # A flipped bit in a record's header makes a column another type: text a blob, a number
         # text, the fields NULL-like. SQLite's integrity check does not always see it.
         post(payment())
-        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
-        connection.execute("UPDATE notifications SET event = X'6f6e5f7061796d656e74', attempts = 'x', "
+        self.damage("UPDATE notifications SET event = X'6f6e5f7061796d656e74', attempts = 'x', "
                            "received_at = 'y', fields = 4.5")
-        connection.commit()
-        connection.close()
         for command in (["events"], ["show", "1"]):
             code, output, errors = self.command(*command)
             self.assertEqual((code, errors), (0, ""), command)
