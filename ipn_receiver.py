@@ -2282,6 +2282,9 @@ def row_damage(status, answer, claimed_at, claim, updated_at, attempts):
     if not (isinstance(answer, (str, nothing)) and isinstance(claim, (str, nothing)) and type(attempts) is int
             and isinstance(updated_at, number) and isinstance(claimed_at, number + (nothing,))):
         return "a column of its row is not of the type the receiver writes"
+    if answer is not None and (answer[:3] not in ("OK", "OK\n") or answer != answer.translate(_ANSWER_SPACES_BUT_LF)):
+        # "NK": every copy would be answered with what the sender counts as a failure.
+        return "its answer is not one the receiver writes"
     return None
 
 
@@ -2624,7 +2627,7 @@ def answer_body(notification, result):
         lines = ["OK"]
         for key, value in result.items():
             key, value = str(key), "" if value is None else str(value)
-            line = "%s: %s" % (answer_text(key.replace(":", " ")).strip(), answer_text(value))
+            line = "%s: %s" % (answer_text(key).replace(":", " ").strip(), answer_text(value))
             if line != "%s: %s" % (key.strip(), value):
                 log.warning("on_payment's answer line %s had a line break, control character, colon in its "
                             "key or secret in it; sent with that replaced", shortened(key, 40))
@@ -2647,9 +2650,10 @@ def answer_body(notification, result):
 
 
 def answer_text(text):
-    """`text` safe for a line of the answer: every control character and line break a space,
-    every lone surrogate U+FFFD, every configured secret [secret]."""
-    text = log.mask(text.translate(_ANSWER_SPACES))
+    """`text` safe for a line of the answer: every configured secret [secret], then every control
+    character and line break a space, every lone surrogate U+FFFD. (Masked first: a secret may hold
+    a tab, which, made a space, would no longer be found.)"""
+    text = log.mask(text).translate(_ANSWER_SPACES)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -2658,6 +2662,7 @@ def answer_text(text):
 
 
 _ANSWER_SPACES = {code: " " for code in _ESCAPES}
+_ANSWER_SPACES_BUT_LF = {code: " " for code in _ESCAPES if code != ord("\n")}     # (what a stored answer may not hold)
 
 
 # =================================================================================================
@@ -3372,7 +3377,12 @@ def command_check(args):
                  name != os.path.basename(script) and is_launcher(os.path.join(HERE, name))]
     for launcher in launchers:
         check_runs_as_cgi(report, launcher, "755")
-    check_who_else_may_change_the_code(report, [script] + launchers + [config["config_file"]] * bool(
+    wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
+                name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and imports_the_receiver(
+                    os.path.join(HERE, name))]
+    htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
+                  if os.path.isfile(os.path.join(folder, ".htaccess"))]
+    check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
         config["config_file"]))
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
@@ -3578,6 +3588,15 @@ def readable_by_all(path):
     except OSError:
         return False
     return stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o004)
+
+
+def imports_the_receiver(path):
+    """Whether the Python file at `path` uses the receiver: a launcher, passenger_wsgi.py, a wrapper."""
+    try:
+        with open(path, "rb") as file:
+            return b"ipn_receiver" in file.read(65536)
+    except OSError:
+        return False
 
 
 def is_launcher(path):

@@ -375,7 +375,8 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         # One bit in a record's header: an answer's text read as bytes (no answer can be made of
         # them), a failed row's attempts 1 read as '' (no pause can be counted from it), a time as
         # text. SQLite's integrity check says ok. Held as "unknown", as a damaged status is.
-        for column, value in (("answer", "X'4f4b0a757365726e616d653a206a616e65'"), ("attempts", "''"),
+        for column, value in (("answer", "X'4f4b0a757365726e616d653a206a616e65'"), ("answer", "'NK\nusername: jane'"),
+                              ("answer", "'OK\nusername: ja\rne'"), ("answer", "'OKAY'"), ("attempts", "''"),
                               ("updated_at", "'x'"), ("claimed_at", "'x'"), ("claim", "X'00'")):
             with self.subTest(column=column):
                 self.setUp()
@@ -390,8 +391,9 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
                 answer = post(payment())
                 self.assertEqual((answer.status, answer.body), (503, ipn_receiver.UNKNOWN_ANSWER % {"id": 1}))
                 self.assertEqual(len(runs), 1)
-                self.assertEqual((self.rows()[0]["status"], self.rows()[0]["last_error"]),
-                                 ("unknown", "damaged: a column of its row is not of the type the receiver writes"))
+                self.assertEqual((self.rows()[0]["status"], self.rows()[0]["last_error"]), (
+                    "unknown", "damaged: " + ("its answer is not one the receiver writes" if value[0] == "'" and column ==
+                                              "answer" else "a column of its row is not of the type the receiver writes")))
         # A failed one, its attempts damaged, after the pause: held too, not a 503 "storage unavailable".
         self.setUp()
         self.handle("on_payment", lambda n: 1 / 0)
@@ -1083,6 +1085,23 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                               "chmod go-w %s   (it decides what the receiver does)\n" % (path, mode | 0o002, path)
                               if path != self.config else "PROBLEM  settings: %s: another user of this server could "
                               "change it," % path, output)
+
+    def test_an_htaccess_or_a_wrapper_others_may_write_to(self):
+        # An .htaccess on the way (Apache reads them all) may send the calls elsewhere, or set the
+        # passphrase; passenger_wsgi.py runs as the receiver's user.
+        wrapper, htaccess = os.path.join(self.site, "passenger_wsgi.py"), os.path.join(self.site, ".htaccess")
+        for path, name in ((wrapper, "passenger-wsgi"), (htaccess, "apache-htaccess")):
+            with open(path, "w") as file:
+                file.write(snippet(name))
+        for path in (htaccess, wrapper):
+            with self.subTest(path=path):
+                os.chmod(path, 0o644)
+                self.assertEqual(self.check()[0], 0)
+                os.chmod(path, 0o666)
+                code, output, _ = self.check()
+                self.assertEqual(code, 1, output)
+                self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 666)\n" % path, output)
+                os.chmod(path, 0o644)
 
     def test_a_pycache_others_may_write_to_or_a_compiled_copy_another_user_made(self):
         cache = os.path.join(self.site, "__pycache__")

@@ -441,6 +441,13 @@ class NothingLeaks(ReceiverTestCase):
         for text in errors:
             self.assertFalse(PASSPHRASE in text or ISN_KEY in text, "a secret in an error message")
 
+    def test_a_secret_with_a_tab_or_a_colon_is_masked_in_the_answer_too(self):
+        secret = "Vend0r\tPass:2026-xyz"
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=secret, DATA_DIR=self.data_dir)
+        self.handle("on_payment", lambda notification: {"password": "token " + secret, secret: "x"})
+        answer = post(payment())
+        self.assertEqual((answer.status, answer.body), (200, "OK\npassword: token [secret]\n[secret]: x"))
+
     def test_no_secret_in_any_stored_row_whatever_a_handler_does(self):
         # Its exception's message, its answer lines, their keys: masked wherever they are stored.
         self.handle("on_payment", lambda n: {PASSPHRASE + "\n": "x " + ISN_KEY, "password": PASSPHRASE})
