@@ -3374,12 +3374,12 @@ def command_check(args):
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
     check_runs_as_cgi(report, script, "700" if in_the_script else "755")
     launchers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
-                 name != os.path.basename(script) and is_launcher(os.path.join(HERE, name))]
+                 name != os.path.basename(script) and file_holds(os.path.join(HERE, name), b"ipn_receiver.main()")]
     for launcher in launchers:
         check_runs_as_cgi(report, launcher, "755")
     wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
-                name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and imports_the_receiver(
-                    os.path.join(HERE, name))]
+                name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and file_holds(
+                    os.path.join(HERE, name), b"ipn_receiver")]
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
     check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
@@ -3590,20 +3590,13 @@ def readable_by_all(path):
     return stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o004)
 
 
-def imports_the_receiver(path):
-    """Whether the Python file at `path` uses the receiver: a launcher, passenger_wsgi.py, a wrapper."""
+def file_holds(path, text):
+    """Whether the start of the file at `path` holds the bytes `text`: b"ipn_receiver.main()" for a
+    launcher (or a wrapper) that runs the receiver, b"ipn_receiver" for any file that uses it
+    (passenger_wsgi.py too). False where it cannot be read."""
     try:
         with open(path, "rb") as file:
-            return b"ipn_receiver" in file.read(65536)
-    except OSError:
-        return False
-
-
-def is_launcher(path):
-    """Whether the file at `path` runs the receiver: the launcher of README.md, or a wrapper."""
-    try:
-        with open(path, "rb") as file:
-            return b"ipn_receiver.main()" in file.read(65536)
+            return text in file.read(65536)
     except OSError:
         return False
 

@@ -51,11 +51,11 @@ FUNCTIONS = [
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
     "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
-    "fields_as_stored", "is_backup_copy", "is_launcher", "folder_others_control", "retry_pause",
+    "fields_as_stored", "is_backup_copy", "file_holds", "folder_others_control", "retry_pause",
     "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
     "make_private_folders", "folder_identity", "trusted_users", "outcome_stores",
     "row_damage", "keep_compiled_copies_private", "check_who_else_may_change_the_code", "readable_by_all",
-    "load_settings", "create_store_file", "imports_the_receiver",
+    "load_settings", "create_store_file",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
