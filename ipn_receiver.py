@@ -3373,13 +3373,14 @@ def command_check(args):
     # (Whether in use or not: one that config.ini overrides is as readable.)
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
     check_runs_as_cgi(report, script, "700" if in_the_script else "755")
-    launchers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
-                 name != os.path.basename(script) and file_holds(os.path.join(HERE, name), b"ipn_receiver.main()")]
-    for launcher in launchers:
-        check_runs_as_cgi(report, launcher, "755")
+    # Every .py beside the script that uses the receiver (passenger_wsgi.py too); those that run it
+    # as a CGI program (the launcher) need what the script needs.
     wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
                 name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and file_holds(
                     os.path.join(HERE, name), b"ipn_receiver")]
+    for launcher in wrappers:
+        if file_holds(launcher, b"ipn_receiver.main()"):
+            check_runs_as_cgi(report, launcher, "755")
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
     check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
