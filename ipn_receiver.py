@@ -3316,6 +3316,11 @@ def command_check(args):
     def note(text):
         print("note     " + text)
 
+    def note_unless_ok(ok, text, fix):      # what is needed only where the web server runs it as CGI
+        if not ok:
+            note("not so: %s. A web server that runs it as a CGI program (lighttpd, nginx with fcgiwrap) needs "
+                 "that; a WSGI server does not. Fix: %s" % (text, fix))
+
     def report_private(path, label, fix):     # a file or folder others must not read
         found = os.stat(path)
         if found.st_uid == os.geteuid():
@@ -3372,12 +3377,17 @@ def command_check(args):
     script = os.path.abspath(__file__)
     # (Whether in use or not: one that config.ini overrides is as readable.)
     in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
-    check_runs_as_cgi(report, script, "700" if in_the_script else "755")
     # Every .py beside the script that uses the receiver (passenger_wsgi.py too); those that run it
-    # as a CGI program (the launcher) need what the script needs.
+    # as a CGI program (the launcher) need what a script run as CGI needs.
     wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
                 name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and file_holds(
                     os.path.join(HERE, name), b"ipn_receiver")]
+    if not wrappers:
+        # Where a wrapper imports it, the script itself is never run. Else an .htaccess or a cgi-bin
+        # says that Apache runs it as CGI; without either, a WSGI server (mod_wsgi, gunicorn) may
+        # import it, which needs neither a run bit nor a shebang line, or lighttpd or nginx run it.
+        runs_as_cgi = os.path.isfile(os.path.join(HERE, ".htaccess")) or "cgi-bin" in HERE.split(os.sep)
+        check_runs_as_cgi(report if runs_as_cgi else note_unless_ok, script, "700" if in_the_script else "755")
     for launcher in wrappers:
         if file_holds(launcher, b"ipn_receiver.main()"):
             check_runs_as_cgi(report, launcher, "755")

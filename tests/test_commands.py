@@ -728,7 +728,8 @@ class Check(CommandTestCase):
                       "where it may be\n" % cache, output)
         os.chmod(self.last_script, 0o600)         # no run bit: the fix keeps the secret private
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
-        self.assertIn("PROBLEM  ipn_receiver.py has its run bit set\n         fix: chmod 700 ", output)   # not 755
+        self.assertIn("ipn_receiver.py has its run bit set. A web server that runs it as a CGI program (lighttpd, "
+                      "nginx with fcgiwrap) needs that; a WSGI server does not. Fix: chmod 700 ", output)   # not 755
         os.chmod(self.last_script, 0o750)
         os.chmod(os.path.join(cache, "ipn_receiver.cpython-311.pyc"), 0o640)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
@@ -857,6 +858,31 @@ class Check(CommandTestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("ok       ipn.py has its run bit set\n", output)
 
+    def test_the_scripts_run_bit_is_a_problem_only_where_it_is_run_as_cgi(self):
+        # Apache's .htaccess, or a cgi-bin, runs the script as CGI: without its run bit, every call
+        # is a 500. A WSGI server imports it; lighttpd and nginx may run it: check cannot tell, and
+        # notes it. Where a launcher or passenger_wsgi.py imports it, the script itself never runs.
+        root = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, root, True)
+        problem = "PROBLEM  ipn_receiver.py has its run bit set\n         fix: chmod 755 "
+        noted = "note     not so: ipn_receiver.py has its run bit set. A web server that runs it as a CGI program"
+        for folder, beside, found in (("ipn", None, noted), ("ipn-htaccess", ".htaccess", problem),
+                                      (os.path.join("cgi-bin", "ipn"), None, problem),
+                                      ("ipn-passenger", "passenger_wsgi.py", None), ("ipn-launcher", "ipn.py", None)):
+            with self.subTest(folder=folder):
+                os.makedirs(os.path.join(root, folder))
+                script = shutil.copy(SCRIPT, os.path.join(root, folder))
+                os.chmod(script, 0o644)
+                if beside:
+                    with open(os.path.join(root, folder, beside), "w") as file:
+                        file.write(snippet({".htaccess": "apache-htaccess", "ipn.py": "launcher"}.get(beside, "passenger-wsgi")))
+                    os.chmod(os.path.join(root, folder, beside), 0o755 if beside == "ipn.py" else 0o644)
+                code, output, _ = self.command("check", script=script)
+                self.assertEqual(code, 1 if found == problem else 0, output)
+                for text in (problem, noted):
+                    (self.assertIn if text == found else self.assertNotIn)(text, output)
+                self.assertNotIn("ipn_receiver.py has its run bit set", output.replace(found or "-", ""))
+
     def test_a_healthy_store_set_aside_by_repair_force_is_not_called_damaged(self):
         post(payment())
         ipn_receiver.close_store()
@@ -907,8 +933,10 @@ class Check(CommandTestCase):
 
     def test_a_bom_before_the_shebang_is_named_as_such(self):
         # A Windows editor's byte order mark: the file is no longer a program the web server can run.
-        folder = tempfile.mkdtemp(prefix="ipn-site-")
-        self.addCleanup(shutil.rmtree, folder, True)
+        root = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, root, True)
+        folder = os.path.join(root, "cgi-bin")
+        os.mkdir(folder)
         script = os.path.join(folder, "ipn_receiver.py")
         with open(SCRIPT, "rb") as source, open(script, "wb") as copy:
             copy.write(b"\xef\xbb\xbf" + source.read())
