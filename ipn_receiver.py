@@ -3395,6 +3395,7 @@ def command_check(args):
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
     check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
         config["config_file"]))
+    check_who_else_may_change_python(report)
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3588,6 +3589,24 @@ def check_who_else_may_change_the_code(report, files):
                    path, found.st_mode & 0o777), "chmod go-w %s   (Python runs what is in it, as the receiver's "
                    "user; the receiver takes that from __pycache__ itself at its next call)" % path if path == cache
                    else "chmod go-w %s   (it decides what the receiver does)" % path)
+
+
+def check_who_else_may_change_python(report):
+    """What `check` says about the places from which Python runs code as the receiver's user before
+    the receiver's first line: the interpreter, the standard library, every site-packages (each
+    .pth file in one runs at every start), the user's own (~/.local) and a virtual environment
+    (cPanel's "Setup Python App" makes one). Another user who may change one of them could run
+    their own code as the receiver's user, as much as one who may change the script."""
+    import site
+    places = [sys.executable, site.getusersitepackages()] + [path for path in sys.path if path]
+    reported = set()
+    for place in places:
+        controlled = folder_others_control(place)
+        if controlled and controlled not in reported:
+            reported.add(controlled)
+            report(False, "another user of this server may change %s, from where Python runs code as the receiver's "
+                   "user (%s)" % (controlled, place), "chmod go-w %s where it is yours; else run the receiver with "
+                   "a Python, and a virtual environment, that only you and root may change" % controlled)
 
 
 def readable_by_all(path):

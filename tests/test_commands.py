@@ -1114,6 +1114,27 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                               if path != self.config else "PROBLEM  settings: %s: another user of this server could "
                               "change it," % path, output)
 
+    def test_a_folder_python_runs_code_from_that_others_may_write_to(self):
+        # Python runs every .pth file in a site-packages at its start, and imports from its path,
+        # as the receiver's user: the user's own site-packages (~/.local), a virtual environment,
+        # or a folder on PYTHONPATH that every user may write to is as good as the script to them.
+        shared = tempfile.mkdtemp(prefix="ipn-shared-")
+        self.addCleanup(shutil.rmtree, shared, True)
+        os.chmod(shared, 0o777)
+        for environment, place in (({"PYTHONPATH": os.path.join(shared, "lib")}, os.path.join(shared, "lib")),
+                                   ({"PYTHONUSERBASE": shared}, None)):
+            with self.subTest(environment=environment):
+                code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, **environment)
+                self.assertEqual(code, 1, output)
+                self.assertIn("PROBLEM  another user of this server may change %s, from where Python runs code as the "
+                              "receiver's user (%s" % (shared, place or shared), output)
+                self.assertIn("fix: chmod go-w %s where it is yours; else run the receiver with a Python, and a virtual "
+                              "environment, that only you and root may change\n" % shared, output)
+                self.assertEqual(output.count("from where Python runs code"), 1, output)   # once for each folder
+        os.chmod(shared, 0o755)
+        code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONUSERBASE=shared)
+        self.assertEqual(code, 0, output)
+
     def test_an_htaccess_or_a_wrapper_others_may_write_to(self):
         # An .htaccess on the way (Apache reads them all) may send the calls elsewhere, or set the
         # passphrase; passenger_wsgi.py runs as the receiver's user.
