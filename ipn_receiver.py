@@ -4131,15 +4131,24 @@ def stop_as_by_ctrl_c(number, frame):
 
 def keep_compiled_copies_private():
     """Take others' write access away from __pycache__ beside the script, where the receiver was
-    imported (by the launcher, Passenger or a WSGI server): Python makes that folder as the umask
-    says, 0777 under umask 000, and another user could put a compiled copy of their own in it,
-    dated as the script is, which Python would run as this user at the next import. (`check`
-    reports a compiled copy that is another user's.)"""
+    imported (by the launcher, Passenger or a WSGI server), and delete what other users put in it:
+    Python makes that folder as the umask says, 0777 under umask 000 (Passenger loads
+    passenger_wsgi.py with its own), and another user could put a compiled copy of their own in
+    it, dated as the script is, which Python would run as this user at the next import. (`check`
+    reports a compiled copy that is another user's, and the folder where it is theirs.)"""
     cache = os.path.join(HERE, "__pycache__")
     try:
         os.chmod(cache, os.stat(cache).st_mode & 0o755)
+        names = os.listdir(cache)
     except OSError:                             # (none; or another user's, which check reports)
-        pass
+        return
+    trusted = trusted_users()
+    for name in names:
+        try:
+            if os.lstat(os.path.join(cache, name)).st_uid not in trusted:
+                os.remove(os.path.join(cache, name))
+        except OSError:                         # (gone; or a folder, which Python never reads)
+            pass
 
 
 if __name__ == "__main__":

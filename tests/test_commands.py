@@ -1187,6 +1187,27 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
                 self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["ipn_receiver"])
 
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give a file another owner")
+    def test_importing_the_receiver_deletes_compiled_copies_another_user_put_into_pycache(self):
+        # Passenger makes __pycache__ with its own umask, when it loads passenger_wsgi.py, before
+        # that file sets one: what another user put into it meanwhile would run at the next start.
+        cache = os.path.join(self.site, "__pycache__")
+        os.mkdir(cache)
+        os.chmod(cache, 0o777)
+        for name, owner in (("passenger_wsgi.cpython-311.pyc", 65534), ("ipn_receiver.cpython-36.pyc", 65534),
+                            ("other.cpython-311.pyc", 0), ("a-folder", 65534)):
+            if name == "a-folder":
+                os.mkdir(os.path.join(cache, name))
+            else:
+                with open(os.path.join(cache, name), "wb") as file:
+                    file.write(b"planted")
+            os.chown(os.path.join(cache, name), owner, owner)
+        done = subprocess.run([PYTHON, "-c", "import ipn_receiver"], cwd=self.site, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
+        self.assertEqual(sorted(os.listdir(cache)), ["a-folder", "other.cpython-311.pyc"])   # a folder Python never reads
+
     def test_each_file_is_looked_at_whatever_became_of_the_one_before(self):
         # (Called here directly: a file gone between the listing and the look is a race.)
         problems = []
