@@ -1264,7 +1264,7 @@ def read_form(environ, limit):
 # with the answer that was sent, and only then does the sender get OK. The UNIQUE duplicate key
 # lets the database, not a read-then-write, decide which of two simultaneous copies runs.
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     id            INTEGER PRIMARY KEY,
@@ -1283,6 +1283,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     updated_at    REAL NOT NULL,
     fields        TEXT NOT NULL             -- JSON object: the vouched fields (no empty one, no secret)
 )"""
+# The duplicate keys are indexed twice, in two trees of their own: one flipped bit in a page of
+# one (its count of entries, say) hides the keys on it, and where they decided alone, every copy
+# of those notifications would run its handler again. The other still holds them; where the two
+# disagree, that is damage (row_of_key).
+KEY_INDEXES = ("sqlite_autoindex_notifications_1", "duplicate_keys")     # the first made by UNIQUE
+SECOND_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS duplicate_keys ON notifications (duplicate_key)"
 STATUSES = ("processing", "done", "failed", "ignored", "unknown")     # unknown: salvaged without its status
 # (fields, the long one, comes last: a damaged page in the middle of it leaves the others readable.
 # Stores made by version 1.0.0 have it in the middle; every query names its columns.)
@@ -1742,10 +1748,10 @@ def schema_problem(connection):
     if columns["id"][2].upper() != "INTEGER" or columns["id"][5] != 1:
         return "its id is not the table's INTEGER PRIMARY KEY"
     unique = [row[1] for row in connection.execute("PRAGMA index_list(notifications)") if row[2]]
-    indexed = [[row[2] for row in connection.execute('PRAGMA index_info("%s")' % name.replace('"', '""'))]
-               for name in unique]
-    if ["duplicate_key"] not in indexed:
-        return "its duplicate keys are not UNIQUE"
+    for name in KEY_INDEXES:
+        if name not in unique or [row[2] for row in connection.execute('PRAGMA index_info("%s")' % name)] != [
+                "duplicate_key"]:
+            return "its duplicate keys are not UNIQUE in both of their indexes"
     return None
 
 
@@ -1784,7 +1790,9 @@ def migrate_store(connection):
                                "upload the newer ipn_receiver.py again" % version)
         if version < 1:
             connection.execute(SCHEMA)
-        # Later schema changes go here: `if version < 2: ALTER TABLE ...`.
+        if version < 2:
+            connection.execute(SECOND_KEY_INDEX)
+        # Later schema changes go here: `if version < 3: ALTER TABLE ...`.
         connection.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
         connection.execute("COMMIT")
     except BaseException:
@@ -1928,14 +1936,14 @@ def may_hold_rows(path):
     """Whether a damaged store may have held rows: unless it is no larger than a new store, its
     journal is empty, and no provider's name is in it, it may.
 
-    A new store is three pages (the schema, the table, its index), 12 KiB, but so is one that
+    A new store is four pages (the schema, the table, its two indexes), 16 KiB, but so is one that
     holds a few notifications: size alone does not tell. Every row holds its provider's name
-    three times (its provider, its key, and its key in the index), and the schema none.
+    four times (its provider, its key, and its key in each index), and the schema none.
     """
     if not os.path.exists(path):
         return False
     journal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
-    if journal > 0 or os.path.getsize(path) > 3 * 4096:
+    if journal > 0 or os.path.getsize(path) > 4 * 4096:
         return True
     with open(path, "rb") as file:
         content = file.read()
@@ -2098,21 +2106,23 @@ def rows_of_lost_keys(rows, keys):
 
 
 def keys_in_index(source):
-    """{id: duplicate key} of every entry of the damaged store's index of duplicate keys.
+    """{id: duplicate key} of every entry of the damaged store's indexes of duplicate keys.
 
-    The index is a tree of its own: where the page of the table that held a row is damaged, its
-    entry there still tells that the notification arrived. It is read from both ends, so that a
-    damaged page of the index itself hides only what lies on it.
+    Each index is a tree of its own: where the page of the table that held a row is damaged, its
+    entry there still tells that the notification arrived. Each is read from both ends, so that a
+    damaged page of an index hides only what lies on it, and only there. (A store of schema 1
+    has only the first.)
     """
     import sqlite3
     keys = {}
-    for order in ("", " DESC"):
-        try:
-            for number, key in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY "
-                                              "sqlite_autoindex_notifications_1 ORDER BY duplicate_key" + order):
-                keys[number] = key
-        except (sqlite3.Error, MemoryError):
-            pass
+    for index in KEY_INDEXES:
+        for order in ("", " DESC"):
+            try:
+                for number, key in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY %s "
+                                                  "ORDER BY duplicate_key%s" % (index, order)):
+                    keys[number] = key
+            except (sqlite3.Error, MemoryError):
+                pass
     return keys
 
 
@@ -2328,13 +2338,19 @@ def process_is_running(claim):
 
 def row_of_key(connection, columns, key, may_be_missing=False):
     """The `columns` of the row whose duplicate key is `key` (None where there is none and that may
-    be), read through the index of keys, then checked against the row itself.
+    be), read through both indexes of keys (KEY_INDEXES), then checked against the row itself.
 
-    One flipped bit in the index can make it point to another row: its answer, another buyer's
-    access data, would go out, or its status would run a handler again. SQLite's writes do not
-    notice, so such a row is taken for what it is, damage: the store is set aside and salvaged.
+    One flipped bit in an index can hide the key, or make it point to another row: its answer,
+    another buyer's access data, would go out, or its status would run a handler again. SQLite's
+    writes do not notice, so two indexes that disagree, or a row that holds another key, are
+    taken for what they are, damage: the store is set aside and salvaged.
     """
-    found = connection.execute("SELECT id FROM notifications WHERE duplicate_key = ?", (key,)).fetchone()
+    found = {connection.execute("SELECT id FROM notifications INDEXED BY %s WHERE duplicate_key = ?" % index,
+                                (key,)).fetchone() for index in KEY_INDEXES}
+    if len(found) > 1:
+        raise sqlite3_module().DatabaseError("database disk image is malformed: the two indexes of duplicate keys "
+                                             "disagree")
+    found = found.pop()
     # (By its id: asked for by its key, SQLite would read the key from the index, not the row.)
     row = None if found is None else connection.execute(
         "SELECT %s, duplicate_key FROM notifications WHERE id = ?" % columns, found).fetchone()

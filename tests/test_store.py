@@ -35,6 +35,28 @@ class Recording(ReceiverTestCase):
         self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], ipn_receiver.SCHEMA_VERSION)
         connection.close()
 
+    def test_a_store_of_schema_1_gets_its_second_index_of_keys_and_keeps_its_rows(self):
+        # As the receiver before schema 2 wrote it: the table, its UNIQUE key, user_version 1.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute(ipn_receiver.SCHEMA)
+        connection.execute("INSERT INTO notifications (received_at, provider, event, duplicate_key, is_test, status, "
+                           "attempts, deliveries, answer, updated_at, fields) VALUES (0, 'digistore24', 'on_payment', "
+                           "'digistore24:on_payment:1001', 0, 'done', 1, 1, 'OK', 0, '{}')")
+        connection.execute("PRAGMA user_version = 1")
+        connection.commit()
+        connection.close()
+        self.assertEqual(post(payment("1001")).body, "OK")
+        self.assertEqual(post(payment("2002")).body, "OK")
+        self.assertEqual(runs, ["2002"])
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(connection.execute("SELECT duplicate_key FROM notifications INDEXED BY duplicate_keys "
+                                            "ORDER BY duplicate_key").fetchall(),
+                         [("digistore24:on_payment:1001",), ("digistore24:on_payment:2002",)])
+        connection.close()
+
     def test_commits_are_synchronous_full(self):
         post(payment())
         connection = ipn_receiver.open_store(ipn_receiver.settings())
@@ -652,11 +674,11 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(runs, [1])
 
     def test_what_may_hold_rows(self):
-        # A new store is three pages (the schema, the table, its index); more, a journal with
+        # A new store is four pages (the schema, the table, its two indexes); more, a journal with
         # anything in it, or a provider's name anywhere (every row holds it) may hold rows.
         path = os.path.join(self.data_dir, "probe.sqlite3")
         self.assertFalse(ipn_receiver.may_hold_rows(path))
-        for content, journal, verdict in ((b"\0" * 3 * 4096, None, False), (b"\0" * (3 * 4096 + 1), None, True),
+        for content, journal, verdict in ((b"\0" * 4 * 4096, None, False), (b"\0" * (4 * 4096 + 1), None, True),
                                           (b"\0" * 4096, 0, False), (b"\0" * 4096, 1, True),
                                           (b"\0" * 8000 + b"digistore24" + b"\0" * 4000, None, True),
                                           (b"\0" * 5000 + b"promopit", None, True), (b"digistore2", None, False)):
@@ -670,7 +692,7 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(ipn_receiver.may_hold_rows(path), verdict)
 
     def test_a_small_store_whose_schema_is_damaged_is_not_replaced_by_an_empty_one(self):
-        # Four PromoPit sales, or one Digistore24 payment, fit in the three pages of a new store.
+        # Four PromoPit sales, or one Digistore24 payment, fit in the four pages of a new store.
         # With its first page damaged not one row can be read: an empty store in its place would
         # run each of them again.
         for page_size in (4096, 1024):          # (1024: SQLite before 3.12, as CentOS 7 has)
@@ -688,7 +710,7 @@ class StorageProblems(ReceiverTestCase):
                 for number in range(4):
                     self.assertEqual(post(promopit_sale("PP-%d" % number)).body, "OK")
                 ipn_receiver.close_store()
-                self.assertLessEqual(os.path.getsize(self.store()), 3 * 4096)
+                self.assertLessEqual(os.path.getsize(self.store()), 4 * 4096)
                 self.assertFalse(os.path.exists(self.store() + "-wal"))
                 with open(self.store(), "r+b") as file:
                     file.write(b"\0" * 16)                      # "SQLite format 3" is gone
@@ -727,9 +749,10 @@ class StorageProblems(ReceiverTestCase):
         with open(self.store(), "r+b") as file:
             content = bytearray(file.read())
             key = b"digistore24:on_payment:2002"
-            at = content.index(key, 2 * 4096, 3 * 4096) + len(key)      # page 3: the index; then its rowid
-            self.assertEqual(content[at], 2)
-            content[at] = 3
+            for page in (3, 4):                 # the two indexes, alike (else they disagree): then its rowid
+                at = content.index(key, (page - 1) * 4096, page * 4096) + len(key)
+                self.assertEqual(content[at], 2)
+                content[at] = 3
             file.seek(0)
             file.write(content)
         self.assertNotEqual(integrity(self.store()), "ok")
@@ -737,6 +760,35 @@ class StorageProblems(ReceiverTestCase):
             self.assertEqual(post(payment(number)).body, "OK\nusername: buyer-" + number)
         self.assertEqual(runs, ["1001", "2002", "3003"])
         self.assertIn("the index of duplicate keys points to a row that holds another key", self.log_text())
+
+    def test_a_page_of_an_index_that_hides_its_keys_runs_no_handler_again(self):
+        # One flipped bit in the header of a page of an index of duplicate keys (its count of
+        # entries): the keys on it are gone from that index, and SQLite's writes do not notice.
+        # Had that index decided alone, every copy of those notifications would run its handler
+        # again. The other index still holds them: the two disagree, and that is damage.
+        for index in ipn_receiver.KEY_INDEXES:
+            with self.subTest(index=index):
+                self.data_dir = tempfile.mkdtemp(prefix="ipn-test-")
+                self.addCleanup(shutil.rmtree, self.data_dir, True)
+                ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=self.data_dir)
+                runs = []
+                self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+                for number in ("1001", "2002"):
+                    post(payment(number))
+                ipn_receiver.close_store()
+                connection = sqlite3.connect(self.store())
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                page, = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (index,)).fetchone()
+                connection.close()
+                with open(self.store(), "r+b") as file:
+                    file.seek((page - 1) * 4096 + 3)            # its count of entries: 2, read as 0
+                    self.assertEqual(file.read(2), b"\0\2")
+                    file.seek((page - 1) * 4096 + 3)
+                    file.write(b"\0\0")
+                for number in ("2002", "1001", "3003"):
+                    self.assertEqual(post(payment(number)).body, "OK")
+                self.assertEqual(runs, ["1001", "2002", "3003"])
+                self.assertIn("the two indexes of duplicate keys disagree", self.log_text())
 
     def test_a_schema_damaged_where_the_integrity_check_cannot_see_gives_503_and_runs_nothing(self):
         # One bit flipped in the schema's text: PRIMARY read as QRIMARY (every id is then NULL),
@@ -787,7 +839,7 @@ class StorageProblems(ReceiverTestCase):
             for old, new in changes[:1]:
                 schema = schema.replace(old, new)
             connection.execute(schema)
-            for statement in changes[1:]:
+            for statement in changes[1:] or [ipn_receiver.SECOND_KEY_INDEX]:
                 connection.execute(statement)
             return ipn_receiver.schema_problem(connection)
 
@@ -796,13 +848,16 @@ class StorageProblems(ReceiverTestCase):
                          "its columns are not those of the receiver's table")
         for id_column in ("INTEGER QRIMARY KEY", "INTEGER", "INTEGEQ PRIMARY KEY"):
             self.assertEqual(problem(("INTEGER PRIMARY KEY", id_column)), "its id is not the table's INTEGER PRIMARY KEY")
+        # Both indexes of the duplicate keys, each UNIQUE, each of the key alone.
+        not_unique, as_is = "its duplicate keys are not UNIQUE in both of their indexes", ("", "")
         without_unique = ("NOT NULL UNIQUE", "NOT NULL")
-        self.assertEqual(problem(without_unique), "its duplicate keys are not UNIQUE")
-        self.assertEqual(problem(without_unique, "CREATE INDEX keys ON notifications (duplicate_key)"),
-                         "its duplicate keys are not UNIQUE")
-        self.assertEqual(problem(without_unique, "CREATE UNIQUE INDEX keys ON notifications (duplicate_key, event)"),
-                         "its duplicate keys are not UNIQUE")
-        self.assertIsNone(problem(without_unique, 'CREATE UNIQUE INDEX "a""b" ON notifications (duplicate_key)'))
+        self.assertEqual(problem(without_unique), not_unique)
+        self.assertEqual(problem(as_is, "SELECT 1"), not_unique)
+        for second in ("CREATE INDEX duplicate_keys ON notifications (duplicate_key)",
+                       "CREATE UNIQUE INDEX duplicate_keys ON notifications (duplicate_key, event)",
+                       "CREATE UNIQUE INDEX duplicate_keys ON notifications (event)",
+                       "CREATE UNIQUE INDEX duplicate_kezs ON notifications (duplicate_key)"):
+            self.assertEqual(problem(as_is, second), not_unique, second)
 
     def test_a_key_the_index_holds_but_no_row_does_is_damage(self):
         post(payment("1001"))
@@ -1157,7 +1212,7 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(ipn_receiver.keys_in_index(Damaged()), {})
         self.assertIsNone(ipn_receiver.salvage_row(Damaged(), 1))
 
-    def test_the_index_is_read_from_both_ends_past_a_damaged_page(self):
+    def test_the_indexes_are_read_from_both_ends_past_a_damaged_page(self):
         post(payment("0"))
         ipn_receiver.close_store()
         connection = sqlite3.connect(self.store())
@@ -1169,24 +1224,29 @@ class StorageProblems(ReceiverTestCase):
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         every_key = {row[0] for row in connection.execute("SELECT duplicate_key FROM notifications")}
         connection.close()
-        with open(self.store(), "r+b") as file:
-            content = bytearray(file.read())
-            pages = [number for number in range(1, len(content) // 4096)
-                     if content[number * 4096] == 0x0a]          # the leaf pages of an index
-            self.assertGreater(len(pages), 3)
-            middle = pages[len(pages) // 2]
-            content[middle * 4096:middle * 4096 + 12] = b"\x07" * 12
-            file.seek(0)
-            file.write(content)
-        source = sqlite3.connect(self.store())
-        try:
-            keys = ipn_receiver.keys_in_index(source)
-        finally:
-            source.close()
-        self.assertTrue(set(keys.values()) < every_key)
-        self.assertIn(min(every_key), keys.values())
-        self.assertIn(max(every_key), keys.values())
-        self.assertGreater(len(keys), len(every_key) // 2)
+        with open(self.store(), "rb") as file:
+            content = file.read()
+        middle = sorted(every_key)[len(every_key) // 2].encode()
+        pages = [number for number in range(1, len(content) // 4096) if content[number * 4096] == 0x0a and
+                 middle in content[number * 4096:(number + 1) * 4096]]     # a leaf page of each index
+        self.assertEqual(len(pages), 2)
+        for damaged in (pages[:1], pages):
+            with open(self.store(), "wb") as file:
+                file.write(b"".join(b"\x07" * 12 + content[number * 4096 + 12:(number + 1) * 4096]
+                                    if number in damaged else content[number * 4096:(number + 1) * 4096]
+                                    for number in range(len(content) // 4096)))
+            source = sqlite3.connect(self.store())
+            try:
+                keys = ipn_receiver.keys_in_index(source)
+            finally:
+                source.close()
+            if len(damaged) == 1:               # the other index holds what is on it
+                self.assertEqual(set(keys.values()), every_key)
+                continue
+            self.assertTrue(set(keys.values()) < every_key)
+            self.assertIn(min(every_key), keys.values())
+            self.assertIn(max(every_key), keys.values())
+            self.assertGreater(len(keys), len(every_key) // 2)
 
     def test_a_salvage_that_fails_leaves_the_damaged_store_in_place(self):
         # A full disk, say, during the salvage: a store left empty would let every handler run
