@@ -2292,10 +2292,19 @@ def row_damage(status, answer, claimed_at, claim, updated_at, attempts):
     if not (isinstance(answer, (str, nothing)) and isinstance(claim, (str, nothing)) and type(attempts) is int
             and isinstance(updated_at, number) and isinstance(claimed_at, number + (nothing,))):
         return "a column of its row is not of the type the receiver writes"
-    if answer is not None and (answer[:3] not in ("OK", "OK\n") or answer != answer.translate(_ANSWER_SPACES_BUT_LF)):
-        # "NK": every copy would be answered with what the sender counts as a failure.
+    if answer is not None and (answer.split("\n")[0] != "OK" or answer != answer.translate(_ANSWER_SPACES_BUT_LF)
+                               or not all(is_answer_line(line) for line in answer.split("\n")[1:])):
+        # "NK": every copy would be answered with what the sender counts as a failure; a line
+        # without its ": " would lose its key, another buyer's password or login URL with it.
         return "its answer is not one the receiver writes"
     return None
+
+
+def is_answer_line(line):
+    """Whether `line` is an answer line as answer_body writes it: `key: value`, the key not empty,
+    with no colon and no space at either end."""
+    key, separator, _ = line.partition(": ")
+    return bool(separator) and key == key.strip() != "" and ":" not in key
 
 
 def retry_pause(attempts):

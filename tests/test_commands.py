@@ -376,7 +376,10 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         # them), a failed row's attempts 1 read as '' (no pause can be counted from it), a time as
         # text. SQLite's integrity check says ok. Held as "unknown", as a damaged status is.
         for column, value in (("answer", "X'4f4b0a757365726e616d653a206a616e65'"), ("answer", "'NK\nusername: jane'"),
-                              ("answer", "'OK\nusername: ja\rne'"), ("answer", "'OKAY'"), ("attempts", "''"),
+                              ("answer", "'OK\nusername: ja\rne'"), ("answer", "'OKAY'"),
+                              ("answer", "'OK\nusername;0jane'"), ("answer", "'OK\nusername: jane\npassword> pw'"),
+                              ("answer", "'OK\nusername:0jane'"), ("answer", "'OK\n: jane'"), ("answer", "'OK\n\njane'"),
+                              ("answer", "'OK\nuser:name: jane'"), ("answer", "'OK\n username: jane'"), ("attempts", "''"),
                               ("updated_at", "'x'"), ("claimed_at", "'x'"), ("claim", "X'00'")):
             with self.subTest(column=column):
                 self.setUp()
@@ -400,6 +403,15 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         post(payment())
         self.damage("UPDATE notifications SET attempts = '', updated_at = updated_at - 7200")
         self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
+
+    def test_every_answer_the_receiver_writes_reads_as_undamaged(self):
+        # Whatever a handler returns, the answer stored is "OK" and `key: value` lines.
+        for result in (None, {}, {"username": "jane", "password": "a: b:c", "loginurl": ""}, {" key ": " v "},
+                       {"a:b": "x"}, {"username\n": "ja\u2028ne"}, {"": "no key"}, {None: None}, {"k": "\ud800"}):
+            with self.subTest(result=result):
+                notification = ipn_receiver.Notification("digistore24", {"event": "on_payment", "transaction_id": "1"})
+                answer = ipn_receiver.answer_body(notification, result)
+                self.assertIsNone(ipn_receiver.row_damage("done", answer, None, None, 0.0, 1), answer)
 
     def test_a_row_salvaged_without_its_status_is_reported_once_whatever_its_columns(self):
         post(payment())
