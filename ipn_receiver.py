@@ -3418,9 +3418,9 @@ def command_check(args):
             check_runs_as_cgi(report, launcher, "755")
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
-    check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
-        config["config_file"]))
     check_who_else_may_change_python(report)
+    check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
+        config["config_file"]) + code_python_may_run(sys.path))
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3598,7 +3598,7 @@ def check_who_else_may_change_the_code(report, files):
     cache = os.path.join(HERE, "__pycache__")
     if os.path.isdir(cache):
         files = files + [cache] + [os.path.join(cache, name) for name in sorted(os.listdir(cache))]
-    for path in files:
+    for path in dict.fromkeys(files):         # (once each, in order: the script is on sys.path too)
         try:
             found = os.lstat(path)
         except OSError:                         # (gone this moment)
@@ -3611,17 +3611,18 @@ def check_who_else_may_change_the_code(report, files):
                    "delete it and upload your own, as the receiver's user; it decides what the receiver does")
         elif not stat.S_ISLNK(found.st_mode) and others_may_write(path, found, trusted):
             report(False, "%s can be changed by other users of this server (mode %03o)" % (
-                   path, found.st_mode & 0o777), "chmod go-w %s   (Python runs what is in it, as the receiver's "
-                   "user; the receiver takes that from __pycache__ itself at its next call)" % path if path == cache
+                   path, found.st_mode & 0o777), "rm -r %s   (another user could have put code of theirs in it, which "
+                   "Python would run as the receiver's user; it makes the folder again, closed to others where the "
+                   "umask is 022, as the launcher of README.md sets it)" % path if path == cache
                    else "chmod go-w %s   (it decides what the receiver does)" % path)
 
 
 def check_who_else_may_change_python(report):
-    """What `check` says about the places from which Python runs code as the receiver's user before
-    the receiver's first line: the interpreter, the standard library, every site-packages (each
-    .pth file in one runs at every start), the user's own (~/.local) and a virtual environment
-    (cPanel's "Setup Python App" makes one). Another user who may change one of them could run
-    their own code as the receiver's user, as much as one who may change the script."""
+    """What `check` says about the folders from which Python runs code as the receiver's user:
+    the interpreter's, the standard library, every site-packages, the user's own (~/.local), a
+    virtual environment (cPanel's "Setup Python App" makes one) and the script's own. Another user
+    who may change one of them could run their own code as the receiver's user, as much as one
+    who may change the script. (What is in them: code_python_may_run.)"""
     import site
     places = [sys.executable, site.getusersitepackages()] + [path for path in sys.path if path]
     reported = set()
@@ -3632,6 +3633,27 @@ def check_who_else_may_change_python(report):
             report(False, "another user of this server may change %s, from where Python runs code as the receiver's "
                    "user (%s)" % (controlled, place), "chmod go-w %s where it is yours; else run the receiver with "
                    "a Python, and a virtual environment, that only you and root may change" % controlled)
+
+
+def code_python_may_run(folders):
+    """What in `folders` (sys.path) Python may import, or runs at every start, as the receiver's
+    user: modules (.py, .pyc, .so: one beside the script named like one the receiver imports,
+    hashlib.py, say, is taken for it), .pth files (site-packages runs their import lines), and
+    packages: a folder with an __init__.py, or one named like a module in use (another user who
+    may write to it could add one). The folders themselves: check_who_else_may_change_python."""
+    modules = {name.partition(".")[0] for name in sys.modules}
+    found = []
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(folder or "."))
+        except OSError:                         # (not there, or a .zip)
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.endswith((".py", ".pyc", ".so", ".pth")) or os.path.isdir(path) and (
+                    name in modules or os.path.exists(os.path.join(path, "__init__.py"))):
+                found.append(path)
+    return found
 
 
 def readable_by_all(path):

@@ -1147,6 +1147,44 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONUSERBASE=shared)
         self.assertEqual(code, 0, output)
 
+    def test_code_python_runs_from_those_folders_that_others_may_write_to(self):
+        # A folder of one's own may still hold a file every user may write to: a .pth file in a
+        # site-packages (Python runs its import lines at every start), a handler's helper module
+        # beside the script, a module named like one the receiver imports (hashlib.py beside the
+        # script is taken for the standard one), a package.
+        packages = tempfile.mkdtemp(prefix="ipn-venv-")
+        self.addCleanup(shutil.rmtree, packages, True)
+        os.chmod(packages, 0o755)
+        for folder, name in ((packages, "vendorlib.pth"), (self.site, "mailer.py"), (self.site, "hashlib.py"),
+                             (packages, "helpers"), (self.site, "sqlite3"), (packages, "legacy.pyc")):
+            with self.subTest(name=name):
+                path = os.path.join(folder, name)
+                if "." in name:
+                    with open(path, "w") as file:
+                        file.write("import os\n")
+                else:
+                    os.mkdir(path)
+                    if name == "helpers":
+                        open(os.path.join(path, "__init__.py"), "w").close()
+                os.chmod(path, 0o777 if "." not in name else 0o666)
+                code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONPATH=packages)
+                self.assertEqual(code, 1, output)
+                self.assertIn("PROBLEM  %s can be changed by other users of this server (mode %s)\n         fix: chmod "
+                              "go-w %s   (it decides what the receiver does)\n" % (
+                                  path, "777" if "." not in name else "666", path), output)
+                self.assertEqual(output.count("PROBLEM"), 1, output)
+                os.chmod(path, 0o755 if "." not in name else 0o644)
+        # Not code: a folder that is neither a package nor named like a module in use, and other files.
+        for name in ("uploads", "notes.txt"):
+            path = os.path.join(self.site, name)
+            if name == "uploads":
+                os.mkdir(path)
+            else:
+                open(path, "w").close()
+            os.chmod(path, 0o777)
+        code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONPATH=packages)
+        self.assertEqual(code, 0, output)
+
     def test_an_htaccess_or_a_wrapper_others_may_write_to(self):
         # An .htaccess on the way (Apache reads them all) may send the calls elsewhere, or set the
         # passphrase; passenger_wsgi.py runs as the receiver's user.
@@ -1170,9 +1208,10 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         os.chmod(cache, 0o777)
         code, output, _ = self.check()
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 777)\n         fix: chmod go-w %s   "
-                      "(Python runs what is in it, as the receiver's user; the receiver takes that from __pycache__ "
-                      "itself at its next call)\n" % (cache, cache), output)
+        self.assertIn("PROBLEM  %s can be changed by other users of this server (mode 777)\n         fix: rm -r %s   "
+                      "(another user could have put code of theirs in it, which Python would run as the receiver's "
+                      "user; it makes the folder again, closed to others where the umask is 022, as the launcher of "
+                      "README.md sets it)\n" % (cache, cache), output)
         os.chmod(cache, 0o755)
         if os.geteuid() == 0:
             planted = os.path.join(cache, "ipn_receiver.cpython-311.pyc")
