@@ -1259,6 +1259,56 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
         self.assertEqual(sorted(os.listdir(cache)), ["a-folder", "other.cpython-311.pyc"])   # a folder Python never reads
 
+    def plant_a_compiled_copy(self, cache, marker):
+        """Another user's compiled copy of the receiver in `cache`, which Python takes for the
+        script's (dated and sized as the script is): it makes the file `marker` when it runs."""
+        fake = os.path.join(tempfile.mkdtemp(prefix="ipn-planted-"), "ipn_receiver.py")
+        self.addCleanup(shutil.rmtree, os.path.dirname(fake), True)
+        payload = "open(%r, 'w').close()\n" % marker
+        with open(fake, "w") as file:
+            file.write(payload + "#" * (os.path.getsize(self.script) - len(payload) - 1) + "\n")
+        os.utime(fake, (os.stat(self.script).st_atime, os.stat(self.script).st_mtime))
+        subprocess.run([PYTHON, "-c", "import importlib.util, py_compile, sys; py_compile.compile(sys.argv[1], "
+                        "cfile=importlib.util.cache_from_source(sys.argv[2]))", fake, self.script], check=True)
+        self.assertTrue(os.listdir(cache))
+
+    def test_the_launcher_and_passenger_wsgi_refuse_a_pycache_others_may_write_to(self):
+        # Made 0777 by another program (Passenger makes it with its own umask, before
+        # passenger_wsgi.py runs): another user's compiled copy in it would run as the receiver's
+        # user, at every call, and the receiver could not delete it: it would be that copy.
+        cache, marker = os.path.join(self.site, "__pycache__"), os.path.join(self.site, "planted-copy-ran")
+        environment = dict(os.environ, IPN_DATA_DIR=self.data_dir, IPN_SHA_PASSPHRASE=PASSPHRASE)
+        passenger = os.path.join(self.site, "passenger_wsgi.py")
+        with open(passenger, "w") as file:
+            file.write(snippet("passenger-wsgi"))
+        load_as_passenger_does = [PYTHON, "-c", "import importlib.util; spec = importlib.util.spec_from_file_location("
+                                  "'passenger_wsgi', 'passenger_wsgi.py'); module = importlib.util.module_from_spec("
+                                  "spec); spec.loader.exec_module(module); print(module.application)"]
+        for command in ([PYTHON, "-c", "import ipn_receiver"], [PYTHON, self.launcher, "--version"],
+                        load_as_passenger_does):
+            with self.subTest(command=command[-1][:40]):
+                shutil.rmtree(cache, True)
+                os.mkdir(cache)
+                os.chmod(cache, 0o777)
+                self.plant_a_compiled_copy(cache, marker)
+                done = subprocess.run(command, cwd=self.site, env=environment, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, timeout=60)
+                if command[-1] == "import ipn_receiver":    # what the copy does where nothing stops it
+                    self.assertTrue(os.path.exists(marker), done.stderr)
+                    os.remove(marker)
+                    continue
+                self.assertEqual((done.returncode, done.stdout), (1, b""))
+                self.assertIn("other users may write to %s, and Python would run what they put there: delete it"
+                              % cache, done.stderr.decode())
+                self.assertFalse(os.path.exists(marker))
+                # Made as the guide says (mkdir -m 755) and left alone, it is used.
+                shutil.rmtree(cache)
+                os.mkdir(cache, 0o755)
+                done = subprocess.run(command, cwd=self.site, env=environment, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, timeout=60)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertIn(b"application" if command == load_as_passenger_does else b"ipn_receiver", done.stdout)
+
     def test_each_file_is_looked_at_whatever_became_of_the_one_before(self):
         # (Called here directly: a file gone between the listing and the look is a race.)
         problems = []
