@@ -170,9 +170,12 @@ class Interrupted(CommandTestCase):
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         listener.settimeout(60)
+        # (As from a terminal: a shell runs a job started in the background with Ctrl+C ignored, and
+        # Python then leaves it so. The tests may run as such a job: mutation.py's, say.)
         process = subprocess.Popen([PYTHON, SCRIPT, "send", "on_payment", "--url", "http://127.0.0.1:%d/"
                                     % listener.getsockname()[1]], env=self.environment(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+                                   stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         connection, _ = listener.accept()           # it has started, and waits for an answer that never comes
         self.addCleanup(connection.close)
         process.send_signal(stop)
