@@ -55,7 +55,8 @@ FUNCTIONS = [
     "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
     "make_private_folders", "folder_identity", "trusted_users", "outcome_stores",
     "row_damage", "keep_compiled_copies_private", "check_who_else_may_change_the_code", "readable_by_all",
-    "load_settings", "create_store_file", "check_who_else_may_change_python", "migrate_store",
+    "load_settings", "create_store_file", "check_who_else_may_change_python", "migrate_store", "code_python_may_run",
+    "is_answer_line",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
