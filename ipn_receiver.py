@@ -1718,7 +1718,14 @@ def open_store(config, create=True):
         try:
             # FULL: a commit is on disk before it returns, so OK is never sent for a lost record.
             connection.execute("PRAGMA synchronous=FULL")
-            if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(NEWER_SCHEMA % version)
+            # Migrated by the user the data folder belongs to alone (a call): a command run as
+            # another user (root) would make the lock file and the journal theirs, and every call
+            # would fail. It reads the store as it is (schema_problem knows each version's shape).
+            if version < SCHEMA_VERSION and not (hasattr(os, "geteuid") and
+                                                 os.stat(config["DATA_DIR"]).st_uid != os.geteuid()):
                 with StoreLock(config["DATA_DIR"]):     # one process migrates, the others wait
                     migrate_store(connection)
             problem = schema_problem(connection)
@@ -1748,7 +1755,8 @@ def schema_problem(connection):
     if columns["id"][2].upper() != "INTEGER" or columns["id"][5] != 1:
         return "its id is not the table's INTEGER PRIMARY KEY"
     unique = [row[1] for row in connection.execute("PRAGMA index_list(notifications)") if row[2]]
-    for name in KEY_INDEXES:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    for name in KEY_INDEXES if version >= 2 else KEY_INDEXES[:1]:     # (schema 1 had the first alone)
         if name not in unique or [row[2] for row in connection.execute('PRAGMA index_info("%s")' % name)] != [
                 "duplicate_key"]:
             return "its duplicate keys are not UNIQUE in both of their indexes"
@@ -1759,6 +1767,12 @@ DAMAGED_SCHEMA = (
     "event store %s: its schema is damaged (%s), so its rows cannot be told apart, and it was left as it was; "
     "recover it by hand (sqlite3 events.sqlite3 .recover), or start an empty one with "
     "`python3 ipn_receiver.py repair --force`")
+
+
+NEWER_SCHEMA = (
+    "the event store says it was written by a newer ipn_receiver (schema %d): upload that one again; if you never "
+    "had one, that number is damaged, and `python3 ipn_receiver.py repair --force` sets the store aside and starts "
+    "a new one with every row that can be read")
 
 
 def create_store_file(path, data_dir):
@@ -1786,12 +1800,17 @@ def migrate_store(connection):
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StorageError("the event store was written by a newer ipn_receiver (schema %d); "
-                               "upload the newer ipn_receiver.py again" % version)
+            raise StorageError(NEWER_SCHEMA % version)
         if version < 1:
             connection.execute(SCHEMA)
         if version < 2:
-            connection.execute(SECOND_KEY_INDEX)
+            try:
+                connection.execute(SECOND_KEY_INDEX)
+            except sqlite3_module().IntegrityError:
+                # Two rows with one key: the first index lost some (a flipped bit) while the
+                # receiver before schema 2 wrote. Damage: the salvage keeps the first of them.
+                raise sqlite3_module().DatabaseError("database disk image is malformed: two rows hold one "
+                                                     "duplicate key")
         # Later schema changes go here: `if version < 3: ALTER TABLE ...`.
         connection.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
         connection.execute("COMMIT")
@@ -2055,9 +2074,15 @@ def salvage_rows(damaged_path, connection):
                 source.execute("SELECT sql FROM sqlite_master").fetchall()
             except (sqlite3.Error, MemoryError):
                 return 0, 0                 # not even the schema: no statement can be prepared
+            try:                            # and from the other end, back to the first bad page
+                for row in source.execute("SELECT %s FROM notifications ORDER BY id DESC" % columns):
+                    rows[row[0]] = row
+            except (sqlite3.Error, MemoryError):
+                pass
             # Then row by row: a lookup by id passes damaged pages by, and so does asking for
             # the first id from a given one on, which steps over the ids no row has. No number
-            # read from the damaged file bounds the walk: a damaged cell may claim id 2**56.
+            # read from the damaged file bounds the walk: a damaged cell may claim id 2**56 (and
+            # the walk then ends there, which is why the scan from the other end came first).
             # Where the lookup meets the damage itself, the walk goes on one id at a time, but
             # not further than the file has room for rows (ids are dense, a row takes more
             # than 128 bytes): a salvage must end, as it holds the store's lock.
@@ -2083,14 +2108,14 @@ def salvage_rows(damaged_path, connection):
         source.close()
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for row in list(rows.values()) + keys_only:     # (those of keys alone last: some take new ids)
-            connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)"
-                               % (columns, ", ".join("?" * len(STORE_COLUMNS))), row)
+        copied = [connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)" % (
+            columns, ", ".join("?" * len(STORE_COLUMNS))), row).rowcount    # (0: a key held twice, the first kept)
+            for row in list(rows.values()) + keys_only]     # (those of keys alone last: some take new ids)
         connection.execute("COMMIT")
     except BaseException:
         rollback(connection)
         raise
-    return len(rows), len(keys_only)
+    return sum(copied), sum(copied[len(rows):])
 
 
 def rows_of_lost_keys(rows, keys):

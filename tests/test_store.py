@@ -7,6 +7,7 @@ import inspect
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -790,6 +791,105 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(runs, ["1001", "2002", "3003"])
                 self.assertIn("the two indexes of duplicate keys disagree", self.log_text())
 
+    def store_of_schema_1(self, count):
+        """A store as the receiver before schema 2 left it (one index of the keys), holding `count`
+        handled payments, txn 1001 on: the answer of each names its buyer."""
+        connection = sqlite3.connect(self.store(), isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(ipn_receiver.SCHEMA)
+        connection.execute("PRAGMA user_version = 1")
+        connection.executemany(
+            "INSERT OR IGNORE INTO notifications (received_at, provider, event, duplicate_key, is_test, fields, "
+            "status, attempts, deliveries, answer, updated_at) VALUES (0, 'digistore24', 'on_payment', ?, 0, ?, "
+            "'done', 1, 1, ?, 0)", [("digistore24:on_payment:%d" % number, '{"padding": "%s"}' % ("p" * 300),
+                                     "OK\nusername: buyer-%d" % number) for number in range(1001, 1001 + count)])
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        table, index = [row[0] for row in connection.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name IN ('notifications', 'sqlite_autoindex_notifications_1') "
+            "ORDER BY name")]
+        connection.close()
+        return table, index
+
+    def test_a_damaged_store_of_schema_1_is_salvaged_into_schema_2(self):
+        # Its migration meets the damage (the new index reads the whole table): the salvage must
+        # know a store of schema 1 by its one index, not take it for one whose schema is damaged
+        # and copy nothing (every call 503, and `repair --force` an empty store: handlers again).
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+        table, _ = self.store_of_schema_1(300)
+        with open(self.store(), "r+b") as file:
+            file.seek((table - 1) * 4096)
+            page = file.read(4096)
+            self.assertEqual(page[0], 0x05)                 # the table's root: its first child, a leaf,
+            child = int.from_bytes(page[int.from_bytes(page[12:14], "big"):][:4], "big")
+            file.seek((child - 1) * 4096 + 8)
+            file.write(b"\xff\xff")                        # its first cell pointer out of the page
+        self.assertEqual(post(payment("1300")).body, "OK\nusername: buyer-1300")
+        self.assertEqual(post(payment("2002")).body, "OK")
+        self.assertEqual(runs, ["2002"])
+        copied = re.search(r"database disk image is malformed; .*, a new store was started and (\d+) notifications were "
+                           r"copied from the damaged one", self.log_text())
+        self.assertGreater(int(copied.group(1)), 200)       # all but those of the damaged page, as keys
+        connection = sqlite3.connect(self.store())
+        self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], 2)
+        connection.close()
+
+    def test_a_store_of_schema_1_holding_one_key_twice_is_salvaged_with_the_first(self):
+        # Written by the receiver before schema 2 after a flipped bit had hidden its index's keys:
+        # the copy of 1003 ran again, a second row. The second index cannot be made: damage.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+        _, index = self.store_of_schema_1(3)
+        with open(self.store(), "r+b") as file:
+            file.seek((index - 1) * 4096 + 3)
+            file.write(b"\0\0")                              # its count of entries: 0
+        connection = sqlite3.connect(self.store())
+        connection.execute("INSERT OR IGNORE INTO notifications (received_at, provider, event, duplicate_key, is_test, "
+                           "fields, status, attempts, deliveries, answer, updated_at) VALUES (0, 'digistore24', "
+                           "'on_payment', 'digistore24:on_payment:1003', 0, '{}', 'done', 1, 1, 'OK\nusername: again', 0)")
+        connection.commit()
+        self.assertEqual(connection.execute("SELECT count(*) FROM notifications NOT INDEXED").fetchone()[0], 4)
+        connection.close()
+        for number in ("1003", "1001"):
+            self.assertEqual(post(payment(number)).body, "OK\nusername: buyer-" + number)
+        self.assertEqual(runs, [])
+        self.assertIn("database disk image is malformed: two rows hold one duplicate key;", self.log_text())
+        self.assertIn("a new store was started and 3 notifications were copied", self.log_text())   # the first
+
+    def test_a_command_run_as_another_user_reads_a_store_of_schema_1_as_it_is(self):
+        # `events` or `check` as root on the web server's store: a migration would make the lock
+        # file root's, and every call after it would fail (503).
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            self.skipTest("needs root, to give the data folder another owner")
+        self.store_of_schema_1(2)
+        os.chown(self.data_dir, 65534, 65534)
+        self.addCleanup(os.chown, self.data_dir, 0, 0)
+        with contextlib.redirect_stdout(io.StringIO()) as output:
+            self.assertEqual(ipn_receiver.main(["events"]), 0)
+        self.assertEqual(len(output.getvalue().splitlines()), 3, output.getvalue())      # its heading, 2 rows
+        ipn_receiver.close_store()
+        self.assertEqual(sorted(name for name in os.listdir(self.data_dir) if not name.startswith("events.sqlite3")),
+                         [])                         # no lock file, no log: nothing made
+        connection = sqlite3.connect(self.store())
+        self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], 1)
+        connection.close()
+
+    def test_a_store_that_says_a_newer_receiver_wrote_it_is_refused_with_both_ways_out(self):
+        post(payment("1"))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA user_version = 3")      # one bit of 2: or a newer receiver's
+        connection.commit()
+        connection.close()
+        self.assertEqual(post(payment("2")).body, STORAGE_ERROR)
+        self.assertIn("the event store says it was written by a newer ipn_receiver (schema 3): upload that one again; "
+                      "if you never had one, that number is damaged, and `python3 ipn_receiver.py repair --force` sets "
+                      "the store aside and starts a new one with every row that can be read", self.log_text())
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
+        self.assertEqual(post(payment("1")).body, "OK")
+        self.assertEqual([row["duplicate_key"] for row in self.rows()], ["digistore24:on_payment:1"])
+
     def test_a_schema_damaged_where_the_integrity_check_cannot_see_gives_503_and_runs_nothing(self):
         # One bit flipped in the schema's text: PRIMARY read as QRIMARY (every id is then NULL),
         # or a line break as a vertical tab (the next column becomes part of a comment). SQLite's
@@ -839,6 +939,7 @@ class StorageProblems(ReceiverTestCase):
             for old, new in changes[:1]:
                 schema = schema.replace(old, new)
             connection.execute(schema)
+            connection.execute("PRAGMA user_version = 2")
             for statement in changes[1:] or [ipn_receiver.SECOND_KEY_INDEX]:
                 connection.execute(statement)
             return ipn_receiver.schema_problem(connection)
@@ -853,6 +954,10 @@ class StorageProblems(ReceiverTestCase):
         without_unique = ("NOT NULL UNIQUE", "NOT NULL")
         self.assertEqual(problem(without_unique), not_unique)
         self.assertEqual(problem(as_is, "SELECT 1"), not_unique)
+        # A store of schema 1 (made before the second index; read as it is by a command run as
+        # another user, or salvaged) has the first alone.
+        self.assertIsNone(problem(as_is, "PRAGMA user_version = 1"))
+        self.assertEqual(problem(without_unique, "PRAGMA user_version = 1"), not_unique)
         for second in ("CREATE INDEX duplicate_keys ON notifications (duplicate_key)",
                        "CREATE UNIQUE INDEX duplicate_keys ON notifications (duplicate_key, event)",
                        "CREATE UNIQUE INDEX duplicate_keys ON notifications (event)",
