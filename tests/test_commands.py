@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import io
+import json
 import os
 import shutil
 import signal
@@ -407,6 +408,29 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         self.damage("UPDATE notifications SET attempts = '', updated_at = updated_at - 7200")
         self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
 
+    def test_a_done_row_whose_answer_was_lost_is_held_and_a_copy_brings_its_fields_back(self):
+        # A long answer (40 accounts) reaches past its row's first page: damaged there, the row is
+        # salvaged "done" with no answer, and every copy would get OK without the access data.
+        runs = []
+        self.handle("on_payment", lambda n: runs.append(n) or {"username": "jane"})
+        post(payment())
+        self.damage("UPDATE notifications SET answer = NULL, fields = '{}'")
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  1 notifications whose row is damaged: #1\n", output)
+        self.assertEqual(post(payment()).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
+        self.assertEqual(len(runs), 1)
+        row = self.rows()[0]
+        self.assertEqual((row["status"], row["last_error"]), ("unknown", "damaged: its answer was lost"))
+        self.assertEqual(json.loads(row["fields"])["transaction_id"], payment()["transaction_id"])
+        # A done row whose fields alone were lost gets them back from a copy too, and is answered.
+        self.setUp()
+        post(payment())
+        self.damage("UPDATE notifications SET fields = '{}'")
+        self.assertEqual(post(payment()).body, "OK\nusername: jane")
+        self.assertEqual(len(runs), 2)
+        self.assertEqual(json.loads(self.rows()[0]["fields"])["transaction_id"], payment()["transaction_id"])
+
     def test_every_answer_the_receiver_writes_reads_as_undamaged(self):
         # Whatever a handler returns, the answer stored is "OK" and `key: value` lines.
         for result in (None, {}, {"username": "jane", "password": "a: b:c", "loginurl": ""}, {" key ": " v "},
@@ -414,7 +438,7 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
             with self.subTest(result=result):
                 notification = ipn_receiver.Notification("digistore24", {"event": "on_payment", "transaction_id": "1"})
                 answer = ipn_receiver.answer_body(notification, result)
-                self.assertIsNone(ipn_receiver.row_damage("done", answer, None, None, 0.0, 1), answer)
+                self.assertIsNone(ipn_receiver.row_damage("done", answer, None, None, 0.0, 1, "on_payment"), answer)
 
     def test_a_row_salvaged_without_its_status_is_reported_once_whatever_its_columns(self):
         post(payment())
