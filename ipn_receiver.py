@@ -3439,14 +3439,18 @@ def command_check(args):
     wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
                 name != os.path.basename(script) and os.path.isfile(os.path.join(HERE, name)) and file_holds(
                     os.path.join(HERE, name), b"ipn_receiver")]
-    if not wrappers:
-        # Where a wrapper imports it, the script itself is never run. Else an .htaccess or a cgi-bin
-        # says that Apache runs it as CGI; without either, a WSGI server (mod_wsgi, gunicorn) may
-        # import it, which needs neither a run bit nor a shebang line, or lighttpd or nginx run it.
+    # One that holds `application` is a WSGI server's (passenger_wsgi.py), even where it runs main()
+    # for the commands too; one that runs main() and nothing of the kind is a launcher.
+    wsgi = [wrapper for wrapper in wrappers if file_holds(wrapper, b"application")]
+    if not wsgi:
+        # Where a WSGI server imports it, the script itself is never run; beside a launcher, it
+        # may be registered still. An .htaccess or a cgi-bin says that Apache runs it as CGI;
+        # without either, a WSGI server (mod_wsgi, gunicorn) may import it, which needs neither a
+        # run bit nor a shebang line, or lighttpd or nginx run it.
         runs_as_cgi = os.path.isfile(os.path.join(HERE, ".htaccess")) or "cgi-bin" in HERE.split(os.sep)
         check_runs_as_cgi(report if runs_as_cgi else note_unless_ok, script, "700" if in_the_script else "755")
     for launcher in wrappers:
-        if file_holds(launcher, b"ipn_receiver.main()"):
+        if launcher not in wsgi and file_holds(launcher, b"ipn_receiver.main()"):
             check_runs_as_cgi(report, launcher, "755")
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
@@ -3610,7 +3614,9 @@ def check_runs_as_cgi(report, program, mode):
            "%s starts with a shebang line ending in LF" % os.path.basename(program),
            "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
            "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
-           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500")
+           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500"
+           if first_line.startswith(b"#!") else "make #!/usr/bin/env python3 its first line, as in README.md; "
+           "without it, a CGI call fails with 500")
     report(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
            "chmod %s %s   (needed to run as CGI)" % (mode, program))
 

@@ -900,14 +900,15 @@ class Check(CommandTestCase):
     def test_the_scripts_run_bit_is_a_problem_only_where_it_is_run_as_cgi(self):
         # Apache's .htaccess, or a cgi-bin, runs the script as CGI: without its run bit, every call
         # is a 500. A WSGI server imports it; lighttpd and nginx may run it: check cannot tell, and
-        # notes it. Where a launcher or passenger_wsgi.py imports it, the script itself never runs.
+        # notes it. Where passenger_wsgi.py imports it, the script itself never runs; beside a
+        # launcher, it may still be the URL registered.
         root = tempfile.mkdtemp(prefix="ipn-site-")
         self.addCleanup(shutil.rmtree, root, True)
         problem = "PROBLEM  ipn_receiver.py has its run bit set\n         fix: chmod 755 "
         noted = "note     not so: ipn_receiver.py has its run bit set. A web server that runs it as a CGI program"
         for folder, beside, found in (("ipn", None, noted), ("ipn-htaccess", ".htaccess", problem),
                                       (os.path.join("cgi-bin", "ipn"), None, problem),
-                                      ("ipn-passenger", "passenger_wsgi.py", None), ("ipn-launcher", "ipn.py", None)):
+                                      ("ipn-passenger", "passenger_wsgi.py", None), ("ipn-launcher", "ipn.py", noted)):
             with self.subTest(folder=folder):
                 os.makedirs(os.path.join(root, folder))
                 script = shutil.copy(SCRIPT, os.path.join(root, folder))
@@ -921,6 +922,48 @@ class Check(CommandTestCase):
                 for text in (problem, noted):
                     (self.assertIn if text == found else self.assertNotIn)(text, output)
                 self.assertNotIn("ipn_receiver.py has its run bit set", output.replace(found or "-", ""))
+
+    def test_a_wsgi_wrapper_that_runs_the_commands_too_is_no_launcher(self):
+        # README's "Your handlers": passenger_wsgi.py that changes a handler, and runs main() for
+        # `replay` through it. A WSGI server imports it: no shebang line, no run bit needed.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = shutil.copy(SCRIPT, folder)
+        wrapper = os.path.join(folder, "passenger_wsgi.py")
+        with open(wrapper, "w") as file:
+            file.write(snippet("passenger-wsgi") + 'if __name__ == "__main__":\n    sys.exit(ipn_receiver.main())\n')
+        os.chmod(wrapper, 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+        self.assertNotIn("passenger_wsgi.py starts with", output)
+        self.assertNotIn("passenger_wsgi.py has its run bit", output)
+        # A launcher without its shebang line is told to get one, not to change its line endings.
+        launcher = os.path.join(folder, "ipn.py")
+        with open(launcher, "w") as file:
+            file.write(snippet("launcher").split("\n", 1)[1])
+        os.chmod(launcher, 0o755)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn.py starts with a shebang line ending in LF\n         fix: make #!/usr/bin/env "
+                      "python3 its first line, as in README.md; without it, a CGI call fails with 500\n", output)
+
+    def test_a_script_with_crlf_beside_a_launcher_in_an_htaccess_folder_is_a_problem(self):
+        # The launcher is optional: the URL registered may be the script's own, as README.md's step 3 says.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(SCRIPT, "rb") as source, open(script, "wb") as copy:
+            copy.write(source.read().replace(b"\n", b"\r\n", 1))
+        os.chmod(script, 0o755)
+        for name, text in (("ipn.py", snippet("launcher")), (".htaccess", snippet("apache-htaccess"))):
+            with open(os.path.join(folder, name), "w") as file:
+                file.write(text)
+        os.chmod(os.path.join(folder, "ipn.py"), 0o755)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file with "
+                      "Unix (LF) line endings", output)
+        self.assertIn("ok       ipn.py starts with a shebang line ending in LF\n", output)
 
     def test_a_healthy_store_set_aside_by_repair_force_is_not_called_damaged(self):
         post(payment())
