@@ -3679,17 +3679,17 @@ def code_python_may_run(folders):
     hashlib.py, say, is taken for it), .pth files (site-packages runs their import lines), and
     packages: a folder with an __init__.py, or one named like a module in use (another user who
     may write to it could add one). The folders themselves: check_who_else_may_change_python."""
-    modules = {name.partition(".")[0] for name in sys.modules}
     found = []
     for folder in folders:
         try:
-            names = sorted(os.listdir(folder or "."))
-        except OSError:                         # (not there, or a .zip)
+            names = sorted(os.listdir(folder))
+        except OSError:                         # (not there, a .zip, or "")
             continue
         for name in names:
             path = os.path.join(folder, name)
+            # (A package's own name is in sys.modules once any module of it is.)
             if name.endswith((".py", ".pyc", ".so", ".pth")) or os.path.isdir(path) and (
-                    name in modules or os.path.exists(os.path.join(path, "__init__.py"))):
+                    name in sys.modules or os.path.exists(os.path.join(path, "__init__.py"))):
                 found.append(path)
     return found
 

@@ -1226,7 +1226,8 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         self.addCleanup(shutil.rmtree, packages, True)
         os.chmod(packages, 0o755)
         for folder, name in ((packages, "vendorlib.pth"), (self.site, "mailer.py"), (self.site, "hashlib.py"),
-                             (packages, "helpers"), (self.site, "sqlite3"), (packages, "legacy.pyc")):
+                             (packages, "helpers"), (self.site, "sqlite3"), (packages, "legacy.pyc"),
+                             (packages, "fast.cpython-311-x86_64-linux-gnu.so")):
             with self.subTest(name=name):
                 path = os.path.join(folder, name)
                 if "." in name:
@@ -1237,7 +1238,9 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                     if name == "helpers":
                         open(os.path.join(path, "__init__.py"), "w").close()
                 os.chmod(path, 0o777 if "." not in name else 0o666)
-                code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONPATH=packages)
+                # (A folder on the path that is not there, or a .zip, is passed over, not the end.)
+                code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config,
+                                               PYTHONPATH=os.pathsep.join([packages + ".zip", packages]))
                 self.assertEqual(code, 1, output)
                 self.assertIn("PROBLEM  %s can be changed by other users of this server (mode %s)\n         fix: chmod "
                               "go-w %s   (it decides what the receiver does)\n" % (

@@ -58,6 +58,15 @@ class Recording(ReceiverTestCase):
                          [("digistore24:on_payment:1001",), ("digistore24:on_payment:2002",)])
         connection.close()
 
+    def test_a_store_another_process_migrated_meanwhile_is_left_as_it_is(self):
+        # Two calls find schema 1; one migrates while the other waits for the lock, then reads
+        # schema 2 under it: nothing more to do, and no "newer receiver" either.
+        post(payment("1"))
+        connection = ipn_receiver.open_store(ipn_receiver.settings())
+        ipn_receiver.migrate_store(connection)
+        self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(post(payment("1")).body, "OK")
+
     def test_commits_are_synchronous_full(self):
         post(payment())
         connection = ipn_receiver.open_store(ipn_receiver.settings())
