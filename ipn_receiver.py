@@ -2336,7 +2336,7 @@ def is_answer_line(line):
     """Whether `line` is an answer line as answer_body writes it: `key: value`, the key not empty,
     with no colon and no space at either end."""
     key, separator, _ = line.partition(": ")
-    return bool(separator) and key == key.strip() != "" and ":" not in key
+    return bool(separator) and key != "" and key == key.strip() and ":" not in key
 
 
 def retry_pause(attempts):
