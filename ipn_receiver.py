@@ -1740,8 +1740,10 @@ def open_store(config, create=True):
         raise StorageError(describe_storage_error(error, path))
 
 
-def schema_problem(connection):
-    """What is wrong with the shape of the store's table, or None.
+def schema_problem(connection, indexes=None):
+    """What is wrong with the shape of the store's table, or None. `indexes`: the indexes of the
+    duplicate keys it must have, by default those of its schema number (schema 1 had the first
+    alone); a salvage needs the first alone, whatever that number says (one flipped bit in it).
 
     Its schema is kept as text in the file, and one flipped bit there (PRIMARY read as QRIMARY, a
     line break as another character that makes a column part of a comment) passes SQLite's
@@ -1755,11 +1757,13 @@ def schema_problem(connection):
     if columns["id"][2].upper() != "INTEGER" or columns["id"][5] != 1:
         return "its id is not the table's INTEGER PRIMARY KEY"
     unique = [row[1] for row in connection.execute("PRAGMA index_list(notifications)") if row[2]]
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    for name in KEY_INDEXES if version >= 2 else KEY_INDEXES[:1]:     # (schema 1 had the first alone)
+    if indexes is None:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        indexes = KEY_INDEXES if version >= 2 else KEY_INDEXES[:1]
+    for name in indexes:
         if name not in unique or [row[2] for row in connection.execute('PRAGMA index_info("%s")' % name)] != [
                 "duplicate_key"]:
-            return "its duplicate keys are not UNIQUE in both of their indexes"
+            return "its duplicate keys are not UNIQUE in their indexes"
     return None
 
 
@@ -2062,7 +2066,7 @@ def salvage_rows(damaged_path, connection):
         return 0, 0
     try:
         try:
-            if schema_problem(source):
+            if schema_problem(source, KEY_INDEXES[:1]):
                 return 0, 0                 # its rows cannot be told apart: not one is copied
         except (sqlite3.Error, MemoryError):
             pass                            # (and where the schema cannot be read, none can be)
@@ -2103,14 +2107,21 @@ def salvage_rows(damaged_path, connection):
                 else:
                     misses += 1
                 number += 1
-        keys_only = rows_of_lost_keys(rows, keys_in_index(source))
+        keys = keys_in_index(source)
+        keys_only = rows_of_lost_keys(rows, keys)
     finally:
         source.close()
+    # A row whose id the index holds under another key last: where a flipped bit gave one row the
+    # key of another (txn 3's row reading txn 7's key), the row that really is txn 7's is kept, not
+    # dropped for the other, whose answer each copy of 7 would get. (The other's key, from the
+    # index, is kept as "unknown": rows_of_lost_keys.) Else the first of two rows with one key.
+    key_column = STORE_COLUMNS.index("duplicate_key")
+    rows = sorted(rows.values(), key=lambda row: keys.get(row[0], row[key_column]) != row[key_column])
     connection.execute("BEGIN IMMEDIATE")
     try:
         copied = [connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)" % (
             columns, ", ".join("?" * len(STORE_COLUMNS))), row).rowcount    # (0: a key held twice, the first kept)
-            for row in list(rows.values()) + keys_only]     # (those of keys alone last: some take new ids)
+            for row in rows + keys_only]        # (those of keys alone last: some take new ids)
         connection.execute("COMMIT")
     except BaseException:
         rollback(connection)
@@ -3750,7 +3761,8 @@ def check_owners(report, data_dir):
     runs the receiver as, who is the one check must run as. A file made by a command run as another
     user cannot be opened by the web server."""
     owner = os.stat(data_dir).st_uid
-    report(owner == os.geteuid(), "data folder belongs to the user check runs as (%s)" % user_name(os.geteuid()),
+    report(owner == os.geteuid(), "data folder belongs to the user check runs as (it belongs to %s; check runs as %s)"
+           % (user_name(owner), user_name(os.geteuid())),
            "run check as the user the web server runs the receiver as: the data folder belongs to %s, and it "
            "and its files must belong to that user" % user_name(owner))
     for name in sorted(os.listdir(data_dir)):
@@ -4034,7 +4046,8 @@ def command_repair(args):
     with StoreLock(config["DATA_DIR"]):      # no call writes meanwhile
         result = integrity_of(path)
         if result == "ok" and not args.force:
-            print("the store passes its integrity check; nothing to repair (--force sets it aside anyway)")
+            print("the store passes its integrity check; nothing to repair (--force sets it aside anyway, and "
+                  "starts a new store with every row: for one that says a newer ipn_receiver wrote it where none did)")
             return 0
         try:
             connection = set_damaged_store_aside(config, "repair: " + result.splitlines()[0] if result != "ok" else

@@ -534,7 +534,8 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
         os.chown(self.data_dir, self.NOBODY, self.NOBODY)
         code, output, _ = self.command("check")
         self.assertEqual(code, 1)
-        self.assertIn("PROBLEM  data folder belongs to the user check runs as (root)\n         fix: run check as the user the "
+        self.assertIn("PROBLEM  data folder belongs to the user check runs as (it belongs to nobody; check runs as "
+                      "root)\n         fix: run check as the user the "
                       "web server runs the receiver as: the data folder belongs to nobody, and it and its files must "
                       "belong to that user", output)
 
@@ -1356,7 +1357,12 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         environment = dict(os.environ, IPN_DATA_DIR=self.data_dir, IPN_SHA_PASSPHRASE=PASSPHRASE)
         with open(os.path.join(self.site, "passenger_wsgi.py"), "w") as file:
             file.write(snippet("passenger-wsgi"))
-        load_as_passenger_does = [PYTHON, "-c", "import importlib.util; spec = importlib.util.spec_from_file_location("
+        # (It prints what is in __pycache__ as the receiver is imported: what the receiver itself
+        # deletes, once it runs, would have been read by then.)
+        load_as_passenger_does = [PYTHON, "-c", "import builtins, os, importlib.util; real_import = builtins.__import__; "
+                                  "builtins.__import__ = lambda name, *args: (name == 'ipn_receiver' and print(sorted("
+                                  "os.listdir('__pycache__'))), real_import(name, *args))[1]; "
+                                  "spec = importlib.util.spec_from_file_location("
                                   "'passenger_wsgi', 'passenger_wsgi.py'); module = importlib.util.module_from_spec("
                                   "spec); spec.loader.exec_module(module); print(module.application)"]
         for command in ([PYTHON, "-c", "import ipn_receiver"], [PYTHON, self.launcher, "--version"],
@@ -1367,8 +1373,10 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 os.chmod(cache, 0o777)
                 self.plant_a_compiled_copy(cache, marker)
                 os.mkdir(os.path.join(cache, "a-folder"))
+                # (And a link to a folder: swapped for a compiled copy at the right moment, it would be read.)
+                os.symlink(tempfile.gettempdir(), os.path.join(cache, "ipn_receiver.cpython-36.pyc"))
                 for name in os.listdir(cache):
-                    os.chown(os.path.join(cache, name), 65534, 65534)
+                    os.lchown(os.path.join(cache, name), 65534, 65534)
                 done = subprocess.run(command, cwd=self.site, env=environment, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, timeout=60)
                 if command[-1] == "import ipn_receiver":    # what the copy does where nothing stops it
@@ -1378,6 +1386,7 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 self.assertFalse(os.path.exists(marker))
                 if command == load_as_passenger_does:
                     self.assertEqual(done.returncode, 0, done.stderr)
+                    self.assertNotIn(b"ipn_receiver.cpython-36.pyc", done.stdout)     # (gone before the import)
                     self.assertIn(b"<function application", done.stdout)
                     self.assertEqual(os.stat(cache).st_mode & 0o777, 0o755)
                     self.assertEqual(os.listdir(cache), ["a-folder"])      # (a folder Python never reads)

@@ -885,6 +885,57 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], 1)
         connection.close()
 
+    def test_a_store_of_schema_1_whose_number_flipped_to_a_newer_one_is_salvaged_whole(self):
+        # Its schema number, 1, read as 3: a newer receiver's, and so one with the second index.
+        # The salvage needs the first alone: `repair` (or `--force`, as the 503 says) keeps every row.
+        runs = []
+        self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
+        self.store_of_schema_1(20)
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA user_version = 3")
+        connection.commit()
+        connection.close()
+        self.assertEqual(post(payment("1005")).body, STORAGE_ERROR)
+        for arguments in (["repair"], ["repair", "--force"]):
+            with self.subTest(arguments=arguments), contextlib.redirect_stdout(io.StringIO()) as output, \
+                    contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(ipn_receiver.main(arguments), 0)
+                self.assertIn("the new store holds 20 notifications", output.getvalue())
+        for number in ("1005", "1020"):
+            self.assertEqual(post(payment(number)).body, "OK\nusername: buyer-" + number)
+        self.assertEqual(runs, [])
+
+    def test_a_row_whose_key_flipped_into_anothers_does_not_take_its_place_in_the_salvage(self):
+        # One bit in row 1003's key makes it 1007's, which row 1007 holds: found at a copy of 1003,
+        # the store is salvaged. Kept in the order of their ids, 1003's row would take 1007's key,
+        # and every copy of 1007 would get buyer 1003's access data (or run again, had 1003 failed).
+        runs = []
+
+        def on_payment(notification):
+            runs.append(notification["transaction_id"])
+            return {"username": "buyer-" + notification["transaction_id"]}
+        self.handle("on_payment", on_payment)
+        for number in range(1001, 1011):
+            post(payment(str(number)))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            key = b"digistore24:on_payment:1003"
+            table = [at for at in range(0, len(content), 4096) if content[at] == 0x0d and key in content[at:at + 4096]]
+            self.assertEqual(len(table), 1)                 # (the indexes hold it too: left as they are)
+            at = content.index(key, table[0], table[0] + 4096) + len(key) - 1
+            content[at] ^= 0x04                             # "3" read as "7"
+            file.seek(0)
+            file.write(content)
+        self.assertEqual(post(payment("1003")).status, 503)          # (held: which key is right is unknown)
+        for number in ("1007", "1001", "1010"):
+            self.assertEqual(post(payment(number)).body, "OK\nusername: buyer-" + number)
+        self.assertEqual(len(runs), 10)
+        self.assertIn("a new store was started and 10 notifications were copied", self.log_text())
+
     def test_a_store_that_says_a_newer_receiver_wrote_it_is_refused_with_both_ways_out(self):
         post(payment("1"))
         ipn_receiver.close_store()
@@ -961,7 +1012,7 @@ class StorageProblems(ReceiverTestCase):
         for id_column in ("INTEGER QRIMARY KEY", "INTEGER", "INTEGEQ PRIMARY KEY"):
             self.assertEqual(problem(("INTEGER PRIMARY KEY", id_column)), "its id is not the table's INTEGER PRIMARY KEY")
         # Both indexes of the duplicate keys, each UNIQUE, each of the key alone.
-        not_unique, as_is = "its duplicate keys are not UNIQUE in both of their indexes", ("", "")
+        not_unique, as_is = "its duplicate keys are not UNIQUE in their indexes", ("", "")
         without_unique = ("NOT NULL UNIQUE", "NOT NULL")
         self.assertEqual(problem(without_unique), not_unique)
         self.assertEqual(problem(as_is, "SELECT 1"), not_unique)
