@@ -2057,31 +2057,31 @@ def salvage_rows(damaged_path, connection):
     alone, found in the store's index where the table's page that held the row is damaged.
     """
     import sqlite3
-    # (Damage also shows as MemoryError: SQLite cannot allocate what a damaged cell claims to hold.)
+    errors = READ_ERRORS + (sqlite3.Error,)
     columns = ", ".join(STORE_COLUMNS)
-    rows = {}
+    rows = {}                                   # {(id, key): row}: a flipped bit may give two rows one id
     try:
         source = sqlite3.connect(damaged_path)
-    except (sqlite3.Error, MemoryError):
+    except errors:
         return 0, 0
     try:
         try:
             if schema_problem(source, KEY_INDEXES[:1]):
                 return 0, 0                 # its rows cannot be told apart: not one is copied
-        except (sqlite3.Error, MemoryError):
+        except errors:
             pass                            # (and where the schema cannot be read, none can be)
         try:                                # a scan reads everything before the first bad page
             for row in source.execute("SELECT %s FROM notifications ORDER BY id" % columns):
-                rows[row[0]] = row
-        except (sqlite3.Error, MemoryError):
+                rows[row[0], row[KEY_COLUMN]] = row
+        except errors:
             try:
                 source.execute("SELECT sql FROM sqlite_master").fetchall()
-            except (sqlite3.Error, MemoryError):
+            except errors:
                 return 0, 0                 # not even the schema: no statement can be prepared
             try:                            # and from the other end, back to the first bad page
                 for row in source.execute("SELECT %s FROM notifications ORDER BY id DESC" % columns):
-                    rows[row[0]] = row
-            except (sqlite3.Error, MemoryError):
+                    rows[row[0], row[KEY_COLUMN]] = row
+            except errors:
                 pass
             # Then row by row: a lookup by id passes damaged pages by, and so does asking for
             # the first id from a given one on, which steps over the ids no row has. No number
@@ -2096,68 +2096,112 @@ def salvage_rows(damaged_path, connection):
                 try:
                     following = source.execute("SELECT id FROM notifications WHERE id >= ? ORDER BY id "
                                                "LIMIT 1", (number,)).fetchone()
-                except (sqlite3.Error, MemoryError):
+                except errors:
                     following = (number,)
                 if following is None:
                     break                   # no row from here on
                 number = following[0]
                 row = salvage_row(source, number)
                 if row:
-                    rows[number], misses = row, 0
+                    rows[number, row[KEY_COLUMN]], misses = row, 0
                 else:
                     misses += 1
                 number += 1
         keys = keys_in_index(source)
-        keys_only = rows_of_lost_keys(rows, keys)
     finally:
         source.close()
-    # A row whose id the index holds under another key last: where a flipped bit gave one row the
-    # key of another (txn 3's row reading txn 7's key), the row that really is txn 7's is kept, not
-    # dropped for the other, whose answer each copy of 7 would get. (The other's key, from the
-    # index, is kept as "unknown": rows_of_lost_keys.) Else the first of two rows with one key.
-    key_column = STORE_COLUMNS.index("duplicate_key")
-    rows = sorted(rows.values(), key=lambda row: keys.get(row[0], row[key_column]) != row[key_column])
+    # A row whose key a flipped bit may have changed: one its own fields do not make, or, where
+    # they cannot be read, one whose id an index holds under another key. Held as "unknown" (the
+    # vendor decides), never answered as another notification (txn 1001's row reading 1000's key,
+    # its access data sent to the buyer of 1000, or the row of 7 taken for 3's); put in last, so
+    # that where the row that is that key's is there too, that one stands.
+    indexed = {}
+    for number, key in keys:
+        indexed.setdefault(number, set()).add(key)
+    sure, doubted = [], []
+    for row in rows.values():
+        made = key_its_fields_make(row)
+        if made == row[KEY_COLUMN] or made is None and indexed.get(row[0], {row[KEY_COLUMN]}) == {row[KEY_COLUMN]}:
+            sure.append(row)
+        else:
+            doubted.append(tuple(dict(zip(STORE_COLUMNS, row), status="unknown", last_error=DOUBTED_KEY)[column]
+                                 for column in STORE_COLUMNS))
+    keys_only = rows_of_lost_keys(list(rows.values()), keys)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        copied = [connection.execute("INSERT OR IGNORE INTO notifications (%s) VALUES (%s)" % (
-            columns, ", ".join("?" * len(STORE_COLUMNS))), row).rowcount    # (0: a key held twice, the first kept)
-            for row in rows + keys_only]        # (those of keys alone last: some take new ids)
+        copied = [copy_row(connection, row) for row in sure + doubted + keys_only]
         connection.execute("COMMIT")
     except BaseException:
         rollback(connection)
         raise
-    return sum(copied), sum(copied[len(rows):])
+    return sum(copied), sum(copied[len(sure) + len(doubted):])
+
+
+READ_ERRORS = (MemoryError, UnicodeDecodeError)
+# (What damage shows as, besides sqlite3.Error: a cell claiming more than can be allocated, or a
+# name in the schema that is no UTF-8, in the message of SQLite's error.)
+KEY_COLUMN = STORE_COLUMNS.index("duplicate_key")
+DOUBTED_KEY = ("salvaged from a damaged store: its key and the index's disagree, so which notification it "
+               "is cannot be told")
+
+
+def key_its_fields_make(row):
+    """The duplicate key that the fields a salvaged row holds make, a witness apart from its key
+    and the indexes; None where they cannot be read."""
+    fields = stored_fields(dict(zip(STORE_COLUMNS, row)))
+    try:
+        return Notification(row[STORE_COLUMNS.index("provider")], fields).key if fields else None
+    except Exception:                           # (a value damaged into a number, say)
+        return None
+
+
+def copy_row(connection, row):
+    """Put a salvaged row into the new store under its id, or a new one where a row holding
+    another key has it already (a flipped bit may give two rows one id); nothing where its key
+    is there already (the first of two rows with one key stands). 1 where it was put in, else 0."""
+    insert = "INSERT OR IGNORE INTO notifications (%s) VALUES (%s)" % (", ".join(STORE_COLUMNS),
+                                                                      ", ".join("?" * len(STORE_COLUMNS)))
+    if connection.execute(insert, row).rowcount:
+        return 1
+    if connection.execute("SELECT 1 FROM notifications WHERE duplicate_key = ?", (row[KEY_COLUMN],)).fetchone():
+        return 0
+    return connection.execute(insert, (None,) + tuple(row[1:])).rowcount
 
 
 def rows_of_lost_keys(rows, keys):
-    """[row] for each key of `keys` ({id: duplicate key}, read from the index) that no row of
-    `rows` ({id: row} read from the table) holds: "unknown", with its id and its key alone.
-
-    Where a row of the table has that id under another key, one of the two keys is damaged (a
-    flipped bit), and which cannot be told: both are kept, the index's under a new id.
-    """
-    known = {row[STORE_COLUMNS.index("duplicate_key")] for row in rows.values()}
-    return [tuple(dict(UNREADABLE, id=None if number in rows else number, duplicate_key=key).get(column)
-                  for column in STORE_COLUMNS) for number, key in keys.items() if key not in known]
+    """[row] for each key of `keys` ({(id, duplicate key)}, read from the indexes) that no row of
+    `rows` (read from the table) holds: "unknown", with its id (where no row has it) and its key
+    alone."""
+    known = {row[KEY_COLUMN] for row in rows}
+    taken = {row[0] for row in rows}
+    lost = []
+    for number, key in sorted(keys, key=lambda entry: (entry[0], entry[1])):
+        if key not in known:
+            known.add(key)
+            lost.append(tuple(dict(UNREADABLE, id=None if number in taken else number, duplicate_key=key).get(column)
+                              for column in STORE_COLUMNS))
+            taken.add(number)
+    return lost
 
 
 def keys_in_index(source):
-    """{id: duplicate key} of every entry of the damaged store's indexes of duplicate keys.
+    """{(id, duplicate key)} of every entry of the damaged store's indexes of duplicate keys.
 
     Each index is a tree of its own: where the page of the table that held a row is damaged, its
     entry there still tells that the notification arrived. Each is read from both ends, so that a
     damaged page of an index hides only what lies on it, and only there. (A store of schema 1
-    has only the first.)
+    has only the first; where the second was built from a damaged table, the two may hold one id
+    under two keys: both are kept.)
     """
     import sqlite3
-    keys = {}
+    keys = set()
     for index in KEY_INDEXES:
         for order in ("", " DESC"):
             try:
-                for number, key in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY %s "
-                                                  "ORDER BY duplicate_key%s" % (index, order)):
-                    keys[number] = key
-            except (sqlite3.Error, MemoryError):
+                for entry in source.execute("SELECT id, duplicate_key FROM notifications INDEXED BY %s "
+                                            "ORDER BY duplicate_key%s" % (index, order)):
+                    keys.add(entry)
+            except READ_ERRORS + (sqlite3.Error,):
                 pass
     return keys
 
@@ -2172,13 +2216,13 @@ def salvage_row(source, number):
     try:
         return source.execute("SELECT %s FROM notifications WHERE id = ?" % ", ".join(STORE_COLUMNS),
                               (number,)).fetchone()
-    except (sqlite3.Error, MemoryError):
+    except READ_ERRORS + (sqlite3.Error,):
         pass
     row = {}
     for column in STORE_COLUMNS:
         try:
             found = source.execute("SELECT id, %s FROM notifications WHERE id = ?" % column, (number,)).fetchone()
-        except (sqlite3.Error, MemoryError):
+        except READ_ERRORS + (sqlite3.Error,):
             continue
         if found is None:
             return None
