@@ -1736,7 +1736,7 @@ def open_store(config, create=True):
             raise
         _connections[key] = (connection, (on_disk.st_ino, on_disk.st_dev))
         return connection
-    except (OSError, sqlite3.Error) as error:
+    except (OSError, sqlite3.Error, UnicodeDecodeError) as error:
         raise StorageError(describe_storage_error(error, path))
 
 
@@ -1851,7 +1851,7 @@ def close_store(key=None):
 
 def describe_storage_error(error, path):
     """One line for the log: what went wrong with the store and how to fix it."""
-    text = getattr(error, "strerror", None) or str(error)
+    text = getattr(error, "strerror", None) or error_text(error)
     words = text.lower()
     hint = "check that the data folder exists, is writable by the web server's user and the disk is not full"
     if "readonly" in words or "read-only" in words or "permission" in words:
@@ -1867,9 +1867,22 @@ def describe_storage_error(error, path):
 
 
 def store_is_damaged(error):
-    """True for SQLite's "malformed" and "not a database": the file itself is broken."""
+    """True for SQLite's "malformed" and "not a database": the file itself is broken; and for text
+    in it that is not UTF-8 (not_utf8)."""
     text = str(error).lower()
-    return "malformed" in text or "not a database" in text
+    return "malformed" in text or "not a database" in text or not_utf8(error)
+
+
+def not_utf8(error):
+    """Whether `error` says that text in the store is not UTF-8: a flipped bit in a row's text
+    (sqlite3 cannot decode it), or in a name in its schema (nor SQLite's message that names it)."""
+    return isinstance(error, UnicodeDecodeError) or "could not decode to utf-8" in str(error).lower()
+
+
+def error_text(error):
+    """str(error), but for text that is not UTF-8: sqlite3's message quotes the row's text, which
+    may be a buyer's access data, and no log line or output may hold that."""
+    return "database disk image is malformed: text in it is not UTF-8" if not_utf8(error) else str(error)
 
 
 def write_to_store(config, write, lock_seconds=None, claimed_in=None, create=True):
@@ -1898,7 +1911,7 @@ def write_to_store(config, write, lock_seconds=None, claimed_in=None, create=Tru
         except Exception as error:
             if not store_is_damaged(error):
                 raise
-            damage = str(error)
+            damage = error_text(error)
         return write(set_damaged_store_aside(config, damage))
 
 
@@ -1950,9 +1963,10 @@ def set_damaged_store_aside(config, reason, start_empty=False):
 
 
 UNREADABLE_STORE = (
-    "event store %s: damaged where its schema is kept, so not one row can be read, and it was left as it "
-    "was: an empty store in its place would run every notification handled before again. Recover it by hand "
-    "(sqlite3 events.sqlite3 .recover), or start an empty one with `python3 ipn_receiver.py repair --force`")
+    "event store %s: damaged where its schema is kept, so the receiver cannot read its rows (they may be there "
+    "still), and it was left as it was: an empty store in its place would run every notification handled before "
+    "again. Recover it by hand (SQLite 3.29 or later: sqlite3 events.sqlite3 .recover), or start an empty one with "
+    "`python3 ipn_receiver.py repair --force`")
 
 
 def may_hold_rows(path):
@@ -3650,8 +3664,8 @@ def command_check(args):
                 report(False, "%d notifications whose row is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
                        "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
                        "handler, or `replay ID --done` if it was handled")
-        except (StorageError, sqlite3.Error) as error:
-            report(False, "event store: %s" % error, "see the message; for a damaged store: "
+        except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
+            report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             if os.path.exists(os.path.join(data_dir, name)):
@@ -4116,11 +4130,14 @@ def integrity_of(path):
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
         try:
             result = connection.execute("PRAGMA integrity_check").fetchone()[0]
+            if result == "ok":
+                # (Text that is not UTF-8 passes SQLite's check, but not sqlite3's reading of it.)
+                connection.execute("SELECT %s FROM notifications" % ", ".join(STORE_COLUMNS)).fetchall()
             return result if result != "ok" else schema_problem(connection) or "ok"
         finally:
             connection.close()
-    except sqlite3.Error as error:
-        return str(error)
+    except (sqlite3.Error, UnicodeDecodeError) as error:
+        return error_text(error)
 
 
 def port_number(text):
@@ -4250,9 +4267,9 @@ def main(argv=None):
         return 1
     except (ConfigError, CommandFailed, StorageError) as error:
         message, code = str(error), 2 if isinstance(error, ConfigError) else getattr(error, "code", 1)
-    except sqlite3_module().Error as error:
+    except (sqlite3_module().Error, UnicodeDecodeError) as error:
         message, code = ("the event store cannot be read (%s); run `python3 ipn_receiver.py check`, and for a "
-                         "damaged store `repair`" % error), 1
+                         "damaged store `repair`" % error_text(error)), 1
     except UnicodeEncodeError:
         message, code = "this terminal cannot show the text; run the command with LANG=C.UTF-8 in front", 1
     except OSError as error:                # a file of the data folder this user may not open, say

@@ -19,7 +19,7 @@ import time
 import unittest
 from unittest import mock
 
-from helpers import (ISN_KEY, PASSPHRASE, ReceiverTestCase, fixture_fields, generated, ipn_receiver, payment, post,
+from helpers import (ISN_KEY, PASSPHRASE, PYTHON, SCRIPT, ReceiverTestCase, fixture_fields, generated, ipn_receiver, payment, post,
                      promopit_sale, read_only_folder, readable_keys, signed)
 
 STORAGE_ERROR = ipn_receiver.STORAGE_ERROR
@@ -729,7 +729,7 @@ class StorageProblems(ReceiverTestCase):
                 answer = post(promopit_sale("PP-0"))
                 self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
                 self.assertEqual(runs, ["PP-0", "PP-1", "PP-2", "PP-3"])
-                self.assertIn("not one row can be read, and it was left as it was", self.log_text())
+                self.assertIn("so the receiver cannot read its rows (they may be there still), and it was left as it was", self.log_text())
 
     def test_a_data_folder_htaccess_in_another_encoding_is_read_without_failing(self):
         htaccess = os.path.join(self.data_dir, ".htaccess")
@@ -972,6 +972,48 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(connection.execute("SELECT id, duplicate_key FROM notifications ORDER BY id").fetchall(),
                          [(1, "a"), (2, "b")])
 
+    def test_text_a_flipped_bit_made_no_utf8_is_damage_and_never_logged(self):
+        # SQLite's integrity check passes it; sqlite3 cannot read it, and its message quotes the
+        # text: a buyer's access data. A copy is held (its answer cannot be read), not a 503 for
+        # ever; the other rows stand; nothing of the text goes into the log or onto the screen.
+        runs = []
+        self.handle("on_payment", lambda n: runs.append(n) or {"username": "jane-" + n["transaction_id"]})
+        for number in ("1001", "1002"):
+            post(payment(number))
+        ipn_receiver.close_store()
+        connection = sqlite3.connect(self.store())
+        connection.execute("UPDATE notifications SET answer = CAST(X'4f4b0a757365726e616d653a206a616e65ff' AS TEXT) "
+                           "WHERE duplicate_key LIKE '%1001'")
+        connection.commit()
+        connection.close()
+        checked = subprocess.run([PYTHON, SCRIPT, "check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                                 env=dict(os.environ, IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_DATA_DIR=self.data_dir))
+        output = checked.stdout.decode()
+        self.assertIn("PROBLEM  event store: database disk image is malformed: text in it is not UTF-8\n         fix: see "
+                      "the message; for a damaged store: python3 ipn_receiver.py repair\n", output)
+        self.assertEqual(post(payment("1001")).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
+        self.assertEqual(post(payment("1002")).body, "OK\nusername: jane-1002")
+        self.assertEqual(len(runs), 2)
+        self.assertIn("text in it is not UTF-8", self.log_text())
+        self.assertNotIn("username: jane", self.log_text() + output)
+
+    def test_a_name_in_the_schema_that_is_no_utf8_is_damage_to_the_schema(self):
+        # One bit in a name on the first page: SQLite's message, which quotes the name, cannot be
+        # read by sqlite3. A damaged schema, as documented (503; `repair --force`), not a riddle.
+        post(payment("1"))
+        ipn_receiver.close_store()
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            at = content.index(b"duplicate_keys", 0, 4096)      # in sqlite_master, on the first page
+            content[at + 10] = 0xff
+            file.seek(0)
+            file.write(content)
+        self.assertEqual(post(payment("2")).body, STORAGE_ERROR)
+        self.assertIn("damaged where its schema is kept, so the receiver cannot read its rows", self.log_text())
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
+        self.assertEqual(post(payment("2")).body, "OK")
+
     def test_a_store_that_says_a_newer_receiver_wrote_it_is_refused_with_both_ways_out(self):
         post(payment("1"))
         ipn_receiver.close_store()
@@ -1026,7 +1068,8 @@ class StorageProblems(ReceiverTestCase):
                     self.assertEqual(ipn_receiver.main(["repair"]), 1)
                 self.assertIn("PROBLEM  event store: event store %s: its schema is damaged" % self.store(),
                               output.getvalue())
-                self.assertIn("damaged where its schema is kept, so not one row can be read, and it was left as it was",
+                self.assertIn("damaged where its schema is kept, so the receiver cannot read its rows (they may be there "
+                              "still), and it was left as it was",
                               errors.getvalue())
                 self.assertEqual(runs, ["1001", "2002"])
 
