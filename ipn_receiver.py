@@ -4297,14 +4297,17 @@ def keep_compiled_copies_private():
     reports a compiled copy that is another user's, and the folder where it is theirs.)"""
     cache = os.path.join(HERE, "__pycache__")
     try:
+        was_open = os.stat(cache).st_mode & 0o022
         os.chmod(cache, os.stat(cache).st_mode & 0o755)
         names = os.listdir(cache)
     except OSError:                             # (none; or another user's, which check reports)
         return
     trusted = trusted_users()
     for name in names:
+        # (Where it was open, all of it: a hard link another user made to a file of this user's
+        # that they may write to looks like this user's own.)
         try:
-            if os.lstat(os.path.join(cache, name)).st_uid not in trusted:
+            if was_open or os.lstat(os.path.join(cache, name)).st_uid not in trusted:
                 os.remove(os.path.join(cache, name))
         except OSError:                         # (gone; or a folder, which Python never reads)
             pass
