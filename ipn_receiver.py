@@ -1875,8 +1875,10 @@ def store_is_damaged(error):
 
 def not_utf8(error):
     """Whether `error` says that text in the store is not UTF-8: a flipped bit in a row's text
-    (sqlite3 cannot decode it), or in a name in its schema (nor SQLite's message that names it)."""
-    return isinstance(error, UnicodeDecodeError) or "could not decode to utf-8" in str(error).lower()
+    (sqlite3 cannot decode it), or in a name in its schema (nor SQLite's message that names it:
+    UnicodeDecodeError from Python 3.11 on, a DatabaseError with no message before)."""
+    return isinstance(error, UnicodeDecodeError) or "could not decode to utf-8" in str(error).lower() or (
+        isinstance(error, sqlite3_module().DatabaseError) and not str(error))
 
 
 def error_text(error):

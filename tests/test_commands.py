@@ -1383,7 +1383,7 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
                 with open(os.path.join(cache, "ours.cpython-311.pyc"), "wb") as file:      # (or a hard link of theirs)
                     file.write(b"planted")
                 # (And a link to a folder: swapped for a compiled copy at the right moment, it would be read.)
-                os.symlink(tempfile.gettempdir(), os.path.join(cache, "ipn_receiver.cpython-36.pyc"))
+                os.symlink(tempfile.gettempdir(), os.path.join(cache, "ipn_receiver.cpython-1.pyc"))
                 for name in os.listdir(cache):
                     if name != "ours.cpython-311.pyc":
                         os.lchown(os.path.join(cache, name), 65534, 65534)
