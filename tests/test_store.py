@@ -645,13 +645,27 @@ class StorageProblems(ReceiverTestCase):
     def store(self):
         return os.path.join(self.data_dir, "events.sqlite3")
 
-    def fill_and_checkpoint(self, count):
-        for number in range(count):
-            post(payment(str(number)))
+    def checkpoint(self):
+        """Close the store, its journal moved into the file, where a test damages it."""
         ipn_receiver.close_store()
         connection = sqlite3.connect(self.store())
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
+
+    def handle_payments_naming_their_buyer(self):
+        """on_payment answers `username: buyer-<its transaction id>`: the list of those it ran for."""
+        runs = []
+
+        def on_payment(notification):
+            runs.append(notification["transaction_id"])
+            return {"username": "buyer-" + notification["transaction_id"]}
+        self.handle("on_payment", on_payment)
+        return runs
+
+    def fill_and_checkpoint(self, count):
+        for number in range(count):
+            post(payment(str(number)))
+        self.checkpoint()
 
     def test_a_store_whose_schema_cannot_be_read_is_not_replaced_by_an_empty_one(self):
         # Damage to the first page (the file header, the schema): not one row can be read. An
@@ -749,12 +763,7 @@ class StorageProblems(ReceiverTestCase):
         # One bit flipped in the index of duplicate keys: the entry of txn 2002 points to the row
         # of txn 3003. Read through it, a copy of 2002 would get 3003's answer, another buyer's
         # access data. The row found is checked against the key; the store is salvaged.
-        runs = []
-
-        def on_payment(notification):
-            runs.append(notification["transaction_id"])
-            return {"username": "buyer-" + notification["transaction_id"]}
-        self.handle("on_payment", on_payment)
+        runs = self.handle_payments_naming_their_buyer()
         for number in ("1001", "2002", "3003"):
             post(payment(number))
         ipn_receiver.close_store()
@@ -911,18 +920,10 @@ class StorageProblems(ReceiverTestCase):
         # One bit in row 1003's key makes it 1007's, which row 1007 holds: found at a copy of 1003,
         # the store is salvaged. Kept in the order of their ids, 1003's row would take 1007's key,
         # and every copy of 1007 would get buyer 1003's access data (or run again, had 1003 failed).
-        runs = []
-
-        def on_payment(notification):
-            runs.append(notification["transaction_id"])
-            return {"username": "buyer-" + notification["transaction_id"]}
-        self.handle("on_payment", on_payment)
+        runs = self.handle_payments_naming_their_buyer()
         for number in range(1001, 1011):
             post(payment(str(number)))
-        ipn_receiver.close_store()
-        connection = sqlite3.connect(self.store())
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        self.checkpoint()
         with open(self.store(), "r+b") as file:
             content = bytearray(file.read())
             key = b"digistore24:on_payment:1003"
@@ -1142,10 +1143,7 @@ class StorageProblems(ReceiverTestCase):
         self.handle("on_payment", lambda notification: runs.append(1))
         for number in ("1001", "1002"):
             post(payment(number))
-        ipn_receiver.close_store()
-        connection = sqlite3.connect(self.store())
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        self.checkpoint()
         with open(self.store(), "r+b") as file:
             content = bytearray(file.read())
             at = [at for at in range(len(content)) if content.startswith(b"digistore24:on_payment:1001", at)
@@ -1199,10 +1197,7 @@ class StorageProblems(ReceiverTestCase):
         self.handle("on_payment", lambda n: {"username": "jane"})
         post(payment("long", custom="MARKER" * 3000))
         post(payment("short"))
-        ipn_receiver.close_store()
-        connection = sqlite3.connect(self.store())
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        self.checkpoint()
         with open(self.store(), "r+b") as file:
             content = file.read()
             pages = sorted({index // 4096 for index in range(0, len(content), 4096)
@@ -1261,10 +1256,7 @@ class StorageProblems(ReceiverTestCase):
         self.handle("on_payment", lambda notification: runs.append(notification["transaction_id"]))
         for number in range(60):
             post(payment(str(number), custom="row %d " % number + "x" * 200))
-        ipn_receiver.close_store()
-        connection = sqlite3.connect(self.store())
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        self.checkpoint()
         ids = {row["duplicate_key"].split(":")[-1]: row["id"] for row in self.rows()}
         with open(self.store(), "r+b") as file:
             content = bytearray(file.read())
