@@ -1345,20 +1345,21 @@ def ensure_data_dir(path):
         raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver; set DATA_DIR to a "
                            "folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
                                path, user_name(found.st_uid), user_name(os.geteuid()), user_name(os.geteuid())))
+    htaccess = os.path.join(path, ".htaccess")
+    denied = denies_the_web(htaccess)
+    if not denied and is_anothers_folder(path):
+        # A site's (its rewrite rules, its images): no .htaccess written there, which would take
+        # the site's files off the web, no chmod, which would too, and nothing stored beside them.
+        raise StorageError("the data folder %s holds files that are not the receiver's (an .htaccess that does "
+                           "not deny the web, or a site's files): set DATA_DIR to a folder of its own, outside "
+                           "the web root" % path)
     if hasattr(os, "geteuid") and found.st_mode & 0o077:
         # Opened to others (chmod 755 to look at the log, say), the folder would let them read
         # every buyer's data, and write to a file whose mode lets them: plant answers in the store.
         os.chmod(path, 0o700)
         sys.stderr.write("ipn_receiver: the data folder %s had mode %03o, which let other users in; set back to 700\n"
                          % (path, found.st_mode & 0o777))
-    htaccess = os.path.join(path, ".htaccess")
-    if not denies_the_web(htaccess):
-        if is_anothers_folder(path):
-            # A site's (its rewrite rules, its images): no .htaccess written there, which would take
-            # the site's files off the web, and nothing stored beside them.
-            raise StorageError("the data folder %s holds files that are not the receiver's (an .htaccess that does "
-                               "not deny the web, or a site's files): set DATA_DIR to a folder of its own, outside "
-                               "the web root" % path)
+    if not denied:
         # Written whole under another name, then renamed: a full disk must not leave an empty
         # .htaccess, which would deny nothing and never be written again. The name is this
         # thread's own: the threads of a WSGI server may all be writing it at once.

@@ -1922,15 +1922,18 @@ class Protection(ReceiverTestCase):
                       "files): set DATA_DIR to a folder of its own, outside the web root", errors.getvalue())
 
     def test_a_folder_of_the_site_with_no_htaccess_is_not_taken_off_the_web(self):
-        # DATA_DIR naming a folder of images: an .htaccess written there would deny them all.
+        # DATA_DIR naming a folder of images: an .htaccess written there would deny them all, and
+        # so would a chmod 700 (the web server reads them as another user).
         folder = os.path.join(self.data_dir, "uploads")
         os.makedirs(folder)
+        os.chmod(folder, 0o755)
         with open(os.path.join(folder, "logo.png"), "wb") as file:
             file.write(b"\x89PNG")
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
         answer = post(payment())
         self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
         self.assertEqual(os.listdir(folder), ["logo.png"])
+        self.assertEqual(os.stat(folder).st_mode & 0o777, 0o755)
         self.assertTrue(ipn_receiver.is_anothers_folder(folder))
         os.rename(os.path.join(folder, "logo.png"), os.path.join(folder, "ipn_receiver.py"))  # a script is a site's
         self.assertTrue(ipn_receiver.is_anothers_folder(folder))
