@@ -1715,6 +1715,9 @@ def open_store(config, create=True):
             ensure_data_dir(config["DATA_DIR"])
             create_store_file(path, config["DATA_DIR"])
             on_disk = os.stat(path)
+        missing = cut_short(path)           # (SQLite notices it only where it reads past the end)
+        if missing:
+            raise StorageError(CUT_SHORT_STORE % (path, missing))
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         try:
             # FULL: a commit is on disk before it returns, so OK is never sent for a lost record.
@@ -1722,6 +1725,9 @@ def open_store(config, create=True):
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageError(NEWER_SCHEMA % version)
+            if version == 0:                    # (create_store_file never leaves one so)
+                raise sqlite3.DatabaseError("database disk image is malformed: it holds no schema (emptied or cut "
+                                            "short, or its schema number damaged)")
             # Migrated by the user the data folder belongs to alone (a call): a command run as
             # another user (root) would make the lock file and the journal theirs, and every call
             # would fail. It reads the store as it is (schema_problem knows each version's shape).
@@ -1781,14 +1787,29 @@ NEWER_SCHEMA = (
 
 
 def create_store_file(path, data_dir):
-    """Create the empty database file with mode 0600 (SQLite would make it readable by all)."""
+    """Create the store, its schema and all, with mode 0600 (SQLite would make it readable by all).
+
+    It is made whole under another name and renamed into place: so the receiver never leaves a
+    store without its schema (a process ended halfway leaves the other name), and one found so,
+    empty, is one that was emptied or cut short (an upload that stopped before it began), which
+    open_store refuses as damaged rather than starting anew in it, and running every handler again.
+    """
     with StoreLock(data_dir):             # so that no one uses the file before it is clean
         if os.path.exists(path) or finish_interrupted_swap(path):
             return
         # A journal left behind by a deleted store would be replayed into the new one. It goes
         # first: once the file exists, other processes may already be using new journal files.
         remove_store_files(path)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        making = path + ".new"
+        remove_store_files(making)              # what a process that died here left
+        os.close(os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        connection = sqlite3_module().connect(making, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            connection.execute("PRAGMA synchronous=FULL")
+            migrate_store(connection)
+        finally:
+            connection.close()                  # (its journal goes into the file)
+        os.replace(making, path)
         # Its name durable in the folder before its first rows: else, after a power cut, the
         # store could be gone while the journal holding those rows is not, and the next call,
         # making the store anew, would remove that journal as one left behind.
@@ -1930,10 +1951,14 @@ def set_damaged_store_aside(config, reason, start_empty=False):
     Where nothing at all can be read (its first page, which holds the schema, is damaged) from a
     store that held rows, no empty store takes its place, in which every notification handled
     before would run again: StorageError, until the vendor recovers it or, with `repair --force`,
-    starts an empty one (`start_empty`). The caller holds the store lock, so no other process
-    replaces the store meanwhile.
+    starts an empty one (`start_empty`). Nor is a store that was cut short salvaged unasked: the
+    whole file is likely still where it was copied from, and its rows past the cut would be lost.
+    The caller holds the store lock, so no other process replaces the store meanwhile.
     """
     path = store_path(config)
+    missing = None if start_empty else cut_short(path)
+    if missing:
+        raise StorageError(CUT_SHORT_STORE % (path, missing))
     salvaging = path + ".salvage"
     remove_store_files(salvaging)               # what a failed attempt may have left
     try:
@@ -1973,21 +1998,67 @@ UNREADABLE_STORE = (
 
 
 def may_hold_rows(path):
-    """Whether a damaged store may have held rows: unless it is no larger than a new store, its
-    journal is empty, and no provider's name is in it, it may.
+    """Whether a damaged store may have held rows: unless it shows itself a new store, it may.
 
-    A new store is four pages (the schema, the table, its two indexes), 16 KiB, but so is one that
-    holds a few notifications: size alone does not tell. Every row holds its provider's name
-    four times (its provider, its key, and its key in each index), and the schema none.
+    A new store is four pages: the schema, and the table and its two indexes, each one page with
+    no entry on it. Each of those pages says in its header what kind of page it is and how many
+    entries it holds (sqlite.org/fileformat.html, 1.6), and one that held a few notifications
+    is no larger, so it is these that tell, not the size, nor what text is in the file. A file
+    whose header is damaged (zeros, say, where a power cut left them) does not show itself new.
+    (A file cut short never comes here: cut_short.)
     """
     if not os.path.exists(path):
         return False
     journal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
-    if journal > 0 or os.path.getsize(path) > 4 * 4096:
+    header = store_header(path)
+    size = os.path.getsize(path)
+    if journal > 0 or header is None or size > 4 * header[1] or size % header[1]:
         return True
     with open(path, "rb") as file:
         content = file.read()
-    return DIGISTORE24.encode("ascii") in content or PROMOPIT.encode("ascii") in content
+    # Every page after the schema's a leaf of a table (13) or of an index (10), with 0 entries.
+    pages = range(header[1], size, header[1])
+    return any(content[at] not in (10, 13) or content[at + 3:at + 5] != b"\0\0" for at in pages)
+
+
+def store_header(path):
+    """(pages, page size) as the header of the SQLite file at `path` gives them, or None where it
+    has no header that SQLite would take for one (sqlite.org/fileformat.html, 1.3)."""
+    with open(path, "rb") as file:
+        header = file.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size      # (65536 does not fit in two bytes)
+    if page_size < 512 or page_size & (page_size - 1):
+        return None
+    # The count of pages holds only where the file's change counter and the version it was
+    # written for agree; SQLite 3.7.0 and later keep them so.
+    pages = int.from_bytes(header[28:32], "big") if header[24:28] == header[92:96] else 0
+    return pages or os.path.getsize(path) // page_size, page_size
+
+
+def cut_short(path):
+    """What is left of the store's file where it is shorter than its header says it is, or than a
+    header (an upload or a copy that stopped halfway), else None. (Not where its journal holds
+    pages: a checkpoint that stopped halfway leaves the file's header ahead of its pages, which
+    the journal still holds.)"""
+    if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal"):
+        return None
+    size = os.path.getsize(path)
+    if size < 100:
+        return "%d bytes of it are left" % size
+    header = store_header(path)
+    if header is None or header[0] * header[1] <= size:
+        return None
+    return "%d of its %d pages are left" % (size // header[1], header[0])
+
+
+CUT_SHORT_STORE = (
+    "event store %s was cut short (%s), as by an upload or a copy that stopped halfway, so its rows past the cut "
+    "cannot be read, and it was left as it was. Put the whole file back (copy it again from where it came from), "
+    "or keep the rows that can be read with `python3 ipn_receiver.py repair --force`, knowing that copies of the "
+    "notifications that are lost would then run their handlers again")
 
 
 UNKNOWN_NOTE = (" (%d of them with their status lost: whether their handlers ran is unknown, so a copy "
@@ -2079,6 +2150,9 @@ def salvage_rows(damaged_path, connection):
     rows = {}                                   # {(id, key): row}: a flipped bit may give two rows one id
     try:
         source = sqlite3.connect(damaged_path)
+        # Else SQLite reads nothing at all from a file shorter than its header says, or one
+        # whose schema names a page past its end. (The source is only read, never written.)
+        source.execute("PRAGMA writable_schema=ON")
     except errors:
         return 0, 0
     try:
@@ -3668,8 +3742,10 @@ def command_check(args):
                        "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
                        "handler, or `replay ID --done` if it was handled")
         except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
-            report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
-                   "python3 ipn_receiver.py repair")
+            missing = cut_short(store_path(config))
+            report(False, "event store: %s" % (CUT_SHORT_STORE % (store_path(config), missing) if missing else
+                                               error_text(error)),
+                   "see the message; for a damaged store: python3 ipn_receiver.py repair")
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             if os.path.exists(os.path.join(data_dir, name)):
                 report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
@@ -4129,6 +4205,9 @@ def integrity_of(path):
     """SQLite's integrity check of the store at `path`, and the shape of its table: "ok", or what
     is wrong."""
     import sqlite3
+    missing = cut_short(path)
+    if missing:
+        return "cut short: %s" % missing
     try:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
         try:
