@@ -3613,8 +3613,15 @@ def command_check(args):
     cache = os.path.join(HERE, "__pycache__")
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
                 if name.startswith("ipn_receiver.") and readable_by_all(os.path.join(cache, name))]
-    backups = [name for name in os.listdir(HERE) if is_backup_copy(name) and readable_by_all(os.path.join(HERE, name))
-               and (in_the_script or name.lstrip(".#").lower().startswith("config"))]
+    # Copies by their names (one may hold a secret since changed), and any file beside the script
+    # that holds a secret in use (config.example.ini filled in, "Copy of config.ini").
+    secrets = [value.encode("utf-8") for value in [config[name] for name in SECRET_SETTINGS if not secret_problem(
+        config, name)] + [globals()[name] for name in in_the_script]]
+    theirs = {os.path.realpath(path) for path in (script, config["config_file"] or script)}
+    backups = [name for name in os.listdir(HERE) if readable_by_all(os.path.join(HERE, name)) and (
+        is_backup_copy(name) and (in_the_script or name.lstrip(".#").lower().startswith("config")) or
+        os.path.realpath(os.path.join(HERE, name)) not in theirs and
+        any(file_holds(os.path.join(HERE, name), secret) for secret in secrets))]
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.

@@ -804,6 +804,27 @@ class Check(CommandTestCase):
                       "(ipn_receiver.cpython-311.pyc); if it ever held a secret, delete them: rm -r %s\n"
                       % os.path.join(folder, "__pycache__"), output)
 
+    def test_any_file_beside_the_script_that_holds_a_secret_in_use_is_a_problem(self):
+        # Whatever its name: config.example.ini filled in rather than copied, a file manager's
+        # "Copy of config.ini", a note. Each one other users can read gives them the secret.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = shutil.copy(SCRIPT, folder)
+        os.chmod(script, 0o755)
+        for name, secret in (("config.example.ini", PASSPHRASE), ("Copy of config.ini", PASSPHRASE),
+                             ("notes.txt", ISN_KEY), ("other.txt", "no secret here")):
+            with open(os.path.join(folder, name), "w") as file:
+                file.write("[digistore24]\nsha_passphrase = %s\n" % secret)
+            os.chmod(os.path.join(folder, name), 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+                      "(Copy of config.ini, config.example.ini, notes.txt)\n", output)
+        for name in ("config.example.ini", "Copy of config.ini", "notes.txt"):
+            os.chmod(os.path.join(folder, name), 0o600)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+
     def test_a_data_dir_where_other_users_may_make_or_move_folders_is_a_problem(self):
         # Another user could make the data folder first (the receiver then refuses it: 503 for every
         # call), or move it away where the folder above is not sticky (and every handler runs again).
