@@ -3749,10 +3749,8 @@ def command_check(args):
                        "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
                        "handler, or `replay ID --done` if it was handled")
         except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
-            missing = cut_short(store_path(config))
-            report(False, "event store: %s" % (CUT_SHORT_STORE % (store_path(config), missing) if missing else
-                                               error_text(error)),
-                   "see the message; for a damaged store: python3 ipn_receiver.py repair")
+            report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
+                   "python3 ipn_receiver.py repair")
         for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
             if os.path.exists(os.path.join(data_dir, name)):
                 report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
