@@ -2202,22 +2202,29 @@ def salvage_rows(damaged_path, connection):
     finally:
         source.close()
     # A row whose key a flipped bit may have changed: one its own fields do not make, or, where
-    # they cannot be read, one whose id an index holds under another key. Held as "unknown" (the
-    # vendor decides), never answered as another notification (txn 1001's row reading 1000's key,
-    # its access data sent to the buyer of 1000, or the row of 7 taken for 3's); put in last, so
-    # that where the row that is that key's is there too, that one stands.
+    # they cannot be read, one whose id an index holds under another key. Where the index holds
+    # its id under the one key of the two, that one is right: the key its fields make (its key
+    # flipped: the row is that key's), or its key (its fields flipped: dropped, a copy brings them
+    # back). Else which is right cannot be told: each of the two keys is held as "unknown" (the
+    # vendor decides), with neither the fields nor the answer, which may be another buyer's (txn
+    # 1001's row reading 1000's key, its access data sent to the buyer of 1000, or the row of 7
+    # taken for 3's); put in last, so that where the row that is that key's is there too, it stands.
     indexed = {}
     for number, key in keys:
         indexed.setdefault(number, set()).add(key)
     sure, doubted = [], []
     for row in rows.values():
-        made = key_its_fields_make(row)
-        if made == row[KEY_COLUMN] or made is None and indexed.get(row[0], {row[KEY_COLUMN]}) == {row[KEY_COLUMN]}:
+        made, key, witness = key_its_fields_make(row), row[KEY_COLUMN], indexed.get(row[0], set())
+        if made == key or made is None and witness <= {key}:
             sure.append(row)
+        elif made is not None and witness == {made}:
+            sure.append(row_of(dict(zip(STORE_COLUMNS, row), duplicate_key=made)))
+        elif made is not None and witness == {key}:
+            sure.append(row_of(dict(zip(STORE_COLUMNS, row), fields=UNREADABLE["fields"])))
         else:
-            doubted.append(tuple(dict(zip(STORE_COLUMNS, row), status="unknown", last_error=DOUBTED_KEY)[column]
-                                 for column in STORE_COLUMNS))
-    keys_only = rows_of_lost_keys(list(rows.values()), keys)
+            doubted += [row_of(dict(UNREADABLE, id=number, duplicate_key=either, last_error=DOUBTED_KEY))
+                        for number, either in ((row[0], key), (None, made)) if either is not None]
+    keys_only = rows_of_lost_keys(sure + doubted, keys)
     connection.execute("BEGIN IMMEDIATE")
     try:
         copied = [copy_row(connection, row) for row in sure + doubted + keys_only]
@@ -2232,8 +2239,14 @@ READ_ERRORS = (MemoryError, UnicodeDecodeError)
 # (What damage shows as, besides sqlite3.Error: a cell claiming more than can be allocated, or a
 # name in the schema that is no UTF-8, in the message of SQLite's error.)
 KEY_COLUMN = STORE_COLUMNS.index("duplicate_key")
-DOUBTED_KEY = ("salvaged from a damaged store: its key and the index's disagree, so which notification it "
-               "is cannot be told")
+DOUBTED_KEY = ("salvaged from a damaged store: a row's key, its fields and the index disagree, so which "
+               "notification it was cannot be told, nor whether this one was handled (the row is in the damaged copy)")
+
+
+def row_of(values):
+    """A row of the store (a tuple in the order of STORE_COLUMNS) from a dict of its columns: None
+    for one it does not hold."""
+    return tuple(values.get(column) for column in STORE_COLUMNS)
 
 
 def key_its_fields_make(row):
@@ -2269,8 +2282,7 @@ def rows_of_lost_keys(rows, keys):
     for number, key in sorted(keys, key=repr):     # (in one order each time; repr: an id damaged into text)
         if key not in known:
             known.add(key)
-            lost.append(tuple(dict(UNREADABLE, id=None if number in taken else number, duplicate_key=key).get(column)
-                              for column in STORE_COLUMNS))
+            lost.append(row_of(dict(UNREADABLE, id=None if number in taken else number, duplicate_key=key)))
             taken.add(number)
     return lost
 
