@@ -779,6 +779,24 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("0")).body, "OK\nusername: buyer-0")
         self.assertEqual(runs, ["100"])
 
+    def test_the_store_file_alone_holds_all_but_the_last_calls_while_a_worker_keeps_its_connection(self):
+        # A WSGI worker never closes its connection, and SQLite moves the -wal file's commits into
+        # the store's own file only at a checkpoint: by default at 1,000 pages, about 300 calls.
+        # Until then a backup of events.sqlite3 alone, or a -wal deleted as a temporary file,
+        # would lose them all (the 33rd review: 200 sales, all run again).
+        for number in range(60):
+            post(payment(str(number)))
+        self.assertIn(ipn_receiver.store_path(ipn_receiver.settings()), [
+            row[2] for connection, _ in ipn_receiver._connections.values()
+            for row in connection.execute("PRAGMA database_list")])          # (still open)
+        backup = os.path.join(tempfile.mkdtemp(prefix="ipn-test-"), "events.sqlite3")
+        self.addCleanup(shutil.rmtree, os.path.dirname(backup), True)
+        shutil.copy(self.store(), backup)
+        connection = sqlite3.connect(backup)
+        self.addCleanup(connection.close)
+        self.assertGreaterEqual(connection.execute("SELECT count(*) FROM notifications").fetchone()[0], 57)
+        self.assertLess(os.path.getsize(self.store() + "-wal"), 30 * 4096)
+
     def test_a_store_is_made_whole_before_it_takes_its_name(self):
         # So that one found without its schema was emptied or cut short, never the receiver's
         # own halfway: a process that died making it leaves the other name, cleared next time.
