@@ -1745,6 +1745,8 @@ def open_store(config, create=True):
             problem = schema_problem(connection)
             if problem:
                 raise StorageError(DAMAGED_SCHEMA % (path, problem))
+            if not store_was_made(config["DATA_DIR"]):
+                mark_store_made(config["DATA_DIR"])
         except Exception:
             connection.close()
             raise
@@ -1804,6 +1806,8 @@ def create_store_file(path, data_dir):
     with StoreLock(data_dir):             # so that no one uses the file before it is clean
         if os.path.exists(path) or finish_interrupted_swap(path):
             return
+        if store_was_made(data_dir):
+            raise StorageError(STORE_GONE % path)
         # A journal left behind by a deleted store would be replayed into the new one. It goes
         # first: once the file exists, other processes may already be using new journal files.
         remove_store_files(path)
@@ -1821,6 +1825,34 @@ def create_store_file(path, data_dir):
         # store could be gone while the journal holding those rows is not, and the next call,
         # making the store anew, would remove that journal as one left behind.
         sync_folder(data_dir)
+
+
+def store_was_made(data_dir):
+    """Whether a store was made in the data folder: its lock file says so from then on."""
+    try:
+        return os.path.getsize(os.path.join(data_dir, ".lock")) > 0
+    except OSError:
+        return False
+
+
+def mark_store_made(data_dir):
+    """Write into the data folder's lock file (where there is one) that a store was made there.
+    Without the store, a call then gets 503 rather than a new store (STORE_GONE)."""
+    try:
+        fd = os.open(os.path.join(data_dir, ".lock"), os.O_WRONLY | os.O_APPEND)   # (not made: another
+    except OSError:                                                             # user's it would be)
+        return
+    try:
+        os.write(fd, b"a store was made in this folder\n")
+    finally:
+        os.close(fd)
+
+
+STORE_GONE = (
+    "the event store %s is gone from the data folder it was made in (deleted, moved, or not there yet where a copy "
+    "or an upload of the folder stopped halfway): a new one would run every notification handled before again, "
+    "so calls get 503 until you put it back (with its -wal file, where there is one), or start a new one with "
+    "`python3 ipn_receiver.py repair --force`")
 
 
 def migrate_store(connection):
@@ -3732,7 +3764,9 @@ def command_check(args):
             report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
                    "in place if there is no store; beside a store, it is older than the store: move it out of the "
                    "data folder")
-    if writable and not os.path.exists(store_path(config)):
+    if writable and not os.path.exists(store_path(config)) and store_was_made(data_dir):
+        report(False, "event store: " + STORE_GONE % store_path(config), "see the message")
+    elif writable and not os.path.exists(store_path(config)):
         note("no event store yet; the receiver makes it at its first call")
     elif writable:
         try:
@@ -4201,7 +4235,17 @@ def command_repair(args):
         print("an interrupted repair left its new store beside the old one; it is in place now")
         return 0
     if not store_within_reach(config):
-        print("no store at %s yet; nothing to repair" % path)
+        if not store_was_made(config["DATA_DIR"]):
+            print("no store at %s yet; nothing to repair" % path)
+            return 0
+        refuse_another_user(config, "repair")
+        if not args.force:
+            raise CommandFailed(STORE_GONE % path)
+        with StoreLock(config["DATA_DIR"]):
+            with open(os.path.join(config["DATA_DIR"], ".lock"), "w"):
+                pass                            # (a store is made here anew: asked for)
+            open_store(config)
+        print("started a new, empty store: copies of notifications handled before will run their handlers again")
         return 0
     refuse_another_user(config, "repair")
     with StoreLock(config["DATA_DIR"]):      # no call writes meanwhile

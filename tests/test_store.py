@@ -616,17 +616,37 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(answer.status, 503)
         self.assertIn("event store", self.log_text())
 
-    def test_a_deleted_store_is_recreated_and_the_old_connection_not_used(self):
+    def test_a_deleted_store_is_not_made_anew_unasked_and_the_old_connection_not_used(self):
+        # Deleted, moved, or not there yet where a copy of the data folder stopped halfway (the
+        # 33rd review): a new store would run every notification handled before again. Calls get
+        # 503 until it is back, or the vendor asks for a new one.
+        runs = self.handle_payments_naming_their_buyer()
         post(payment("1"))
         for suffix in ("", "-wal", "-shm"):
             os.remove(os.path.join(self.data_dir, "events.sqlite3" + suffix))
-        self.assertEqual(post(payment("2")).body, "OK")
+        self.assertEqual((post(payment("1")).body, post(payment("2")).body), (STORAGE_ERROR, STORAGE_ERROR))
+        self.assertEqual(runs, ["1"])
+        self.assertFalse(os.path.exists(self.store()))
+        self.assertIn(ipn_receiver.STORE_GONE % self.store(), self.log_text())
+        checked = subprocess.run([PYTHON, SCRIPT, "check"], stdout=subprocess.PIPE, timeout=60, env=dict(
+            os.environ, IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_DATA_DIR=self.data_dir))
+        self.assertIn("PROBLEM  event store: " + ipn_receiver.STORE_GONE % self.store(), checked.stdout.decode())
+        errors = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()) as output, contextlib.redirect_stderr(errors):
+            self.assertEqual(ipn_receiver.main(["repair"]), 1)
+            self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
+        self.assertEqual(errors.getvalue(), "ERROR: %s\n" % ipn_receiver.STORE_GONE % self.store())
+        self.assertEqual(output.getvalue(), "started a new, empty store: copies of notifications handled before will "
+                                            "run their handlers again\n")
+        self.assertEqual(post(payment("2")).body, "OK\nusername: buyer-2")
         self.assertEqual(len(self.rows()), 1)
 
     def test_a_deleted_store_with_its_journal_left_behind_starts_clean(self):
         post(payment("1"))
         ipn_receiver.close_store()
         os.remove(os.path.join(self.data_dir, "events.sqlite3"))   # the -wal file stays
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
         self.assertEqual(post(payment("2")).body, "OK")
         connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
         self.assertEqual(connection.execute("PRAGMA integrity_check").fetchone()[0], "ok")
@@ -1778,7 +1798,9 @@ class TheLiveStore(ReceiverTestCase):
                          ("digistore24:on_payment:3999938", "done", "OK\nusername: jane"))
         self.assertEqual(post(payment()).body, "OK\nusername: jane")
 
-    def test_the_store_replaced_while_the_handler_runs_and_the_row_lost(self):
+    def test_the_store_deleted_while_the_handler_runs_gets_no_ok_and_no_new_store(self):
+        # Every notification handled before is gone with it: a new store, made to hold this
+        # outcome, would let their copies run again. No OK either: the outcome is not held.
         def grant(notification):
             ipn_receiver.close_store()
             for suffix in ("", "-wal", "-shm"):
@@ -1786,9 +1808,10 @@ class TheLiveStore(ReceiverTestCase):
                     os.remove(os.path.join(self.data_dir, "events.sqlite3" + suffix))
             return {"username": "jane"}
         self.handle("on_payment", grant)
-        self.assertEqual(post(payment()).body, "OK\nusername: jane")
-        row = self.rows()[0]
-        self.assertEqual((row["status"], row["answer"]), ("done", "OK\nusername: jane"))
+        self.assertEqual(post(payment()).body, ipn_receiver.OUTCOME_NOT_STORED % 1)
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        self.assertFalse(os.path.exists(store))
+        self.assertIn(ipn_receiver.STORE_GONE % store, self.log_text())
 
     def move_the_store(self, to):
         ipn_receiver.close_store()
@@ -1883,14 +1906,9 @@ class TheLiveStore(ReceiverTestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
 
-    def test_the_store_deleted_while_config_ini_is_half_uploaded_is_made_anew_where_it_was(self):
-        def delete_the_store():
-            ipn_receiver.close_store()
-            for name in os.listdir(self.data_dir):
-                if name.startswith("events.sqlite3"):
-                    os.remove(os.path.join(self.data_dir, name))
-            self.patched_from_now_on(ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("cut short"))
-        self.assertGrantedWhile(delete_the_store)
+    def test_an_outcome_goes_where_its_claim_is_while_config_ini_is_half_uploaded(self):
+        self.assertGrantedWhile(lambda: self.patched_from_now_on(
+            ipn_receiver, "settings", side_effect=ipn_receiver.ConfigError("cut short")))
 
     def test_an_outcome_is_recorded_though_the_data_folder_became_everyones(self):
         # A vendor's "chmod 777 to fix it" while a handler runs: its outcome still goes into the
