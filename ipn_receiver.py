@@ -1836,16 +1836,13 @@ def store_was_made(data_dir):
 
 
 def mark_store_made(data_dir):
-    """Write into the data folder's lock file (where there is one) that a store was made there.
-    Without the store, a call then gets 503 rather than a new store (STORE_GONE)."""
+    """Write into the data folder's lock file that a store was made there. Without the store, a
+    call then gets 503 rather than a new store (STORE_GONE)."""
     try:
-        fd = os.open(os.path.join(data_dir, ".lock"), os.O_WRONLY | os.O_APPEND)   # (not made: another
-    except OSError:                                                             # user's it would be)
-        return
-    try:
-        os.write(fd, b"a store was made in this folder\n")
-    finally:
-        os.close(fd)
+        with open(os.path.join(data_dir, ".lock"), "r+b") as file:     # (none made: it would be this user's)
+            file.write(b"a store was made in this folder\n")
+    except OSError:
+        pass
 
 
 STORE_GONE = (
@@ -2065,16 +2062,11 @@ def store_header(path):
     has no header that SQLite would take for one (sqlite.org/fileformat.html, 1.3)."""
     with open(path, "rb") as file:
         header = file.read(100)
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
-        return None
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size      # (65536 does not fit in two bytes)
-    if page_size < 512 or page_size & (page_size - 1):
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0") or page_size < 512:
         return None
-    # The count of pages holds only where the file's change counter and the version it was
-    # written for agree; SQLite 3.7.0 and later keep them so.
-    pages = int.from_bytes(header[28:32], "big") if header[24:28] == header[92:96] else 0
-    return pages or os.path.getsize(path) // page_size, page_size
+    return int.from_bytes(header[28:32], "big"), page_size
 
 
 def cut_short(path):
@@ -3666,8 +3658,7 @@ def command_check(args):
                 if name.startswith("ipn_receiver.") and readable_by_all(os.path.join(cache, name))]
     # Copies by their names (one may hold a secret since changed), and any file beside the script
     # that holds a secret in use (config.example.ini filled in, "Copy of config.ini").
-    secrets = [value.encode("utf-8") for value in [config[name] for name in SECRET_SETTINGS if not secret_problem(
-        config, name)] + [globals()[name] for name in in_the_script]]
+    secrets = [config[name].encode("utf-8") for name in SECRET_SETTINGS if not secret_problem(config, name)]
     theirs = {os.path.realpath(path) for path in (script, config["config_file"] or script)}
     backups = [name for name in os.listdir(HERE) if readable_by_all(os.path.join(HERE, name)) and (
         is_backup_copy(name) and (in_the_script or name.lstrip(".#").lower().startswith("config")) or
@@ -4242,8 +4233,7 @@ def command_repair(args):
         if not args.force:
             raise CommandFailed(STORE_GONE % path)
         with StoreLock(config["DATA_DIR"]):
-            with open(os.path.join(config["DATA_DIR"], ".lock"), "w"):
-                pass                            # (a store is made here anew: asked for)
+            os.truncate(os.path.join(config["DATA_DIR"], ".lock"), 0)     # (a new store here: asked for)
             open_store(config)
         print("started a new, empty store: copies of notifications handled before will run their handlers again")
         return 0
