@@ -2172,8 +2172,9 @@ UNREADABLE = {"received_at": 0, "provider": "?", "event": "?", "is_test": 0, "fi
 def salvage_rows(damaged_path, connection):
     """Copy every row that can still be read from a damaged store into `connection`.
 
-    Returns how many rows it holds then, and how many of them are known by their duplicate key
-    alone, found in the store's index where the table's page that held the row is damaged.
+    Returns how many rows it holds then, and how many of them are "unknown" for want of what was
+    damaged: known by their duplicate key alone (found in the store's index where the table's page
+    that held the row is damaged, or held where which of two keys a row is cannot be told).
     """
     import sqlite3
     errors = READ_ERRORS + (sqlite3.Error,)
@@ -2263,7 +2264,7 @@ def salvage_rows(damaged_path, connection):
     except BaseException:
         rollback(connection)
         raise
-    return sum(copied), sum(copied[len(sure) + len(doubted):])
+    return sum(copied), sum(copied[len(sure):])
 
 
 READ_ERRORS = (MemoryError, UnicodeDecodeError)

@@ -720,6 +720,103 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(post(payment("100")).body, "OK")
                 self.assertEqual(runs, [1])
 
+    def test_each_storage_error_in_the_log_says_what_to_do(self):
+        # The vendor's one clue where a call got 503 "storage unavailable".
+        path = self.store()
+        for error, hint in (
+                (sqlite3.OperationalError("attempt to write a readonly database"), "make the data folder and "
+                 "events.sqlite3 writable by the web server's user"),
+                (OSError(13, "Read-only file system"), "make the data folder and events.sqlite3 writable by the web "
+                 "server's user"),
+                (PermissionError(13, "Permission denied"), "make the data folder and events.sqlite3 writable by the "
+                 "web server's user"),
+                (sqlite3.OperationalError("database or disk is full"), "free disk space"),
+                (OSError(28, "No space left on device"), "free disk space"),
+                (sqlite3.OperationalError("database is locked"), "another process held the store longer than %d s"
+                 % ipn_receiver.BUSY_TIMEOUT_SECONDS),
+                (sqlite3.OperationalError("database table is busy"), "another process held the store longer than %d s"
+                 % ipn_receiver.BUSY_TIMEOUT_SECONDS),
+                (sqlite3.DatabaseError("database disk image is malformed"), "the file is damaged: run `python3 "
+                 "ipn_receiver.py repair` (it keeps every row that can be read)"),
+                (sqlite3.OperationalError("unable to open database file"), "check that the data folder exists, is "
+                 "writable by the web server's user and the disk is not full")):
+            with self.subTest(error=str(error)):
+                self.assertEqual(ipn_receiver.describe_storage_error(error, path), "event store %s: %s; %s" % (
+                    path, error.strerror if isinstance(error, OSError) else error, hint))
+
+    def test_a_store_a_newer_receiver_migrated_meanwhile_is_not_migrated_back(self):
+        # Another process, of a newer receiver, migrated it between this one's look and its lock.
+        connection = sqlite3.connect(self.store(), isolation_level=None)
+        self.addCleanup(connection.close)
+        connection.execute("PRAGMA user_version = 99")
+        with self.assertRaises(ipn_receiver.StorageError) as raised:
+            ipn_receiver.migrate_store(connection)
+        self.assertEqual(str(raised.exception), ipn_receiver.NEWER_SCHEMA % 99)
+
+    def test_a_salvage_that_can_read_nothing_copies_nothing(self):
+        # (And says so: a count of 1 would let an empty store take the place of one that held rows.)
+        target = sqlite3.connect(":memory:", isolation_level=None)
+        self.addCleanup(target.close)
+        ipn_receiver.migrate_store(target)
+        no_index = os.path.join(self.data_dir, "no-index.sqlite3")
+        connection = sqlite3.connect(no_index)
+        connection.execute("CREATE TABLE notifications (%s)" % ", ".join(ipn_receiver.STORE_COLUMNS))
+        connection.execute("INSERT INTO notifications (id, duplicate_key) VALUES (1, 'k')")
+        connection.commit()
+        connection.close()
+        garbage = os.path.join(self.data_dir, "garbage.sqlite3")
+        with open(garbage, "wb") as file:
+            file.write(b"SQLite format 3\0" + b"\xff" * 8000)
+        for name, path in (("a folder", self.data_dir), ("no index of keys", no_index), ("no schema", garbage)):
+            with self.subTest(name):
+                self.assertEqual(ipn_receiver.salvage_rows(path, target), (0, 0))
+
+    def sales_in_a_store(self, count):
+        """`count` PromoPit sales, PP-0 on, handled and in the store's file: the list of those run."""
+        runs = []
+        self.handle("sale", lambda notification: runs.append(notification["promopit_txn_id"]), "PROMOPIT_HANDLERS")
+        for number in range(count):
+            post(promopit_sale("PP-%d" % number))
+        self.checkpoint()
+        return runs
+
+    def test_rows_between_two_damaged_pages_are_read_one_by_one(self):
+        # A scan stops at the first damaged page, and one from the other end at the last: the
+        # rows between (ids past 125 too) are found by asking for each next id there is.
+        runs = self.sales_in_a_store(300)
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            leaves = [at for at in range(4096, len(content), 4096) if content[at] == 0x0d]
+            self.assertGreater(len(leaves), 6)
+            lost = 0
+            for at in (leaves[1], leaves[-2]):
+                lost += int.from_bytes(content[at + 3:at + 5], "big")
+                content[at:at + 4096] = b"\xff" * 4096
+            file.seek(0)
+            file.write(content)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair"]), 0)
+        statuses = [row["status"] for row in self.rows()]
+        self.assertEqual((statuses.count("done"), statuses.count("unknown")), (300 - lost, lost))
+        del runs[:]
+        for number in (0, 150, 299):
+            post(promopit_sale("PP-%d" % number))
+        self.assertEqual(runs, [])
+
+    def test_a_damaged_root_of_the_table_ends_its_salvage_with_every_key_held(self):
+        # Every lookup of an id meets the damage: the walk goes on id by id, no further than the
+        # file has room for rows. Each row is still known by its key in the indexes.
+        runs = self.sales_in_a_store(120)
+        with open(self.store(), "r+b") as file:
+            file.seek(4096)                     # page 2: the table's root
+            file.write(b"\0" * 4096)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair"]), 0)
+        self.assertEqual([row["status"] for row in self.rows()], ["unknown"] * 120)
+        del runs[:]
+        self.assertEqual(post(promopit_sale("PP-7")).status, 503)
+        self.assertEqual(runs, [])
+
     def test_what_may_hold_rows(self):
         # A new store is four pages: the schema, and the table and its two indexes with no entry
         # on them, as each page's header says. A store with a few rows is no larger; one whose
@@ -1111,6 +1208,7 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("1002")).body, "OK\nusername: buyer-1002")
         # Which of the two it is cannot be told: neither holds the row's fields or its answer,
         # which would go to the other's buyer once the vendor decides (the 33rd review).
+        self.assertIn(ipn_receiver.UNKNOWN_NOTE % 2, self.log_text())
         held = [row for row in self.rows() if row["status"] == "unknown"]
         self.assertEqual(sorted(row["duplicate_key"] for row in held),
                          ["digistore24:on_payment:1000", "digistore24:on_payment:1001"])
@@ -1156,6 +1254,8 @@ class StorageProblems(ReceiverTestCase):
         output = checked.stdout.decode()
         self.assertIn("PROBLEM  event store: database disk image is malformed: text in it is not UTF-8\n         fix: see "
                       "the message; for a damaged store: python3 ipn_receiver.py repair\n", output)
+        self.assertEqual(ipn_receiver.integrity_of(self.store()), "database disk image is malformed: text in it is not "
+                                                                  "UTF-8")     # (so `repair` repairs it)
         self.assertEqual(post(payment("1001")).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
         self.assertEqual(post(payment("1002")).body, "OK\nusername: jane-1002")
         self.assertEqual(len(runs), 2)
@@ -1847,9 +1947,12 @@ class TheLiveStore(ReceiverTestCase):
             return {"username": "jane"}
         self.handle("on_payment", grant)
         answer = post(payment())
+        self.data_dir = empty                   # (where the log went on)
         self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
         self.assertEqual([name for name in os.listdir(empty) if name.startswith("events")], [])
-        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(empty), "events.sqlite3")))
+        self.assertIn("the event store %s is gone (moved or deleted while a handler ran); the handler's outcome is not "
+                      "recorded elsewhere" % os.path.join(empty, "events.sqlite3"), self.log_text())
 
     def test_the_store_copied_to_a_new_data_dir_while_the_handler_runs_gets_the_outcome_too(self):
         # Copied, not moved: the store the settings name now is the one the sender's next copy
