@@ -2029,7 +2029,8 @@ def set_damaged_store_aside(config, reason, start_empty=False):
 UNREADABLE_STORE = (
     "event store %s: damaged where its schema is kept, so the receiver cannot read its rows (they may be there "
     "still), and it was left as it was: an empty store in its place would run every notification handled before "
-    "again. Recover it by hand (SQLite 3.29 or later: sqlite3 events.sqlite3 .recover), or start an empty one with "
+    "again. Recover it by hand where your sqlite3 can (3.29 or later, built with .recover: sqlite3 events.sqlite3 "
+    ".recover | sqlite3 recovered.sqlite3; some builds say \"SQL logic error\"), or start an empty one with "
     "`python3 ipn_receiver.py repair --force`")
 
 
@@ -2071,18 +2072,32 @@ def store_header(path):
 
 def cut_short(path):
     """What is left of the store's file where it is shorter than its header says it is, or than a
-    header (an upload or a copy that stopped halfway), else None. (Not where its journal holds
-    pages: a checkpoint that stopped halfway leaves the file's header ahead of its pages, which
-    the journal still holds.)"""
-    if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal"):
-        return None
+    header (an upload or a copy that stopped halfway), else None. Pages its -wal file holds are
+    not missing: a checkpoint that stopped halfway leaves the file's header ahead of its pages,
+    which the -wal file still holds."""
     size = os.path.getsize(path)
     if size < 100:
         return "%d bytes of it are left" % size
     header = store_header(path)
-    if header is None or header[0] * header[1] <= size:
+    if header is None or not set(range(size // header[1] + 1, header[0] + 1)) - pages_in_journal(path):
         return None
     return "%d of its %d pages are left" % (size // header[1], header[0])
+
+
+def pages_in_journal(path):
+    """The numbers of the pages the store's -wal file holds (sqlite.org/fileformat.html, 4.1):
+    those of its frames from the first on that carry the salts of its header, which a checkpoint
+    changes when the file is written anew from its start."""
+    try:
+        with open(path + "-wal", "rb") as file:
+            journal = file.read()
+    except OSError:
+        return set()
+    page_size, pages, at = int.from_bytes(journal[8:12], "big"), set(), 32
+    while len(journal) >= at + 24 + page_size > at + 24 and journal[at + 8:at + 16] == journal[16:24]:
+        pages.add(int.from_bytes(journal[at:at + 4], "big"))
+        at += 24 + page_size
+    return pages
 
 
 CUT_SHORT_STORE = (
