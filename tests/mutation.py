@@ -146,6 +146,25 @@ EQUIVALENT = {
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",
+    ("open_store", "close_store(None)"):
+        "with no key it drops every thread's connection from the cache (closing another thread's fails and is "
+        "passed over): each opens a new one at its next call, with the same answers",
+    ("salvage_rows", "rollback(None)"):
+        "rollback(None) fails and is passed over; the caller closes the connection next, which rolls back",
+    ("salvage_rows", 'columns = "XX, XX".join(STORE_COLUMNS)'):
+        "both scans then fail at once, and the walk, row by row, reads the same rows (only slower)",
+    ("store_was_made", 'return os.path.getsize(os.path.join(data_dir, ".lock")) > 1'):
+        "the lock file holds nothing, or the mark of 32 bytes: never 1 byte",
+    ("mark_store_made", 'file.write(b"XXa store was made in this folder\\nXX")'):
+        "only whether the lock file holds anything is read, never what",
+    **{("salvage_rows", "while misses < most_misses and %s:" % bound):
+       "differs only where the walk reaches id 2**63 - 2, next to the largest SQLite can hold"
+       for bound in ("number <= 2 ** 63 - 1", "number < 3 ** 63 - 1", "number < 2 ** 64 - 1", "number < 2 ** 63 + 1",
+                     "number < 2 ** 63 - 2")},
+    ("store_header", "header = file.read(101)"):
+        "the first 101 bytes of a file hold its first 100, and nothing past them is read",
+    ("cut_short", 'return "%d of its %d pages are left" % (size / header[1], header[0])'):
+        "%d writes a float's whole part, as // gives it",
 }
 
 
