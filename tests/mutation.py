@@ -58,7 +58,7 @@ FUNCTIONS = [
     "load_settings", "create_store_file", "check_who_else_may_change_python", "migrate_store", "code_python_may_run",
     "is_answer_line", "open_store", "copy_row", "key_its_fields_make", "salvage_rows", "not_utf8", "error_text",
     "describe_storage_error", "store_is_damaged", "integrity_of", "cut_short", "store_header", "store_was_made",
-    "mark_store_made", "row_of",
+    "mark_store_made", "row_of", "pages_in_journal",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -161,6 +161,11 @@ EQUIVALENT = {
        "differs only where the walk reaches id 2**63 - 2, next to the largest SQLite can hold"
        for bound in ("number <= 2 ** 63 - 1", "number < 3 ** 63 - 1", "number < 2 ** 64 - 1", "number < 2 ** 63 + 1",
                      "number < 2 ** 63 - 2")},
+    ("pages_in_journal", 'page_size, pages, at = int.from_bytes(journal[9:12], "big"), set(), 32'):
+        "a page size fits in three bytes (65536 at most), so the fourth from the end is 0",
+    ("pages_in_journal", "while len(journal) >= at + 24 + page_size > at + 25 and journal[at + 8:at + 16] == "
+                         "journal[16:24]:"):
+        "differs only for a page size of 1, which no -wal file has",
     ("store_header", "header = file.read(101)"):
         "the first 101 bytes of a file hold its first 100, and nothing past them is read",
     ("cut_short", 'return "%d of its %d pages are left" % (size / header[1], header[0])'):

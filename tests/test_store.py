@@ -827,6 +827,25 @@ class StorageProblems(ReceiverTestCase):
                     file.write(b"SQLite format 3\0" + size_bytes + b"\0" * 10 + count.to_bytes(4, "big") + b"\0" * 68)
                 self.assertEqual(ipn_receiver.store_header(path), verdict)
 
+    def test_the_pages_a_journal_holds_are_read_frame_by_frame(self):
+        # A header of 32 bytes (the page size at 8, the salts at 16), then frames: 24 bytes (the
+        # page's number, then the salts at 8) and the page. Frames of an earlier generation (other
+        # salts), and one cut short, do not count.
+        def frame(page, salts=b"SALTSALT", size=512):
+            return page.to_bytes(4, "big") + b"\0" * 4 + salts + b"\0" * 8 + b"p" * size
+
+        header = b"\x37\x7f\x06\x82" + b"\0" * 4 + (512).to_bytes(4, "big") + b"\0" * 4 + b"SALTSALT" + b"\0" * 8
+        wal = self.store() + "-wal"
+        for name, content, pages in (
+                ("none", b"", set()), ("whole frames", header + frame(3) + frame(5), {3, 5}),
+                ("a frame cut short", header + frame(3) + frame(5) + frame(7)[:-12], {3, 5}),
+                ("an earlier generation", header + frame(3) + frame(9, b"OLDSALTS") + frame(5), {3}),
+                ("a page size of 0", header[:8] + b"\0" * 4 + header[12:] + frame(3, size=0) * 3, set())):
+            with self.subTest(name):
+                with open(wal, "wb") as file:
+                    file.write(content)
+                self.assertEqual(ipn_receiver.pages_in_journal(self.store()), pages)
+
     def test_what_may_hold_rows(self):
         # A new store is four pages: the schema, and the table and its two indexes with no entry
         # on them, as each page's header says. A store with a few rows is no larger; one whose
