@@ -1472,6 +1472,16 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK")
         self.assertTrue(ipn_receiver.denies_the_web(htaccess))
 
+    def flip_a_bit_in_the_table(self, text, bit):
+        """Flip `bit` in the last byte of `text` where a page of the table (not an index) holds it."""
+        with open(self.store(), "r+b") as file:
+            content = bytearray(file.read())
+            at = [at for at in range(len(content)) if content.startswith(text, at)
+                  and content[at // 4096 * 4096] == 0x0d][0] + len(text) - 1
+            content[at] ^= bit
+            file.seek(0)
+            file.write(content)
+
     def test_a_row_whose_key_lost_a_bit_is_known_by_its_fields_and_the_index(self):
         # One flipped bit in a stored key makes 1001's row read 1000's, a sale yet to come. Its
         # fields and the index still say 1001: the row is 1001's. Held under 1000, whatever the
@@ -1481,13 +1491,7 @@ class StorageProblems(ReceiverTestCase):
         for number in ("1001", "1002"):
             post(payment(number))
         self.checkpoint()
-        with open(self.store(), "r+b") as file:
-            content = bytearray(file.read())
-            at = [at for at in range(len(content)) if content.startswith(b"digistore24:on_payment:1001", at)
-                  and content[at // 4096 * 4096] == 0x0d][0] + len("digistore24:on_payment:100")   # a table leaf
-            content[at] ^= 0x01                                     # "1001" reads "1000" in the table
-            file.seek(0)
-            file.write(content)
+        self.flip_a_bit_in_the_table(b"digistore24:on_payment:1001", 0x01)     # "1001" reads "1000"
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             self.assertEqual(ipn_receiver.main(["repair"]), 0)
         keys = {row["duplicate_key"]: row["status"] for row in self.rows()}
@@ -1504,14 +1508,7 @@ class StorageProblems(ReceiverTestCase):
         for number in ("1001", "1002"):
             post(payment(number))
         self.checkpoint()
-        with open(self.store(), "r+b") as file:
-            content = bytearray(file.read())
-            text = b'"transaction_id":"1001"'
-            at = [at for at in range(len(content)) if content.startswith(text, at)
-                  and content[at // 4096 * 4096] == 0x0d][0] + len(text) - 2
-            content[at] ^= 0x01                                     # "1001" reads "1000" in its fields
-            file.seek(0)
-            file.write(content)
+        self.flip_a_bit_in_the_table(b'"transaction_id":"1001', 0x01)          # "1001" reads "1000" in its fields
         # (SQLite's check passes it: found where the store is salvaged for other damage.)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             self.assertEqual(ipn_receiver.main(["repair", "--force"]), 0)
