@@ -2079,7 +2079,8 @@ def cut_short(path):
     if size < 100:
         return "%d bytes of it are left" % size
     header = store_header(path)
-    if header is None or not set(range(size // header[1] + 1, header[0] + 1)) - pages_in_journal(path):
+    missing = set(range(size // header[1] + 1, header[0] + 1)) if header else set()
+    if not missing or not missing - pages_in_journal(path):     # (the -wal file read only where needed)
         return None
     return "%d of its %d pages are left" % (size // header[1], header[0])
 
