@@ -1319,6 +1319,7 @@ _HTACCESS = """# Written by ipn_receiver: nothing in this folder may be served o
 """
 
 _connections = {}    # (process id, thread id) -> (connection, (inode, device) of the file)
+_store_files = {}    # (device, inode) -> a descriptor never closed: read_store_file
 
 
 class StorageError(Exception):
@@ -2051,18 +2052,38 @@ def may_hold_rows(path):
     size = os.path.getsize(path)
     if journal > 0 or header is None or size > 4 * header[1] or size % header[1]:
         return True
-    with open(path, "rb") as file:
-        content = file.read()
+    content = read_store_file(path, size)
     # Every page after the schema's a leaf of a table (13) or of an index (10), with 0 entries.
     pages = range(header[1], size, header[1])
     return any(content[at] not in (10, 13) or content[at + 3:at + 5] != b"\0\0" for at in pages)
 
 
+def read_store_file(path, length):
+    """The first `length` bytes of the store's file at `path`, read through a descriptor that stays
+    open as long as the process: one for each file the store has been.
+
+    Closing any descriptor of a file lets go of every lock this process holds on it (POSIX),
+    those of SQLite's connections in the other threads of a WSGI server too. Another process
+    would then take itself for the store's last user and delete its -wal file, which those
+    connections go on writing into: calls answered OK, then lost (sqlite.org/howtocorrupt.html,
+    2.2). SQLite keeps its own descriptors open for the same reason.
+    """
+    if not hasattr(os, "pread"):                # (Windows, which has no such locks)
+        with open(path, "rb") as file:
+            return file.read(length)
+    found = os.stat(path)
+    fd = _store_files.get((found.st_dev, found.st_ino))
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
+        found = os.fstat(fd)                    # (the file it opened, should it have been replaced)
+        _store_files[found.st_dev, found.st_ino] = fd
+    return os.pread(fd, length, 0)
+
+
 def store_header(path):
     """(pages, page size) as the header of the SQLite file at `path` gives them, or None where it
     has no header that SQLite would take for one (sqlite.org/fileformat.html, 1.3)."""
-    with open(path, "rb") as file:
-        header = file.read(100)
+    header = read_store_file(path, 100)
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size      # (65536 does not fit in two bytes)
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0") or page_size < 512:

@@ -236,6 +236,9 @@ def readable_keys(path):
 def forget_settings():
     """Back to a clean module state: settings reloaded on next use, log and store closed."""
     ipn_receiver.close_store()
+    for fd in ipn_receiver._store_files.values():     # (the test's own connections are closed)
+        os.close(fd)
+    ipn_receiver._store_files.clear()
     ipn_receiver.log.reset()
     ipn_receiver.log.to_stderr = True
     ipn_receiver._settings = None

@@ -945,6 +945,28 @@ class StorageProblems(ReceiverTestCase):
         self.assertGreaterEqual(connection.execute("SELECT count(*) FROM notifications").fetchone()[0], 57)
         self.assertLess(os.path.getsize(self.store() + "-wal"), 30 * 4096)
 
+    def test_a_thread_reading_the_stores_file_leaves_the_locks_of_the_others_held(self):
+        # Closing any descriptor of a file drops every lock the process holds on it, SQLite's
+        # too. In a threaded WSGI server (mod_wsgi's threads=5, waitress), a thread that opened
+        # its connection dropped the locks of the others: a command run then, or another process
+        # closing its connection, took itself for the store's last user and deleted the -wal
+        # file they went on writing into (the 36th review: calls answered OK, then lost).
+        post(payment("1"))                                  # this thread's connection, kept open
+        thread = threading.Thread(target=lambda: (ipn_receiver.open_store(ipn_receiver.settings()),
+                                                  ipn_receiver.may_hold_rows(self.store()),
+                                                  ipn_receiver.integrity_of(self.store()), ipn_receiver.close_store(
+                                                      (os.getpid(), threading.get_ident()))))
+        thread.start()
+        thread.join()
+        count = ("import sqlite3, sys; connection = sqlite3.connect(sys.argv[1]); "
+                 "print(connection.execute('SELECT count(*) FROM notifications').fetchone()[0])")
+        subprocess.run([PYTHON, "-c", count, self.store()], check=True, stdout=subprocess.PIPE)   # `events`
+        self.assertTrue(os.path.exists(self.store() + "-wal"))
+        self.assertEqual(post(payment("2")).body, "OK")
+        ipn_receiver.close_store()                          # (as the worker's process ends)
+        counted = subprocess.run([PYTHON, "-c", count, self.store()], check=True, stdout=subprocess.PIPE)
+        self.assertEqual(counted.stdout, b"2\n")
+
     def test_a_store_is_made_whole_before_it_takes_its_name(self):
         # So that one found without its schema was emptied or cut short, never the receiver's
         # own halfway: a process that died making it leaves the other name, cleared next time.
