@@ -546,6 +546,10 @@ def secret_problem(config, name):
         return ("%s is too short (fewer than %d characters): one captured notification is enough to "
                 "guess it. Choose a long random one, enter it in %s's settings, and put the same "
                 "%s" % (name, SHORTEST_SECRET, "PromoPit" if name == "ISN_KEY" else "Digistore24", where))
+    elif name == "SHA_PASSPHRASE" and value == config.get("ISN_KEY"):
+        return ("SHA_PASSPHRASE is the same as ISN_KEY, and PromoPit sends its key in every call: whoever sees one "
+                "could sign any Digistore24 notification. Choose another ISN key at PromoPit and put it %s"
+                % where_secrets_go("ISN_KEY")[1])
     else:
         return None
     return "%s %s: put %s %s" % (name, state, label, where)
@@ -557,8 +561,9 @@ def unusable_secret_answer(name):
     is learns that the setting is not usable, but not why: that a secret is short would tell
     whoever captured a call that guessing it is worth trying. `check` says why."""
     label, where = where_secrets_go(name)
-    return ("%s is not set, or is the placeholder, or is shorter than %d characters: put %s %s, and run "
-            "`python3 ipn_receiver.py check` on the server" % (name, SHORTEST_SECRET, label, where))
+    return ("%s is not set, or is the placeholder, or is shorter than %d characters%s: put %s %s, and run "
+            "`python3 ipn_receiver.py check` on the server"
+            % (name, SHORTEST_SECRET, ", or is ISN_KEY too" * (name == "SHA_PASSPHRASE"), label, where))
 
 
 # =================================================================================================
@@ -1246,6 +1251,8 @@ def read_form(environ, limit):
     if not body.strip():
         raise Refusal(400, "the body is empty; expected the form fields of a notification")
     if media_type == FORM_TYPES[0]:
+        if body.count(b"&") >= MAX_FIELDS:
+            raise Refusal(413, TOO_MANY_FIELDS)
         pairs = parse_urlencoded(body)
     else:
         pairs = parse_multipart(body, parameters.get("boundary", ""))
@@ -3625,11 +3632,12 @@ def command_check(args):
                        "chmod 600 %s   (it holds secrets; others must not read it)")
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
-    too_short = [name for name in SECRET_SETTINGS if config[name].strip() and len(config[name]) < SHORTEST_SECRET]
-    missing = [name for name in SECRET_SETTINGS if secret_problem(config, name) and name not in too_short]
+    unusable = [name for name in SECRET_SETTINGS if config[name].strip() not in ("", PLACEHOLDERS[name]) and
+                secret_problem(config, name)]           # too short, or the passphrase the ISN key too
+    missing = [name for name in SECRET_SETTINGS if secret_problem(config, name) and name not in unusable]
     for name in SECRET_SETTINGS:
-        if name in too_short:
-            report(False, "%s is set (%s), but too short to be used" % (name, config["where"][name]),
+        if name in unusable:
+            report(False, "%s is set (%s), but cannot be used" % (name, config["where"][name]),
                    secret_problem(config, name))
         elif name not in missing:
             report(True, "%s is set (%s)" % (name, config["where"][name]))

@@ -667,8 +667,8 @@ class Check(CommandTestCase):
     def test_a_secret_too_short_to_be_used_is_a_problem(self):
         code, output, _ = self.command("check", IPN_SHA_PASSPHRASE="abc12", IPN_ISN_KEY="")
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  SHA_PASSPHRASE is set (environment variable IPN_SHA_PASSPHRASE), but too short to be "
-                      "used\n         fix: SHA_PASSPHRASE is too short", output)
+        self.assertIn("PROBLEM  SHA_PASSPHRASE is set (environment variable IPN_SHA_PASSPHRASE), but cannot be used\n"
+                      "         fix: SHA_PASSPHRASE is too short", output)
         self.assertIn("note     ISN_KEY is still the placeholder", output)
         self.assertNotIn("abc12", output)
 
@@ -676,7 +676,8 @@ class Check(CommandTestCase):
         # PromoPit sends its ISN key in every call: as the passphrase too, it would sign anything.
         code, output, _ = self.command("check", IPN_ISN_KEY=PASSPHRASE)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  SHA_PASSPHRASE and ISN_KEY are the same", output)
+        self.assertIn("PROBLEM  SHA_PASSPHRASE is set (environment variable IPN_SHA_PASSPHRASE), but cannot be used\n"
+                      "         fix: SHA_PASSPHRASE is the same as ISN_KEY", output)
         self.assertNotIn(PASSPHRASE, output)
 
     def check_with_the_passphrase_written(self, line):

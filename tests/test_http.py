@@ -192,6 +192,16 @@ class Answers(ReceiverTestCase):
         self.assertEqual(post(promopit_sale(isn_key="k1")).status, 503)
         self.assertEqual(self.rows(), [])
 
+    def test_a_passphrase_that_is_the_isn_key_too_verifies_no_digistore24_call(self):
+        # PromoPit sends its key in every call: whoever sees one would sign any Digistore24 call
+        # with it (the 35th review). PromoPit's own calls lose nothing by it.
+        ipn_receiver.use_settings(SHA_PASSPHRASE="shared-secret-1", ISN_KEY="shared-secret-1", DATA_DIR=self.data_dir)
+        answer = post(signed(payment(), passphrase="shared-secret-1"))
+        self.assertEqual((answer.status, answer.body), (503, "ERROR: " + ipn_receiver.unusable_secret_answer(
+            "SHA_PASSPHRASE")))
+        self.assertEqual(post(promopit_sale(isn_key="shared-secret-1")).status, 200)
+        self.assertEqual([row["provider"] for row in self.rows()], ["promopit"])
+
     def test_secret_not_configured_is_503_naming_the_setting_but_not_what_is_wrong_with_it(self):
         # Not set, the placeholder, or too short: one answer, so that a caller does not learn that a
         # secret is short enough to be worth guessing. `check` says which.
@@ -200,7 +210,7 @@ class Answers(ReceiverTestCase):
                                     ("1234567", "7654321")):
             ipn_receiver.use_settings(SHA_PASSPHRASE=passphrase, ISN_KEY=isn_key, DATA_DIR=self.data_dir)
             self.assertAnswer(post(payment()), 503, "ERROR: SHA_PASSPHRASE is not set, or is the placeholder, or is "
-                              "shorter than 8 characters: put your Digistore24 IPN passphrase into SHA_PASSPHRASE at the "
+                              "shorter than 8 characters, or is ISN_KEY too: put your Digistore24 IPN passphrase into SHA_PASSPHRASE at the "
                               "top of ipn_receiver.py, into [digistore24] sha_passphrase of config.ini, or into the "
                               "environment variable IPN_SHA_PASSPHRASE, and run `python3 ipn_receiver.py check` on the "
                               "server")

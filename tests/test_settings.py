@@ -364,6 +364,16 @@ class Secrets(unittest.TestCase):
                          "ipn_receiver.py, into [promopit] isn_key of config.ini, or into the environment variable "
                          "IPN_ISN_KEY")
 
+    def test_a_passphrase_that_is_the_isn_key_too_cannot_be_used(self):
+        # PromoPit sends its key in every call; the key itself stays usable.
+        config = self.config(SHA_PASSPHRASE="shared-secret-1", ISN_KEY="shared-secret-1")
+        self.assertEqual(ipn_receiver.secret_problem(config, "SHA_PASSPHRASE"),
+                         "SHA_PASSPHRASE is the same as ISN_KEY, and PromoPit sends its key in every call: whoever "
+                         "sees one could sign any Digistore24 notification. Choose another ISN key at PromoPit and "
+                         "put it into ISN_KEY at the top of ipn_receiver.py, into [promopit] isn_key of config.ini, "
+                         "or into the environment variable IPN_ISN_KEY")
+        self.assertIsNone(ipn_receiver.secret_problem(config, "ISN_KEY"))
+
     def test_a_real_secret_has_no_problem(self):
         self.assertIsNone(ipn_receiver.secret_problem(self.config(ISN_KEY="k-123456"), "ISN_KEY"))
 
