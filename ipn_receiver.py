@@ -3071,10 +3071,12 @@ def make_local_server(host, port):
     """A threaded wsgiref server for `application` on host:port (port 0: a free one).
 
     Each connection has a thread of its own, for LOCAL_SERVER_TIMEOUT seconds at most: then its
-    socket is shut, whether the client sends nothing or a byte now and then (a client that sends
-    nothing for a third of that is told 400 at once). Half-sent requests
-    cannot hold threads for ever, and there are never more than LOCAL_SERVER_CONNECTIONS. (A
-    handler that runs longer still finishes and stores its answer, which the sender's retry gets.)
+    socket is shut, whether the client sends nothing or a byte now and then (one that sends nothing
+    for a third of that is told 400 where it stops in its body; in its headers, its connection is
+    closed). Half-sent requests cannot hold threads for ever, and there are never more than
+    LOCAL_SERVER_CONNECTIONS, and as many waiting to be taken. (A handler that runs longer still
+    finishes and stores its answer, which the sender's retry gets.) Each thread's store connection
+    is closed when its request is done: the next request comes in a new thread.
     """
     import io
     import socket
@@ -3086,6 +3088,7 @@ def make_local_server(host, port):
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        request_queue_size = LOCAL_SERVER_CONNECTIONS       # (5 by default: a burst was reset)
 
         def process_request(self, request, client_address):
             if not slots.acquire(blocking=False):
@@ -3101,6 +3104,7 @@ def make_local_server(host, port):
             try:
                 socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
             finally:
+                close_store((os.getpid(), _thread.get_ident()))
                 slots.release()
 
         def handle_error(self, request, client_address):
