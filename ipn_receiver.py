@@ -3538,7 +3538,8 @@ def command_replay(args):
                                                                  config["PROCESSING_TIMEOUT"], row["claim"])
     if row["status"] in ("processing", "done", "ignored") and not stale and not args.force:
         raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
-                            "--force to run its handler again anyway" % (row["id"], row["status"]))
+                            "--force to run its handler %s anyway" % (row["id"], row["status"], "now" if row["status"]
+                                                                      == "ignored" else "again"))
     refuse_another_user(config, "replay")
     if args.done:
         update_unless_changed(config, row, "status = 'done', answer = 'OK', last_error = ?, claim = NULL",
@@ -3660,6 +3661,14 @@ def command_check(args):
     if len(missing) == 2:
         report(False, "neither SHA_PASSPHRASE nor ISN_KEY is set: every notification is refused",
                secret_problem(config, "SHA_PASSPHRASE"))
+    for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS), ("PROMOPIT_HANDLERS", ("sale",))):
+        # A misspelt event in a table: its calls are answered OK, stored as ignored, and never run.
+        for event in sorted(set(globals()[table]) - set(events), key=str):
+            note("%s has a line for %r, which is not one of the events we know of: check its spelling" % (table, event))
+        for event in [event for event in events if event not in globals()[table] and callable(globals().get(event))]:
+            report(False, "%s has no line for %s, whose handler is defined" % (table, event), "add `\"%s\": %s,` "
+                   "to %s: until then its notifications are answered OK and the handler never runs"
+                   % (event, event, table))
     if config["MAX_BODY_BYTES"] < 65536:
         report(False, "MAX_BODY_BYTES is %d bytes, too few for a call with many fields (8 KB and more)"
                % config["MAX_BODY_BYTES"], "set it to 65536 or more, or leave it out (1048576); it counts bytes")
@@ -3824,6 +3833,15 @@ def command_check(args):
                 "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
             note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
                                  or "nothing yet"))
+            # Calls of an event that had no handler when they came (a misspelt line in the table):
+            # answered OK and never run.
+            waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
+                "SELECT id, provider, event FROM notifications WHERE status = 'ignored' ORDER BY id")
+                if (PROMOPIT_HANDLERS if provider == PROMOPIT else DIGISTORE24_HANDLERS).get(event)]
+            if waiting:
+                report(False, "%d notifications were stored without running a handler, which their event has now: %s"
+                       % (len(waiting), one_line(", ".join(waiting[:5]))), "`replay ID --force` runs the handler "
+                       "for each one that still needs it (its sender was answered OK, and sends it no more)")
             # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
             damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
                        if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]

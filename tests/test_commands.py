@@ -680,6 +680,36 @@ class Check(CommandTestCase):
                       "         fix: SHA_PASSPHRASE is the same as ISN_KEY", output)
         self.assertNotIn(PASSPHRASE, output)
 
+    def test_a_misspelt_event_in_a_handler_table_is_a_problem(self):
+        # Its calls were answered OK, stored as ignored, and never run (the 36th review).
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(script, "w", encoding="utf-8") as file:
+            file.write(source.replace('"on_payment": on_payment,', '"on_paymnet": on_payment,'))
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nnote     DIGISTORE24_HANDLERS has a line for 'on_paymnet', which is not one of the events we "
+                      "know of: check its spelling\nPROBLEM  DIGISTORE24_HANDLERS has no line for on_payment, whose "
+                      "handler is defined\n         fix: add `\"on_payment\": on_payment,` to DIGISTORE24_HANDLERS: "
+                      "until then its notifications are answered OK and the handler never runs\n", output)
+        self.assertEqual(self.command("check")[0], 0)                   # (as shipped: every line there)
+
+    def test_notifications_stored_while_their_event_had_no_handler_are_a_problem_once_it_has(self):
+        with mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS):
+            del ipn_receiver.DIGISTORE24_HANDLERS["on_payment"]
+            self.assertEqual(post(payment("1")).body, "OK")
+        post(payment("2"))
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  1 notifications were stored without running a handler, which their event has now: "
+                      "#1 on_payment\n         fix: `replay ID --force` runs", output)
+        code, _, error = self.command("replay", "1")
+        self.assertIn("notification #1 is ignored; replay runs failed ones (and abandoned and unknown ones). Add "
+                      "--force to run its handler now anyway", error)
+
     def check_with_the_passphrase_written(self, line):
         """check's output for a copy of the script whose SHA_PASSPHRASE line is `line`."""
         with open(SCRIPT, encoding="utf-8") as file:
