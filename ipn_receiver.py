@@ -2051,8 +2051,9 @@ UNREADABLE_STORE = (
 def may_hold_rows(path):
     """Whether a damaged store may have held rows: unless it shows itself a new store, it may.
 
-    A new store is four pages: the schema, and the table and its two indexes, each one page with
-    no entry on it. Each of those pages says in its header what kind of page it is and how many
+    A new store is four pages (three before version 2's second index): the schema, and the table
+    and its two indexes, each one page with no entry on it; a file of fewer (an empty database of
+    another program's) was never one. Each of those pages says in its header what kind of page it is and how many
     entries it holds (sqlite.org/fileformat.html, 1.6), and one that held a few notifications
     is no larger, so it is these that tell, not the size, nor what text is in the file. A file
     whose header is damaged (zeros, say, where a power cut left them) does not show itself new.
@@ -2063,7 +2064,7 @@ def may_hold_rows(path):
     journal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
     header = store_header(path)
     size = os.path.getsize(path)
-    if journal > 0 or header is None or size > 4 * header[1] or size % header[1]:
+    if journal > 0 or header is None or not 3 * header[1] <= size <= 4 * header[1] or size % header[1]:
         return True
     content = read_store_file(path, size)
     # Every page after the schema's a leaf of a table (13) or of an index (10), with 0 entries.

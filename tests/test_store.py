@@ -641,6 +641,20 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(post(payment("2")).body, "OK\nusername: buyer-2")
         self.assertEqual(len(self.rows()), 1)
 
+    def test_an_empty_database_put_where_the_store_was_is_not_taken_for_a_new_store(self):
+        # `sqlite3 events.sqlite3 VACUUM` after it was deleted: one page, no schema (the 36th review).
+        runs = self.handle_payments_naming_their_buyer()
+        post(payment("1"))
+        ipn_receiver.close_store()
+        ipn_receiver.remove_store_files(self.store())
+        connection = sqlite3.connect(self.store())
+        connection.execute("VACUUM")
+        connection.close()
+        self.assertEqual(os.path.getsize(self.store()), 4096)
+        self.assertEqual(post(payment("1")).body, STORAGE_ERROR)
+        self.assertEqual(runs, ["1"])
+        self.assertIn(ipn_receiver.UNREADABLE_STORE % self.store(), self.log_text())
+
     def test_a_deleted_store_with_its_journal_left_behind_starts_clean(self):
         post(payment("1"))
         ipn_receiver.close_store()
@@ -866,7 +880,8 @@ class StorageProblems(ReceiverTestCase):
                 ("new, with an empty journal", new, 0, False), ("with a journal", new, 1, True),
                 ("one row", one_row, None, True), ("its header gone", b"\0" * 16 + new[16:], None, True),
                 ("zeros", b"\0" * len(new), None, True), ("a page more", new + new[4096:8192], None, True),
-                ("a page of another kind", new[:4096] + b"\x05" + new[4097:], None, True)):
+                ("a page of another kind", new[:4096] + b"\x05" + new[4097:], None, True),
+                ("an empty database of one page (the 36th review)", new[:4096], None, True)):
             with self.subTest(name):
                 ipn_receiver.remove_store_files(self.store())
                 with open(self.store(), "wb") as file:
