@@ -1926,8 +1926,11 @@ def describe_storage_error(error, path):
     text = getattr(error, "strerror", None) or error_text(error)
     words = text.lower()
     hint = "check that the data folder exists, is writable by the web server's user and the disk is not full"
-    if "readonly" in words or "read-only" in words or "permission" in words:
-        hint = "make the data folder and events.sqlite3 writable by the web server's user"
+    if "read-only file system" in words:
+        hint = "the file system is mounted read-only, as a host does with a disk that fails: ask your host"
+    elif "readonly" in words or "permission" in words:
+        hint = ("make the data folder and events.sqlite3 (and its -wal and -shm files, where there are any) writable "
+                "by the web server's user")
     elif "full" in words or "no space" in words:
         hint = "free disk space"
     elif "locked" in words or "busy" in words:
@@ -3771,6 +3774,13 @@ def command_check(args):
     # check makes nothing: run by another user than the web server's, it would make the data folder
     # and the store that user's, and every call would fail.
     writable = os.path.isdir(data_dir) and os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)
+    disk = os.statvfs(data_dir) if os.path.isdir(data_dir) and hasattr(os, "statvfs") else None
+    read_only = disk and disk.f_flag & os.ST_RDONLY
+    if disk:                                    # (every call writes: a commit needs a few pages)
+        free = disk.f_bavail * disk.f_frsize // 2 ** 20
+        report(not read_only and free >= 1, "the data folder's disk can be written (%d MiB free)" % free,
+               "ask your host: the file system is mounted read-only, as a host does with a disk that fails"
+               if read_only else "free disk space: less than 1 MiB is left")
     broken = [link for link in sorted(folders_on_the_way(data_dir)) if os.path.islink(link) and not
               os.path.exists(link)]
     if broken:
@@ -3779,6 +3789,8 @@ def command_check(args):
     elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
+    elif read_only:
+        pass                                    # (said above: not a matter of owners)
     elif os.path.isdir(data_dir) or not os.access(first, os.W_OK | os.X_OK):     # (it is made in `first`)
         report(writable, "data folder %s can be read and written by %s" % (data_dir, user_name(os.geteuid())),
                "it belongs to %s: run check as the user the web server runs the receiver as, and make the folder "

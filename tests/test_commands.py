@@ -17,7 +17,7 @@ import unittest
 from unittest import mock
 
 from helpers import (PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post,
-                     promopit_sale, snippet)
+                     promopit_sale, read_only_folder, snippet)
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -679,6 +679,40 @@ class Check(CommandTestCase):
         self.assertIn("PROBLEM  SHA_PASSPHRASE is set (environment variable IPN_SHA_PASSPHRASE), but cannot be used\n"
                       "         fix: SHA_PASSPHRASE is the same as ISN_KEY", output)
         self.assertNotIn(PASSPHRASE, output)
+
+    def test_a_disk_that_is_read_only_or_full_is_said_to_be_so(self):
+        # Not "make the folder that user's", nor "run repair" for a store that is whole (the 36th review).
+        post(payment("1"))
+        environment = mock.patch.dict(os.environ, IPN_DATA_DIR=self.data_dir, IPN_SHA_PASSPHRASE=PASSPHRASE)
+        environment.start()
+        self.addCleanup(environment.stop)
+        real = os.statvfs(self.data_dir)
+        for flags, free, found, fix in (
+                (os.ST_RDONLY, 10 ** 9, "the data folder's disk can be written (953 MiB free)", "ask your host: the "
+                 "file system is mounted read-only, as a host does with a disk that fails"),
+                (0, 2 ** 19, "the data folder's disk can be written (0 MiB free)", "free disk space: less than 1 MiB "
+                 "is left")):
+            disk = os.statvfs_result(real[:1] + (1,) + real[2:4] + (free,) + real[5:8] + (flags,) + real[9:])
+            output = io.StringIO()
+            with self.subTest(found=found), mock.patch.object(os, "statvfs", return_value=disk), \
+                    contextlib.redirect_stdout(output):
+                self.assertEqual(ipn_receiver.main(["check"]), 1)
+            self.assertIn("PROBLEM  %s\n         fix: %s\n" % (found, fix), output.getvalue())
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            ipn_receiver.main(["check"])
+        self.assertRegex(output.getvalue(), "\nok       the data folder's disk can be written \\([0-9]+ MiB free\\)\n")
+
+    def test_a_read_only_file_system_is_not_said_to_be_a_matter_of_owners(self):
+        post(payment("1"))
+        with read_only_folder(self.data_dir) as folder:
+            if not folder.mounted:
+                self.skipTest("needs root, to mount the data folder read-only")
+            code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  the data folder's disk can be written", output)
+        self.assertIn("fix: ask your host: the file system is mounted read-only", output)
+        self.assertNotIn("can be read and written by", output)
 
     def test_a_misspelt_event_in_a_handler_table_is_a_problem(self):
         # Its calls were answered OK, stored as ignored, and never run (the 36th review).

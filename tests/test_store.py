@@ -739,11 +739,11 @@ class StorageProblems(ReceiverTestCase):
         path = self.store()
         for error, hint in (
                 (sqlite3.OperationalError("attempt to write a readonly database"), "make the data folder and "
-                 "events.sqlite3 writable by the web server's user"),
-                (OSError(13, "Read-only file system"), "make the data folder and events.sqlite3 writable by the web "
-                 "server's user"),
-                (PermissionError(13, "Permission denied"), "make the data folder and events.sqlite3 writable by the "
-                 "web server's user"),
+                 "events.sqlite3 (and its -wal and -shm files, where there are any) writable by the web server's user"),
+                (OSError(30, "Read-only file system"), "the file system is mounted read-only, as a host does with a "
+                 "disk that fails: ask your host"),
+                (PermissionError(13, "Permission denied"), "make the data folder and events.sqlite3 (and its -wal and "
+                 "-shm files, where there are any) writable by the web server's user"),
                 (sqlite3.OperationalError("database or disk is full"), "free disk space"),
                 (OSError(28, "No space left on device"), "free disk space"),
                 (sqlite3.OperationalError("database is locked"), "another process held the store longer than %d s"
