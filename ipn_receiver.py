@@ -1361,12 +1361,11 @@ def ensure_data_dir(path):
                                path, user_name(found.st_uid), user_name(os.geteuid()), user_name(os.geteuid())))
     htaccess = os.path.join(path, ".htaccess")
     denied = denies_the_web(htaccess)
-    if not denied and is_anothers_folder(path):
+    problem = None if denied else others_files_problem(path)
+    if problem:
         # A site's (its rewrite rules, its images): no .htaccess written there, which would take
         # the site's files off the web, no chmod, which would too, and nothing stored beside them.
-        raise StorageError("the data folder %s holds files that are not the receiver's (an .htaccess that does "
-                           "not deny the web, or a site's files): set DATA_DIR to a folder of its own, outside "
-                           "the web root" % path)
+        raise StorageError(problem)
     if hasattr(os, "geteuid") and found.st_mode & 0o077:
         # Opened to others (chmod 755 to look at the log, say), the folder would let them read
         # every buyer's data, and write to a file whose mode lets them: plant answers in the store.
@@ -1523,13 +1522,21 @@ def users_of_group(gid):
     return users
 
 
-def is_anothers_folder(path):
-    """Whether the folder at `path` holds what the receiver did not write: an .htaccess (is_anothers),
-    or any file not named as the receiver names its own, but for settings (*.ini: a private data
-    folder is a good place for config.ini)."""
+def others_files_problem(path):
+    """What is wrong with a data folder that holds what the receiver did not write, and how to fix
+    it; None where it holds nothing else. That is an .htaccess (is_anothers), or any file not named
+    as the receiver names its own, but for settings (*.ini: a private data folder is a good place
+    for config.ini). Where the receiver's store is there, the files go; else the folder is a site's,
+    and the receiver another."""
     ours = (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME, ".lock", ".htaccess")
-    return is_anothers(os.path.join(path, ".htaccess")) or any(
-        not name.startswith(ours) and not name.endswith(".ini") for name in os.listdir(path))
+    names = [".htaccess"] * is_anothers(os.path.join(path, ".htaccess")) + sorted(
+        name for name in os.listdir(path) if not name.startswith(ours) and not name.endswith(".ini"))
+    if not names:
+        return None
+    return "the data folder %s holds what the receiver did not write (%s), and no .htaccess that denies the web: %s" % (
+        path, one_line(shortened(", ".join(names), 200)), "move them out of it; the receiver then writes its .htaccess"
+        if os.path.exists(os.path.join(path, STORE_FILE_NAME)) or store_was_made(path) else
+        "set DATA_DIR to a folder of its own, outside the web root (a site's files are left alone)")
 
 
 def is_anothers(htaccess):
@@ -3803,11 +3810,8 @@ def command_check(args):
         check_owners(report, data_dir)
         if os.listdir(data_dir):                # (an empty folder is one the receiver has yet to use)
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
-                   "the web", "set DATA_DIR to a folder of its own, outside the web root: this one holds files the "
-                   "receiver did not write (an .htaccess, a site's files), and it leaves them alone"
-                   if is_anothers_folder(data_dir)
-                   else "restore %s/.htaccess (it denies web access); the receiver writes it again at its next call"
-                   % data_dir)
+                   "the web", others_files_problem(data_dir) or "restore %s/.htaccess (it denies web access); the "
+                   "receiver writes it again at its next call" % data_dir)
         if os.path.dirname(data_dir) == HERE:
             note("the data folder is beside the script; outside the web root is safer (set DATA_DIR, and move the "
                  "store into it: check says how)")

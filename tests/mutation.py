@@ -50,7 +50,7 @@ FUNCTIONS = [
     "end_a_forked_child", "store_within_reach", "secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
     "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
-    "check_store_files", "settled_ini_file_state", "process_is_running", "is_anothers_folder",
+    "check_store_files", "settled_ini_file_state", "process_is_running", "others_files_problem",
     "fields_as_stored", "is_backup_copy", "file_holds", "folder_others_control", "retry_pause",
     "promopit_answers", "users_of_group", "others_may_write", "folders_on_the_way", "LogFile._reopen",
     "make_private_folders", "folder_identity", "trusted_users", "outcome_stores",

@@ -1594,9 +1594,9 @@ class CheckTheStoreAndItsLock(CommandTestCase):
             file.write('<FilesMatch "\\.php$">\n  Require all denied\n</FilesMatch>\n')
         code, output, _ = self.command("check")
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  data folder has its .htaccess, which denies the web\n         fix: set DATA_DIR to a "
-                      "folder of its own, outside the web root: this one holds files the receiver did not write (an "
-                      ".htaccess, a site's files), and it leaves them alone\n", output)
+        self.assertIn("PROBLEM  data folder has its .htaccess, which denies the web\n         fix: the data folder %s "
+                      "holds what the receiver did not write (.htaccess), and no .htaccess that denies the web: move "
+                      "them out of it; the receiver then writes its .htaccess\n" % self.data_dir, output)
 
     def test_a_store_left_beside_the_script_when_data_dir_moved_is_a_problem(self):
         # The vendor set DATA_DIR after calls had come, as check advises for a data folder on the
@@ -1697,8 +1697,10 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertIn("PROBLEM  .htaccess beside the script serves the scripts only, and no folder listing\n"
                       "         fix: use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, "
                       "AddHandler cgi-script .py, Require all denied, and the scripts' names allowed\n", output)
-        for name in ("deeper.pyc", "hidden.pyc", "stored.pyc", "a/config.ini~"):
+        for name in ("deeper.pyc", "hidden.pyc", "a/config.ini~"):
             self.assertNotIn(name, output)
+        self.assertIn("holds what the receiver did not write (stored.pyc)", output)    # (said of the data folder)
+        self.assertEqual(output.count("stored.pyc"), 1)
         os.remove(os.path.join(folder, "ipn_receiver.py.bak"))
         os.remove(os.path.join(folder, "a", "b", "c", "deep.pyc"))
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(folder, "data"))

@@ -2310,8 +2310,9 @@ class Protection(ReceiverTestCase):
                 contextlib.redirect_stderr(io.StringIO()) as errors:
             ipn_receiver.log.reset()
             post(payment())
-        self.assertIn("holds files that are not the receiver's (an .htaccess that does not deny the web, or a site's "
-                      "files): set DATA_DIR to a folder of its own, outside the web root", errors.getvalue())
+        self.assertIn("the data folder %s holds what the receiver did not write (.htaccess), and no .htaccess that "
+                      "denies the web: set DATA_DIR to a folder of its own, outside the web root (a site's files are "
+                      "left alone)" % self.data_dir, errors.getvalue())
 
     def test_a_folder_of_the_site_with_no_htaccess_is_not_taken_off_the_web(self):
         # DATA_DIR naming a folder of images: an .htaccess written there would deny them all, and
@@ -2326,9 +2327,9 @@ class Protection(ReceiverTestCase):
         self.assertEqual((answer.status, answer.body), (503, STORAGE_ERROR))
         self.assertEqual(os.listdir(folder), ["logo.png"])
         self.assertEqual(os.stat(folder).st_mode & 0o777, 0o755)
-        self.assertTrue(ipn_receiver.is_anothers_folder(folder))
+        self.assertIn("(logo.png)", ipn_receiver.others_files_problem(folder))
         os.rename(os.path.join(folder, "logo.png"), os.path.join(folder, "ipn_receiver.py"))  # a script is a site's
-        self.assertTrue(ipn_receiver.is_anothers_folder(folder))
+        self.assertIn("(ipn_receiver.py)", ipn_receiver.others_files_problem(folder))
         os.rename(os.path.join(folder, "ipn_receiver.py"), os.path.join(folder, "logo.png"))
         # The receiver's own files, left by an earlier call or a damaged store set aside, are not another's.
         os.remove(os.path.join(folder, "logo.png"))
@@ -2339,6 +2340,22 @@ class Protection(ReceiverTestCase):
         self.assertEqual(errors.getvalue(), "ipn_receiver: the data folder %s had mode 755, which let other users in; "
                                             "set back to 700\n" % folder)
         self.assertTrue(ipn_receiver.denies_the_web(os.path.join(folder, ".htaccess")))
+
+    def test_a_file_of_the_vendors_beside_the_store_is_named_to_be_moved_out(self):
+        # Its .htaccess lost in a move by a client that skips dot-files, and a copy of the store
+        # put beside it: "set DATA_DIR to a folder of its own" would start an empty store, in which
+        # every handler would run again (the 36th review).
+        post(payment("1"))
+        os.remove(os.path.join(self.data_dir, ".htaccess"))
+        shutil.copy(os.path.join(self.data_dir, "events.sqlite3"), os.path.join(self.data_dir, "backup-of-events.sqlite3"))
+        ipn_receiver.close_store()
+        self.assertEqual(post(payment("2")).body, STORAGE_ERROR)
+        self.assertIn("the data folder %s holds what the receiver did not write (backup-of-events.sqlite3), and no "
+                      ".htaccess that denies the web: move them out of it; the receiver then writes its .htaccess"
+                      % self.data_dir, self.log_text())
+        os.remove(os.path.join(self.data_dir, "backup-of-events.sqlite3"))
+        self.assertEqual(post(payment("2")).body, "OK")
+        self.assertEqual(len(self.rows()), 2)
 
     def test_an_htaccess_of_another_that_denies_only_some_files_is_not_taken_for_one_that_denies_all(self):
         # DATA_DIR naming a site's uploads folder, whose .htaccess denies the scripts only: the store
