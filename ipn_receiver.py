@@ -2063,10 +2063,11 @@ def may_hold_rows(path):
 
     A new store is four pages (three before version 2's second index): the schema, and the table
     and its two indexes, each one page with no entry on it; a file of fewer (an empty database of
-    another program's) was never one. Each of those pages says in its header what kind of page it is and how many
-    entries it holds (sqlite.org/fileformat.html, 1.6), and one that held a few notifications
-    is no larger, so it is these that tell, not the size, nor what text is in the file. A file
-    whose header is damaged (zeros, say, where a power cut left them) does not show itself new.
+    another program's) was never one. Each of those pages says in its header what kind of page it
+    is and how many entries it holds (sqlite.org/fileformat.html, 1.6), and one that held a few
+    notifications is no larger, so it is these that tell, not the size, nor what text is in the
+    file. A file whose header is damaged (zeros, say, where a power cut left them) does not show
+    itself new.
     (A file cut short never comes here: cut_short.)
     """
     if not os.path.exists(path):
