@@ -3823,8 +3823,9 @@ def command_check(args):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
                "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
-               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the store's files (events.sqlite3, and its -wal and -shm files if "
-               "any) into DATA_DIR if that has no store yet, else keep the one with your notifications, delete "
+               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the "
+               "store's files (events.sqlite3, and its -wal and -shm files if any) into DATA_DIR if that has no "
+               "store yet, else keep the one with your notifications, delete "
                "the other folder, and rename the script back: a store left behind can be downloaded, and in an "
                "empty one the copies of notifications already handled run their handlers again")
     for name in os.listdir(data_dir) if writable else ():
