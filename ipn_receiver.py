@@ -1107,7 +1107,7 @@ def read_uwsgi_chunks(limit):
     while True:
         try:
             part = uwsgi.chunked_read(30)    # seconds to wait for the next chunk
-        except (IOError, OSError):
+        except Exception:
             raise Refusal(400, "the chunked body could not be read to its end")
         if not part:
             return b"".join(parts)
@@ -1127,7 +1127,7 @@ def read_exactly(stream, size):
                 break
             parts.append(part)
             missing -= len(part)
-    except (OSError, ValueError):
+    except Exception:           # whatever the server raises: gunicorn's errors of a malformed chunk are no OSError
         raise Refusal(400, "the body could not be read to its end")
     return b"".join(parts)
 
