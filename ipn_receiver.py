@@ -1318,9 +1318,9 @@ STORAGE_ERROR = ("ERROR: storage unavailable: the receiver could not write its e
 STORE_BUSY = ("ERROR: the event store is busy: another process has held it too long; the sender retries "
               "later, and if this repeats, run `python3 ipn_receiver.py check` on the server")
 OUTCOME_NOT_STORED = (
-    "ERROR: the handler ran for notification #%d, but the receiver could not record that it did (the event "
-    "store was busy or could not be written); a retry after PROCESSING_TIMEOUT runs it again. Run `python3 "
-    "ipn_receiver.py check` on the server; the reason is in ipn_receiver.log")
+    "ERROR: the handler of notification #%d %s, but the receiver could not record that (the event store was busy "
+    "or could not be written); a retry after PROCESSING_TIMEOUT runs it again. Run `python3 ipn_receiver.py check` "
+    "on the server; the reason is in ipn_receiver.log")
 _HTACCESS = """# Written by ipn_receiver: nothing in this folder may be served on the web.
 <IfModule mod_authz_core.c>
     Require all denied
@@ -2845,7 +2845,8 @@ def run_and_record(notification, handler, claim, config):
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
         status, _, outcome = storage_failure(error, config, "handler ran, but its outcome could not be stored")
-        return status, OUTCOME_NOT_STORED % notification.id, outcome
+        return status, OUTCOME_NOT_STORED % (notification.id, "failed (%s)" % failure if failure else "did its work"), \
+            outcome
     if answer is not None:
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
@@ -3861,6 +3862,16 @@ def command_check(args):
                 report(False, "%d notifications were stored without running a handler, which their event has now: %s"
                        % (len(waiting), one_line(", ".join(waiting[:5]))), "`replay ID --force` runs the handler "
                        "for each one that still needs it (its sender was answered OK, and sends it no more)")
+            # A handler that started and was never recorded as ended (its process killed, or its
+            # outcome not stored): the sender's next copy runs it again.
+            stuck = ["#%d" % number for number, claimed_at, claim in connection.execute(
+                "SELECT id, claimed_at, claim FROM notifications WHERE status = 'processing' ORDER BY id")
+                if claim_is_abandoned(claimed_at, time.time(), config["PROCESSING_TIMEOUT"], claim)]
+            if stuck:
+                report(False, "%d notifications whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
+                       "was never recorded: %s" % (len(stuck), ", ".join(stuck[:5])), "ipn_receiver.log and "
+                       "ipn_receiver.errors.log say how each ended; `replay ID` runs the handler again (as the "
+                       "sender's next copy would), `replay ID --done` records one that did its work")
             # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
             damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
                        if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]

@@ -714,6 +714,21 @@ class Check(CommandTestCase):
         self.assertIn("fix: ask your host: the file system is mounted read-only", output)
         self.assertNotIn("can be read and written by", output)
 
+    def test_a_handler_started_long_ago_whose_outcome_was_never_recorded_is_a_problem(self):
+        # Its process killed, or its outcome not stored: check said all good (the 37th review).
+        post(payment("1"))
+        post(payment("2"))
+        connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
+        connection.execute("UPDATE notifications SET status = 'processing', claim = '1-x', claimed_at = ? - ? * id",
+                           (time.time(), 200))           # #1 200 s ago, #2 400 s: PROCESSING_TIMEOUT is 300
+        connection.commit()
+        connection.close()
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  1 notifications whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
+                      "was never recorded: #2\n         fix: ipn_receiver.log and ipn_receiver.errors.log say how each "
+                      "ended; `replay ID` runs", output)
+
     def test_a_misspelt_event_in_a_handler_table_is_a_problem(self):
         # Its calls were answered OK, stored as ignored, and never run (the 36th review).
         with open(SCRIPT, encoding="utf-8") as file:

@@ -174,7 +174,8 @@ class StoreFaults(ReceiverTestCase):
         self.assertTrue(full, "the disk never filled")
         for number in full:         # the claim could not be written; or the handler's outcome (see below)
             self.assertEqual(answers[number].status, 503)
-            self.assertIn(answers[number].body, (STORAGE_ERROR, ipn_receiver.OUTCOME_NOT_STORED % (number + 1)))
+            self.assertIn(answers[number].body, (STORAGE_ERROR, ipn_receiver.OUTCOME_NOT_STORED % (
+                number + 1, "did its work")))
         for number in range(len(answers), len(answers) + 5):  # and it stays refused, never OK
             answers[number] = post(payment(str(number)))
             self.assertNotEqual(answers[number].body, "OK")

@@ -123,7 +123,7 @@ class NothingLeaks(ReceiverTestCase):
         self.handle("on_payment", grant)
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=folder)
         answer = post(payment())
-        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % (1, "did its work")))
         self.data_dir = folder
         self.assertEqual([(row["status"], row["answer"]) for row in self.rows()], [("done", "OK\nusername: mallory")])
 

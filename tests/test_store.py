@@ -2011,7 +2011,7 @@ class TheLiveStore(ReceiverTestCase):
                     os.remove(os.path.join(self.data_dir, "events.sqlite3" + suffix))
             return {"username": "jane"}
         self.handle("on_payment", grant)
-        self.assertEqual(post(payment()).body, ipn_receiver.OUTCOME_NOT_STORED % 1)
+        self.assertEqual(post(payment()).body, ipn_receiver.OUTCOME_NOT_STORED % (1, "did its work"))
         store = os.path.join(self.data_dir, "events.sqlite3")
         self.assertFalse(os.path.exists(store))
         self.assertIn(ipn_receiver.STORE_GONE % store, self.log_text())
@@ -2051,7 +2051,7 @@ class TheLiveStore(ReceiverTestCase):
         self.handle("on_payment", grant)
         answer = post(payment())
         self.data_dir = empty                   # (where the log went on)
-        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % (1, "did its work")))
         self.assertEqual([name for name in os.listdir(empty) if name.startswith("events")], [])
         self.assertFalse(os.path.exists(os.path.join(os.path.dirname(empty), "events.sqlite3")))
         self.assertIn("the event store %s is gone (moved or deleted while a handler ran); the handler's outcome is not "
@@ -2133,11 +2133,20 @@ class TheLiveStore(ReceiverTestCase):
         failure = sqlite3.OperationalError("database or disk is full")
         with mock.patch.object(ipn_receiver, "record_outcome", side_effect=failure):
             answer = post(payment())
-        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % 1))
-        self.assertTrue(answer.body.startswith("ERROR: the handler ran for notification #1, but"))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % (1, "did its work")))
+        self.assertTrue(answer.body.startswith("ERROR: the handler of notification #1 did its work, but"))
         self.assertEqual(self.rows()[0]["status"], "processing")
         self.assertLogged("WARNING", "POST -> 503, digistore24 on_payment order A1B2C3D4 txn 3999938: handler ran, "
                                      "but its outcome could not be stored")
+        # One that failed is not said to have done its work: recorded done by hand on that word,
+        # the sale would never be handled (the 37th review).
+        self.handle("on_payment", lambda notification: 1 / 0)
+        with mock.patch.object(ipn_receiver, "record_outcome", side_effect=failure):
+            answer = post(payment("2"))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.OUTCOME_NOT_STORED % (
+            2, "failed (ZeroDivisionError)")))
+        self.assertTrue(answer.body.startswith("ERROR: the handler of notification #2 failed (ZeroDivisionError), but "
+                                               "the receiver could not record that"))
 
     def test_a_lock_held_a_moment_is_waited_for(self):
         import fcntl
