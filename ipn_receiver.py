@@ -1348,17 +1348,18 @@ def ensure_data_dir(path):
     controlled = hasattr(os, "geteuid") and folder_others_control(path)
     if controlled:
         raise StorageError("another user of this server could change %s, and so move the data folder %s away or put "
-                           "another in its place; set DATA_DIR to a folder in your home folder, outside the web root "
-                           "(`python3 ipn_receiver.py check`)" % (controlled, path))
+                           "another in its place: %s" % (controlled, path, out_of_others_reach(controlled)))
     if not os.path.isdir(path):
         make_private_folders(path)
     found = os.stat(path)
     if hasattr(os, "geteuid") and found.st_uid != os.geteuid():
         # Made by another user, in /tmp say, before the first call: that user could read every
         # buyer's data, plant answers, or delete the store, and every handler would run again.
-        raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver; set DATA_DIR to a "
-                           "folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
-                               path, user_name(found.st_uid), user_name(os.geteuid()), user_name(os.geteuid())))
+        raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver: where it holds the "
+                           "receiver's store and was given away by mistake, give it back (chown -R %d %s); else set "
+                           "DATA_DIR to a folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
+                               path, user_name(found.st_uid), user_name(os.geteuid()), os.geteuid(), path,
+                               user_name(os.geteuid())))
     htaccess = os.path.join(path, ".htaccess")
     denied = denies_the_web(htaccess)
     problem = None if denied else others_files_problem(path)
@@ -1449,6 +1450,16 @@ def folder_others_control(path):
         if found.st_uid not in trusted or shared:
             return folder
     return None
+
+
+def out_of_others_reach(folder):
+    """How to take `folder` (folder_others_control's) out of other users' reach: where it is this
+    user's, and only its mode lets them in, by its mode. Else the data folder moves, its store with
+    it: in a new, empty one every notification handled before would run its handler again."""
+    if os.lstat(folder).st_uid == os.geteuid() and not os.path.islink(folder):
+        return "chmod go-w %s (or 700, where it is the data folder)" % folder
+    return ("set DATA_DIR to a folder in your home folder, outside the web root, and move the store's files into it "
+            "(events.sqlite3, and its -wal and -shm files if any) with no call running: `check` says how")
 
 
 def folders_on_the_way(path, links=40):
@@ -3758,9 +3769,9 @@ def command_check(args):
     # (A folder others may write to, sticky or not: one of them could make the data folder first.)
     if controlled or (made_in and others_may_write(made_in, os.stat(made_in), trusted_users())):
         report(False, "DATA_DIR %s: another user of this server may make, move or replace folders in %s" % (
-               data_dir, controlled or first), "set DATA_DIR to a folder in your home folder, outside "
-               "the web root: another user could make the data folder first, or move it away, and read or change "
-               "what is stored (the receiver refuses such a folder)")
+               data_dir, controlled or first), out_of_others_reach(controlled or first) + " (another user could make "
+               "the data folder first, or move it away, and read or change what is stored: the receiver refuses "
+               "such a folder)")
     apart = [name for name in SECRET_SETTINGS
              if name in in_the_script or not secret_problem(config, name) and name not in in_the_ini]
     if "DATA_DIR" in in_the_ini and apart:

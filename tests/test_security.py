@@ -85,8 +85,9 @@ class NothingLeaks(ReceiverTestCase):
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(folder)
         self.assertEqual(str(raised.exception), "another user of this server could change %s, and so move the data "
-                         "folder %s away or put another in its place; set DATA_DIR to a folder in your home folder, "
-                         "outside the web root (`python3 ipn_receiver.py check`)" % (folder, folder))
+                         "folder %s away or put another in its place: set DATA_DIR to a folder in your home folder, "
+                         "outside the web root, and move the store's files into it (events.sqlite3, and its -wal and "
+                         "-shm files if any) with no call running: `check` says how" % (folder, folder))
         # Root's (or the script owner's), where the receiver runs as another user: no one else may
         # change it, but the receiver could not write its files into it either.
         os.chown(folder, 0, 0)
@@ -95,8 +96,9 @@ class NothingLeaks(ReceiverTestCase):
                 ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(folder)
         self.assertEqual(str(raised.exception), "the data folder %s belongs to root, not to user 4444, who runs the "
-                         "receiver; set DATA_DIR to a folder of user 4444's own, outside the web root (`python3 "
-                         "ipn_receiver.py check`)" % folder)
+                         "receiver: where it holds the receiver's store and was given away by mistake, give it back "
+                         "(chown -R 4444 %s); else set DATA_DIR to a folder of user 4444's own, outside the web "
+                         "root (`python3 ipn_receiver.py check`)" % (folder, folder))
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the folder another owner")
     def test_an_outcome_goes_into_no_data_folder_another_user_made_while_the_handler_ran(self):
@@ -185,11 +187,14 @@ class NothingLeaks(ReceiverTestCase):
         # ... and past a folder on the way that is not made yet ("link/new" sorts before "shared").
         self.assertEqual(ipn_receiver.folder_others_control(os.path.join(self.data_dir, "link", "new", "data")),
                          shared)
+        os.chown(shared, os.geteuid(), os.getegid())
         with self.assertRaises(ipn_receiver.StorageError) as raised:
             ipn_receiver.ensure_data_dir(os.path.join(shared, "data"))
+        # Where the folder is this user's, its mode is the fix: moving the data folder would leave
+        # its store behind, and in a new one every handler would run again (the 37th review).
         self.assertEqual(str(raised.exception), "another user of this server could change %s, and so move the data "
-                         "folder %s away or put another in its place; set DATA_DIR to a folder in your home folder, "
-                         "outside the web root (`python3 ipn_receiver.py check`)" % (shared, os.path.join(shared, "data")))
+                         "folder %s away or put another in its place: chmod go-w %s (or 700, where it is the data "
+                         "folder)" % (shared, os.path.join(shared, "data"), shared))
         # The data folder itself, where every user may write to it (made so before the receiver's first call).
         opened = os.path.join(self.data_dir, "open")
         os.mkdir(opened)
