@@ -2132,13 +2132,18 @@ def cut_short(path):
     header (an upload or a copy that stopped halfway), else None. Pages its -wal file holds are
     not missing: a checkpoint that stopped halfway leaves the file's header ahead of its pages,
     which the -wal file still holds."""
-    size = os.path.getsize(path)
-    if size < 100:
-        return "%d bytes of it are left" % size
-    header = store_header(path)
-    missing = set(range(size // header[1] + 1, header[0] + 1)) if header else set()
-    if not missing or not missing - pages_in_journal(path):     # (the -wal file read only where needed)
-        return None
+    for look in (1, 2):
+        size = os.path.getsize(path)
+        if size < 100:
+            return "%d bytes of it are left" % size
+        header = store_header(path)
+        missing = set(range(size // header[1] + 1, header[0] + 1)) if header else set()
+        if not missing or not missing - pages_in_journal(path):     # (the -wal file read only where needed)
+            return None
+        # A look again, a moment later: another process's checkpoint writes the header before it
+        # grows the file, and deletes the -wal file once it has (seen between the two, it is whole).
+        if look == 1:
+            time.sleep(0.05)
     return "%d of its %d pages are left" % (size // header[1], header[0])
 
 

@@ -1011,6 +1011,16 @@ class StorageProblems(ReceiverTestCase):
         self.assertIn("database disk image is malformed: it holds no schema (emptied or cut short, or its schema "
                       "number damaged)", self.log_text())
 
+    def test_a_store_seen_cut_short_for_a_moment_is_looked_at_again(self):
+        # Another process's checkpoint writes the header before it grows the file, and deletes the
+        # -wal file once it has: seen between the two, a whole store looked cut short (the 37th review).
+        ipn_receiver.open_store(ipn_receiver.settings())
+        real = ipn_receiver.store_header(self.store())
+        ahead = (real[0] + 1, real[1])
+        for headers, verdict in (([ahead, real], None), ([ahead, ahead], "4 of its 5 pages are left")):
+            with self.subTest(verdict=verdict), mock.patch.object(ipn_receiver, "store_header", side_effect=headers):
+                self.assertEqual(ipn_receiver.cut_short(self.store()), verdict)
+
     def test_a_store_cut_short_beside_its_journal_is_left_as_it_is_too(self):
         # A WSGI worker ended (killed, say) leaves its -wal file, which the README says to move
         # along with the store; the store itself cut short on the way. The -wal file holds the
