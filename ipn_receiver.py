@@ -3842,9 +3842,10 @@ def command_check(args):
                "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
                "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the "
                "store's files (events.sqlite3, and its -wal and -shm files if any) into DATA_DIR if that has no "
-               "store yet, else keep the one with your notifications, delete "
-               "the other folder, and rename the script back: a store left behind can be downloaded, and in an "
-               "empty one the copies of notifications already handled run their handlers again")
+               "store yet (else keep the one with more notifications, and move the other folder out of the web root, "
+               "not deleted: the sales only it holds, `sqlite3` shows), and rename the script back: a store left "
+               "behind can be downloaded, and in an empty one the copies of notifications already handled run their "
+               "handlers again")
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,

@@ -1630,6 +1630,10 @@ class CheckTheStoreAndItsLock(CommandTestCase):
                       "ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, stop "
                       "the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the store's files"
                       % (os.path.join(site, "ipn_data"), elsewhere), output)
+        # Where both hold notifications, the other is moved away, not deleted (the 37th review).
+        self.assertIn("keep the one with more notifications, and move the other folder out of the web root, not "
+                      "deleted", output)
+        self.assertNotIn("delete the other", output)
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
         self.assertNotIn("left in", output)                 # the store in use is not left behind
 
