@@ -731,13 +731,7 @@ class Check(CommandTestCase):
 
     def test_a_misspelt_event_in_a_handler_table_is_a_problem(self):
         # Its calls were answered OK, stored as ignored, and never run (the 36th review).
-        with open(SCRIPT, encoding="utf-8") as file:
-            source = file.read()
-        folder = tempfile.mkdtemp(prefix="ipn-site-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        script = os.path.join(folder, "ipn_receiver.py")
-        with open(script, "w", encoding="utf-8") as file:
-            file.write(source.replace('"on_payment": on_payment,', '"on_paymnet": on_payment,'))
+        script = self.edited_copy('"on_payment": on_payment,', '"on_paymnet": on_payment,')
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
         self.assertIn("\nnote     DIGISTORE24_HANDLERS has a line for 'on_paymnet', which is not one of the events we "
@@ -759,17 +753,22 @@ class Check(CommandTestCase):
         self.assertIn("notification #1 is ignored; replay runs failed ones (and abandoned and unknown ones). Add "
                       "--force to run its handler now anyway", error)
 
-    def check_with_the_passphrase_written(self, line):
-        """check's output for a copy of the script whose SHA_PASSPHRASE line is `line`."""
+    def edited_copy(self, old, new):
+        """A copy of the script, in a folder of its own, with `old` replaced by `new`."""
         with open(SCRIPT, encoding="utf-8") as file:
             source = file.read()
         folder = tempfile.mkdtemp(prefix="ipn-site-")
         self.addCleanup(shutil.rmtree, folder, True)
         script = os.path.join(folder, "ipn_receiver.py")
         with open(script, "w", encoding="utf-8") as file:
-            file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"', line))
+            file.write(source.replace(old, new))
         os.chmod(script, 0o755)
-        self.last_script = script
+        return script
+
+    def check_with_the_passphrase_written(self, line):
+        """check's output for a copy of the script whose SHA_PASSPHRASE line is `line`."""
+        script = self.last_script = self.edited_copy('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
+                                                     line)
         code, output, _ = self.command("check", script=script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("secretZ", output)
         return output
