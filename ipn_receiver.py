@@ -2334,6 +2334,9 @@ def salvage_rows(damaged_path, connection):
         else:
             doubted += [row_of(dict(UNREADABLE, id=number, duplicate_key=either, last_error=DOUBTED_KEY))
                         for number, either in ((row[0], key), (None, made)) if either is not None]
+    # Of two rows with one key (a store copied back over the live one while its -wal stayed), the
+    # one done stands, and its answer: a row still processing would let the handler run again.
+    sure.sort(key=lambda row: row[STORE_COLUMNS.index("status")] != "done")    # (else in id order)
     keys_only = rows_of_lost_keys(sure + doubted, keys)
     connection.execute("BEGIN IMMEDIATE")
     try:

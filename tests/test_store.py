@@ -1351,6 +1351,40 @@ class StorageProblems(ReceiverTestCase):
         self.assertEqual(connection.execute("SELECT id, duplicate_key FROM notifications ORDER BY id").fetchall(),
                          [(1, "a"), (2, "b")])
 
+    def test_of_two_rows_with_one_key_the_one_done_stands_with_its_answer(self):
+        # A store copied back over the live one while its -wal file stayed reads as a mix of both:
+        # one key in two rows, one done, one still processing. Kept, the processing one would
+        # have run the handler again (the 38th review).
+        runs = self.handle_payments_naming_their_buyer()
+        post(payment("1"))
+        post(payment("2"))
+        self.checkpoint()
+        connection = sqlite3.connect(self.store())
+        schema = connection.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master").fetchall()
+        connection.execute("PRAGMA writable_schema=ON")         # the key UNIQUE no more, for a moment
+        connection.execute("DELETE FROM sqlite_master WHERE type = 'index'")
+        connection.execute("UPDATE sqlite_master SET sql = replace(sql, 'NOT NULL UNIQUE', 'NOT NULL')")
+        connection.commit()
+        connection.close()
+        connection = sqlite3.connect(self.store())
+        connection.execute("UPDATE notifications SET (duplicate_key, fields, status, answer) = (SELECT duplicate_key, "
+                           "fields, 'processing', NULL FROM notifications WHERE id = 2) WHERE id = 1")
+        connection.commit()
+        connection.close()
+        connection = sqlite3.connect(self.store())
+        connection.execute("PRAGMA writable_schema=ON")
+        connection.execute("DELETE FROM sqlite_master")
+        connection.executemany("INSERT INTO sqlite_master VALUES (?, ?, ?, ?, ?)", schema)
+        connection.commit()
+        connection.close()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(ipn_receiver.main(["repair"]), 0)
+        self.assertEqual([(row["status"], row["duplicate_key"], row["answer"]) for row in self.rows()
+                          if row["duplicate_key"].endswith(":2")], [("done", "digistore24:on_payment:2",
+                                                                     "OK\nusername: buyer-2")])
+        self.assertEqual(post(payment("2")).body, "OK\nusername: buyer-2")
+        self.assertEqual(runs, ["1", "2"])
+
     def test_text_a_flipped_bit_made_no_utf8_is_damage_and_never_logged(self):
         # SQLite's integrity check passes it; sqlite3 cannot read it, and its message quotes the
         # text: a buyer's access data. A copy is held (its answer cannot be read), not a 503 for
