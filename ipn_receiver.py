@@ -3820,9 +3820,11 @@ def command_check(args):
     elif read_only:
         pass                                    # (said above: not a matter of owners)
     elif os.path.isdir(data_dir) or not os.access(first, os.W_OK | os.X_OK):     # (it is made in `first`)
+        owner = os.stat(data_dir).st_uid if os.path.isdir(data_dir) else None
         report(writable, "data folder %s can be read and written by %s" % (data_dir, user_name(os.geteuid())),
+               "chmod 700 %s   (it is yours, but its mode keeps you out)" % data_dir if owner == os.geteuid() else
                "it belongs to %s: run check as the user the web server runs the receiver as, and make the folder "
-               "that user's (chown, chmod 700)" % user_name(os.stat(data_dir).st_uid) if os.path.isdir(data_dir)
+               "that user's (chown, chmod 700)" % user_name(owner) if owner is not None
                else "create it, owned by the user the web server runs the receiver as (chmod 700)")
     else:
         note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)

@@ -614,6 +614,15 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
                       "check as the user the web server runs the receiver as, and make the folder that user's "
                       "(chown, chmod 700)\n" % self.data_dir, output)
 
+    def test_check_says_chmod_where_the_folder_is_its_users_and_only_its_mode_keeps_it_out(self):
+        # Not "run check as another user, and chown" (the 38th review).
+        os.chown(self.data_dir, self.NOBODY, self.NOBODY)
+        os.chmod(self.data_dir, 0o500)
+        code, output, errors = self.as_nobody([self.python, self.script, "check"])
+        self.assertEqual((code, errors), (1, ""))
+        self.assertIn("PROBLEM  data folder %s can be read and written by nobody\n         fix: chmod 700 %s   (it is "
+                      "yours, but its mode keeps you out)\n" % (self.data_dir, self.data_dir), output)
+
     def test_check_reports_a_store_that_cannot_be_written(self):
         # A backup restored read-only: the store reads well, and every call is a 503.
         for folder, _, files in os.walk(self.data_dir):
