@@ -166,8 +166,12 @@ EQUIVALENT = {
     ("pages_in_journal", "while len(journal) >= at + 24 + page_size > at + 25 and journal[at + 8:at + 16] == "
                          "journal[16:24]:"):
         "differs only for a page size of 1, which no -wal file has",
-    ("store_header", "header = file.read(101)"):
+    ("store_header", "header = read_store_file(path, 101)"):
         "the first 101 bytes of a file hold its first 100, and nothing past them is read",
+    ("parse_multipart", 'name = ""'):
+        "a part without a name is refused where name is falsy: None and the empty string alike",
+    ("read_form", 'media_type, parameters = parse_content_type(environ.get("CONTENT_TYPE", "XXXX"))'):
+        "no Content-Type and one of xxxx are both no form type: 415 either way",
     ("cut_short", 'return "%d of its %d pages are left" % (size / header[1], header[0])'):
         "%d writes a float's whole part, as // gives it",
 }

@@ -146,17 +146,32 @@ class Multipart(unittest.TestCase):
         self.assertEqual(pairs, [(b"a", b"1"), (b"b", b"zwei\r\nlines")])
 
     def test_bare_newlines_are_accepted(self):
-        pairs = ipn_receiver.parse_multipart(self.body([("a", "1")], newline=b"\n"), "XyZ")
-        self.assertEqual(pairs, [(b"a", b"1")])
+        pairs = ipn_receiver.parse_multipart(self.body([("a", "1"), ("b", "two")], newline=b"\n"), "XyZ")
+        self.assertEqual(pairs, [(b"a", b"1"), (b"b", b"two")])
 
-    def test_a_body_without_its_closing_boundary_is_refused(self):
+    def assertRefused(self, body, boundary, message):
         with self.assertRaises(Refusal) as caught:
-            ipn_receiver.parse_multipart(self.body([("a", "1")], closing=False), "XyZ")
-        self.assertEqual(caught.exception.status, 400)
+            ipn_receiver.parse_multipart(body, boundary)
+        self.assertEqual((caught.exception.status, caught.exception.body), (400, "ERROR: " + message))
 
-    def test_no_boundary_is_refused(self):
-        with self.assertRaises(Refusal):
-            ipn_receiver.parse_multipart(b"whatever", "")
+    def test_each_malformed_body_is_refused_saying_what_is_wrong(self):
+        self.assertRefused(self.body([("a", "1")], closing=False), "XyZ",
+                           "the multipart body is incomplete (no closing boundary)")
+        self.assertRefused(b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"", "XyZ",
+                           "a multipart part has no header/content separator")
+        self.assertRefused(b"--XyZ\r\nContent-Type: text/plain\r\n\r\n1\r\n--XyZ--", "XyZ",
+                           "a multipart part has no Content-Disposition name")
+
+    def test_a_boundary_is_1_to_200_characters_and_any_character_is_read(self):
+        for boundary in ("", "b" * 201):
+            self.assertRefused(b"whatever", boundary, "multipart/form-data without a valid boundary parameter")
+        for boundary in ("b" * 200, "b\u2603"):        # (a character Latin-1 cannot write: "?")
+            body = self.body([("a", "1")], boundary=boundary.encode("latin-1", "replace").decode("latin-1"))
+            self.assertEqual(ipn_receiver.parse_multipart(body, boundary), [(b"a", b"1")])
+
+    def test_as_many_fields_as_a_body_may_have_are_read(self):
+        body = self.body([("x", "")] * ipn_receiver.MAX_FIELDS)
+        self.assertEqual(len(ipn_receiver.parse_multipart(body, "XyZ")), ipn_receiver.MAX_FIELDS)
 
     def test_quoted_boundary_in_content_type(self):
         self.assertEqual(ipn_receiver.parse_content_type('multipart/form-data; boundary="a b"; x=1'),
@@ -345,6 +360,11 @@ class ContentTypes(ReceiverTestCase):
     def test_parameters_and_case_do_not_matter(self):
         answer = call(environ_for(urlencode(payment()), content_type="Application/X-WWW-Form-Urlencoded; charset=UTF-8"))
         self.assertEqual(answer.status, 200)
+
+    def test_multipart_without_a_boundary_parameter(self):
+        answer = call(environ_for(Multipart().body([("a", "1")]), content_type="multipart/form-data"))
+        self.assertEqual((answer.status, answer.body), (400, "ERROR: multipart/form-data without a valid boundary "
+                                                             "parameter"))
 
     def test_multipart_notification(self):
         fields = payment()

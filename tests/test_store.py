@@ -841,6 +841,20 @@ class StorageProblems(ReceiverTestCase):
                     file.write(b"SQLite format 3\0" + size_bytes + b"\0" * 10 + count.to_bytes(4, "big") + b"\0" * 68)
                 self.assertEqual(ipn_receiver.store_header(path), verdict)
 
+    def test_the_stores_file_is_read_through_one_descriptor_kept_open(self):
+        ipn_receiver.open_store(ipn_receiver.settings())
+        header = ipn_receiver.read_store_file(self.store(), 100)
+        self.assertTrue(header.startswith(b"SQLite format 3\0"))
+        descriptors = len(os.listdir("/proc/self/fd"))
+        self.assertEqual(ipn_receiver.read_store_file(self.store(), 100), header)
+        self.assertEqual((len(os.listdir("/proc/self/fd")), len(ipn_receiver._store_files)), (descriptors, 1))
+        pread = os.pread                        # (Windows has none, and no such locks: a file opened and closed)
+        del os.pread
+        try:
+            self.assertEqual(ipn_receiver.read_store_file(self.store(), 100), header)
+        finally:
+            os.pread = pread
+
     def test_the_pages_a_journal_holds_are_read_frame_by_frame(self):
         # A header of 32 bytes (the page size at 8, the salts at 16), then frames: 24 bytes (the
         # page's number, then the salts at 8) and the page. Frames of an earlier generation (other
@@ -881,7 +895,8 @@ class StorageProblems(ReceiverTestCase):
                 ("one row", one_row, None, True), ("its header gone", b"\0" * 16 + new[16:], None, True),
                 ("zeros", b"\0" * len(new), None, True), ("a page more", new + new[4096:8192], None, True),
                 ("a page of another kind", new[:4096] + b"\x05" + new[4097:], None, True),
-                ("an empty database of one page (the 36th review)", new[:4096], None, True)):
+                ("an empty database of one page (the 36th review)", new[:4096], None, True),
+                ("new, of schema 1: three pages", new[:3 * 4096], None, False)):
             with self.subTest(name):
                 ipn_receiver.remove_store_files(self.store())
                 with open(self.store(), "wb") as file:
@@ -2381,6 +2396,10 @@ class Protection(ReceiverTestCase):
         self.assertEqual(os.listdir(folder), ["logo.png"])
         self.assertEqual(os.stat(folder).st_mode & 0o777, 0o755)
         self.assertIn("(logo.png)", ipn_receiver.others_files_problem(folder))
+        with open(os.path.join(folder, "n" * 201), "w"):                   # names cut at 200 characters
+            pass
+        self.assertIn("(logo.png, %s...(211 characters)), and" % ("n" * 190), ipn_receiver.others_files_problem(folder))
+        os.remove(os.path.join(folder, "n" * 201))
         os.rename(os.path.join(folder, "logo.png"), os.path.join(folder, "ipn_receiver.py"))  # a script is a site's
         self.assertIn("(ipn_receiver.py)", ipn_receiver.others_files_problem(folder))
         os.rename(os.path.join(folder, "ipn_receiver.py"), os.path.join(folder, "logo.png"))
@@ -2409,6 +2428,12 @@ class Protection(ReceiverTestCase):
         os.remove(os.path.join(self.data_dir, "backup-of-events.sqlite3"))
         self.assertEqual(post(payment("2")).body, "OK")
         self.assertEqual(len(self.rows()), 2)
+        # The same where the store is gone from it: its lock file says a store was made there.
+        ipn_receiver.close_store()
+        ipn_receiver.remove_store_files(os.path.join(self.data_dir, "events.sqlite3"))
+        open(os.path.join(self.data_dir, "notes.txt"), "w").close()
+        self.assertIn("(notes.txt), and no .htaccess that denies the web: move them out of it",
+                      ipn_receiver.others_files_problem(self.data_dir))
 
     def test_an_htaccess_of_another_that_denies_only_some_files_is_not_taken_for_one_that_denies_all(self):
         # DATA_DIR naming a site's uploads folder, whose .htaccess denies the scripts only: the store
