@@ -168,6 +168,8 @@ EQUIVALENT = {
         "differs only for a page size of 1, which no -wal file has",
     ("store_header", "header = read_store_file(path, 101)"):
         "the first 101 bytes of a file hold its first 100, and nothing past them is read",
+    ("cut_short", "for look in (1, 3):"):
+        "only whether a look is the first decides anything",
     ("parse_multipart", 'name = ""'):
         "a part without a name is refused where name is falsy: None and the empty string alike",
     ("read_form", 'media_type, parameters = parse_content_type(environ.get("CONTENT_TYPE", "XXXX"))'):

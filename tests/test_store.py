@@ -1033,8 +1033,16 @@ class StorageProblems(ReceiverTestCase):
         real = ipn_receiver.store_header(self.store())
         ahead = (real[0] + 1, real[1])
         for headers, verdict in (([ahead, real], None), ([ahead, ahead], "4 of its 5 pages are left")):
-            with self.subTest(verdict=verdict), mock.patch.object(ipn_receiver, "store_header", side_effect=headers):
+            looks = []                          # the two looks, and the pause between them
+            with self.subTest(verdict=verdict), \
+                    mock.patch.object(ipn_receiver, "store_header", side_effect=lambda path: looks.append(
+                        "header") or headers[looks.count("header") - 1]), \
+                    mock.patch.object(ipn_receiver.time, "sleep", side_effect=looks.append):
                 self.assertEqual(ipn_receiver.cut_short(self.store()), verdict)
+                self.assertEqual(looks, ["header", 0.05, "header"])
+        with mock.patch.object(ipn_receiver.time, "sleep", side_effect=looks.append):
+            self.assertIsNone(ipn_receiver.cut_short(self.store()))           # a whole one: one look
+        self.assertEqual(looks, ["header", 0.05, "header"])
 
     def test_a_store_cut_short_beside_its_journal_is_left_as_it_is_too(self):
         # A WSGI worker ended (killed, say) leaves its -wal file, which the README says to move
