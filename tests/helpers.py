@@ -235,13 +235,19 @@ def readable_keys(path):
 
 def forget_settings():
     """Back to a clean module state: settings reloaded on next use, log and store closed."""
-    ipn_receiver.close_store()
-    for fd in ipn_receiver._store_files.values():     # (the test's own connections are closed)
-        os.close(fd)
-    ipn_receiver._store_files.clear()
+    close_store_files()
     ipn_receiver.log.reset()
     ipn_receiver.log.to_stderr = True
     ipn_receiver._settings = None
+
+
+def close_store_files():
+    """Close the test's store connections, and the descriptors read_store_file keeps open (which
+    would keep a file system from being unmounted)."""
+    ipn_receiver.close_store()
+    for fd in ipn_receiver._store_files.values():
+        os.close(fd)
+    ipn_receiver._store_files.clear()
 
 
 def cgi_environment(data_dir, method="POST", body=b"", content_type=FORM, **extra):
@@ -300,6 +306,7 @@ class read_only_folder:
 
     def __exit__(self, *exc):
         import subprocess
+        close_store_files()
         if self.mounted:
             subprocess.run(["umount", self.path], check=True)
         else:

@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from unittest import mock
 
-from helpers import (PASSPHRASE, PYTHON, REPO, ReceiverTestCase, cgi_environment, ipn_receiver, parse_cgi_output,
-                     payment, post, read_only_folder, readable_keys, urlencode)
+from helpers import (PASSPHRASE, PYTHON, REPO, ReceiverTestCase, cgi_environment, close_store_files, ipn_receiver,
+                     parse_cgi_output, payment, post, read_only_folder, readable_keys, urlencode)
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 STORAGE_ERROR = ipn_receiver.STORAGE_ERROR
@@ -161,6 +161,7 @@ class StoreFaults(ReceiverTestCase):
         if not mounted:
             return self.full_disk_injected()
         self.addCleanup(subprocess.run, ["umount", mount_point], check=True)
+        self.addCleanup(close_store_files)              # (first: a file open there keeps it mounted)
         self.addCleanup(ipn_receiver.log.reset)              # nothing may stay open on the mount
         self.addCleanup(ipn_receiver.close_store)
         data_dir = os.path.join(mount_point, "data")
