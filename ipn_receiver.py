@@ -561,9 +561,9 @@ def unusable_secret_answer(name):
     is learns that the setting is not usable, but not why: that a secret is short would tell
     whoever captured a call that guessing it is worth trying. `check` says why."""
     label, where = where_secrets_go(name)
+    also = ", or is ISN_KEY too" if name == "SHA_PASSPHRASE" else ""
     return ("%s is not set, or is the placeholder, or is shorter than %d characters%s: put %s %s, and run "
-            "`python3 ipn_receiver.py check` on the server"
-            % (name, SHORTEST_SECRET, ", or is ISN_KEY too" * (name == "SHA_PASSPHRASE"), label, where))
+            "`python3 ipn_receiver.py check` on the server" % (name, SHORTEST_SECRET, also, label, where))
 
 
 # =================================================================================================
