@@ -3638,7 +3638,6 @@ def update_unless_changed(config, row, changes, values):
 
 def command_check(args):
     """A health report after uploading; exit 1 when anything needs fixing."""
-    import sqlite3
     problems = []
 
     def report(ok, text, fix=None):
@@ -3650,19 +3649,6 @@ def command_check(args):
     def note(text):
         print("note     " + text)
 
-    def note_unless_ok(ok, text, fix):      # what is needed only where the web server runs it as CGI
-        if not ok:
-            note("not so: %s. A web server that runs it as a CGI program (lighttpd, nginx with fcgiwrap) needs "
-                 "that; a WSGI server does not. Fix: %s" % (text, fix))
-
-    def report_private(path, label, fix):     # a file or folder others must not read
-        found = os.stat(path)
-        if found.st_uid == os.geteuid():
-            report(not found.st_mode & 0o077, label % (found.st_mode & 0o777), fix % path)
-        else:                               # check's user (the web server's) reads it through its group
-            report(not found.st_mode & 0o007, label % (found.st_mode & 0o777), "chmod o-rwx %s   (the web server's "
-                   "user may read it as its owner or through its group; no one else may)" % path)
-
     report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
            "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
     try:
@@ -3670,9 +3656,42 @@ def command_check(args):
     except ConfigError as error:
         report(False, "settings: %s" % error, "correct the setting as the message says")
         return 1
+    check_settings(report, note, config)
+    check_handler_tables(report, note)
+    check_script(report, note, config)
+    if check_data_folder(report, note, config):
+        check_store(report, note, config)
+    print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
+    return 1 if problems else 0
+
+
+def report_private(report, path, label, fix):
+    """What `check` says about a file or folder others must not read."""
+    found = os.stat(path)
+    if found.st_uid == os.geteuid():
+        report(not found.st_mode & 0o077, label % (found.st_mode & 0o777), fix % path)
+    else:                                   # check's user (the web server's) reads it through its group
+        report(not found.st_mode & 0o007, label % (found.st_mode & 0o777), "chmod o-rwx %s   (the web server's "
+               "user may read it as its owner or through its group; no one else may)" % path)
+
+
+def secrets_in_the_script():
+    """The secret settings given a value at the top of ipn_receiver.py, whether in use or not (one
+    that config.ini overrides is as readable)."""
+    return [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
+
+
+def set_in_the_ini(config):
+    """The settings that config.ini sets."""
+    return [name for name in config["where"] if config["where"][name].startswith(
+        "%s line " % os.path.basename(config["config_file"] or "?"))]
+
+
+def check_settings(report, note, config):
+    """What `check` says about the settings: the config file's mode, the secrets, the limits."""
     if config["config_file"]:
-        report_private(config["config_file"], "config file %s (mode %%03o)" % config["config_file"].replace("%", "%%"),
-                       "chmod 600 %s   (it holds secrets; others must not read it)")
+        report_private(report, config["config_file"], "config file %s (mode %%03o)" % config["config_file"].replace(
+            "%", "%%"), "chmod 600 %s   (it holds secrets; others must not read it)")
     else:
         note("no config file; the settings come from ipn_receiver.py and the environment")
     unusable = [name for name in SECRET_SETTINGS if config[name].strip() not in ("", PLACEHOLDERS[name]) and
@@ -3693,6 +3712,35 @@ def command_check(args):
     if len(missing) == 2:
         report(False, "neither SHA_PASSPHRASE nor ISN_KEY is set: every notification is refused",
                secret_problem(config, "SHA_PASSPHRASE"))
+    if config["MAX_BODY_BYTES"] < 65536:
+        report(False, "MAX_BODY_BYTES is %d bytes, too few for a call with many fields (8 KB and more)"
+               % config["MAX_BODY_BYTES"], "set it to 65536 or more, or leave it out (1048576); it counts bytes")
+    for name, mistake in miswritten_secrets():
+        report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
+               SECRET_MISTAKES[mistake][1] % name)
+    in_the_ini = set_in_the_ini(config)
+    for name in SECRET_SETTINGS:
+        mistake = secret_mistake(config[name], name in in_the_ini)
+        if mistake:
+            report(False, "%s (%s) %s" % (name, config["where"][name], SECRET_MISTAKES[mistake][0]),
+                   SECRET_MISTAKES[mistake][1] % name)
+    in_the_script = secrets_in_the_script()
+    apart = [name for name in SECRET_SETTINGS
+             if name in in_the_script or not secret_problem(config, name) and name not in in_the_ini]
+    if "DATA_DIR" in in_the_ini and apart:
+        # While config.ini is missing (renamed while it is edited, deleted before an upload), the
+        # secrets set elsewhere (in the file as well, say) still verify calls, and a store in the
+        # default folder runs every handler again.
+        report(False, "DATA_DIR is set in %s, but %s elsewhere" % (os.path.basename(config["config_file"]),
+                                                                   " and ".join(apart)),
+               "set %s in %s only, not at the top of ipn_receiver.py or in the environment (or DATA_DIR where "
+               "they are): should it go missing for a moment (renamed while you edit it, say), calls would be "
+               "stored in another folder, and their handlers would run again"
+               % (" and ".join(apart), os.path.basename(config["config_file"])))
+
+
+def check_handler_tables(report, note):
+    """What `check` says about DIGISTORE24_HANDLERS and PROMOPIT_HANDLERS."""
     for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS), ("PROMOPIT_HANDLERS", ("sale",))):
         # A misspelt event in a table: its calls are answered OK, stored as ignored, and never run.
         for event in sorted(set(globals()[table]) - set(events), key=str):
@@ -3701,22 +3749,12 @@ def command_check(args):
             report(False, "%s has no line for %s, whose handler is defined" % (table, event), "add `\"%s\": %s,` "
                    "to %s: until then its notifications are answered OK and the handler never runs"
                    % (event, event, table))
-    if config["MAX_BODY_BYTES"] < 65536:
-        report(False, "MAX_BODY_BYTES is %d bytes, too few for a call with many fields (8 KB and more)"
-               % config["MAX_BODY_BYTES"], "set it to 65536 or more, or leave it out (1048576); it counts bytes")
-    for name, mistake in miswritten_secrets():
-        report(False, "%s at the top of ipn_receiver.py %s" % (name, SECRET_MISTAKES[mistake][0]),
-               SECRET_MISTAKES[mistake][1] % name)
-    in_the_ini = [name for name in config["where"] if config["where"][name].startswith(
-        "%s line " % os.path.basename(config["config_file"] or "?"))]
-    for name in SECRET_SETTINGS:
-        mistake = secret_mistake(config[name], name in in_the_ini)
-        if mistake:
-            report(False, "%s (%s) %s" % (name, config["where"][name], SECRET_MISTAKES[mistake][0]),
-                   SECRET_MISTAKES[mistake][1] % name)
+
+
+def check_script(report, note, config):
+    """What `check` says about the script, the programs that use it, and copies of its secrets."""
     script = os.path.abspath(__file__)
-    # (Whether in use or not: one that config.ini overrides is as readable.)
-    in_the_script = [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
+    in_the_script = secrets_in_the_script()
     # Every .py beside the script that uses the receiver (passenger_wsgi.py too); those that run it
     # as a CGI program (the launcher) need what a script run as CGI needs.
     wrappers = [os.path.join(HERE, name) for name in sorted(os.listdir(HERE)) if name.endswith(".py") and
@@ -3731,15 +3769,21 @@ def command_check(args):
         # without either, a WSGI server (mod_wsgi, gunicorn) may import it, which needs neither a
         # run bit nor a shebang line, or lighttpd or nginx run it.
         runs_as_cgi = os.path.isfile(os.path.join(HERE, ".htaccess")) or "cgi-bin" in HERE.split(os.sep)
+
+        def note_unless_ok(ok, text, fix):      # what is needed only where the web server runs it as CGI
+            if not ok:
+                note("not so: %s. A web server that runs it as a CGI program (lighttpd, nginx with fcgiwrap) needs "
+                     "that; a WSGI server does not. Fix: %s" % (text, fix))
         check_runs_as_cgi(report if runs_as_cgi else note_unless_ok, script, "700" if in_the_script else "755")
     for launcher in wrappers:
         if launcher not in wsgi and file_holds(launcher, b"ipn_receiver.main()"):
             check_runs_as_cgi(report, launcher, "755")
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
+    config_files = [config["config_file"]] if config["config_file"] else []
     check_who_else_may_change_python(report)
-    check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + [config["config_file"]] * bool(
-        config["config_file"]) + code_python_may_run(sys.path))
+    check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + config_files +
+                                       code_python_may_run(sys.path))
     if in_the_script and os.stat(script).st_mode & 0o004:
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
@@ -3753,7 +3797,7 @@ def command_check(args):
     # Copies by their names (one may hold a secret since changed), and any file beside the script
     # that holds a secret in use (config.example.ini filled in, "Copy of config.ini").
     secrets = [config[name].encode("utf-8") for name in SECRET_SETTINGS if not secret_problem(config, name)]
-    theirs = {os.path.realpath(path) for path in (script, config["config_file"] or script)}
+    theirs = {os.path.realpath(path) for path in [script] + config_files}
     backups = [name for name in os.listdir(HERE) if readable_by_all(os.path.join(HERE, name)) and (
         is_backup_copy(name) and (in_the_script or name.lstrip(".#").lower().startswith("config")) or
         os.path.realpath(os.path.join(HERE, name)) not in theirs and
@@ -3768,6 +3812,10 @@ def command_check(args):
     elif compiled:
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
+
+
+def check_data_folder(report, note, config):
+    """What `check` says about the data folder; True when it can be read and written."""
     data_dir = config["DATA_DIR"]
     controlled = folder_others_control(data_dir)
     first = None if os.path.lexists(data_dir) else data_dir
@@ -3780,22 +3828,11 @@ def command_check(args):
                data_dir, controlled or first), out_of_others_reach(controlled or first) + " (another user could make "
                "the data folder first, or move it away, and read or change what is stored: the receiver refuses "
                "such a folder)")
-    apart = [name for name in SECRET_SETTINGS
-             if name in in_the_script or not secret_problem(config, name) and name not in in_the_ini]
-    if "DATA_DIR" in in_the_ini and apart:
-        # While config.ini is missing (renamed while it is edited, deleted before an upload), the
-        # secrets set elsewhere (in the file as well, say) still verify calls, and a store in the
-        # default folder runs every handler again.
-        report(False, "DATA_DIR is set in %s, but %s elsewhere" % (os.path.basename(config["config_file"]),
-                                                                   " and ".join(apart)),
-               "set %s in %s only, not at the top of ipn_receiver.py or in the environment (or DATA_DIR where "
-               "they are): should it go missing for a moment (renamed while you edit it, say), calls would be "
-               "stored in another folder, and their handlers would run again"
-               % (" and ".join(apart), os.path.basename(config["config_file"])))
     if sys.version_info < (3, 7) and any(ord(character) > 127 for character in data_dir):
         report(False, "data folder %s is named in ASCII" % data_dir, "set DATA_DIR to a folder named in ASCII "
                "characters, or use Python 3.7 or later: where a web server sets no LANG, Python 3.6 writes "
                "file names as ASCII, and every call would fail")
+    script = os.path.abspath(__file__)
     note("check runs as %s; %s belongs to %s. Run check as the user the web server runs the receiver as "
          "(under suEXEC, as on cPanel: the script's owner)"
          % (user_name(os.geteuid()), os.path.basename(script), user_name(os.stat(script).st_uid)))
@@ -3829,7 +3866,7 @@ def command_check(args):
     else:
         note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)
     if writable:
-        report_private(data_dir, "data folder mode %03o", "chmod 700 %s")
+        report_private(report, data_dir, "data folder mode %03o", "chmod 700 %s")
         check_owners(report, data_dir)
         if os.listdir(data_dir):                # (an empty folder is one the receiver has yet to use)
             report(denies_the_web(os.path.join(data_dir, ".htaccess")), "data folder has its .htaccess, which denies "
@@ -3859,71 +3896,77 @@ def command_check(args):
             report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
                    "in place if there is no store; beside a store, it is older than the store: move it out of the "
                    "data folder")
-    if writable and not os.path.exists(store_path(config)) and store_was_made(data_dir):
-        report(False, "event store: " + STORE_GONE % store_path(config), "see the message")
-    elif writable and not os.path.exists(store_path(config)):
-        note("no event store yet; the receiver makes it at its first call")
-    elif writable:
-        try:
-            connection = open_store(config)
-            result = connection.execute("PRAGMA integrity_check").fetchone()[0]
-            journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
-            counts = dict(connection.execute(
-                "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
-            report(result == "ok", "event store %s: integrity %s, journal %s" % (
-                store_path(config), result.splitlines()[0], journal),
-                "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
-            note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
-                                 or "nothing yet"))
-            # Calls of an event that had no handler when they came (a misspelt line in the table):
-            # answered OK and never run.
-            waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
-                "SELECT id, provider, event FROM notifications WHERE status = 'ignored' ORDER BY id")
-                if (PROMOPIT_HANDLERS if provider == PROMOPIT else DIGISTORE24_HANDLERS).get(event)]
-            if waiting:
-                report(False, "%d notifications were stored without running a handler, which their event has now: %s"
-                       % (len(waiting), one_line(", ".join(waiting[:5]))), "`replay ID --force` runs the handler "
-                       "for each one that still needs it (its sender was answered OK, and sends it no more)")
-            # A handler that started and was never recorded as ended (its process killed, or its
-            # outcome not stored): the sender's next copy runs it again.
-            stuck = ["#%d" % number for number, claimed_at, claim in connection.execute(
-                "SELECT id, claimed_at, claim FROM notifications WHERE status = 'processing' ORDER BY id")
-                if claim_is_abandoned(claimed_at, time.time(), config["PROCESSING_TIMEOUT"], claim)]
-            if stuck:
-                report(False, "%d notifications whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
-                       "was never recorded: %s" % (len(stuck), ", ".join(stuck[:5])), "ipn_receiver.log and "
-                       "ipn_receiver.errors.log say how each ended; `replay ID` runs the handler again (as the "
-                       "sender's next copy would), `replay ID --done` records one that did its work")
-            # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
-            damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
-                       if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]
-            if damaged:
-                report(False, "%d notifications whose fields are damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
-                       "`show ID` for each; `replay ID --done` for one that was handled, and for one that was not, "
-                       "the sender's next delivery runs it")
-            if counts.get("failed"):
-                note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
-                     % counts["failed"])
-            if counts.get("unknown"):
-                report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
-                       "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
-                       "its handler, or `replay ID --done` if it was handled")
-            damaged = ["#%d" % row[0] for row in connection.execute(
-                "SELECT id, status, answer, claimed_at, claim, updated_at, attempts, event FROM notifications")
-                if row_damage(*row[1:])]
-            if damaged:
-                report(False, "%d notifications whose row is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
-                       "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
-                       "handler, or `replay ID --done` if it was handled")
-        except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
-            report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
-                   "python3 ipn_receiver.py repair")
-        for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
-            if os.path.exists(os.path.join(data_dir, name)):
-                report_private(os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
-        check_store_files(report, data_dir)
-    print("\n%s" % ("all good" if not problems else "%d problem(s) to fix" % len(problems)))
-    return 1 if problems else 0
+    return writable
+
+
+def check_store(report, note, config):
+    """What `check` says about the event store in a data folder it can read and write."""
+    import sqlite3
+    data_dir = config["DATA_DIR"]
+    if not os.path.exists(store_path(config)):
+        if store_was_made(data_dir):
+            report(False, "event store: " + STORE_GONE % store_path(config), "see the message")
+        else:
+            note("no event store yet; the receiver makes it at its first call")
+        return
+    try:
+        connection = open_store(config)
+        result = connection.execute("PRAGMA integrity_check").fetchone()[0]
+        journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+        counts = dict(connection.execute(
+            "SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
+        report(result == "ok", "event store %s: integrity %s, journal %s" % (
+            store_path(config), result.splitlines()[0], journal),
+            "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
+        note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
+                             or "nothing yet"))
+        # Calls of an event that had no handler when they came (a misspelt line in the table):
+        # answered OK and never run.
+        waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
+            "SELECT id, provider, event FROM notifications WHERE status = 'ignored' ORDER BY id")
+            if (PROMOPIT_HANDLERS if provider == PROMOPIT else DIGISTORE24_HANDLERS).get(event)]
+        if waiting:
+            report(False, "%d notifications were stored without running a handler, which their event has now: %s"
+                   % (len(waiting), one_line(", ".join(waiting[:5]))), "`replay ID --force` runs the handler "
+                   "for each one that still needs it (its sender was answered OK, and sends it no more)")
+        # A handler that started and was never recorded as ended (its process killed, or its
+        # outcome not stored): the sender's next copy runs it again.
+        stuck = ["#%d" % number for number, claimed_at, claim in connection.execute(
+            "SELECT id, claimed_at, claim FROM notifications WHERE status = 'processing' ORDER BY id")
+            if claim_is_abandoned(claimed_at, time.time(), config["PROCESSING_TIMEOUT"], claim)]
+        if stuck:
+            report(False, "%d notifications whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
+                   "was never recorded: %s" % (len(stuck), ", ".join(stuck[:5])), "ipn_receiver.log and "
+                   "ipn_receiver.errors.log say how each ended; `replay ID` runs the handler again (as the "
+                   "sender's next copy would), `replay ID --done` records one that did its work")
+        # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
+        damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
+                   if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]
+        if damaged:
+            report(False, "%d notifications whose fields are damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
+                   "`show ID` for each; `replay ID --done` for one that was handled, and for one that was not, "
+                   "the sender's next delivery runs it")
+        if counts.get("failed"):
+            note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
+                 % counts["failed"])
+        if counts.get("unknown"):
+            report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
+                   "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
+                   "its handler, or `replay ID --done` if it was handled")
+        damaged = ["#%d" % row[0] for row in connection.execute(
+            "SELECT id, status, answer, claimed_at, claim, updated_at, attempts, event FROM notifications")
+            if row_damage(*row[1:])]
+        if damaged:
+            report(False, "%d notifications whose row is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
+                   "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
+                   "handler, or `replay ID --done` if it was handled")
+    except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
+        report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
+               "python3 ipn_receiver.py repair")
+    for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
+        if os.path.exists(os.path.join(data_dir, name)):
+            report_private(report, os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
+    check_store_files(report, data_dir)
 
 
 def check_runs_as_cgi(report, program, mode):
@@ -3993,12 +4036,20 @@ def check_who_else_may_change_python(report):
                    "a Python, and a virtual environment, that only you and root may change" % controlled)
 
 
+# The modules the receiver imports only where it needs them (a failed handler's traceback, the
+# commands): a folder named like one of them is code, though check may not have imported it.
+IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "errno", "fcntl", "fnmatch", "grp", "io", "json", "pwd", "re",
+                        "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
+                        "tempfile", "threading", "traceback", "types", "urllib", "wsgiref")
+
+
 def code_python_may_run(folders):
     """What in `folders` (sys.path) Python may import, or runs at every start, as the receiver's
     user: modules (.py, .pyc, .so: one beside the script named like one the receiver imports,
     hashlib.py, say, is taken for it), .pth files (site-packages runs their import lines), and
-    packages: a folder with an __init__.py, or one named like a module in use (another user who
-    may write to it could add one). The folders themselves: check_who_else_may_change_python."""
+    packages: a folder with an __init__.py, or one named like a module in use or that the receiver
+    imports (another user who may write to it could add one). The folders themselves:
+    check_who_else_may_change_python."""
     found = []
     for folder in folders:
         try:
@@ -4009,7 +4060,8 @@ def code_python_may_run(folders):
             path = os.path.join(folder, name)
             # (A package's own name is in sys.modules once any module of it is.)
             if name.endswith((".py", ".pyc", ".so", ".pth")) or os.path.isdir(path) and (
-                    name in sys.modules or os.path.exists(os.path.join(path, "__init__.py"))):
+                    name in sys.modules or name in IMPORTED_WHEN_NEEDED or
+                    os.path.exists(os.path.join(path, "__init__.py"))):
                 found.append(path)
     return found
 

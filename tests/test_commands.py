@@ -1368,6 +1368,18 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         code, output, _ = self.command("check", script=self.script, IPN_CONFIG=self.config, PYTHONPATH=packages)
         self.assertEqual(code, 0, output)
 
+    def test_every_module_the_receiver_imports_where_it_needs_it_is_named_among_those_in_use(self):
+        # A folder named like one of them, beside the script, is code the receiver may import
+        # later (a traceback, a command), though check has not imported it: the list must not lag.
+        import ast
+        with open(SCRIPT, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        at_the_top = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        self.assertEqual(imported - at_the_top, set(ipn_receiver.IMPORTED_WHEN_NEEDED))
+
     def test_an_htaccess_or_a_wrapper_others_may_write_to(self):
         # An .htaccess on the way (Apache reads them all) may send the calls elsewhere, or set the
         # passphrase; passenger_wsgi.py runs as the receiver's user.
