@@ -3332,6 +3332,13 @@ def command_send(args):
         raise CommandFailed("--url must start with http:// or https://, e.g. "
                             "https://example.com/ipn/ipn_receiver.py", 2)
     provider = PROMOPIT if (args.provider == PROMOPIT or args.event == "sale") else DIGISTORE24
+    if args.url.lower().startswith("http://") and not is_this_machine(args.url) and not args.allow_http:
+        # The call would cross the network unencrypted, before any redirect to https could say so:
+        # PromoPit's key is the whole of its protection, and one signed call is enough to try
+        # passphrases offline.
+        raise CommandFailed("%s goes unencrypted over the network, where anyone on the way could read it: use "
+                            "https://, or add --allow-http on a network you trust"
+                            % ("the ISN key" if provider == PROMOPIT else "a call signed with your passphrase"), 2)
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
     fields = example_notification(provider, args.event)
@@ -3351,6 +3358,13 @@ def command_send(args):
     # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.
     print("\n".join(one_line(line) for line in body.split("\n")))
     return 0 if body == "OK" or body.startswith("OK\n") else 1        # what Digistore24 counts as success
+
+
+def is_this_machine(url):
+    """Whether the host of `url` is this machine: localhost, 127.x.x.x or ::1."""
+    import urllib.parse
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.") and set(host) <= set("0123456789.")
 
 
 def command_demo(args):
@@ -4491,6 +4505,8 @@ def build_parser():
     send.add_argument("--url", required=True, help="the receiver's URL (the local server's: http://127.0.0.1:8000/)")
     send.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a field (repeatable)")
     send.add_argument("--provider", choices=(DIGISTORE24, PROMOPIT), default=DIGISTORE24)
+    send.add_argument("--allow-http", action="store_true",
+                      help="send over http:// to another machine too (the call goes unencrypted)")
 
     commands.add_parser("demo", help="see it work: a throw-away receiver, one call of each kind")
 

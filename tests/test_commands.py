@@ -202,6 +202,28 @@ class Interrupted(CommandTestCase):
         self.assertEqual(code, 2)
         self.assertIn("the following arguments are required: --url", errors)
 
+    def test_send_sends_no_secret_unencrypted_to_another_machine_unless_told_to(self):
+        # PromoPit's key is the whole of its protection, and one signed call is enough to try
+        # passphrases offline: over http:// they would cross the network for anyone to read, before
+        # a redirect to https:// could say so. The command refuses before it connects.
+        for event, secret in (("sale", "the ISN key"), ("on_payment", "a call signed with your passphrase")):
+            with self.subTest(event=event):
+                code, output, errors = self.command("send", event, "--url", "HTTP://192.0.2.1:9/ipn.py")
+                self.assertEqual((code, output), (2, ""))
+                self.assertEqual(errors, "ERROR: %s goes unencrypted over the network, where anyone on the way could "
+                                         "read it: use https://, or add --allow-http on a network you trust\n" % secret)
+        sent = []
+        with mock.patch.object(ipn_receiver, "post_form", lambda url, fields: sent.append(url) or (200, "OK")), \
+                contextlib.redirect_stdout(io.StringIO()):
+            for url in ("http://localhost:8000/", "http://127.0.0.2/", "http://[::1]:8000/", "https://example.com/"):
+                self.assertEqual(ipn_receiver.main(["send", "sale", "--url", url]), 0)
+            self.assertEqual(ipn_receiver.main(["send", "sale", "--url", "http://192.0.2.1/", "--allow-http"]), 0)
+            for url in ("http://127.example.com/", "http://127.0.0.1.example.com/", "http://10.0.0.1/"):
+                with contextlib.redirect_stderr(io.StringIO()):
+                    self.assertEqual(ipn_receiver.main(["send", "sale", "--url", url]), 2)
+        self.assertEqual(sent, ["http://localhost:8000/", "http://127.0.0.2/", "http://[::1]:8000/",
+                                "https://example.com/", "http://192.0.2.1/"])
+
     def test_demo_stopped_with_ctrl_c_leaves_no_folder(self):
         made, make = [], tempfile.mkdtemp
 
