@@ -1103,10 +1103,15 @@ def read_uwsgi_chunks(limit):
     if uwsgi is None:
         raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
                            "body to its end")
-    parts, size = [], 0
+    parts, size, deadline = [], 0, time.time() + 60
     while True:
+        # At most 30 seconds for the next chunk, and a minute for them all: a client sending a
+        # byte now and then would otherwise hold a worker for hours.
+        wait = int(deadline - time.time())
+        if wait < 1:
+            raise Refusal(400, "the chunked body took over a minute to arrive; send the whole body at once")
         try:
-            part = uwsgi.chunked_read(30)    # seconds to wait for the next chunk
+            part = uwsgi.chunked_read(min(wait, 30))
         except Exception:
             raise Refusal(400, "the chunked body could not be read to its end")
         if not part:

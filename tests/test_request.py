@@ -324,6 +324,25 @@ class Lengths(ReceiverTestCase):
                                   **{"wsgi.input": Unreadable()}))
         self.assertEqual(answer.status, 411)
 
+    def test_uwsgi_gives_a_chunked_body_a_minute_in_all(self):
+        # A client sending a byte just before each chunk's 30 seconds are up would hold a worker
+        # for hours: the whole body gets a minute, then 400.
+        clock, waits = [1000.0], []
+
+        class Uwsgi:
+            @classmethod
+            def chunked_read(cls, timeout):
+                waits.append(timeout)
+                clock[0] += timeout - 0.5
+                return b"a"
+        uwsgi = dict(content_length=False, HTTP_TRANSFER_ENCODING="chunked", **{"uwsgi.version": b"2.0"})
+        with mock.patch.dict("sys.modules", {"uwsgi": Uwsgi}), \
+                mock.patch.object(ipn_receiver.time, "time", lambda: clock[0]):
+            answer = call(environ_for(b"", **uwsgi))
+        self.assertEqual((answer.status, answer.body), (400, "ERROR: the chunked body took over a minute to arrive; "
+                                                            "send the whole body at once"))
+        self.assertEqual(waits, [30, 30, 1])
+
     def test_a_body_arriving_in_small_pieces_is_read_whole(self):
         body = urlencode(payment())
         answer = call(environ_for(body, **{"wsgi.input": Chunks(body)}))
