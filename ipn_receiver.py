@@ -4235,13 +4235,15 @@ def check_web_folder(report, note, data_dir):
     the .htaccess the receiver writes into it keeps it from the web under Apache only (nginx and
     lighttpd read no .htaccess), and it holds every buyer's data and the access data handed out.
     """
-    copies = []
+    copies, receivers = [], []
     for folder, folders, files in os.walk(HERE):
         depth = os.path.relpath(folder, HERE).count(os.sep)
         folders[:] = [name for name in folders if depth < 2 and not name.startswith(".")
                       and os.path.join(folder, name) != data_dir]
         copies += [os.path.relpath(os.path.join(folder, name), HERE) for name in files
                    if name.endswith(".pyc") or (folder == HERE and is_backup_copy(name))]
+        receivers += [os.path.relpath(os.path.join(folder, name), HERE) for name in files
+                      if folder != HERE and name in (os.path.basename(__file__), "ipn.py")]
     rules, htaccess = None, os.path.join(HERE, ".htaccess")
     if os.path.isfile(htaccess):
         try:
@@ -4272,6 +4274,19 @@ def check_web_folder(report, note, data_dir):
         else:
             note("%s is beside the script, with no .htaccess: if this folder is on the web, its secrets can be "
                  "downloaded; %s" % (CONFIG_FILE_NAME, fix))
+    if receivers:
+        # A copy in a folder below (a backup made before an edit: old/ipn_receiver.py) is a second
+        # receiver wherever the web server runs the scripts' names, as the .htaccess does in every
+        # folder below its own. With a store of its own, it runs the handler of any notification
+        # sent to it again: one captured call is enough.
+        text = "a copy of the receiver below the script's folder (%s)" % ", ".join(sorted(receivers))
+        fix = ("move it out of the web space (keep backups outside public_html): where the web server runs it, "
+               "it is a second receiver, with a store of its own, that runs the handler of a notification sent "
+               "there again")
+        if rules is None and not web_root:
+            note("%s; if this folder is on the web, %s" % (text, fix))
+        else:
+            report(False, text, fix)
     if not copies:
         return
     shown = "copies of the settings beside the script (%s)" % ", ".join(sorted(copies)[:3] + (

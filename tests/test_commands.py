@@ -1729,6 +1729,29 @@ class CheckTheWebFolder(CommandTestCase):
                       "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
         self.assertNotIn("config.ini is beside the script", output)        # the .htaccess denies it
 
+    def test_a_copy_of_the_receiver_in_a_folder_below_is_a_second_receiver(self):
+        # A backup made before an edit: the .htaccess runs the scripts' names in every folder below
+        # its own too, and the copy, with a store of its own, runs a captured call's handler again.
+        for name, htaccess, reported in (("public_html", snippet("apache-htaccess"), True),
+                                         ("public_html", None, True), ("apps", None, False)):
+            with self.subTest(name=name, htaccess=htaccess is not None):
+                script = self.web_folder(htaccess, name=name, copies=False)
+                folder = os.path.dirname(script)
+                for copy in ("old/ipn_receiver.py", "a/b/ipn.py", "old/notes.py", "ipn_data/ipn_receiver.py"):
+                    os.makedirs(os.path.dirname(os.path.join(folder, copy)), exist_ok=True)
+                    shutil.copy(SCRIPT, os.path.join(folder, copy))
+                code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(folder, "ipn_data"))
+                text = "a copy of the receiver below the script's folder (a/b/ipn.py, old/ipn_receiver.py)"
+                fix = ("move it out of the web space (keep backups outside public_html): where the web server runs it, "
+                       "it is a second receiver, with a store of its own, that runs the handler of a notification "
+                       "sent there again")
+                if reported:
+                    self.assertEqual(code, 1, output)
+                    self.assertIn("PROBLEM  %s\n         fix: %s\n" % (text, fix), output)
+                else:
+                    self.assertIn("note     %s; if this folder is on the web, %s\n" % (text, fix), output)
+                shutil.rmtree(os.path.dirname(folder))
+
     def test_an_htaccess_only_its_owner_can_read_is_a_problem(self):
         # Apache reads it as its own user, under suEXEC not the owner, and refuses the whole folder.
         script = self.web_folder(snippet("apache-htaccess"), copies=False)
