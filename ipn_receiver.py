@@ -3492,8 +3492,8 @@ def store_within_reach(config):
                                 "ipn_receiver.py repair` to do that (the next call does it too)")
         return False
     except NotADirectoryError:
-        raise CommandFailed("DATA_DIR %s is a file, not a folder; set DATA_DIR to a folder (the receiver makes it)"
-                            % config["DATA_DIR"])
+        raise CommandFailed("DATA_DIR %s is a file, not a folder; `python3 ipn_receiver.py check` says what to do "
+                            "with it (the event store, moved there by mistake, goes into a folder)" % config["DATA_DIR"])
     except PermissionError:
         pass
     try:
@@ -3870,6 +3870,12 @@ def check_data_folder(report, note, config):
     if broken:
         report(False, "DATA_DIR %s is a folder" % data_dir, "%s is a link to %s, which does not exist: make that "
                "folder, or set DATA_DIR to the folder itself" % (broken[0], os.readlink(broken[0])))
+    elif os.path.exists(data_dir) and not os.path.isdir(data_dir) and file_holds(data_dir, b"SQLite format 3\0"):
+        # A store moved with mv into a folder that was not there takes the folder's name. Moved away
+        # as "a file", an empty store would start in its place, and every handler run again.
+        report(False, "DATA_DIR %s is a folder" % data_dir, "it is a database, most likely the event store moved "
+               "there with mv before the folder was made: mv %s %s.store && mkdir -m 700 %s && mv %s.store %s"
+               % ((data_dir,) * 4 + (os.path.join(data_dir, STORE_FILE_NAME),)))
     elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
@@ -3901,12 +3907,13 @@ def check_data_folder(report, note, config):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
                "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
-               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the "
-               "store's files (events.sqlite3, and its -wal and -shm files if any) into DATA_DIR if that has no "
+               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), make the folder "
+               "DATA_DIR if it is not there (mkdir -m 700 %s: else mv renames the store to its name), move the "
+               "store's files (events.sqlite3, and its -wal and -shm files if any) into it if it has no "
                "store yet (else keep the one with more notifications, and move the other folder out of the web root, "
                "not deleted: the sales only it holds, `sqlite3` shows), and rename the script back: a store left "
                "behind can be downloaded, and in an empty one the copies of notifications already handled run their "
-               "handlers again")
+               "handlers again" % data_dir)
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,

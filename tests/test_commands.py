@@ -670,7 +670,27 @@ class Check(CommandTestCase):
                       "the file away (the receiver makes the folder)\n" % data_dir, output)
         for command in (["events"], ["show", "1"], ["repair"]):
             self.assertEqual(self.command(*command, IPN_DATA_DIR=data_dir), (1, "", "ERROR: DATA_DIR %s is a file, not "
-                             "a folder; set DATA_DIR to a folder (the receiver makes it)\n" % data_dir), command)
+                             "a folder; `python3 ipn_receiver.py check` says what to do with it (the event store, moved "
+                             "there by mistake, goes into a folder)\n" % data_dir), command)
+
+    def test_a_store_moved_to_the_data_folders_name_is_put_into_the_folder(self):
+        # `mv events.sqlite3 /home/you/ipn_data` before the folder was made renames the store to the
+        # folder's name (the 40th review). "Move the file away" would start an empty store, and every
+        # handler would run again: check says how to put it into the folder, and the way works.
+        post(payment())
+        ipn_receiver.close_store()
+        data_dir = os.path.join(tempfile.mkdtemp(prefix="ipn-moved-"), "ipn_data")
+        self.addCleanup(shutil.rmtree, os.path.dirname(data_dir), True)
+        os.rename(os.path.join(self.data_dir, "events.sqlite3"), data_dir)
+        code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+        self.assertEqual(code, 1, output)
+        fix = ("mv {0} {0}.store && mkdir -m 700 {0} && mv {0}.store {0}/events.sqlite3".format(data_dir))
+        self.assertIn("PROBLEM  DATA_DIR %s is a folder\n         fix: it is a database, most likely the event store "
+                      "moved there with mv before the folder was made: %s\n" % (data_dir, fix), output)
+        subprocess.run(fix, shell=True, check=True)
+        code, output, _ = self.command("events", IPN_DATA_DIR=data_dir)
+        self.assertEqual(code, 0, output)
+        self.assertIn("on_payment", output)
 
     def test_a_healthy_setup_passes(self):
         post(payment())
@@ -1670,8 +1690,9 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: rename "
                       "ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, stop "
-                      "the app instead), wait until no call is running (ps -ef | grep ipn_receiver), move the store's files"
-                      % (os.path.join(site, "ipn_data"), elsewhere), output)
+                      "the app instead), wait until no call is running (ps -ef | grep ipn_receiver), make the folder "
+                      "DATA_DIR if it is not there (mkdir -m 700 %s: else mv renames the store to its name), move the "
+                      "store's files" % (os.path.join(site, "ipn_data"), elsewhere, elsewhere), output)
         # Where both hold notifications, the other is moved away, not deleted (the 37th review).
         self.assertIn("keep the one with more notifications, and move the other folder out of the web root, not "
                       "deleted", output)
