@@ -108,6 +108,10 @@ class Target:
     script_path = "/ipn"    # the receiver's URL path
     serves_files = True     # False for the WSGI servers: every URL is the receiver
     protected = ()          # URL paths that must never return settings or data
+    discards_unread_bodies = False      # Apache in front of CGI or mod_wsgi: it reads them to their end
+    # mod_cgid: a script's socket closed with over about 200 KB of the body unread is reset (Linux),
+    # and the answer with it. No sender sends such a body; a refusal of a small one arrives.
+    loses_answers_to_unread_bodies = False
 
     # ---- set up and tear down --------------------------------------------------------------
     @classmethod
@@ -288,6 +292,30 @@ class Target:
                 for marker in SECRET_MARKERS:
                     self.assertFalse(marker in body, "%s served content of %s" % (self.name, path))
 
+    def test_a_body_far_over_the_limit_is_refused_and_never_stored(self):
+        # Declared at 50 MB, 1 KB sent: the receiver, or the server in front of it as README.md sets
+        # it up, answers 413 at once. A server that stored the body first (Passenger, waitress and
+        # lighttpd do, unless told a limit) would let anyone fill its disk, the data folder's often,
+        # unverified. Apache, in front of a CGI program or a mod_wsgi daemon, reads the rest of a
+        # body the receiver left unread and throws it away: it answers when it has it all.
+        size = 50 * 10 ** 6
+        head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n" % (self.script_path, self.port, size)).encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as connection:
+            connection.sendall(head + b"a" * 1024)
+            if self.discards_unread_bodies:
+                connection.sendall(b"a" * (size - 1024))
+            try:
+                answer = connection.makefile("rb").read()
+            except socket.timeout:
+                self.fail("%s waited for the rest of a 50 MB body" % self.name)
+        if not answer and self.loses_answers_to_unread_bodies:
+            self.assertIn("POST -> 413, refused: the body is larger than MAX_BODY_BYTES allows", self.log_text())
+            return
+        self.assertEqual(answer.split()[1:2], [b"413"], answer[:200])
+        if self.discards_unread_bodies:
+            self.assertIn(b"\r\n\r\nERROR: the body is larger than MAX_BODY_BYTES allows", answer)
+
     def test_a_chunked_body_is_handled_or_clearly_refused(self):
         transaction = "chunked-%d" % self.port
         answer = chunked_post("127.0.0.1", self.port, self.script_path, urlencode(payment(transaction)))
@@ -353,6 +381,7 @@ class Apache(Target):
     mpm = "event"
     modules = ()
     needs = (("/usr/sbin/apache2", "apache2"),)
+    discards_unread_bodies = True
 
     @classmethod
     def apache_config(cls, body):
@@ -523,6 +552,7 @@ class ApacheCgidScriptAlias(Apache, unittest.TestCase):
     modules = ("cgid",)
     needs = Apache.needs + ((MODULES + "/mod_cgid.so", "apache2"),)
     script_path = "/cgi-bin/ipn_receiver.py"
+    loses_answers_to_unread_bodies = True
     protected = ("/cgi-bin/ipn.ini", "/ipn.ini", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log",
                  "/cgi-bin/ipn_data/events.sqlite3")
 
@@ -572,6 +602,7 @@ class ApachePassenger(Apache, unittest.TestCase):
     protected = ("/config.ini", "/ipn_receiver.py", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log",
                  "/passenger_wsgi.py", "/config.ini~", "/ipn_receiver.py~")
     serves_files = False       # Passenger sends every URL without a file in public/ to the app
+    discards_unread_bodies = False      # it stores them: LimitRequestBody refuses them at once
 
     @classmethod
     def lay_out(cls):
