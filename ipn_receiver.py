@@ -4256,16 +4256,16 @@ def check_web_folder(report, note, data_dir):
         try:
             with open(htaccess, encoding="utf-8", errors="replace") as file:
                 rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
-            report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
-                   "use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler "
-                   "cgi-script .py, Require all denied, and the scripts' names allowed")
         except OSError:
             rules = False
+        else:
+            report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
+                   use_the_guides_htaccess())
         # Apache reads it as its own user (under suEXEC not the owner), and refuses the whole folder
         # where it cannot.
-        report(rules is not False and os.stat(htaccess).st_mode & 0o004, ".htaccess beside the script can be read by "
-               "the web server (mode %03o)" % (os.stat(htaccess).st_mode & 0o777), "chmod 644 %s   (Apache "
-               "refuses the whole folder, with 403, where it cannot read it)" % htaccess)
+        report(os.stat(htaccess).st_mode & 0o004, ".htaccess beside the script can be read by the web server (mode "
+               "%03o)" % (os.stat(htaccess).st_mode & 0o777), "chmod 644 %s   (Apache refuses the whole folder, "
+               "with 403, where it cannot read it)" % htaccess)
     web_root = web_root_of(HERE)
     unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
     if rules is None and web_root_of(data_dir):
@@ -4309,6 +4309,24 @@ def check_web_folder(report, note, data_dir):
         note("%s; the .htaccess denies them" % shown)
     else:
         report(False, shown, fix)
+
+
+def use_the_guides_htaccess():
+    """How to make the .htaccess beside the script serve the scripts only: the deployment guide's,
+    where the folder is the receiver's own. Where the site is in it too (a file of another kind
+    than the receiver's, or the folder is the web root itself), that .htaccess would deny the
+    site, in this folder and every one below it."""
+    site = [name for name in sorted(os.listdir(HERE)) if os.path.isfile(os.path.join(HERE, name)) and not (
+        name in ("README.md", "LICENSE") or name.startswith(".") or name.endswith((".py", ".ini")) or
+        is_backup_copy(name))]
+    if site or os.path.basename(HERE).lower() in WEB_ROOT_NAMES:
+        shown = ", ".join(site[:3]) + (", ..." if len(site) > 3 else "")
+        return ("this folder holds your site too (%s), and an .htaccess rules every folder below its own: the "
+                "deployment guide's would shut the site. Make a folder of the receiver's own (mkdir %s), move "
+                "ipn_receiver.py and config.ini into it, put the .htaccess of README.md's deployment guide there, "
+                "and register that URL" % (shown or "its web root", os.path.join(HERE, "ipn")))
+    return ("use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler cgi-script "
+            ".py, Require all denied, and the scripts' names allowed")
 
 
 # How web servers and hosting panels name a document root: cPanel public_html, Debian /var/www/html,

@@ -1773,6 +1773,31 @@ class CheckTheWebFolder(CommandTestCase):
                     self.assertIn("note     %s; if this folder is on the web, %s\n" % (text, fix), output)
                 shutil.rmtree(os.path.dirname(folder))
 
+    def test_an_htaccess_the_site_shares_is_not_to_be_replaced_by_the_guides(self):
+        # The script uploaded into the web root itself, beside a site: the guide's .htaccess there
+        # would deny the whole site, in every folder below it too (the 42nd review). Nor is a site's
+        # readable .htaccess called unreadable.
+        for site in (("index.php", "wp-content"), ()):
+            with self.subTest(site=site):
+                root = os.path.join(self.data_dir, "public_html")
+                os.makedirs(root)
+                for name in site:
+                    os.mkdir(os.path.join(root, name)) if "." not in name else open(os.path.join(root, name), "w").close()
+                script = shutil.copy(SCRIPT, root)
+                with open(os.path.join(root, ".htaccess"), "w") as file:
+                    file.write("RewriteEngine On\nRewriteRule . /index.php [L]\n")
+                os.chmod(os.path.join(root, ".htaccess"), 0o644)
+                code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+                self.assertEqual(code, 1, output)
+                self.assertIn("PROBLEM  .htaccess beside the script serves the scripts only, and no folder listing\n"
+                              "         fix: this folder holds your site too (%s), and an .htaccess rules every folder "
+                              "below its own: the deployment guide's would shut the site. Make a folder of the receiver's "
+                              "own (mkdir %s), move ipn_receiver.py and config.ini into it, put the .htaccess of "
+                              "README.md's deployment guide there, and register that URL\n"
+                              % (site[0] if site else "its web root", os.path.join(root, "ipn")), output)
+                self.assertIn("ok       .htaccess beside the script can be read by the web server (mode 644)\n", output)
+                shutil.rmtree(root)
+
     def test_an_htaccess_only_its_owner_can_read_is_a_problem(self):
         # Apache reads it as its own user, under suEXEC not the owner, and refuses the whole folder.
         script = self.web_folder(snippet("apache-htaccess"), copies=False)
