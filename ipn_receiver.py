@@ -3902,18 +3902,28 @@ def check_data_folder(report, note, config):
                  "store into it: check says how)")
     check_web_folder(report, note, data_dir)
     left_behind = os.path.join(HERE, "ipn_data")        # the default data folder
-    if os.path.normcase(left_behind) != os.path.normcase(data_dir) and os.path.isfile(
-            os.path.join(left_behind, STORE_FILE_NAME)):
+    elsewhere = os.path.normcase(left_behind) != os.path.normcase(data_dir)
+    stop_calls = ("rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
+                  "stop the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e ipn.py)")
+    journal = os.path.join(left_behind, STORE_FILE_NAME + "-wal")
+    if elsewhere and os.path.isfile(os.path.join(left_behind, STORE_FILE_NAME)):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
-               "rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
-               "stop the app instead), wait until no call is running (ps -ef | grep ipn_receiver), make the folder "
+               stop_calls + ", make the folder "
                "DATA_DIR if it is not there (mkdir -m 700 %s: else mv renames the store to its name), move the "
                "store's files (events.sqlite3, and its -wal and -shm files if any) into it if it has no "
                "store yet (else keep the one with more notifications, and move the other folder out of the web root, "
                "not deleted: the sales only it holds, `sqlite3` shows), and rename the script back: a store left "
                "behind can be downloaded, and in an empty one the copies of notifications already handled run their "
                "handlers again" % data_dir)
+    elif elsewhere and os.path.isfile(journal) and os.path.getsize(journal):
+        # The store moved without its journal, which may hold the last notifications: SQLite reads
+        # them from it only beside the store it was written for, and before that store writes anew.
+        report(False, "the event store's journal was left in %s without its store; DATA_DIR is %s" % (
+            left_behind, data_dir), stop_calls + ", and move %s (and its -shm file) beside the store it was written "
+            "for, in %s, if that store has no -wal file of its own; then rename the script back. It may hold the last "
+            "notifications, which are lost to the store until then (and where the store has its own, keep it aside: "
+            "its notifications can be recovered by hand only)" % (journal, data_dir))
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,

@@ -1690,8 +1690,8 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n         fix: rename "
                       "ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, stop "
-                      "the app instead), wait until no call is running (ps -ef | grep ipn_receiver), make the folder "
-                      "DATA_DIR if it is not there (mkdir -m 700 %s: else mv renames the store to its name), move the "
+                      "the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e ipn.py), make "
+                      "the folder DATA_DIR if it is not there (mkdir -m 700 %s: else mv renames the store to its name), move the "
                       "store's files" % (os.path.join(site, "ipn_data"), elsewhere, elsewhere), output)
         # Where both hold notifications, the other is moved away, not deleted (the 37th review).
         self.assertIn("keep the one with more notifications, and move the other folder out of the web root, not "
@@ -1700,6 +1700,29 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
         self.assertNotIn("left in", output)                 # the store in use is not left behind
 
+
+    def test_a_journal_left_behind_without_its_store_is_a_problem(self):
+        # The store moved while a call was writing, without its -wal file (the 42nd review): the
+        # last notifications are in that file, and only beside its store can SQLite read them.
+        site = os.path.join(self.data_dir, "site")
+        os.makedirs(os.path.join(site, "ipn_data"))
+        script = shutil.copy(SCRIPT, site)
+        elsewhere = os.path.join(self.data_dir, "elsewhere")
+        journal = os.path.join(site, "ipn_data", "events.sqlite3-wal")
+        open(journal, "w").close()
+        self.assertNotIn("journal", self.command("check", script=script, IPN_DATA_DIR=elsewhere)[1])  # (empty)
+        with open(journal, "wb") as file:
+            file.write(b"\x37\x7f\x06\x82" + bytes(28))
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  the event store's journal was left in %s without its store; DATA_DIR is %s\n         "
+                      "fix: rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under "
+                      "WSGI, stop the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e "
+                      "ipn.py), and move %s (and its -shm file) beside the store it was written for, in %s, if that "
+                      "store has no -wal file of its own" % (os.path.dirname(journal), elsewhere, journal, elsewhere),
+                      output)
+        self.assertNotIn("journal was left", self.command("check", script=script,
+                                                          IPN_DATA_DIR=os.path.join(site, "ipn_data"))[1])
 
 class CheckTheWebFolder(CommandTestCase):
     """Copies of the settings pile up beside the script: compiled copies of the receiver
