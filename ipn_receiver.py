@@ -1361,7 +1361,8 @@ def ensure_data_dir(path):
         # Made by another user, in /tmp say, before the first call: that user could read every
         # buyer's data, plant answers, or delete the store, and every handler would run again.
         raise StorageError("the data folder %s belongs to %s, not to %s, who runs the receiver: where it holds the "
-                           "receiver's store and was given away by mistake, give it back (chown -R %d %s); else set "
+                           "receiver's store and was given away by mistake, give it back (chown -R %d %s, or ask your "
+                           "host to: a folder of your own would start an empty store); else set "
                            "DATA_DIR to a folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
                                path, user_name(found.st_uid), user_name(os.geteuid()), os.geteuid(), path,
                                user_name(os.geteuid())))
@@ -3493,7 +3494,8 @@ def store_within_reach(config):
         return False
     except NotADirectoryError:
         raise CommandFailed("DATA_DIR %s is a file, not a folder; `python3 ipn_receiver.py check` says what to do "
-                            "with it (the event store, moved there by mistake, goes into a folder)" % config["DATA_DIR"])
+                            "with it (the event store, moved there by mistake, goes into a folder)"
+                            % config["DATA_DIR"])
     except PermissionError:
         pass
     try:
@@ -3831,6 +3833,13 @@ def check_script(report, note, config):
     elif compiled:
         note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
+    stores = sorted(name for name in os.listdir(HERE)
+                    if ".sqlite3" in name and readable_by_all(os.path.join(HERE, name)))
+    if stores:
+        # A backup made where the vendor stood: `sqlite3 ... ".backup copy.sqlite3"` under umask 022.
+        report(False, "copies of an event store beside the script can be read by every user of this server (%s)"
+               % ", ".join(stores), "chmod 600 them and move them out of the web space (they hold every buyer's data "
+               "and the access data handed out); make copies as README.md says, under umask 077")
 
 
 def check_data_folder(report, note, config):

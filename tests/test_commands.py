@@ -955,6 +955,28 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 0, output)
 
+    def test_a_copy_of_the_store_beside_the_script_that_others_may_read_is_a_problem(self):
+        # `sqlite3 ipn_data/events.sqlite3 ".backup copy.sqlite3"` under umask 022 (the 42nd review):
+        # every buyer's data and the access data handed out, for every user of the server.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = shutil.copy(SCRIPT, folder)
+        os.chmod(script, 0o755)
+        for name in ("copy.sqlite3", "events.sqlite3.bak", "notes.txt"):
+            with open(os.path.join(folder, name), "w") as file:
+                file.write("x")
+            os.chmod(os.path.join(folder, name), 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  copies of an event store beside the script can be read by every user of this server "
+                      "(copy.sqlite3, events.sqlite3.bak)\n         fix: chmod 600 them and move them out of the web "
+                      "space (they hold every buyer's data and the access data handed out); make copies as README.md "
+                      "says, under umask 077\n", output)
+        for name in ("copy.sqlite3", "events.sqlite3.bak"):
+            os.chmod(os.path.join(folder, name), 0o600)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+
     def test_a_data_dir_where_other_users_may_make_or_move_folders_is_a_problem(self):
         # Another user could make the data folder first (the receiver then refuses it: 503 for every
         # call), or move it away where the folder above is not sticky (and every handler runs again).

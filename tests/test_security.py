@@ -97,7 +97,8 @@ class NothingLeaks(ReceiverTestCase):
             ipn_receiver.ensure_data_dir(folder)
         self.assertEqual(str(raised.exception), "the data folder %s belongs to root, not to user 4444, who runs the "
                          "receiver: where it holds the receiver's store and was given away by mistake, give it back "
-                         "(chown -R 4444 %s); else set DATA_DIR to a folder of user 4444's own, outside the web "
+                         "(chown -R 4444 %s, or ask your host to: a folder of your own would start an empty store); else "
+                         "set DATA_DIR to a folder of user 4444's own, outside the web "
                          "root (`python3 ipn_receiver.py check`)" % (folder, folder))
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root, to give the folder another owner")
