@@ -4006,25 +4006,50 @@ def check_store(report, note, config):
                    "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
                    "handler, or `replay ID --done` if it was handled")
     except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
-        report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
-               "python3 ipn_receiver.py repair")
+        if store_is_damaged(error) and not cut_short(store_path(config)):
+            damage = error_text(error).replace("event store %s: " % store_path(config), "").split("; ")[0]
+            report(False, "event store %s can be read (it is damaged: %s)" % (store_path(config), damage),
+                   what_repair_would_do(config))
+        else:
+            report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
+                   "python3 ipn_receiver.py repair")
     for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
         if os.path.exists(os.path.join(data_dir, name)):
             report_private(report, os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
     check_store_files(report, data_dir)
 
 
+def what_repair_would_do(config):
+    """What `check` advises for a store that cannot be opened for damage: `repair`, where it would
+    keep rows, else what repair would say itself (set_damaged_store_aside): a store that held
+    rows, none of which can be read, is left as it is, to be recovered by hand."""
+    connection = sqlite3_module().connect(":memory:")
+    try:
+        migrate_store(connection)
+        copied = salvage_rows(store_path(config), connection)[0]
+    finally:
+        connection.close()
+    if not copied and may_hold_rows(store_path(config)):
+        return UNREADABLE_STORE % store_path(config)
+    return ("python3 ipn_receiver.py repair   (sets it aside, and keeps the %d notifications that can be read)"
+            % copied)
+
+
 def check_runs_as_cgi(report, program, mode):
     """What `check` says about a program a web server runs as CGI: the script, or a launcher."""
     with open(program, "rb") as file:
         first_line = file.readline()
+    if first_line.startswith(b"\xef\xbb\xbf"):
+        fix = ("save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
+               "Unix (LF) line endings (sed -i '1s/^\\xef\\xbb\\xbf//; s/\\r$//' %s); with either, a CGI call "
+               "fails with 500" % program)
+    elif first_line.startswith(b"#!"):
+        fix = "save the file with Unix (LF) line endings (sed -i 's/\\r$//' %s); with CRLF a CGI call fails with 500" % (
+            program)
+    else:
+        fix = "make #!/usr/bin/env python3 its first line, as in README.md; without it, a CGI call fails with 500"
     report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
-           "%s starts with a shebang line ending in LF" % os.path.basename(program),
-           "save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
-           "Unix (LF) line endings; with either, a CGI call fails with 500" if first_line.startswith(b"\xef\xbb\xbf")
-           else "save the file with Unix (LF) line endings; with CRLF a CGI call fails with 500"
-           if first_line.startswith(b"#!") else "make #!/usr/bin/env python3 its first line, as in README.md; "
-           "without it, a CGI call fails with 500")
+           "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
     report(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
            "chmod %s %s   (needed to run as CGI)" % (mode, program))
 

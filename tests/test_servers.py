@@ -545,6 +545,13 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                                       env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, name + "-data")))
                 self.assertEqual(done.returncode, 1)
                 self.assertIn(problem, done.stdout.decode())
+        # check's command for CRLF, run as it says, and the script runs.
+        crlf = os.path.join(self.home, "public_html", "crlf", "ipn_receiver.py")
+        done = subprocess.run([PYTHON, crlf, "check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                              env=dict(os.environ, IPN_DATA_DIR=os.path.join(self.root, "crlf-data")))
+        fix = done.stdout.decode().split("line endings (", 1)[1].split("); with CRLF", 1)[0]
+        subprocess.run(fix, shell=True, check=True)
+        self.assertEqual(request(self.url("/crlf/ipn_receiver.py"))[0], 200)
 
 
 class ApacheCgidScriptAlias(Apache, unittest.TestCase):

@@ -723,6 +723,12 @@ class StorageProblems(ReceiverTestCase):
                 self.assertEqual(runs, [])
                 self.assertIn(ipn_receiver.UNREADABLE_STORE % self.store(), self.log_text())
                 self.assertFalse([name for name in os.listdir(self.data_dir) if "damaged" in name or "salvage" in name])
+                # check says what repair does (the 42nd review: it said repair keeps every row, which refused).
+                output = io.StringIO()
+                with contextlib.redirect_stdout(output), contextlib.redirect_stderr(io.StringIO()), \
+                        mock.patch.dict(os.environ, IPN_DATA_DIR=self.data_dir, IPN_SHA_PASSPHRASE=PASSPHRASE):
+                    self.assertEqual(ipn_receiver.main(["check"]), 1)
+                self.assertIn("\n         fix: %s\n" % (ipn_receiver.UNREADABLE_STORE % self.store()), output.getvalue())
                 errors = io.StringIO()
                 with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
                     self.assertEqual(ipn_receiver.main(["repair"]), 1)
@@ -1425,8 +1431,9 @@ class StorageProblems(ReceiverTestCase):
         checked = subprocess.run([PYTHON, SCRIPT, "check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
                                  env=dict(os.environ, IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_DATA_DIR=self.data_dir))
         output = checked.stdout.decode()
-        self.assertIn("PROBLEM  event store: database disk image is malformed: text in it is not UTF-8\n         fix: see "
-                      "the message; for a damaged store: python3 ipn_receiver.py repair\n", output)
+        self.assertIn("PROBLEM  event store %s can be read (it is damaged: database disk image is malformed: text in "
+                      "it is not UTF-8)\n         fix: python3 ipn_receiver.py repair   (sets it aside, and keeps the 2 "
+                      "notifications that can be read)\n" % self.store(), output)
         self.assertEqual(ipn_receiver.integrity_of(self.store()), "database disk image is malformed: text in it is not "
                                                                   "UTF-8")     # (so `repair` repairs it)
         self.assertEqual(post(payment("1001")).body, ipn_receiver.UNKNOWN_ANSWER % {"id": 1})
