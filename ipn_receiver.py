@@ -3898,7 +3898,9 @@ def check_data_folder(report, note, config):
                "that user's (chown, chmod 700)" % user_name(owner) if owner is not None
                else "create it, owned by the user the web server runs the receiver as (chmod 700)")
     else:
-        note("data folder %s does not exist yet; the receiver makes it at its first call" % data_dir)
+        note("data folder %s does not exist yet; the receiver makes it at its first call, as the user the web server "
+             "runs it as, who must be able to write to %s (where that is not you, make the folder for that user, as "
+             "README.md's cgi-bin layout does)" % (data_dir, first))
     if writable:
         report_private(report, data_dir, "data folder mode %03o", "chmod 700 %s")
         check_owners(report, data_dir)

@@ -1266,8 +1266,9 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
         self.assertEqual(code, 0, output)
         self.assertFalse(os.path.exists(data_dir))
-        self.assertIn("note     data folder %s does not exist yet; the receiver makes it at its first call" % data_dir,
-                      output)
+        self.assertIn("note     data folder %s does not exist yet; the receiver makes it at its first call, as the user "
+                      "the web server runs it as, who must be able to write to %s (where that is not you, make the "
+                      "folder for that user, as README.md's cgi-bin layout does)\n" % (data_dir, self.data_dir), output)
         self.assertRegex(output, r"note     check runs as \S+; ipn_receiver.py belongs to \S+\. Run check as")
         os.makedirs(data_dir, 0o700)
         code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
