@@ -415,7 +415,7 @@ def finish_settings(values, where, config_file):
             raise ConfigError("%s: %s is not valid UTF-8 text; save the file that sets it as UTF-8"
                               % (where[name][0], name), where[name][1])
         result[name] = secret
-    level = str(values["LOG_LEVEL"]).strip().upper()
+    level = str(values["LOG_LEVEL"]).strip().translate(_ASCII_UPPER)     # ("ınfo".upper() is "INFO")
     if level == "WARN":
         level = "WARNING"
     if level not in LOG_LEVELS:
@@ -3022,7 +3022,7 @@ INTERNAL_ERROR_ANSWER = ("ERROR: internal error in ipn_receiver; the sender retr
 def application(environ, start_response):
     """The WSGI callable: answers every request with text/plain, errors starting with "ERROR:"."""
     started = time.perf_counter()
-    method = environ.get("REQUEST_METHOD", "GET").upper()
+    method = environ.get("REQUEST_METHOD", "GET").translate(_ASCII_UPPER)     # ("poſt".upper() is "POST")
     try:
         if environ.get("SCRIPT_NAME") and environ.get("PATH_INFO", "/") not in ("", "/"):
             # A URL below the receiver's own (/ipn_receiver.py/config.ini, say): nothing is there.

@@ -75,6 +75,14 @@ class Precedence(SettingsTestCase):
         self.assertEqual(config["LOG_LEVEL"], "ERROR")
         self.assertEqual(config["where"]["SHA_PASSPHRASE"], "environment variable IPN_SHA_PASSPHRASE")
 
+    def test_log_level_is_read_in_ascii_cases_only(self):
+        # "ınfo".upper() is "INFO" from Python 3.7 on, not in 3.6, where every call then failed
+        # (the 43rd review): one rule everywhere, and the dotless i is no i.
+        for level in ("ınfo", "\u0130NFO"):
+            with self.subTest(level=level), self.assertRaises(ipn_receiver.ConfigError):
+                load({"IPN_LOG_LEVEL": level})
+        self.assertEqual(load({"IPN_LOG_LEVEL": "Info"})["LOG_LEVEL"], "INFO")
+
     def test_every_setting_has_its_ini_key_and_environment_variable(self):
         self.write("[digistore24]\nsha_passphrase = a\n[promopit]\nisn_key = b\n[receiver]\n"
                    "data_dir = /srv/data\nlog_level = WARNING\nmax_body_bytes = 2048\n"
