@@ -4632,7 +4632,7 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     the same, byte for byte, on generated requests), written out because importing
     wsgiref.handlers pulls in `re` and costs every CGI call about 2.6 ms.
     """
-    environ = dict(os.environ if environ is None else environ)
+    environ = cgi_environ() if environ is None else dict(environ)
     stdin = sys.stdin.buffer if stdin is None else stdin
     if stdout is None:
         # The answer goes out through a descriptor of its own. Descriptor 1, which a program that
@@ -4658,6 +4658,29 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     stdout.write(head.encode("latin-1") + body)
     stdout.flush()
     return 0
+
+
+# The CGI variables that carry what the request sent, as wsgiref.handlers names them.
+REQUEST_VARIABLES = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_METHOD", "AUTH_TYPE", "CONTENT_TYPE",
+                     "CONTENT_LENGTH", "HTTPS", "REMOTE_USER", "REMOTE_IDENT")
+
+
+def cgi_environ():
+    """os.environ as a WSGI application is to see it (PEP 3333), as wsgiref.handlers.read_environ
+    makes it: the variables that carry what the request sent (and those of a redirect, REDIRECT_...)
+    hold its bytes, each read as Latin-1, as under every WSGI server, whatever the locale made of
+    them (a Latin-1 locale, or Python 3.6 without LANG, reads the same bytes otherwise); the others,
+    the settings among them, as Python read them. (On Windows, where wsgiref guesses what each web
+    server did, they are left as they are.)"""
+    environ = {}
+    for name, value in os.environ.items():
+        request = name
+        while request.startswith("REDIRECT_"):
+            request = request[len("REDIRECT_"):]
+        if sys.platform != "win32" and (request in REQUEST_VARIABLES or request.startswith(("HTTP_", "SSL_"))):
+            value = value.encode(sys.getfilesystemencoding(), "surrogateescape").decode("latin-1")
+        environ[name] = value
+    return environ
 
 
 def main(argv=None):
