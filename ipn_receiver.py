@@ -355,7 +355,8 @@ def load_settings(environ=None):
                     line, section, ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)), line)
     for setting, _, _, variable in SETTINGS_SOURCES:
         if environ.get(variable, "") != "":
-            values[setting] = environ[variable] if setting not in SECRET_SETTINGS else environment_text(environ[variable])
+            text = setting in SECRET_SETTINGS or setting == "DATA_DIR"
+            values[setting] = environment_text(environ[variable]) if text else environ[variable]
             where[setting] = ("environment variable %s" % variable, "the environment variable " + variable)
     return finish_settings(values, where, config_file)
 
@@ -438,12 +439,18 @@ def finish_settings(values, where, config_file):
         # a quote, inside the script's folder, on the web.
         raise ConfigError("%s: DATA_DIR is in quotes, which would be part of the folder's name; remove them"
                           % where["DATA_DIR"][0], where["DATA_DIR"][1])
+    # The folder's name on disk is the UTF-8 of the name as written, whatever the locale: else a
+    # CGI call (no LANG: UTF-8), a WSGI server or a command under a Latin-1 locale would each name
+    # another folder, with a store of its own, and run every handler again.
+    # (Bytes of the environment that are not UTF-8, Python keeps as lone surrogates: no name.)
+    usable = not any("\udc80" <= character <= "\udcff" for character in data_dir)
+    data_dir = os.fsdecode(data_dir.encode("utf-8", "surrogateescape"))
     # Absolute stays absolute; normalised, so that "/data//" and "/data" name one lock file.
     result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, os.path.expanduser(data_dir)))
-    try:
-        os.fsencode(result["DATA_DIR"])         # a file name for the system,
-        result["DATA_DIR"].encode("utf-8")      # and for SQLite, which takes UTF-8
-    except UnicodeError:
+    # Before Python 3.7, SQLite is given the name as UTF-8, and the system in the locale's encoding
+    # (ASCII where a web server sets no LANG): they must be the same bytes.
+    utf8_names = sys.getfilesystemencoding().lower().replace("_", "-") in ("utf-8", "utf8")
+    if not usable or sys.version_info < (3, 7) and not utf8_names and any(ord(c) > 127 for c in result["DATA_DIR"]):
         raise ConfigError("%s: DATA_DIR holds characters this Python cannot use in a file name (it writes file "
                           "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR "
                           "of ASCII characters, or Python 3.7 or later"
@@ -638,7 +645,10 @@ def secret_forms(secret):
     its UTF-8 bytes; and percent-encoded as in a form or a URL, with upper- or lower-case hex
     digits, with "~" kept or encoded (Python before 3.7 and PHP's urlencode encode it), and with
     "/" kept (as urllib.parse.quote() keeps it)."""
+    # (As os.environ holds it, where the locale is not UTF-8: a handler logging the environment.)
+    environ = os.fsdecode(secret.encode("utf-8"))
     forms = {secret, repr(secret)[1:-1], ascii(secret)[1:-1], json_ascii(secret), secret.translate(_JSON_ESCAPES),
+             environ, repr(environ)[1:-1], ascii(environ)[1:-1],
              repr(secret.encode("utf-8"))[2:-1], repr('"' + secret)[2:-1], ascii('"' + secret)[2:-1],
              secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace(
                  "'", "&#x27;")}

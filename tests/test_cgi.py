@@ -163,6 +163,95 @@ class CgiProgram(unittest.TestCase):
         self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK"))
 
 
+class UnderALatin1Locale(unittest.TestCase):
+    """A web server that sets no LANG runs the receiver in UTF-8 (Python 3.7 and later); a WSGI
+    server, or a command run over SSH, may run it under a Latin-1 locale. Python reads the
+    environment and names files in the locale's encoding: one data folder and one store all the
+    same, and the secrets masked in whatever form the environment holds them (the 43rd review)."""
+
+    @classmethod
+    def setUpClass(cls):
+        sources = "/usr/share/i18n/locales/de_DE"
+        if not shutil.which("localedef") or not os.path.exists(sources):
+            raise unittest.SkipTest("no locale sources to build a Latin-1 locale from (Debian package locales)")
+        cls.locales = tempfile.mkdtemp(prefix="ipn-locale-")
+        subprocess.run(["localedef", "-i", "de_DE", "-f", "ISO-8859-1", os.path.join(cls.locales, "de_DE.ISO-8859-1")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.locales, True)
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="ipn-cgi-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+
+    def latin_1(self, environment):
+        """`environment` with the Latin-1 locale; the bytes of its values as they are."""
+        return dict(environment, LOCPATH=self.locales, LC_ALL="de_DE.ISO-8859-1")
+
+    def test_the_locale_is_latin_1(self):
+        done = subprocess.run([PYTHON, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                              env=self.latin_1({"PATH": os.environ["PATH"]}), stdout=subprocess.PIPE, timeout=60)
+        self.assertIn(done.stdout.strip(), (b"iso8859-1", b"latin-1"))
+
+    def test_one_data_folder_and_one_handler_run_whatever_the_locale(self):
+        site = os.path.join(self.folder, "site")
+        os.mkdir(site)
+        script = shutil.copy(SCRIPT, site)
+        data_dir = os.path.join(self.folder, "d\u00e4t\u00e4")
+        for where in ("config.ini", "environment"):
+            with self.subTest(where=where):
+                with open(os.path.join(site, "config.ini"), "w", encoding="utf-8") as file:
+                    file.write("[receiver]\ndata_dir = %s\n" % data_dir if where == "config.ini" else "")
+                os.chmod(os.path.join(site, "config.ini"), 0o600)
+                body = urlencode(payment(where))
+                environment = cgi_environment(data_dir, body=body)
+                if where == "config.ini":
+                    del environment["IPN_DATA_DIR"]
+                else:
+                    environment["IPN_DATA_DIR"] = data_dir.encode("utf-8")     # (the bytes a server sets)
+                for run in (environment, self.latin_1(environment), environment):
+                    done = run_cgi_program(run, body, script=script)
+                    answer = parse_cgi_output(done.stdout)
+                    if sys.version_info < (3, 7):
+                        # Its SQLite takes the name as UTF-8, its system in the locale's encoding
+                        # (ASCII without LANG): refused, in one folder as in the other.
+                        self.assertEqual(answer[0], 503)
+                        self.assertTrue(answer[2].startswith(b"ERROR: configuration error"), answer)
+                    else:
+                        self.assertEqual(answer[::2], (200, b"OK"), done.stderr.decode()[-2000:])
+                if sys.version_info < (3, 7):
+                    self.assertEqual(os.listdir(self.folder), ["site"])
+                    continue
+                self.assertEqual(sorted(os.listdir(os.fsencode(self.folder))), [b"d\xc3\xa4t\xc3\xa4", b"site"])
+                with open(os.path.join(data_dir, "ipn_receiver.log"), encoding="utf-8") as file:
+                    log = file.read()
+                self.assertEqual(log.count("txn %s: handled as #" % where), 1, log)
+                self.assertEqual(log.count("txn %s: duplicate of #" % where), 2, log)
+
+    def test_a_passphrase_as_the_environment_holds_it_is_masked(self):
+        passphrase = "p\u00e4ssphrase-lang-42"
+        wrapper = os.path.join(self.folder, "wrapper.py")
+        with open(wrapper, "w") as file:
+            file.write("import os, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
+                       "def handler(n):\n    ipn_receiver.log.info('environment %%r', dict(os.environ))\n"
+                       "    ipn_receiver.log.info('passphrase %%s', os.environ['IPN_SHA_PASSPHRASE'])\n"
+                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
+                       "sys.exit(ipn_receiver.main())\n" % REPO)
+        body = urlencode(signed({key: value for key, value in payment().items() if key != "sha_sign"}, passphrase))
+        environment = cgi_environment(os.path.join(self.folder, "data"), body=body,
+                                      IPN_SHA_PASSPHRASE=passphrase.encode("utf-8"))
+        done = run_cgi_program(self.latin_1(environment), body, script=wrapper)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr.decode()[-2000:])
+        with open(os.path.join(self.folder, "data", "ipn_receiver.log"), "rb") as file:
+            log = file.read()
+        self.assertIn(b"passphrase [secret]", log)
+        self.assertIn(b"'IPN_SHA_PASSPHRASE': '[secret]'", log)
+        for form in (passphrase.encode("utf-8"), b"ssphrase-lang-42"):
+            self.assertNotIn(form, log + done.stderr)
+
+
 class TheFileAsUploaded(unittest.TestCase):
     def test_shebang_lf_line_endings_and_run_bit(self):
         with open(SCRIPT, "rb") as file:
