@@ -1645,7 +1645,10 @@ class StoreLock:
     """
 
     held = {}       # (lock file, thread id) -> how deep this thread holds it
-    files = {}      # (lock file, thread id) -> the descriptor it holds the lock with
+    files = {}      # (lock file, thread id) -> the descriptor it holds the lock with, or waits for it on
+    # Held while a descriptor is opened or closed together with its line in `files`: a fork waits
+    # for it, so that a child never gets a copy of one that `files` does not list.
+    bookkeeping = _thread.allocate_lock()
 
     def __init__(self, data_dir, seconds=None):
         self.key = (os.path.normpath(os.path.join(data_dir, ".lock")), _thread.get_ident())
@@ -1654,13 +1657,16 @@ class StoreLock:
     def __enter__(self):
         depth = StoreLock.held.get(self.key, 0)
         if depth == 0:
-            self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
+            # Listed before it waits: a thread waiting for the lock when another forks gets it on
+            # a descriptor the child has a copy of, and would keep it for as long as the child lived.
+            with StoreLock.bookkeeping:
+                self.fd = os.open(self.key[0], os.O_RDWR | os.O_CREAT, 0o600)
+                StoreLock.files[self.key] = self.fd
             try:
                 lock_within(self.fd, self.seconds)
             except BaseException:
-                os.close(self.fd)
+                self.let_go()
                 raise
-            StoreLock.files[self.key] = self.fd
         StoreLock.held[self.key] = depth + 1
         return self
 
@@ -1668,22 +1674,30 @@ class StoreLock:
         StoreLock.held[self.key] -= 1
         if StoreLock.held[self.key] == 0:
             del StoreLock.held[self.key]
-            StoreLock.files.pop(self.key, None)
+            self.let_go()
+
+    def let_go(self):
+        with StoreLock.bookkeeping:
+            del StoreLock.files[self.key]
             os.close(self.fd)               # releases the lock
 
     @staticmethod
     def let_go_in_child():
-        """In a process just forked: close the copies of the lock files that other threads held at
-        the fork. The lock lasts while any copy is open, so a child (a handler's, under a threaded
-        server) would hold the store for as long as it lived, and every call would get 503."""
+        """In a process just forked: close the copies of the lock files that other threads held, or
+        waited for, at the fork. The lock lasts while any copy is open, so a child (a handler's,
+        under a threaded server) would hold the store for as long as it lived, and every call would
+        get 503."""
+        StoreLock.bookkeeping.release()
         for key, fd in list(StoreLock.files.items()):
             if key[1] != _thread.get_ident():
                 os.close(fd)
-                del StoreLock.files[key], StoreLock.held[key]
+                del StoreLock.files[key]
+                StoreLock.held.pop(key, None)
 
 
 if hasattr(os, "register_at_fork"):         # Python 3.7 and later; 3.6 has no way to do it
-    os.register_at_fork(after_in_child=StoreLock.let_go_in_child)  # novermin (3.7+, guarded above)
+    os.register_at_fork(before=StoreLock.bookkeeping.acquire,  # novermin (3.7+, guarded above)
+                        after_in_parent=StoreLock.bookkeeping.release, after_in_child=StoreLock.let_go_in_child)
 
 
 def lock_within(fd, seconds):

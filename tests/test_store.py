@@ -2059,6 +2059,60 @@ class TheLiveStore(ReceiverTestCase):
             os.close(write_end)
             os.waitpid(child, 0)
 
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork: there a child "
+                         "forked while another thread waits for the store's lock keeps it")
+    def test_a_child_forked_while_another_thread_waits_for_the_lock_does_not_keep_it(self):
+        # The 44th review: the waiting thread took the lock on a descriptor the child had a copy of,
+        # which no one closed: the store stayed locked while the child lived (every call 503, and
+        # outcomes not recorded, so handlers ran again).
+        taken, release, waiting = threading.Event(), threading.Event(), threading.Event()
+
+        def holder():
+            with ipn_receiver.StoreLock(self.data_dir):
+                taken.set()
+                release.wait(30)
+
+        def waiter():
+            waiting.set()
+            with ipn_receiver.StoreLock(self.data_dir):
+                pass
+        first = threading.Thread(target=holder)
+        first.start()
+        self.assertTrue(taken.wait(30))
+        second = threading.Thread(target=waiter)
+        second.start()
+        self.assertTrue(waiting.wait(30))
+        lock_file, deadline = os.path.join(self.data_dir, ".lock"), time.monotonic() + 30
+
+        def descriptors_on_the_lock_file():
+            found = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    found += os.readlink(os.path.join("/proc/self/fd", fd)) == lock_file
+                except OSError:
+                    pass
+            return found
+        while descriptors_on_the_lock_file() < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)                   # until the waiter's descriptor is open
+        self.assertEqual(descriptors_on_the_lock_file(), 2)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:                          # lives until the test closes the pipe
+            os.close(write_end)
+            os.read(read_end, 1)
+            os._exit(0)
+        os.close(read_end)
+        try:
+            release.set()
+            first.join(30)
+            second.join(30)
+            with mock.patch.object(ipn_receiver, "LOCK_TIMEOUT_SECONDS", 1):
+                with ipn_receiver.StoreLock(self.data_dir):             # StoreBusy if the child held it
+                    self.assertEqual(len(ipn_receiver.StoreLock.files), 1)
+        finally:
+            os.close(write_end)
+            os.waitpid(child, 0)
+
     def test_a_repair_while_the_handler_runs(self):
         import contextlib
         import io
