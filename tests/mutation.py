@@ -48,7 +48,8 @@ FUNCTIONS = [
     "ensure_data_dir", "Log._open", "options_after", "apache_wildcard", "miswritten_secrets",
     "unusable_secret_answer", "refuse_another_user", "check_owners", "web_root_of", "check_web_folder",
     "end_a_forked_child", "store_within_reach", "secret_mistake", "StoreLock.__init__", "StoreLock.__enter__",
-    "StoreLock.__exit__", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings", "ini_file_state",
+    "StoreLock.__exit__", "StoreLock.let_go", "StoreLock.let_go_in_child", "stored_fields", "sync_folder", "settings",
+    "ini_file_state",
     "Log._setup", "row_of_key", "Log._mask_the_secrets_of", "is_anothers", "schema_problem", "claim_is_abandoned",
     "check_store_files", "settled_ini_file_state", "process_is_running", "others_files_problem",
     "fields_as_stored", "is_backup_copy", "file_holds", "folder_others_control", "retry_pause",
@@ -68,6 +69,14 @@ TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.
 
 # (function, the mutated line, stripped): why the mutant changes nothing that can be observed.
 EQUIVALENT = {
+    ("is_this_machine", 'host = urllib.parse.urlsplit(url).hostname or "XXXX"'):
+        'a URL without a host: "XXXX" is neither localhost, ::1 nor 127.x, as "" is not',
+    ("is_this_machine", 'return host in ("localhost", "::1") or host.startswith("127.") and set(host) < '
+                        'set("0123456789.")'):
+        "only a host of 127. and all ten digits differs (127.0123456789), which is no address",
+    ("is_this_machine", 'return host in ("localhost", "::1") or host.startswith("127.") and set(host) <= '
+                        'set("XX0123456789.XX")'):
+        "urlsplit gives the host in lower case: it never holds an X",
     ("migrate_store", "if version <= 1:"): "the table is made IF NOT EXISTS: for a store of schema 1, nothing",
     ("migrate_store", "if version < 2:"): "the table is made IF NOT EXISTS: for a store of schema 1, nothing",
     ("migrate_store", "if version <= 2:"): "the index is made IF NOT EXISTS: for a store of schema 2, nothing",

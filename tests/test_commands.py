@@ -224,6 +224,47 @@ class Interrupted(CommandTestCase):
         self.assertEqual(sent, ["http://localhost:8000/", "http://127.0.0.2/", "http://[::1]:8000/",
                                 "https://example.com/", "http://192.0.2.1/"])
 
+    def test_send_says_what_went_wrong_and_exits_0_only_on_ok(self):
+        import urllib.error
+        sent = []
+
+        def run(*arguments, answer=(200, "OK")):
+            def post_form(url, fields):
+                sent.append(fields)
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+            output, errors = io.StringIO(), io.StringIO()
+            with mock.patch.object(ipn_receiver, "post_form", post_form), contextlib.redirect_stdout(output), \
+                    contextlib.redirect_stderr(errors):
+                code = ipn_receiver.main(["send"] + list(arguments))
+            return code, output.getvalue(), errors.getvalue()
+        url = "https://example.com/ipn.py"
+        for arguments, error in (
+                (("on_payment", "--url", "ftp://example.com/"), "--url must start with http:// or https://, e.g. "
+                                                                "https://example.com/ipn/ipn_receiver.py"),
+                (("on_refund", "--provider", "promopit", "--url", url), "PromoPit has one event, sale; run: send sale"),
+                (("on_payment", "--url", url, "--set", "order_id"), "--set takes key=value, e.g. --set order_id=ABC123"),
+                (("on_payment", "--url", url, "--set", "=x"), "--set takes key=value, e.g. --set order_id=ABC123")):
+            with self.subTest(arguments=arguments):
+                self.assertEqual(run(*arguments), (2, "", "ERROR: %s\n" % error))
+        self.assertEqual(sent, [])
+        self.assertEqual(run("on_payment", "--url", url, "--set", "custom=a=b", "--set", "order_id=X1"),
+                         (0, "HTTP 200\nOK\n", ""))
+        self.assertEqual((sent[-1]["custom"], sent[-1]["order_id"]), ("a=b", "X1"))
+        self.assertEqual(sent[-1]["sha_sign"], ipn_receiver.digistore24_signature(PASSPHRASE, {
+            key: value for key, value in sent[-1].items() if key != "sha_sign"}))
+        for answer, printed, code in (((200, "OK\nusername: jane\nline\x1b[2J"), "HTTP 200\nOK\nusername: jane\n"
+                                       "line\\x1b[2J\n", 0), ((200, "OKAY"), "HTTP 200\nOKAY\n", 1),
+                                      ((500, "ERROR: handler on_payment failed"), "HTTP 500\nERROR: handler on_payment "
+                                       "failed\n", 1)):
+            self.assertEqual(run("on_payment", "--url", url, answer=answer), (code, printed, ""))
+        for failure, reason in ((urllib.error.URLError("connection refused"), "connection refused"),
+                                (OSError("timed out"), "timed out")):
+            self.assertEqual(run("on_payment", "--url", url, answer=failure),
+                             (1, "ERROR: could not reach %s (%s); check the URL and that the server runs\n"
+                              % (url, reason), ""))
+
     def test_demo_stopped_with_ctrl_c_leaves_no_folder(self):
         made, make = [], tempfile.mkdtemp
 

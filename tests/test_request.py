@@ -305,9 +305,10 @@ class Lengths(ReceiverTestCase):
 
     def test_uwsgi_hands_a_chunked_body_over_chunk_by_chunk(self):
         body = urlencode(payment())
+        middle = body.index(b"&sha_sign=") + 50         # (the parts, joined with anything between, would not verify)
 
         class Uwsgi:
-            parts = [body[:100], body[100:], b""]
+            parts = [body[:middle], body[middle:], b""]
 
             @classmethod
             def chunked_read(cls, timeout):
@@ -323,6 +324,34 @@ class Lengths(ReceiverTestCase):
         answer = call(environ_for(b"", content_length=False, HTTP_TRANSFER_ENCODING="chunked",
                                   **{"wsgi.input": Unreadable()}))
         self.assertEqual(answer.status, 411)
+
+    def test_uwsgi_chunks_count_towards_the_limit_and_their_failures_are_400(self):
+        uwsgi = dict(content_length=False, HTTP_TRANSFER_ENCODING="chunked", **{"uwsgi.version": b"2.0"})
+
+        def chunked(*parts):
+            queue = list(parts)
+
+            class Uwsgi:
+                @staticmethod
+                def chunked_read(timeout):
+                    part = queue.pop(0)
+                    if isinstance(part, Exception):
+                        raise part
+                    return part
+            return mock.patch.dict("sys.modules", {"uwsgi": Uwsgi})
+        with chunked(b"a" * 6000, b"a" * 4000, b""):               # exactly MAX_BODY_BYTES: read, and not a form
+            self.assertEqual(call(environ_for(b"", **uwsgi)).status, 400)
+        for parts in ((b"a" * 6000, b"a" * 4001, b""), (b"a" * 6000, b"a" * 6000, b"")):
+            with chunked(*parts):
+                answer = call(environ_for(b"", **uwsgi))
+            self.assertEqual((answer.status, answer.body), (413, "ERROR: " + ipn_receiver.TOO_LARGE))
+        with chunked(b"a=1", OSError("reset")):
+            answer = call(environ_for(b"", **uwsgi))
+        self.assertEqual((answer.status, answer.body), (400, "ERROR: the chunked body could not be read to its end"))
+        # Where the uwsgi module is not there (uWSGI's environ, another server), nothing reads it.
+        answer = call(environ_for(b"", **dict(uwsgi, **{"wsgi.input": Unreadable()})))
+        self.assertEqual((answer.status, answer.body), (411, "ERROR: a POST needs a Content-Length header; this server "
+                                                            "cannot read a chunked body to its end"))
 
     def test_uwsgi_gives_a_chunked_body_a_minute_in_all(self):
         # A client sending a byte just before each chunk's 30 seconds are up would hold a worker
