@@ -975,18 +975,25 @@ class Check(CommandTestCase):
                       "(ipn_receiver.cpython-311.pyc); if it ever held a secret, delete them: rm -r %s\n"
                       % os.path.join(folder, "__pycache__"), output)
 
-    def test_any_file_beside_the_script_that_holds_a_secret_in_use_is_a_problem(self):
-        # Whatever its name: config.example.ini filled in rather than copied, a file manager's
-        # "Copy of config.ini", a note. Each one other users can read gives them the secret.
+    def site_with(self, files):
+        """A folder with the script (mode 755) and `files` ({name: text}), which every user may read:
+        (the folder, the script)."""
         folder = tempfile.mkdtemp(prefix="ipn-site-")
         self.addCleanup(shutil.rmtree, folder, True)
         script = shutil.copy(SCRIPT, folder)
         os.chmod(script, 0o755)
-        for name, secret in (("config.example.ini", PASSPHRASE), ("Copy of config.ini", PASSPHRASE),
-                             ("notes.txt", ISN_KEY), ("other.txt", "no secret here")):
+        for name, text in files.items():
             with open(os.path.join(folder, name), "w") as file:
-                file.write("[digistore24]\nsha_passphrase = %s\n" % secret)
+                file.write(text)
             os.chmod(os.path.join(folder, name), 0o644)
+        return folder, script
+
+    def test_any_file_beside_the_script_that_holds_a_secret_in_use_is_a_problem(self):
+        # Whatever its name: config.example.ini filled in rather than copied, a file manager's
+        # "Copy of config.ini", a note. Each one other users can read gives them the secret.
+        folder, script = self.site_with({name: "[digistore24]\nsha_passphrase = %s\n" % secret for name, secret in (
+            ("config.example.ini", PASSPHRASE), ("Copy of config.ini", PASSPHRASE), ("notes.txt", ISN_KEY),
+            ("other.txt", "no secret here"))})
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
@@ -999,14 +1006,7 @@ class Check(CommandTestCase):
     def test_a_copy_of_the_store_beside_the_script_that_others_may_read_is_a_problem(self):
         # `sqlite3 ipn_data/events.sqlite3 ".backup copy.sqlite3"` under umask 022 (the 42nd review):
         # every buyer's data and the access data handed out, for every user of the server.
-        folder = tempfile.mkdtemp(prefix="ipn-site-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        script = shutil.copy(SCRIPT, folder)
-        os.chmod(script, 0o755)
-        for name in ("copy.sqlite3", "events.sqlite3.bak", "notes.txt"):
-            with open(os.path.join(folder, name), "w") as file:
-                file.write("x")
-            os.chmod(os.path.join(folder, name), 0o644)
+        folder, script = self.site_with({"copy.sqlite3": "x", "events.sqlite3.bak": "x", "notes.txt": "x"})
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  copies of an event store beside the script can be read by every user of this server "

@@ -2024,6 +2024,19 @@ class StorageProblems(ReceiverTestCase):
         connection.close()
 
 
+def fork_a_child_until_closed():
+    """Fork a child, as a handler may, that lives until the test closes the pipe it gets:
+    (its process id, the pipe's end to close)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    return child, write_end
+
+
 class TheLiveStore(ReceiverTestCase):
     """OK goes out only for what the live store holds as done, whatever happens to the store while a
     handler runs; and no call waits for ever for the store's lock."""
@@ -2042,13 +2055,7 @@ class TheLiveStore(ReceiverTestCase):
         thread = threading.Thread(target=holder)
         thread.start()
         self.assertTrue(taken.wait(30))
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:                      # lives until the test closes the pipe
-            os.close(write_end)
-            os.read(read_end, 1)
-            os._exit(0)
-        os.close(read_end)
+        child, write_end = fork_a_child_until_closed()
         try:
             release.set()
             thread.join(30)
@@ -2095,13 +2102,7 @@ class TheLiveStore(ReceiverTestCase):
         while descriptors_on_the_lock_file() < 2 and time.monotonic() < deadline:
             time.sleep(0.001)                   # until the waiter's descriptor is open
         self.assertEqual(descriptors_on_the_lock_file(), 2)
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:                          # lives until the test closes the pipe
-            os.close(write_end)
-            os.read(read_end, 1)
-            os._exit(0)
-        os.close(read_end)
+        child, write_end = fork_a_child_until_closed()
         try:
             release.set()
             first.join(30)
