@@ -896,6 +896,14 @@ class Notification:
             self.add_info = {}
         self.key = log.mask(duplicate_key(self))     # (a secret in a PromoPit field: see fields_as_stored)
 
+    def copy(self):
+        """A copy for the handler: what it changes in it (a field made an int, the event) changes
+        nothing of what the receiver goes on to log, record and answer."""
+        copy = Notification.__new__(Notification)
+        copy.__dict__.update(self.__dict__)
+        copy.fields, copy.add_info = dict(self.fields), dict(self.add_info)
+        return copy
+
     def get(self, name, default=""):
         """The field `name`, or `default` when the call has none or sent it empty.
 
@@ -2862,7 +2870,7 @@ def run_and_record(notification, handler, claim, config):
     process = os.getpid()
     claimed_in = folder_identity(config["DATA_DIR"])
     try:
-        result = handler(notification)
+        result = handler(notification.copy())
         end_a_forked_child(process, name)
         refuse_unrun_result(result)
     except BaseException as error:
@@ -2871,7 +2879,7 @@ def run_and_record(notification, handler, claim, config):
         # answered: SystemExit too, and what is not an Exception (KeyboardInterrupt, a cancelled
         # task, a library's timeout). Else the row would stay "processing" and the call unanswered.
         log.exception("%s handler %s failed for %s", notification.provider, name, notification.reference)
-        failure = type(error).__name__
+        failure = one_line(shortened(type(error).__name__, 40))     # (a class may be given any name)
         outcome = ("failed", None, error_line(error))
     else:
         outcome = ("done", answer_body(notification, result), None)
@@ -2899,7 +2907,7 @@ def run_and_record(notification, handler, claim, config):
     if answer is not None:
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
-        shortened(name, 40), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
+        one_line(shortened(name, 40)), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
 
 
 def outcome_stores(config):
@@ -2943,10 +2951,13 @@ def refuse_unrun_result(result):
     generator, before a line of it has run. Answering OK for them would lose the notification.
 
     Only those three: other iterators (a database cursor, map(), an open file) come from a
-    handler that did run, and failing it would run its work again on every retry.
+    handler that did run, and failing it would run its work again on every retry. So does a
+    generator expression (`return (pair for pair in ...)`): the value of a plain def that ran.
     """
     import types                            # (loaded already: functools, which _sqlite3 loads, imports it)
     # (By type, not hasattr: an object's own __getattr__ may raise, KeyError say, after the work.)
+    if isinstance(result, types.GeneratorType) and result.gi_code.co_name == "<genexpr>":
+        return
     if isinstance(result, (types.CoroutineType, types.GeneratorType)):
         result.close()                      # (else Python warns that it was never awaited)
     if isinstance(result, (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)):

@@ -416,7 +416,9 @@ class ExactlyOnce(ReceiverTestCase):
         shop.execute("CREATE TABLE refunds (txn)")
         results = {"on_refund": lambda n: shop.execute("INSERT INTO refunds VALUES (?)", (n.get("transaction_id"),)),
                    "on_chargeback": lambda n: map(str, [1]),
-                   "on_payment_missed": lambda n: iter([])}
+                   "on_payment_missed": lambda n: iter([]),
+                   # (A generator expression, where a dict was meant: the 45th review.)
+                   "on_rebill_resumed": lambda n: ((key, value) for key, value in {"username": "jane"}.items())}
         for event, handler in results.items():
             self.handle(event, handler)
         for attempt in range(2):
@@ -424,8 +426,40 @@ class ExactlyOnce(ReceiverTestCase):
                 answer = post(payment(str(number), event=event))
                 self.assertEqual((answer.status, answer.body), (200, "OK"), event)
         self.assertEqual(shop.execute("SELECT count(*) FROM refunds").fetchone()[0], 1)
-        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)] * 3)
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)] * 4)
         self.assertLogged("ERROR", "on_refund returned Cursor, not a dict of answer lines: answered OK without lines")
+
+    def test_what_a_handler_changes_in_its_notification_changes_nothing_the_receiver_does(self):
+        # A field made an int ("the database wants one"), the event set to None: the work was done,
+        # and logging the notification's reference afterwards failed: 500, or a row left
+        # processing where the handler then raised (the 45th review).
+        def careless(notification):
+            notification.fields["transaction_id"] = int(notification["transaction_id"])
+            notification.fields["order_id"] = None
+            notification.event, notification.id, notification.provider = None, None, None
+            notification.add_info[1] = 2
+            if notification.get("custom") == "raise":
+                raise RuntimeError("db down")
+            return {"username": "jane"}
+        self.handle("on_payment", careless)
+        for attempt in range(2):
+            answer = post(payment("1001"))
+            self.assertEqual((answer.status, answer.body), (200, "OK\nusername: jane"))
+        answer = post(payment("1002", custom="raise"))
+        self.assertEqual((answer.status, answer.body), (500, "ERROR: handler careless failed (RuntimeError) for "
+                                                             "notification #2; the traceback is in ipn_receiver.log"))
+        self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1), ("failed", 1)])
+
+    def test_an_exceptions_name_reaches_the_answer_in_one_line_and_masked(self):
+        for name, shown in (("Bad\nName: injected", "Bad\\nName: injected"), ("Err_" + PASSPHRASE, "Err_[secret]")):
+            def handler(notification, name=name):
+                raise type(name, (Exception,), {})("x")
+            handler.__name__ = "on_\npayment"
+            self.handle("on_payment", handler)
+            answer = post(payment(name[:3]))
+            self.assertEqual((answer.status, answer.body), (500, "ERROR: handler on_\\npayment failed (%s) for "
+                                                                 "notification #%d; the traceback is in ipn_receiver.log"
+                                                                 % (shown, len(self.rows()))))
 
     def test_a_handlers_outcome_waits_longer_for_the_store_lock_than_a_new_call(self):
         # A repair or a salvage holds the lock just as a handler has run. Giving up after
