@@ -359,7 +359,8 @@ class SameAsWsgiref(unittest.TestCase):
         request = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(body)), "SERVER_PROTOCOL": "HTTP/1.1",
                    "CONTENT_TYPE": "multipart/form-data; boundary=b\u00e9", "PATH_INFO": "/\u00e4",
                    "HTTP_X_NAME": "J\u00f6rg", "REDIRECT_HTTP_X_NAME": "J\u00f6rg", "SSL_X": "\u00e9",
-                   "IPN_LOG_LEVEL": "INFO", "X_OTHER": "\u00e9", "SERVER_NAME": "x", "SERVER_PORT": "80"}
+                   "IPN_LOG_LEVEL": "INFO", "X_OTHER": "\u00e9", "SERVER_NAME": "x", "SERVER_PORT": "80",
+                   "HTTP_X_BYTE": "\udcff"}          # (a byte the locale could not read: kept as a surrogate)
         keys = sorted(request)
 
         def probe(environ, start_response):
@@ -378,6 +379,7 @@ class SameAsWsgiref(unittest.TestCase):
         self.assertIn(b"('HTTP_X_NAME', 'J\\xc3\\xb6rg')", ours.getvalue())
         self.assertIn(b"('IPN_LOG_LEVEL', 'INFO')", ours.getvalue())
         self.assertIn(b"('X_OTHER', '\\xe9')", ours.getvalue())
+        self.assertIn(b"('HTTP_X_BYTE', '\\xff')", ours.getvalue())
         with mock.patch.dict(os.environ, request, clear=True):
             ours = io.BytesIO()
             ipn_receiver.run_cgi(None, io.BytesIO(body), ours)
