@@ -193,7 +193,8 @@ class UnderALatin1Locale(unittest.TestCase):
     def test_the_locale_is_latin_1(self):
         # (Except in UTF-8 mode, Python 3.15's default (PEP 686): it names files in UTF-8 whatever
         # the locale says.)
-        done = subprocess.run([PYTHON, "-c", "import sys; print(sys.flags.utf8_mode, sys.getfilesystemencoding())"],
+        done = subprocess.run([PYTHON, "-c", "import sys; print(getattr(sys.flags, 'utf8_mode', 0), "
+                                         "sys.getfilesystemencoding())"],
                               env=self.latin_1({"PATH": os.environ["PATH"]}), stdout=subprocess.PIPE, timeout=60)
         mode, encoding = done.stdout.split()
         self.assertIn(encoding, (b"utf-8",) if mode == b"1" else (b"iso8859-1", b"latin-1"))
