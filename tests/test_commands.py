@@ -865,6 +865,14 @@ class Check(CommandTestCase):
         self.assertNotIn("secretZ", output)
         return output
 
+    def assert_the_problem_told_only_where_it_is(self, line, problem, told, not_told):
+        """check tells `told` about the passphrase written as `line` if `problem`, and never `not_told`."""
+        with self.subTest(line=line):
+            output = self.check_with_the_passphrase_written(line)
+            self.assertEqual("PROBLEM  SHA_PASSPHRASE at the top of ipn_receiver.py " + told in output, problem,
+                             output)
+            self.assertNotIn(not_told, output)
+
     def test_a_passphrase_written_in_the_file_without_r_is_a_problem(self):
         # In a plain string Python reads "\d" as a backslash and d, but warns (3.12 and later, with
         # the line, secret and all, in the error log), and reads "\t" as a tab: not what was pasted.
@@ -872,11 +880,8 @@ class Check(CommandTestCase):
                               ("SHA_PASSPHRASE = 'tab\\thereZsecretZ'", True),
                               ('SHA_PASSPHRASE = r"Xy7\\dQ9#pL2\\wsecretZ"', False),
                               ('SHA_PASSPHRASE = "plain-passphrase-secretZ"', False)):
-            with self.subTest(line=line):
-                output = self.check_with_the_passphrase_written(line)
-                self.assertEqual("PROBLEM  SHA_PASSPHRASE at the top of ipn_receiver.py is written without the r "
-                                 "before its quotes" in output, problem, output)
-                self.assertNotIn("holds a quote", output)
+            self.assert_the_problem_told_only_where_it_is(line, problem, "is written without the r before its "
+                                                          "quotes", not_told="holds a quote")
 
     def test_a_passphrase_with_a_quote_in_the_file_is_a_problem(self):
         # r"Kx9vQ2mZ7pL"#4wR8tY": the string ends at the second quote, and the rest is a comment, so
@@ -885,11 +890,8 @@ class Check(CommandTestCase):
                               ("SHA_PASSPHRASE = r'Kx9vQ2mZ7pL'#4wR8tYsecretZ' ", True),
                               ('SHA_PASSPHRASE = r"Kx9vQ2mZ7pL4wR8tYsecretZ"  # from Digistore24', False),
                               ("SHA_PASSPHRASE = r'Kx9vQ2\"mZ7pL4wR8tYsecretZ'", False)):
-            with self.subTest(line=line):
-                output = self.check_with_the_passphrase_written(line)
-                self.assertEqual("PROBLEM  SHA_PASSPHRASE at the top of ipn_receiver.py holds a quote, which ends it "
-                                 "early" in output, problem, output)
-                self.assertNotIn("without the r", output)
+            self.assert_the_problem_told_only_where_it_is(line, problem, "holds a quote, which ends it early",
+                                                          not_told="without the r")
 
     def test_a_secret_with_spaces_around_it_from_the_environment_or_the_file_is_a_problem(self):
         # config.ini strips a value; the environment and the file do not: a line break at the end of
