@@ -1156,17 +1156,22 @@ def read_exactly(stream, size):
 
 
 def parse_content_type(value):
-    """("type/subtype" in lowercase, {parameter: value}) from a Content-Type header."""
+    """("type/subtype" in lowercase, {parameter: value}) from a Content-Type header (or a
+    multipart part's Content-Disposition).
+
+    Only spaces and tabs are stripped, HTTP's whitespace: headers are read as Latin-1, and
+    str.strip would also take the bytes 0xa0 and 0x85, which end the UTF-8 of "à" and "Å".
+    """
     media_type, _, rest = value.partition(";")
     parameters = {}
     for item in rest.split(";"):
         name, _, item_value = item.partition("=")
-        item_value = item_value.strip()
+        item_value = item_value.strip(" \t")
         if len(item_value) >= 2 and item_value[0] == item_value[-1] == '"':
             item_value = item_value[1:-1]
-        if name.strip():
-            parameters[name.strip().lower()] = item_value
-    return media_type.strip().lower(), parameters
+        if name.strip(" \t"):
+            parameters[name.strip(" \t").lower()] = item_value
+    return media_type.strip(" \t").lower(), parameters
 
 
 def parse_urlencoded(body):
@@ -1226,7 +1231,7 @@ def parse_multipart(body, boundary):
         name = None
         for line in head.splitlines():
             header, _, value = line.decode("latin-1").partition(":")
-            if header.strip().lower() == "content-disposition":
+            if header.strip(" \t").lower() == "content-disposition":
                 name = parse_content_type(value)[1].get("name")
         if not name:
             raise Refusal(400, "a multipart part has no Content-Disposition name")
@@ -1251,14 +1256,21 @@ def provider_of(pairs):
 
 
 def decode_fields(pairs, provider):
-    """{name: value} as str. A repeated name keeps its last value, as PHP's $_POST does."""
+    """{name: value} as str, of the fields sent with a value.
+
+    A repeated name keeps its last value, as PHP's $_POST does; then an empty field is left out.
+    It carries nothing (see vouched_fields), so it decides nothing either, not even how the rest
+    is decoded: an empty field whose name is no UTF-8, added to a PromoPit sale, would otherwise
+    turn its "Müller" into "MÃ¼ller", and the sale into another one.
+    """
+    carried = [(name, value) for name, value in dict(pairs).items() if value]
     try:
-        return {name.decode("utf-8"): value.decode("utf-8") for name, value in pairs}
+        return {name.decode("utf-8"): value.decode("utf-8") for name, value in carried}
     except UnicodeDecodeError:
         if provider != PROMOPIT:
             raise Refusal(400, "the body is not valid UTF-8")
     # PromoPit does not document its charset; old PHP senders use Windows-1252.
-    return {decode_windows_1252(name): decode_windows_1252(value) for name, value in pairs}
+    return {decode_windows_1252(name): decode_windows_1252(value) for name, value in carried}
 
 
 def decode_windows_1252(data):
@@ -2819,7 +2831,7 @@ def handle_post(environ):
         notification = Notification(DIGISTORE24, vouched_fields(fields, variant))
         handlers = DIGISTORE24_HANDLERS
     else:
-        received = fields.pop("isn_key")
+        received = fields.pop("isn_key", "")
         if not received:
             raise Refusal(403, UNSIGNED_ANSWER)
         if secret_problem(config, "ISN_KEY"):
@@ -3354,7 +3366,7 @@ def post_form(url, fields, timeout=30):
     data = urllib.parse.urlencode(fields).encode("utf-8")
     request = urllib.request.Request(url, data=data, headers={
         "Content-Type": "application/x-www-form-urlencoded", "User-Agent": "ipn_receiver-send"})
-    opener = urllib.request.build_opener(NoRedirects)
+    opener = urllib.request.build_opener(NoRedirects, *local_without_proxy(url))
     try:
         with opener.open(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", "replace")
@@ -3406,6 +3418,17 @@ def is_this_machine(url):
     import urllib.parse
     host = urllib.parse.urlsplit(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.") and set(host) <= set("0123456789.")
+
+
+def local_without_proxy(url):
+    """The handlers a urllib opener needs to reach `url` directly where it is on this machine.
+
+    urllib sends even to 127.0.0.1 through the proxy of http_proxy, unless no_proxy names it:
+    a call signed with the passphrase, or the ISN key, would go unencrypted to a proxy that may
+    be on another machine (the 47th review).
+    """
+    import urllib.request
+    return [urllib.request.ProxyHandler({})] if is_this_machine(url) else []
 
 
 def command_demo(args):
@@ -3463,7 +3486,7 @@ def run_demo(data_dir):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = "http://127.0.0.1:%d/" % server.server_port
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.build_opener(*local_without_proxy(url)).open(url, timeout=10) as response:
             rows = [("GET (the senders' URL check)", 200, "OK", (response.status, response.read().decode("utf-8")))]
         rows += [(label, status, expected, post_form(url, fields)) for label, fields, status, expected in plan]
         counts = dict(open_store(config).execute(

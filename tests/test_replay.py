@@ -40,8 +40,9 @@ class ReplayTestCase(ReceiverTestCase):
             return {"username": "u%d" % len(self.runs), "password": os.urandom(4).hex()}
 
     def assertOneNotification(self, calls):
-        """Every call answered alike, by one run of the handler, stored as one row."""
-        answers = [post(fields) for fields in calls]
+        """Every call (its fields, or a body) answered alike, by one run of the handler, stored as
+        one row."""
+        answers = [post(fields) if isinstance(fields, dict) else call(environ_for(fields)) for fields in calls]
         self.assertEqual({(answer.status, answer.body) for answer in answers}, {(200, answers[0].body)}, answers)
         self.assertEqual(len(self.runs), 1, self.runs)
         self.assertEqual([row["deliveries"] for row in self.rows()], [len(calls)])
@@ -86,6 +87,23 @@ class CapturedCalls(ReplayTestCase):
     def test_empty_fields_added_to_a_promopit_sale_without_a_transaction_id(self):
         sale = promopit_sale("")
         self.assertOneNotification([sale, dict(sale, padding=""), dict(sale, custom_6="", another="")])
+
+    def test_an_empty_field_whose_name_is_no_utf8_decides_nothing(self):
+        # PromoPit's charset is guessed from the body: UTF-8, else Windows-1252. An empty field
+        # added with a name that is no UTF-8 turned the whole sale into Windows-1252 ("Müller"
+        # into "MÃ¼ller"), and a sale without a transaction id into another sale (the 47th review).
+        sale = promopit_sale("")
+        self.assertIn("ü", "".join(sale.values()))
+        body = urlencode(sale)
+        self.assertOneNotification([sale, body + b"&%FF=", b"%E9%80=&" + body, body + b"&x%FCy"])
+        self.assertIn("ü", "".join(self.runs[0][2].values()))
+
+    def test_an_empty_field_whose_name_is_no_utf8_is_left_out_of_a_digistore24_call_too(self):
+        # Digistore24's calls are UTF-8: an empty field is left out before that is asked.
+        original = signed({"event": "on_rebill_cancelled", "order_id": "A1B2", "buyer": "Jörg"})
+        self.assertOneNotification([original, urlencode(original) + b"&%FF="])
+        answer = call(environ_for(urlencode(original).replace(b"J%C3%B6rg", b"J%F6rg")))
+        self.assertEqual((answer.status, answer.body), (400, "ERROR: the body is not valid UTF-8"))
 
     def test_a_value_split_at_an_equals_sign_is_refused(self):
         # "custom" = "a=b" signs the same as a key "custom=a" with the value "b".

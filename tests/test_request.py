@@ -149,6 +149,15 @@ class Multipart(unittest.TestCase):
         pairs = ipn_receiver.parse_multipart(self.body([("a", "1"), ("b", "two")], newline=b"\n"), "XyZ")
         self.assertEqual(pairs, [(b"a", b"1"), (b"b", b"two")])
 
+    def test_only_spaces_and_tabs_are_stripped_around_a_name(self):
+        # Headers are read as Latin-1, where the UTF-8 of "à" ends in the byte 0xa0 (a no-break
+        # space to str.strip) and that of "Å" in 0x85 (a line break to it): the names stay whole.
+        for name in ("voilà", "NÅ"):
+            body = ("--XyZ\r\nContent-Disposition: form-data; name=%s \t\r\n\r\n1\r\n--XyZ--" % name).encode()
+            self.assertEqual(ipn_receiver.parse_multipart(body, "XyZ"), [(name.encode(), b"1")])
+        self.assertEqual(ipn_receiver.parse_content_type("Multipart/Form-Data ;\tboundary=\xa0b\xa0 "),
+                         ("multipart/form-data", {"boundary": "\xa0b\xa0"}))
+
     def assertRefused(self, body, boundary, message):
         with self.assertRaises(Refusal) as caught:
             ipn_receiver.parse_multipart(body, boundary)
@@ -187,6 +196,12 @@ class Decoding(unittest.TestCase):
     def test_promopit_falls_back_to_windows_1252(self):
         fields = ipn_receiver.decode_fields([(b"isn_key", b"k"), (b"name", b"J\xf6rg \x80")], "promopit")
         self.assertEqual(fields["name"], "Jörg €")
+
+    def test_an_empty_field_is_left_out_and_decides_nothing(self):
+        # The last of a repeated name counts, as in PHP, and then an empty one is left out.
+        fields = ipn_receiver.decode_fields([(b"isn_key", b"k"), (b"name", "Müller".encode()), (b"\xff", b""),
+                                             (b"city", b"x"), (b"city", b"")], "promopit")
+        self.assertEqual(fields, {"isn_key": "k", "name": "Müller"})
 
     def test_windows_1252_undefined_bytes_stand_for_themselves(self):
         self.assertEqual(ipn_receiver.decode_windows_1252(b"a\x81b\x9d"), "a\x81b\x9d")

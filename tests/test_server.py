@@ -281,6 +281,23 @@ class Send(unittest.TestCase):
         for body, code in (("OK", 0), ("OK\nusername: a", 0), ("OKAY", 1), ("OK but", 1), ("ok", 1)):
             self.assertEqual(self.send(url + "/" + urllib.parse.quote(body)).returncode, code, body)
 
+    def test_a_call_to_this_machine_never_goes_through_a_proxy(self):
+        # urllib sends even to 127.0.0.1 through the proxy of http_proxy unless no_proxy names it,
+        # and that proxy may be on another machine: the signed call, or the ISN key, would cross
+        # the network unencrypted, which is what send refuses for http:// (the 47th review).
+        through_the_proxy = []
+        proxy = self.serve(lambda path: (through_the_proxy.append(path), (200, [], b"OK"))[1])
+        url = self.serve(lambda path: (200, [], b"OK\nfrom the receiver"))
+        environment = {key: value for key, value in clean_environment(
+            IPN_SHA_PASSPHRASE=PASSPHRASE, IPN_ISN_KEY=ISN_KEY).items() if key.lower() != "no_proxy"}
+        for event in ("on_payment", "sale"):
+            done = subprocess.run([PYTHON, SCRIPT, "send", event, "--url", url + "/ipn"],
+                                  env=dict(environment, http_proxy=proxy, HTTP_PROXY=proxy),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+            self.assertEqual((done.returncode, done.stdout), (0, b"HTTP 200\nOK\nfrom the receiver\n"),
+                             done.stderr)
+        self.assertEqual(through_the_proxy, [])
+
     def test_a_url_that_is_not_http_is_refused(self):
         for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):
             done = self.send(url)
@@ -327,8 +344,14 @@ class Demo(unittest.TestCase):
     def test_demo_needs_no_setup_and_every_row_behaves(self):
         folder = tempfile.mkdtemp(prefix="ipn-demo-test-")
         self.addCleanup(shutil.rmtree, folder, True)
-        # No settings at all, and a config.ini that would break a normal run: demo ignores both.
-        done = subprocess.run([PYTHON, SCRIPT, "demo"], env=clean_environment(), cwd=folder,
+        # No settings at all. A proxy set for the shell (one nobody answers at) is not used for
+        # the demo's own server.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            nobody = "http://127.0.0.1:%d" % probe.getsockname()[1]
+        environment = {key: value for key, value in clean_environment(http_proxy=nobody).items()
+                       if key.lower() != "no_proxy"}
+        done = subprocess.run([PYTHON, SCRIPT, "demo"], env=environment, cwd=folder,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         output = done.stdout.decode()
         self.assertEqual(done.returncode, 0, output + done.stderr.decode())
