@@ -2757,9 +2757,19 @@ def record_outcome(connection, notification, claim, status, answer=None, error=N
         rollback(connection)
         raise
     if row is not None and row[2] != claim:
-        log.warning("notification #%d: its handler ran longer than PROCESSING_TIMEOUT, so a retry ran it "
-                    "again meanwhile; raise PROCESSING_TIMEOUT", row[0])
+        log.warning("notification #%d: while its handler ran, %s", row[0], taken_over_by(row[2]))
     return result
+
+
+def taken_over_by(claim):
+    """Who took a running notification over, judged by the claim the store holds now."""
+    if claim is None:                       # (the other run is over, or replay --done cleared it)
+        return ("replay or a copy that came after PROCESSING_TIMEOUT saw to it too (if a copy, raise "
+                "PROCESSING_TIMEOUT above your slowest handler)")
+    if "-replay-" in str(claim):
+        return "`replay --force` ran it again"
+    return ("a copy came after PROCESSING_TIMEOUT and ran it again; raise PROCESSING_TIMEOUT above your "
+            "slowest handler")
 
 
 def rollback(connection):
@@ -3648,9 +3658,7 @@ def command_replay(args):
     stale = row["status"] == "processing" and claim_is_abandoned(row["claimed_at"], time.time(),
                                                                  config["PROCESSING_TIMEOUT"], row["claim"])
     if row["status"] in ("processing", "done", "ignored") and not stale and not args.force:
-        raise CommandFailed("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add "
-                            "--force to run its handler %s anyway" % (row["id"], row["status"], "now" if row["status"]
-                                                                      == "ignored" else "again"))
+        raise CommandFailed(why_replay_waits(row, config, args.done))
     refuse_another_user(config, "replay")
     if args.done:
         update_unless_changed(config, row, "status = 'done', answer = 'OK', last_error = ?, claim = NULL",
@@ -3682,6 +3690,23 @@ def command_replay(args):
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
     print(body)
     return 0 if status == 200 else 1
+
+
+def why_replay_waits(row, config, done):
+    """What replay says of a notification it does not run (or, with --done, mark) without --force."""
+    if row["status"] == "processing":
+        # Its handler may be running right now: a run of replay's would be a second one.
+        return ("notification #%d is being processed: its handler started %d s ago and may be running right now "
+                "(`show %d` says when it is done). If that run died, replay %s it once PROCESSING_TIMEOUT (%d s) "
+                "has passed since it started; --force %s" % (
+                    row["id"], max(0, time.time() - (row["claimed_at"] or 0)), row["id"],
+                    "marks" if done else "runs", config["PROCESSING_TIMEOUT"],
+                    "marks it now" if done else "runs it now, a second time if it is still running"))
+    if done:
+        return "notification #%d is %s already: its copies are answered OK; there is nothing to mark" % (
+            row["id"], row["status"])
+    return ("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add --force to run "
+            "its handler %s anyway" % (row["id"], row["status"], "now" if row["status"] == "ignored" else "again"))
 
 
 def refuse_another_user(config, command):

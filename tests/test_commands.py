@@ -337,11 +337,27 @@ class WhatReplayRuns(CommandTestCase):
         # "processing" for longer than PROCESSING_TIMEOUT (300 s): its process died. Claimed a
         # moment ago, it is being run right now; done, it was handled, however long ago.
         post(payment())
-        refusal = ("ERROR: notification #1 is %s; replay runs failed ones (and abandoned and unknown ones). Add "
+        refusal = ("ERROR: notification #1 is done; replay runs failed ones (and abandoned and unknown ones). Add "
                    "--force to run its handler again anyway\n")
-        for status, claimed_ago in (("processing", 5), ("processing", -5), ("done", 5), ("done", 400)):
-            self.set_row(status, claimed_ago)
-            self.assertEqual(self.command("replay", "1"), (1, "", refusal % status), (status, claimed_ago))
+        for claimed_ago in (5, 400):
+            self.set_row("done", claimed_ago)
+            self.assertEqual(self.command("replay", "1"), (1, "", refusal), claimed_ago)
+            self.assertEqual(self.command("replay", "1", "--done"), (1, "", "ERROR: notification #1 is done already: "
+                                                                         "its copies are answered OK; there is "
+                                                                         "nothing to mark\n"))
+        # Being processed, its handler may be running right now: replay says so, and that --force
+        # would run it twice (the 48th review: --force was all it suggested).
+        for claimed_ago, shown in ((5, 5), (-5, 0)):
+            self.set_row("processing", claimed_ago)
+            code, output, error = self.command("replay", "1")
+            self.assertEqual((code, output), (1, ""))
+            self.assertRegex(error, "^ERROR: notification #1 is being processed: its handler started (%d|%d) s ago "
+                             "and may be running right now \\(`show 1` says when it is done\\). If that run died, "
+                             "replay runs it once PROCESSING_TIMEOUT \\(300 s\\) has passed since it started; "
+                             "--force runs it now, a second time if it is still running\n$" % (shown, shown + 1))
+            self.assertIn("replay marks it once PROCESSING_TIMEOUT (300 s) has passed since it started; --force marks "
+                          "it now\n", self.command("replay", "1", "--done")[2])
+        self.assertEqual(self.rows()[0]["attempts"], 1)
         self.set_row("processing", 400)
         code, output, _ = self.command("replay", "1")
         self.assertEqual((code, output.splitlines()[1:]), (0, ["#1 digistore24 on_payment: handled as #1", "OK"]))
