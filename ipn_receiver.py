@@ -284,9 +284,25 @@ def settings():
     return _settings
 
 
+def expand_home(path):
+    """`path` with a leading "~" made the home folder of the user this process runs as.
+
+    From the password database, not $HOME: the web server, suEXEC, sudo and cron set HOME each
+    their own way, and a data folder that moved with it would be another store, where the same
+    sale runs its handler again, and where a command finds nothing.
+    """
+    if path[:1] == "~" and path[1:2] in ("", "/") and hasattr(os, "geteuid"):
+        import pwd
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_dir + path[1:]
+        except KeyError:                    # (a user the system does not name)
+            pass
+    return os.path.expanduser(path)
+
+
 def ini_file_state():
     """The INI file the settings are read from, with its size and times (None where there is none)."""
-    path = os.path.expanduser(os.environ.get("IPN_CONFIG") or os.path.join(HERE, CONFIG_FILE_NAME))
+    path = expand_home(os.environ.get("IPN_CONFIG") or os.path.join(HERE, CONFIG_FILE_NAME))
     try:
         found = os.stat(path)
     except (OSError, ValueError):
@@ -324,7 +340,7 @@ def load_settings(environ=None):
     where = {name: ("%s at the top of ipn_receiver.py" % name, "ipn_receiver.py") for name in values}
     config_file = environ.get("IPN_CONFIG") or None
     if config_file:
-        config_file = os.path.abspath(os.path.expanduser(config_file))
+        config_file = os.path.abspath(expand_home(config_file))
         if not os.path.isfile(config_file):
             raise ConfigError("IPN_CONFIG names %s, which is not a file; correct the path or unset "
                               "IPN_CONFIG" % config_file, "the environment variable IPN_CONFIG")
@@ -446,7 +462,7 @@ def finish_settings(values, where, config_file):
     usable = not any("\udc80" <= character <= "\udcff" for character in data_dir)
     data_dir = os.fsdecode(data_dir.encode("utf-8", "surrogateescape"))
     # Absolute stays absolute; normalised, so that "/data//" and "/data" name one lock file.
-    result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, os.path.expanduser(data_dir)))
+    result["DATA_DIR"] = os.path.normpath(os.path.join(HERE, expand_home(data_dir)))
     # Before Python 3.7, SQLite is given the name as UTF-8, and the system in the locale's encoding
     # (ASCII where a web server sets no LANG): they must be the same bytes.
     utf8_names = sys.getfilesystemencoding().lower().replace("_", "-") in ("utf-8", "utf8")
@@ -3545,6 +3561,13 @@ def store_rows(config, where, parameters=(), limit=None):
         connection.row_factory = None
 
 
+def no_store_yet(config):
+    """What a command says where the settings it read name no event store."""
+    return ("no event store at %s: nothing was received with the settings this command read. If calls have come "
+            "in, run it with the receiver's own: the same config.ini (IPN_CONFIG, where the web server sets it) and "
+            "DATA_DIR, as the user the web server runs the receiver as" % store_path(config))
+
+
 def store_within_reach(config):
     """Whether the event store is there, for a command: False where there is none yet, and
     CommandFailed where this user may not look into the data folder or read the store, or where
@@ -3571,9 +3594,9 @@ def store_within_reach(config):
     except OSError:                         # (where this user cannot even see the folder)
         owner = "THAT_USER"
     raise CommandFailed("this command runs as %s, who cannot read the event store in %s; run it as the user the web "
-                        "server runs the receiver as (sudo -u %s python3 ipn_receiver.py ...)"
+                        "server runs the receiver as (%s ...)"
                         % (user_name(os.geteuid()) if hasattr(os, "geteuid") else "this user", config["DATA_DIR"],
-                           owner))
+                           command_line_as(owner, "")))
 
 
 def dict_row(cursor, row):
@@ -3611,9 +3634,11 @@ def command_events(args):
     """List stored notifications, newest first."""
     wanted = [(column, value) for column, value in (("status", args.status), ("event", args.event)) if value]
     clauses, parameters = ["%s = ?" % column for column, _ in wanted], [value for _, value in wanted]
-    rows = store_rows(settings(), "WHERE " + " AND ".join(clauses) if clauses else "", parameters, args.limit)
+    config = settings()
+    rows = store_rows(config, "WHERE " + " AND ".join(clauses) if clauses else "", parameters, args.limit)
     if not rows:
-        print("no stored notifications" + (" match" if clauses else ""))
+        print(("no stored notifications" + (" match" if clauses else "")) if store_within_reach(config) else
+              no_store_yet(config))
         return 0
     print("%6s  %-19s  %-11s  %-20s  %-10s  %3s  %3s  %s" % (
         "id", "received", "provider", "event", "status", "try", "got", "order/transaction"))
@@ -3720,15 +3745,25 @@ def refuse_another_user(config, command):
     if hasattr(os, "geteuid") and owner != os.geteuid():
         name = user_name(owner)
         raise CommandFailed("the data folder %s belongs to %s, and this command runs as %s; run it as %s, the user "
-                            "the web server runs the receiver as (sudo -u %s python3 ipn_receiver.py %s ...)"
-                            % (config["DATA_DIR"], name, user_name(os.geteuid()), name, name, command))
+                            "the web server runs the receiver as (%s ...)"
+                            % (config["DATA_DIR"], name, user_name(os.geteuid()), name, command_line_as(name, command)))
+
+
+def command_line_as(user, command):
+    """How to run `command` as `user` with the config file this command read (IPN_CONFIG is not
+    in what sudo passes on)."""
+    import shlex
+    config_file = os.environ.get("IPN_CONFIG")
+    return ("sudo -u %s %spython3 ipn_receiver.py %s" % (
+        user, "env IPN_CONFIG=%s " % shlex.quote(config_file) if config_file else "", command)).rstrip()
 
 
 def stored_row(config, number):
     """Notification `number` of the store, as a dict; CommandFailed when there is none."""
     rows = store_rows(config, "WHERE id = ?", (number,))
     if not rows:
-        raise CommandFailed("no notification #%d; `events` lists them" % number)
+        raise CommandFailed(("no notification #%d; `events` lists them" % number) if store_within_reach(config)
+                            else no_store_yet(config))
     return rows[0]
 
 

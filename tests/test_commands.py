@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import sqlite3
@@ -146,9 +147,8 @@ class Replaying(CommandTestCase):
         self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("failed", 2, "RuntimeError: told to fail"))
 
     def test_replay_of_an_unknown_id(self):
-        code, _, errors = self.command("replay", "7")
-        self.assertEqual(code, 1)
-        self.assertIn("no notification #7", errors)
+        post(payment())
+        self.assertEqual(self.command("replay", "7"), (1, "", "ERROR: no notification #7; `events` lists them\n"))
 
 
 class Interrupted(CommandTestCase):
@@ -559,10 +559,15 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
         missing = os.path.join(self.data_dir, "not-yet")
         os.makedirs(os.path.join(self.data_dir, "empty"), 0o700)
         for data_dir in (missing, os.path.join(self.data_dir, "empty")):
-            self.assertEqual(self.command("events", IPN_DATA_DIR=data_dir), (0, "no stored notifications\n", ""))
+            # Nor do they say that nothing was stored: the settings they read name no store (the
+            # 48th review: run without the web server's IPN_CONFIG, "no notification #12").
+            nothing_there = ("no event store at %s: nothing was received with the settings this command read. If "
+                             "calls have come in, run it with the receiver's own: the same config.ini (IPN_CONFIG, "
+                             "where the web server sets it) and DATA_DIR, as the user the web server runs the "
+                             "receiver as\n" % os.path.join(data_dir, "events.sqlite3"))
+            self.assertEqual(self.command("events", IPN_DATA_DIR=data_dir), (0, nothing_there, ""))
             for command in (["show", "1"], ["replay", "1"], ["replay", "1", "--done"]):
-                self.assertEqual(self.command(*command, IPN_DATA_DIR=data_dir),
-                                 (1, "", "ERROR: no notification #1; `events` lists them\n"))
+                self.assertEqual(self.command(*command, IPN_DATA_DIR=data_dir), (1, "", "ERROR: " + nothing_there))
         self.assertFalse(os.path.exists(missing))
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "empty")), [])
 
@@ -579,6 +584,15 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
             self.assertEqual(self.command(*command), (1, "", refusal % command[0]), command)
         self.assertEqual(sorted(os.listdir(self.data_dir)), before)
         self.assertEqual([(row["status"], row["attempts"]) for row in self.rows()], [("done", 1)])
+        # The way to run it says which config.ini, as the web server sets it (sudo passes no
+        # IPN_CONFIG on): without it, the command would read other settings (the 48th review).
+        folder = tempfile.mkdtemp(prefix="ipn test ")
+        self.addCleanup(shutil.rmtree, folder, True)
+        ini = os.path.join(folder, "ipn's.ini")
+        with open(ini, "w") as file:
+            file.write("[receiver]\ndata_dir = %s\n" % self.data_dir)
+        self.assertEqual(self.command("repair", IPN_CONFIG=ini), (1, "", refusal.replace(
+            "sudo -u nobody python3", "sudo -u nobody env IPN_CONFIG=%s python3" % shlex.quote(ini)) % "repair"))
         # Reading is safe: SQLite gives the journal files it makes as root to the store's owner.
         code, output, _ = self.command("events")
         self.assertEqual(code, 0)
@@ -2187,7 +2201,8 @@ class Help(unittest.TestCase):
         ipn_receiver.close_store()
         ipn_receiver.log.reset()
         ipn_receiver._settings = None
-        self.assertEqual(output.getvalue(), "no stored notifications\n")
+        self.assertTrue(output.getvalue().startswith("no event store at %s: nothing was received" % os.path.join(
+            folder, "events.sqlite3")), output.getvalue())
 
 
 if __name__ == "__main__":

@@ -153,7 +153,22 @@ class Precedence(SettingsTestCase):
     def test_relative_data_dir_starts_at_the_script_folder(self):
         self.assertEqual(load({"IPN_DATA_DIR": "data"})["DATA_DIR"], os.path.join(self.folder, "data"))
         self.assertEqual(load({"IPN_DATA_DIR": "/abs/data"})["DATA_DIR"], "/abs/data")
-        self.assertEqual(load({"IPN_DATA_DIR": "~/d"})["DATA_DIR"], os.path.expanduser("~/d"))
+
+    def test_a_home_folder_in_data_dir_is_the_users_whatever_home_says(self):
+        # HOME is set by the web server, suEXEC, sudo and cron each their own way: a data folder
+        # that moved with it was another store, where copies ran their handlers again and commands
+        # found nothing (the 48th review).
+        import pwd
+        home = pwd.getpwuid(os.geteuid()).pw_dir
+        for value in ("/somewhere/else", None):
+            with mock.patch.dict(os.environ):
+                os.environ.pop("HOME", None)
+                if value:
+                    os.environ["HOME"] = value
+                self.assertEqual(load({"IPN_DATA_DIR": "~/d"})["DATA_DIR"], os.path.join(home, "d"))
+                self.assertEqual(load({"IPN_DATA_DIR": "~"})["DATA_DIR"], os.path.normpath(home))
+        self.assertEqual(ipn_receiver.expand_home("~root/d"), os.path.join(pwd.getpwnam("root").pw_dir, "d"))
+        self.assertEqual(ipn_receiver.expand_home("a/~/d"), "a/~/d")
 
     def test_a_data_dir_that_holds_the_script_is_refused(self):
         # The data folder gets an .htaccess that denies the web everything in and below it: the
