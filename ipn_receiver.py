@@ -2811,13 +2811,15 @@ UNSIGNED_ANSWER = (
     "only with Digistore24 (as an IPN connection) and PromoPit (as the ISN URL)")
 INVALID_SIGNATURE_ANSWER = (
     "invalid sha signature: the passphrase of this IPN connection in Digistore24 is not the "
-    "SHA_PASSPHRASE of ipn_receiver; enter the same passphrase in both")
+    "SHA_PASSPHRASE of ipn_receiver; enter the same passphrase in both (`python3 ipn_receiver.py "
+    "check` finds quotes or spaces around it)")
 MISSING_EVENT_ANSWER = (
     "missing event: the call has no event field and no valid signature, so it is not a Digistore24 IPN "
     "call; register this URL only with Digistore24 and PromoPit")
 INVALID_ISN_KEY_ANSWER = (
     "invalid isn key: the ISN key sent is not the ISN_KEY of ipn_receiver; copy the ISN key from "
-    "the product's ISN settings at PromoPit into ISN_KEY")
+    "the product's ISN settings at PromoPit into ISN_KEY (`python3 ipn_receiver.py check` finds "
+    "quotes or spaces around it)")
 BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; the "
                "sender retries later, nothing to do. (Should this last longer than PROCESSING_TIMEOUT, a handler "
                "ran and could not be recorded: see ipn_receiver.log)")
@@ -3426,7 +3428,9 @@ def command_send(args):
         if not separator or not key:
             raise CommandFailed("--set takes key=value, e.g. --set order_id=ABC123", 2)
         fields[key] = value
-    fields = sign_notification(provider, fields, settings())
+    config = settings()
+    fields = sign_notification(provider, fields, config)
+    warn_of_a_miswritten_secret(config, "ISN_KEY" if provider == PROMOPIT else "SHA_PASSPHRASE")
     try:
         status, body = post_form(args.url, fields)
     except (urllib.error.URLError, OSError, ValueError) as error:
@@ -3437,6 +3441,18 @@ def command_send(args):
     # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.
     print("\n".join(one_line(line) for line in body.split("\n")))
     return 0 if body == "OK" or body.startswith("OK\n") else 1        # what Digistore24 counts as success
+
+
+def warn_of_a_miswritten_secret(config, name):
+    """Tell on stderr what `check` says of the secret `name` when it looks miswritten: send signs
+    with it as the receiver reads it, so its call may pass where the sender's fail."""
+    mistakes = [mistake for secret, mistake in miswritten_secrets() if secret == name]
+    mistakes.append(secret_mistake(config[name], name in set_in_the_ini(config)))
+    for mistake in filter(None, mistakes):
+        sys.stderr.write("WARNING: %s (%s) %s: this call is %s with it as the receiver reads it, but %s's will "
+                         "not be; %s\n" % (name, config["where"][name], SECRET_MISTAKES[mistake][0], "signed" if
+                                           name == "SHA_PASSPHRASE" else "sent", "PromoPit" if name == "ISN_KEY"
+                                           else "Digistore24", SECRET_MISTAKES[mistake][1] % name))
 
 
 def is_this_machine(url):

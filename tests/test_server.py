@@ -298,6 +298,25 @@ class Send(unittest.TestCase):
                              done.stderr)
         self.assertEqual(through_the_proxy, [])
 
+    def test_a_secret_check_calls_miswritten_is_warned_of(self):
+        # send signs with the secret as the receiver reads it, quotes and all: its call passes
+        # where Digistore24's are refused (the 48th review: "OK", and the vendor looked no further).
+        url = self.serve(lambda path: (200, [], b"OK"))
+        for event, name, value in (("on_payment", "SHA_PASSPHRASE", '"%s"' % PASSPHRASE),
+                                   ("sale", "ISN_KEY", ISN_KEY + " ")):
+            done = subprocess.run([PYTHON, SCRIPT, "send", event, "--url", url],
+                                  env=clean_environment(**{"IPN_" + name: value}), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+            self.assertEqual((done.returncode, done.stdout), (0, b"HTTP 200\nOK\n"))
+            self.assertEqual(done.stderr.decode(), "WARNING: %s (environment variable IPN_%s) %s: this call is %s with "
+                             "it as the receiver reads it, but %s's will not be; %s\n" % (
+                                 name, name, ipn_receiver.SECRET_MISTAKES["quotes" if '"' in value else "spaces"][0],
+                                 "signed" if event == "on_payment" else "sent",
+                                 "Digistore24" if event == "on_payment" else "PromoPit",
+                                 ipn_receiver.SECRET_MISTAKES["quotes" if '"' in value else "spaces"][1] % name))
+        done = self.send(url)
+        self.assertEqual((done.returncode, done.stderr), (0, b""))
+
     def test_a_url_that_is_not_http_is_refused(self):
         for url in ("file:///etc/hostname", "ftp://127.0.0.1/", "127.0.0.1:8000"):
             done = self.send(url)
