@@ -3904,6 +3904,17 @@ def check_handler_tables(report, note):
             report(False, "%s has no line for %s, whose handler is defined" % (table, event), "add `\"%s\": %s,` "
                    "to %s: until then its notifications are answered OK and the handler never runs"
                    % (event, event, table))
+        for event, handler in sorted(globals()[table].items(), key=str):
+            # "on_refund": "on_refund" (in quotes), or None: every such call fails with 500.
+            if not callable(handler):
+                report(False, "%s's line for %s names %s, which is not a function" % (table, one_line(repr(event)),
+                                                                                     one_line(repr(handler)[:60])),
+                       "write the name of the function without quotes, e.g. `\"%s\": %s,`: until then each of "
+                       "its notifications fails with 500" % (event, event))
+            # "on_refund": on_payment, copied from the line above: a refund runs the payment's code.
+            elif callable(globals().get(event)) and handler is not globals()[event]:
+                note("%s sends %s to %s, though a handler %s is defined: is that meant?" % (
+                    table, event, getattr(handler, "__name__", "another function"), event))
 
 
 def check_script(report, note, config):

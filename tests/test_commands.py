@@ -862,6 +862,22 @@ class Check(CommandTestCase):
                       "until then its notifications are answered OK and the handler never runs\n", output)
         self.assertEqual(self.command("check")[0], 0)                   # (as shipped: every line there)
 
+    def test_a_line_of_a_handler_table_that_names_no_function_or_another_handler(self):
+        # In quotes, every refund failed with 500; copied from the line above, a refund ran the
+        # payment's code, and check said nothing of either (the 48th review).
+        script = self.edited_copy('"on_refund": on_refund,', '"on_refund": "on_refund",')
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  DIGISTORE24_HANDLERS's line for 'on_refund' names 'on_refund', which is not a "
+                      "function\n         fix: write the name of the function without quotes, e.g. `\"on_refund\": "
+                      "on_refund,`: until then each of its notifications fails with 500\n", output)
+        script = self.edited_copy('"on_refund": on_refund,', '"on_refund": on_payment,')
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 0, output)
+        self.assertIn("\nnote     DIGISTORE24_HANDLERS sends on_refund to on_payment, though a handler on_refund is "
+                      "defined: is that meant?\n", output)
+        self.assertNotIn("DIGISTORE24_HANDLERS sends", self.command("check")[1])
+
     def test_notifications_stored_while_their_event_had_no_handler_are_a_problem_once_it_has(self):
         with mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS):
             del ipn_receiver.DIGISTORE24_HANDLERS["on_payment"]
