@@ -4446,12 +4446,19 @@ def check_web_folder(report, note, data_dir):
     if os.path.isfile(htaccess):
         try:
             with open(htaccess, encoding="utf-8", errors="replace") as file:
-                rules = serves_only_the_scripts(file.read(), [os.path.basename(name) for name in copies])
+                text = file.read()
+            rules = serves_only_the_scripts(text, [os.path.basename(name) for name in copies])
         except OSError:
             rules = False
         else:
             report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
                    use_the_guides_htaccess())
+        script = os.path.basename(__file__)
+        if rules and not grants_access_to(text, script):
+            # A script renamed (ds24_ipn.py): Apache answers every call with its own 403 page, and
+            # the sender's log shows no line of ours to say why.
+            report(False, ".htaccess beside the script lets the web reach %s" % script, "rename the script "
+                   "ipn_receiver.py, or write its name into the <FilesMatch> line: until then every call gets 403")
         # Apache reads it as its own user (under suEXEC not the owner), and refuses the whole folder
         # where it cannot.
         report(os.stat(htaccess).st_mode & 0o004, ".htaccess beside the script can be read by the web server (mode "
@@ -4589,6 +4596,28 @@ def serves_only_the_scripts(rules, copies=()):
         elif words == ["sethandler", "cgi-script"] and None not in sections and all(s[1] for s in sections):
             runs_scripts = True
     return denied and runs_scripts and "execcgi" in options and "indexes" not in options
+
+
+def grants_access_to(rules, name):
+    """Whether an .htaccess grants the web the file `name`: by a Require or Allow line (not
+    "Require all denied") within a <Files> or <FilesMatch> section whose pattern matches it, as
+    README.md's does for ipn_receiver.py and ipn.py, or outside every such section."""
+    sections = []
+    for line in rules.splitlines():
+        words = line.lower().split()
+        if not words:
+            continue
+        if words[0].startswith("</"):
+            sections = sections[:-1]
+        elif words[0].startswith("<files"):
+            sections.append(section_matches_any(line, [name]))
+        elif words[0].startswith("<"):
+            sections.append(None)
+        elif words[0] in ("require", "allow") and words != ["require", "all", "denied"]:
+            files = [section for section in sections if section is not None]
+            if not files or files[-1]:
+                return True
+    return False
 
 
 def options_after(options, words):

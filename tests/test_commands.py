@@ -1885,6 +1885,24 @@ class CheckTheWebFolder(CommandTestCase):
                       "config.ini~, ipn_receiver.py.bak); the .htaccess denies them", output)
         self.assertNotIn("config.ini is beside the script", output)        # the .htaccess denies it
 
+    def test_a_renamed_script_the_htaccess_does_not_serve_is_a_problem(self):
+        # Apache answered every call with its own 403 page, no line of ours in the sender's log,
+        # while check said all good (the 48th review).
+        script = self.web_folder(snippet("apache-htaccess"), copies=False)
+        renamed = os.path.join(os.path.dirname(script), "ds24_ipn.py")
+        os.rename(script, renamed)
+        code, output, _ = self.command("check", script=renamed, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 1, output)
+        self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing\nPROBLEM  "
+                      ".htaccess beside the script lets the web reach ds24_ipn.py\n         fix: rename the script "
+                      "ipn_receiver.py, or write its name into the <FilesMatch> line: until then every call gets 403\n",
+                      output)
+        for name in ("ipn_receiver.py", "ipn.py"):
+            self.assertTrue(ipn_receiver.grants_access_to(snippet("apache-htaccess"), name))
+        for rules in ("Require all denied\n", "<Files ipn.py>\nRequire all granted\n</Files>\n"):
+            self.assertFalse(ipn_receiver.grants_access_to(rules, "ipn_receiver.py"), rules)
+        self.assertTrue(ipn_receiver.grants_access_to("Require all granted\n", "x.py"))
+
     def test_a_copy_of_the_receiver_in_a_folder_below_is_a_second_receiver(self):
         # A backup made before an edit: the .htaccess runs the scripts' names in every folder below
         # its own too, and the copy, with a store of its own, runs a captured call's handler again.
