@@ -237,9 +237,9 @@ class ConfigError(Exception):
     is learns no path and no value.
     """
 
-    def __init__(self, message, location="the settings"):
+    def __init__(self, message, location="the settings", fix=None):
         Exception.__init__(self, message)
-        self.location = location
+        self.location, self.fix = location, fix
 
 
 #  name                 INI section    INI key               environment variable
@@ -356,7 +356,8 @@ def load_settings(environ=None):
             raise ConfigError("%s: another user of this server could change %s, and so give the receiver a "
                               "passphrase or a data folder of their own; keep it in a folder of your own, owned by "
                               "the user the receiver runs as, chmod 600 (`python3 ipn_receiver.py check`)"
-                              % (config_file, "it" if controlled == config_file else controlled), name)
+                              % (config_file, "it" if controlled == config_file else controlled), name,
+                              out_of_others_reach_for_a_command(controlled))
         ini = read_ini_file(config_file, lines)
         for setting, section, key, _ in SETTINGS_SOURCES:
             value = ini.get(section, {}).pop(key, "")
@@ -1512,6 +1513,20 @@ def out_of_others_reach(folder):
         return "chmod go-w %s (or 700, where it is the data folder)" % folder
     return ("set DATA_DIR to a folder in your home folder, outside the web root, and move the store's files into it "
             "(events.sqlite3, and its -wal and -shm files if any) with no call running: `check` says how")
+
+
+def out_of_others_reach_for_a_command(path):
+    """check's fix for a config file, or a folder on its way, that another user could change.
+    Where it is that user's, it may be the web server's, and check runs as the vendor (cgi-bin
+    under Apache without suEXEC): then check runs as the wrong user, and chown would break the
+    receiver."""
+    owner = os.lstat(path).st_uid
+    if owner == os.geteuid() and not os.path.islink(path):
+        return ("chmod 600 %s" if os.path.isfile(path) else "chmod go-w %s") % path
+    name = user_name(owner)
+    return ("%s belongs to %s, and check runs as %s: if %s is the user the web server runs the receiver as, run "
+            "check as %s (%s); else keep the config file in a folder of that user's own, chmod 600"
+            % (path, name, user_name(os.geteuid()), name, name, command_line_as(name, "check")))
 
 
 def folders_on_the_way(path, links=40):
@@ -3809,7 +3824,7 @@ def command_check(args):
     try:
         config = load_settings()
     except ConfigError as error:
-        report(False, "settings: %s" % error, "correct the setting as the message says")
+        report(False, "settings: %s" % error, error.fix or "correct the setting as the message says")
         return 1
     check_settings(report, note, config)
     check_handler_tables(report, note)
@@ -4256,7 +4271,7 @@ def check_who_else_may_change_python(report):
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
 # commands): a folder named like one of them is code, though check may not have imported it.
 IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "errno", "fcntl", "fnmatch", "grp", "io", "json", "pwd", "re",
-                        "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
+                        "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
                         "tempfile", "threading", "traceback", "types", "urllib", "wsgiref")
 
 

@@ -1440,6 +1440,20 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  settings: %s: another user of this server could change %s, and so give the receiver "
                       "a passphrase or a data folder of their own" % (self.config, self.site), output)
+        self.assertIn("\n         fix: chmod go-w %s\n" % self.site, output)        # (it said "correct the setting")
+        os.chmod(self.site, 0o755)
+        os.chmod(self.config, 0o666)
+        self.assertIn("\n         fix: chmod 600 %s\n" % self.config, self.check()[1])
+        os.chmod(self.config, 0o600)
+        if os.geteuid() == 0:
+            # The web server's (cgi-bin under Apache without suEXEC): check runs as another user,
+            # and chown would break the receiver (the 48th review).
+            os.chown(self.config, 65534, 65534)
+            self.assertIn("\n         fix: %s belongs to nobody, and check runs as root: if nobody is the user the "
+                          "web server runs the receiver as, run check as nobody (sudo -u nobody env IPN_CONFIG=%s "
+                          "python3 ipn_receiver.py check); else keep the config file in a folder of that user's own, "
+                          "chmod 600\n" % (self.config, self.config), self.check()[1])
+        os.chmod(self.site, 0o777)
         os.remove(self.config)                  # (the secrets in the environment)
         code, output, _ = self.command("check", script=self.script)
         self.assertEqual(code, 1, output)
