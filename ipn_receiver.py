@@ -3051,6 +3051,11 @@ def answer_body(notification, result):
             return "OK"
         lines = ["OK"]
         for key, value in result.items():
+            # A password left None, or a value that is bytes: the buyer gets a blank, or "b'...'".
+            if isinstance(value, (bytes, bytearray)) or value is None or not str(value).strip():
+                log.warning("on_payment's answer line %s is %s; sent as it is", shortened(str(key), 40),
+                            "bytes, which show as b'...' (decode them first)" if isinstance(value, (
+                                bytes, bytearray)) else "empty: the buyer sees nothing there")
             key, value = str(key), "" if value is None else str(value)
             line = "%s: %s" % (answer_text(key).replace(":", " ").strip(), answer_text(value))
             if line != "%s: %s" % (key.strip(), value):

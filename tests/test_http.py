@@ -345,9 +345,9 @@ class AccessData(ReceiverTestCase):
         self.assertEqual(post(payment()).body, "OK\npass word: x\nusername: u")
         self.assertLogged("WARNING", "on_payment returned an answer line without a key; it is left out")
 
-    def test_clean_lines_go_out_without_a_warning_and_none_is_empty(self):
-        self.handle("on_payment", lambda n: {"username": "jane", "password_2": "x", "headline": None})
-        self.assertEqual(post(payment()).body, "OK\nusername: jane\npassword_2: x\nheadline: ")
+    def test_clean_lines_go_out_without_a_warning(self):
+        self.handle("on_payment", lambda n: {"username": "jane", "password_2": "x", "headline": 12})
+        self.assertEqual(post(payment()).body, "OK\nusername: jane\npassword_2: x\nheadline: 12")
         self.assertEqual([level for level, _ in self.log_messages()], ["INFO"])
 
     def test_a_known_key_with_something_after_it_is_unknown(self):
@@ -373,6 +373,18 @@ class AccessData(ReceiverTestCase):
         self.assertLogged("WARNING", "on_payment's answer line headline looks like HTML; Digistore24 shows it as "
                                      "plain text")
         self.assertNotIn("line username looks", self.log_text())
+
+    def test_a_blank_or_bytes_value_is_sent_with_a_warning(self):
+        # A password left None went to the buyer blank, and bytes as "b'jane'", with nothing in
+        # the log (the 48th review).
+        self.handle("on_payment", lambda n: {"username": b"jane", "password": None, "loginurl": " ", "x": 0})
+        self.assertEqual(post(payment()).body, "OK\nusername: b'jane'\npassword: \nloginurl:  \nx: 0")
+        self.assertLogged("WARNING", "on_payment's answer line username is bytes, which show as b'...' (decode them "
+                                     "first); sent as it is")
+        for key in ("password", "loginurl"):
+            self.assertLogged("WARNING", "on_payment's answer line %s is empty: the buyer sees nothing there; sent as "
+                                         "it is" % key)
+        self.assertNotIn("line x is", self.log_text())
 
     def test_a_long_key_of_html_is_named_shortened(self):
         key = "username_" + "1" * 40
