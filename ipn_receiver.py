@@ -928,7 +928,7 @@ class Notification:
         call signed with the upper-case-keys variant too.
         """
         value = self.fields.get(name)
-        if value is None:
+        if value is None and isinstance(name, str):
             value = self.fields.get(name.translate(_ASCII_LOWER))
         return default if value is None else value
 
@@ -942,6 +942,13 @@ class Notification:
 
     def __contains__(self, name):
         return self.get(name, None) is not None
+
+    def __iter__(self):
+        """The names of the fields, as a dict's: `for name in notification`, dict(notification)."""
+        return iter(self.fields)
+
+    def keys(self):
+        return self.fields.keys()
 
     @property
     def reference(self):

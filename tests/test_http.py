@@ -473,6 +473,10 @@ class TheNotification(ReceiverTestCase):
         self.assertIn("a field sent empty is left out", str(caught.exception))
         self.assertEqual(notification.add_info, {})
         self.assertIsInstance(notification.id, int)
+        # Read as a dict is (the 48th review: `for name in notification` raised AttributeError).
+        self.assertEqual(list(notification), list(notification.fields))
+        self.assertEqual(dict(notification), notification.fields)
+        self.assertEqual((notification.get(0), 0 in notification), ("", False))
 
     def test_upper_keys_variant_fields_are_in_lower_case_and_found_in_any_case(self):
         seen = self.capture()
