@@ -4735,8 +4735,8 @@ def command_repair(args):
             return 1
     count = connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
     check = connection.execute("PRAGMA integrity_check").fetchone()[0]
-    print("set the damaged store aside beside the new one; the new store holds %d notifications, "
-          "integrity %s" % (count, check))
+    print("set the %s store aside beside the new one; the new store holds %d notifications, "
+          "integrity %s" % ("damaged" if result != "ok" else "old", count, check))
     return 0 if check == "ok" else 1
 
 
@@ -4769,12 +4769,17 @@ def port_number(text):
     return int(text)
 
 
-def notification_number(text):
+def notification_number(text, what="a notification number"):
     """An argument that names a stored notification: a whole number SQLite can hold."""
     import argparse
     if not is_whole_number(text) or int(text) < 1:
-        raise argparse.ArgumentTypeError("not a notification number: %s" % text)
+        raise argparse.ArgumentTypeError("not %s: %s" % (what, text))
     return int(text)
+
+
+def how_many(text):
+    """An argument that counts notifications: 1 or more."""
+    return notification_number(text, "a count of 1 or more")
 
 
 def build_parser():
@@ -4805,7 +4810,7 @@ def build_parser():
     events = commands.add_parser("events", help="list stored notifications, newest first")
     events.add_argument("--status", choices=STATUSES)
     events.add_argument("--event", help="only this event")
-    events.add_argument("--limit", type=notification_number, default=50, help="at most this many (default 50)")
+    events.add_argument("--limit", type=how_many, default=50, help="at most this many (default 50)")
 
     show = commands.add_parser("show", help="one stored notification with all its fields")
     show.add_argument("id", type=notification_number)

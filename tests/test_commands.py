@@ -68,11 +68,12 @@ class Inspecting(CommandTestCase):
     def test_bad_numbers_a_damaged_store_and_a_terminal_without_utf8_get_one_error_line(self):
         post(payment(first_name="J\u00f6rg"))
         for arguments in (("show", "99999999999999999999"), ("events", "--limit", "99999999999999999999"),
-                          ("replay", "-1"), ("show", "\u0661")):
+                          ("replay", "-1"), ("show", "\u0661"), ("events", "--limit", "0")):
             with self.subTest(arguments=arguments):
                 code, output, errors = self.command(*arguments)
                 self.assertEqual(code, 2)
-                self.assertIn("not a notification number", errors)
+                self.assertIn("not a count of 1 or more" if "--limit" in arguments else "not a notification number",
+                              errors)
                 self.assertNotIn("Traceback", errors)
         code, output, errors = self.command("show", "1", PYTHONIOENCODING="ascii")   # as Python 3.6 with no LANG
         self.assertEqual((code, errors.strip().splitlines()),
@@ -1233,6 +1234,8 @@ class Check(CommandTestCase):
         ipn_receiver.close_store()
         code, output, errors = self.command("repair", "--force")
         self.assertEqual(code, 0, errors)
+        self.assertEqual(output, "set the old store aside beside the new one; the new store holds 1 notifications, "
+                                 "integrity ok\n")     # (it said "the damaged store": the 48th review)
         self.assertIn("was set aside (repair --force, though it passed its integrity check); it was moved to "
                       "events.sqlite3.damaged-", self.log_text())
         self.assertNotIn("was damaged", self.log_text())
