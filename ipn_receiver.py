@@ -2649,6 +2649,10 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "CASE WHEN fields = '{}' THEN ? ELSE fields END WHERE id = ?",
                     (claim, now, now, fields_as_stored(notification.fields), row_id))
                 decision = ("run", claim)
+                if abandoned:
+                    log.warning("notification #%d: the run of its handler that started %s s ago never recorded how "
+                                "it ended (its process was killed, or it ran longer than PROCESSING_TIMEOUT); this "
+                                "copy runs it again", row_id, "?" if claimed_at is None else int(now - claimed_at))
             else:                           # processing, done, ignored
                 # (Fields lost to damage, salvaged as {}, come back with the copy: it is the same call.)
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1, updated_at = ?, fields = "
@@ -3449,6 +3453,10 @@ def command_send(args):
                             % ("the ISN key" if provider == PROMOPIT else "a call signed with your passphrase"), 2)
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
+    if provider == DIGISTORE24 and args.event not in DIGISTORE24_EVENTS:
+        # (A misspelt event is answered OK like any new one: the OK alone would not say so.)
+        sys.stderr.write("note: %s is not one of Digistore24's events (%s): the receiver stores it, answers OK and "
+                         "runs no handler\n" % (one_line(args.event), ", ".join(DIGISTORE24_EVENTS)))
     fields = example_notification(provider, args.event)
     for item in args.set or []:
         key, separator, value = item.partition("=")

@@ -69,6 +69,10 @@ class LocalServer(unittest.TestCase):
             self.assertEqual((code, output), (0, "HTTP 200\nOK\n"), event + errors)
         code, output, _ = self.send("sale", "--provider", "promopit")
         self.assertEqual(code, 0)
+        # A misspelt event is answered OK like a new one: send says that no handler ran.
+        self.assertEqual(self.send("on_paymnet"), (0, "HTTP 200\nOK\n", "note: on_paymnet is not one of "
+                                                   "Digistore24's events (%s): the receiver stores it, answers OK and "
+                                                   "runs no handler\n" % ", ".join(ipn_receiver.DIGISTORE24_EVENTS)))
 
     def test_send_with_set_fields_and_a_forgery(self):
         code, output, _ = self.send("on_payment", "--set", "order_id=ABC123", "--set", "custom=a=b")

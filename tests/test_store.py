@@ -546,6 +546,10 @@ class ExactlyOnce(ReceiverTestCase):
         connection.execute("UPDATE notifications SET claimed_at = claimed_at - 61")
         self.assertEqual(post(payment()).body, "OK")
         self.assertEqual(len(seen), 1)
+        # The log says the handler runs a second time, and why (the 48th review: "handled as #1").
+        self.assertRegex(self.log_text(), "WARNING .*notification #1: the run of its handler that started 6[12] s "
+                                          "ago never recorded how it ended \\(its process was killed, or it ran "
+                                          "longer than PROCESSING_TIMEOUT\\); this copy runs it again\n")
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["deliveries"]), ("done", 2, 3))
 
