@@ -3469,8 +3469,14 @@ def command_send(args):
     try:
         status, body = post_form(args.url, fields)
     except (urllib.error.URLError, OSError, ValueError) as error:
+        import socket
         reason = getattr(error, "reason", error)
-        print("ERROR: could not reach %s (%s); check the URL and that the server runs" % (args.url, one_line(str(reason))))
+        if isinstance(reason, socket.timeout):
+            print("ERROR: no answer from %s within 30 s; a slow handler goes on and is recorded (`events` shows how it "
+                  "ended), but a sender would take the call as failed and retry it" % args.url)
+        else:
+            print("ERROR: could not reach %s (%s); check the URL and that the server runs" % (args.url,
+                                                                                           one_line(str(reason))))
         return 1
     print("HTTP %d" % status)
     # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.

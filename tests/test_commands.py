@@ -265,6 +265,12 @@ class Interrupted(CommandTestCase):
             self.assertEqual(run("on_payment", "--url", url, answer=failure),
                              (1, "ERROR: could not reach %s (%s); check the URL and that the server runs\n"
                               % (url, reason), ""))
+        # No answer in time is not "could not reach": the handler may be slow (the 48th review).
+        for failure in (urllib.error.URLError(socket.timeout("timed out")), socket.timeout("timed out")):
+            self.assertEqual(run("on_payment", "--url", url, answer=failure),
+                             (1, "ERROR: no answer from %s within 30 s; a slow handler goes on and is recorded "
+                              "(`events` shows how it ended), but a sender would take the call as failed and retry "
+                              "it\n" % url, ""))
 
     def test_demo_stopped_with_ctrl_c_leaves_no_folder(self):
         made, make = [], tempfile.mkdtemp
