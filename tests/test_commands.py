@@ -224,6 +224,13 @@ class Interrupted(CommandTestCase):
                     self.assertEqual(ipn_receiver.main(["send", "sale", "--url", url]), 2)
         self.assertEqual(sent, ["http://localhost:8000/", "http://127.0.0.2/", "http://[::1]:8000/",
                                 "https://example.com/", "http://192.0.2.1/"])
+        # This machine is reached directly, whatever http_proxy says (tests/test_server.py sends so).
+        import urllib.request
+        for url, direct in (("http://127.0.0.1:8000/", True), ("https://localhost/", True),
+                            ("https://example.com/", False)):
+            handlers = ipn_receiver.local_without_proxy(url)
+            self.assertEqual([(type(handler), handler.proxies) for handler in handlers],
+                             [(urllib.request.ProxyHandler, {})] if direct else [], url)
 
     def test_send_says_what_went_wrong_and_exits_0_only_on_ok(self):
         import urllib.error
