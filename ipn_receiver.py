@@ -4495,9 +4495,10 @@ def check_web_folder(report, note, data_dir):
             report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
                    use_the_guides_htaccess())
         script = os.path.basename(__file__)
-        if rules and not grants_access_to(text, script):
+        if rules and not any(grants_access_to(text, name) for name in (script, "ipn.py")
+                             if os.path.isfile(os.path.join(HERE, name))):
             # A script renamed (ds24_ipn.py): Apache answers every call with its own 403 page, and
-            # the sender's log shows no line of ours to say why.
+            # the sender's log shows no line of ours to say why. (Or the launcher alone is served.)
             report(False, ".htaccess beside the script lets the web reach %s" % script, "rename the script "
                    "ipn_receiver.py, or write its name into the <FilesMatch> line: until then every call gets 403")
         # Apache reads it as its own user (under suEXEC not the owner), and refuses the whole folder

@@ -1929,6 +1929,12 @@ class CheckTheWebFolder(CommandTestCase):
                       output)
         for name in ("ipn_receiver.py", "ipn.py"):
             self.assertTrue(ipn_receiver.grants_access_to(snippet("apache-htaccess"), name))
+        # Where the launcher is the one registered, it alone need be served.
+        with open(os.path.join(os.path.dirname(renamed), "ipn.py"), "w") as file:
+            file.write("#!/usr/bin/python3\nimport ipn_receiver\nipn_receiver.main()\n")
+        os.chmod(os.path.join(os.path.dirname(renamed), "ipn.py"), 0o755)
+        self.assertNotIn("lets the web reach", self.command("check", script=renamed,
+                                                           IPN_DATA_DIR=os.path.join(self.data_dir, "d"))[1])
         for rules in ("Require all denied\n", "<Files ipn.py>\nRequire all granted\n</Files>\n"):
             self.assertFalse(ipn_receiver.grants_access_to(rules, "ipn_receiver.py"), rules)
         self.assertTrue(ipn_receiver.grants_access_to("Require all granted\n", "x.py"))
