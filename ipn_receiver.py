@@ -418,11 +418,16 @@ def finish_settings(values, where, config_file):
     `where[name]` is (where the value came from, for messages; the short form an answer may show).
     """
     result = {"config_file": config_file, "where": {name: long for name, (long, _) in where.items()}}
+
+    def wrong(name, text):
+        """The ConfigError that says `text` of the setting `name`, where it is set."""
+        return ConfigError("%s: %s" % (where[name][0], text), where[name][1])
+
     for name in SECRET_SETTINGS:
         if not isinstance(values[name], (str, type(None))):
             # b"...", or a comma after the quotes (a tuple): str() of it is no one's passphrase.
-            raise ConfigError("%s: %s is %s, not text; write it as %s = r\"...\", in quotes with nothing after "
-                              "them" % (where[name][0], name, type(values[name]).__name__, name), where[name][1])
+            raise wrong(name, "%s is %s, not text; write it as %s = r\"...\", in quotes with nothing after them"
+                        % (name, type(values[name]).__name__, name))
         secret = values[name] or ""
         try:
             secret.encode("utf-8")
@@ -430,32 +435,27 @@ def finish_settings(values, where, config_file):
             # The environment holds bytes; Python keeps those that are not UTF-8 as lone
             # surrogates, which no signature can be computed over. (Apache's SetEnv in a file saved
             # as Latin-1, say.)
-            raise ConfigError("%s: %s is not valid UTF-8 text; save the file that sets it as UTF-8"
-                              % (where[name][0], name), where[name][1])
+            raise wrong(name, "%s is not valid UTF-8 text; save the file that sets it as UTF-8" % name)
         result[name] = secret
     level = str(values["LOG_LEVEL"]).strip().translate(_ASCII_UPPER)     # ("ınfo".upper() is "INFO")
     if level == "WARN":
         level = "WARNING"
     if level not in LOG_LEVELS:
-        raise ConfigError("%s: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR" % where["LOG_LEVEL"][0],
-                          where["LOG_LEVEL"][1])
+        raise wrong("LOG_LEVEL", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
     result["LOG_LEVEL"] = level
     for name, example in (("MAX_BODY_BYTES", "1048576"), ("PROCESSING_TIMEOUT", "300")):
         text = str(values[name]).strip()
         number = int(text) if is_whole_number(text) else 0
         if number <= 0:
-            raise ConfigError("%s: %s must be a whole number greater than 0, like %s" % (
-                where[name][0], name, example), where[name][1])
+            raise wrong(name, "%s must be a whole number greater than 0, like %s" % (name, example))
         result[name] = number
     data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
     if "\0" in data_dir:
-        raise ConfigError("%s: DATA_DIR holds a NUL character, which no file name may" % where["DATA_DIR"][0],
-                          where["DATA_DIR"][1])
+        raise wrong("DATA_DIR", "DATA_DIR holds a NUL character, which no file name may")
     if len(data_dir) > 1 and data_dir[0] == data_dir[-1] and data_dir[0] in "\"'":
         # Taken as it is written, as config.ini takes every value: a folder whose name begins with
         # a quote, inside the script's folder, on the web.
-        raise ConfigError("%s: DATA_DIR is in quotes, which would be part of the folder's name; remove them"
-                          % where["DATA_DIR"][0], where["DATA_DIR"][1])
+        raise wrong("DATA_DIR", "DATA_DIR is in quotes, which would be part of the folder's name; remove them")
     # The folder's name on disk is the UTF-8 of the name as written, whatever the locale: else a
     # CGI call (no LANG: UTF-8), a WSGI server or a command under a Latin-1 locale would each name
     # another folder, with a store of its own, and run every handler again.
@@ -468,17 +468,15 @@ def finish_settings(values, where, config_file):
     # (ASCII where a web server sets no LANG): they must be the same bytes.
     utf8_names = sys.getfilesystemencoding().lower().replace("_", "-") in ("utf-8", "utf8")
     if not usable or sys.version_info < (3, 7) and not utf8_names and any(ord(c) > 127 for c in result["DATA_DIR"]):
-        raise ConfigError("%s: DATA_DIR holds characters this Python cannot use in a file name (it writes file "
-                          "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR "
-                          "of ASCII characters, or Python 3.7 or later"
-                          % (where["DATA_DIR"][0], sys.getfilesystemencoding()), where["DATA_DIR"][1])
+        raise wrong("DATA_DIR", "DATA_DIR holds characters this Python cannot use in a file name (it writes file "
+                    "names as %s, as Python 3.6 does where the web server sets no LANG); use a DATA_DIR of ASCII "
+                    "characters, or Python 3.7 or later" % sys.getfilesystemencoding())
     if os.path.normcase(os.path.join(os.path.realpath(HERE), "")).startswith(
             os.path.normcase(os.path.join(os.path.realpath(result["DATA_DIR"]), ""))):     # (links followed)
         # The .htaccess written into the data folder denies the web everything in and below it:
         # the receiver itself, and a whole site beside it.
-        raise ConfigError("%s: DATA_DIR is the folder the script is in, or one above it; set it to a folder of "
-                          "its own, outside the web root (/home/you/ipn_data)" % where["DATA_DIR"][0],
-                          where["DATA_DIR"][1])
+        raise wrong("DATA_DIR", "DATA_DIR is the folder the script is in, or one above it; set it to a folder of "
+                    "its own, outside the web root (/home/you/ipn_data)")
     return result
 
 
@@ -4784,17 +4782,13 @@ def port_number(text):
     return int(text)
 
 
-def notification_number(text, what="a notification number"):
-    """An argument that names a stored notification: a whole number SQLite can hold."""
+def whole_number(text):
+    """An argument that names a stored notification, or counts them: a whole number of 1 or more
+    that SQLite can hold."""
     import argparse
     if not is_whole_number(text) or int(text) < 1:
-        raise argparse.ArgumentTypeError("not %s: %s" % (what, text))
+        raise argparse.ArgumentTypeError("not a whole number of 1 or more: %s" % text)
     return int(text)
-
-
-def how_many(text):
-    """An argument that counts notifications: 1 or more."""
-    return notification_number(text, "a count of 1 or more")
 
 
 def build_parser():
@@ -4825,13 +4819,13 @@ def build_parser():
     events = commands.add_parser("events", help="list stored notifications, newest first")
     events.add_argument("--status", choices=STATUSES)
     events.add_argument("--event", help="only this event")
-    events.add_argument("--limit", type=how_many, default=50, help="at most this many (default 50)")
+    events.add_argument("--limit", type=whole_number, default=50, help="at most this many (default 50)")
 
     show = commands.add_parser("show", help="one stored notification with all its fields")
-    show.add_argument("id", type=notification_number)
+    show.add_argument("id", type=whole_number)
 
     replay = commands.add_parser("replay", help="run a stored notification's handler again now (or --done)")
-    replay.add_argument("id", type=notification_number)
+    replay.add_argument("id", type=whole_number)
     replay.add_argument("--force", action="store_true", help="also for one that is done")
     replay.add_argument("--done", action="store_true", help="do not run it: record it as handled (answered OK)")
 

@@ -72,8 +72,7 @@ class Inspecting(CommandTestCase):
             with self.subTest(arguments=arguments):
                 code, output, errors = self.command(*arguments)
                 self.assertEqual(code, 2)
-                self.assertIn("not a count of 1 or more" if "--limit" in arguments else "not a notification number",
-                              errors)
+                self.assertIn("not a whole number of 1 or more: " + arguments[-1], errors)
                 self.assertNotIn("Traceback", errors)
         code, output, errors = self.command("show", "1", PYTHONIOENCODING="ascii")   # as Python 3.6 with no LANG
         self.assertEqual((code, errors.strip().splitlines()),
