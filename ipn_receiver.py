@@ -3488,10 +3488,9 @@ def warn_of_a_miswritten_secret(config, name):
     mistakes = [mistake for secret, mistake in miswritten_secrets() if secret == name]
     mistakes.append(secret_mistake(config[name], name in set_in_the_ini(config)))
     for mistake in filter(None, mistakes):
-        sys.stderr.write("WARNING: %s (%s) %s: this call is %s with it as the receiver reads it, but %s's will "
-                         "not be; %s\n" % (name, config["where"][name], SECRET_MISTAKES[mistake][0], "signed" if
-                                           name == "SHA_PASSPHRASE" else "sent", "PromoPit" if name == "ISN_KEY"
-                                           else "Digistore24", SECRET_MISTAKES[mistake][1] % name))
+        sys.stderr.write("WARNING: %s (%s) %s: send uses it as the receiver reads it, so its call may pass where "
+                         "the sender's fail; %s\n" % (name, config["where"][name], SECRET_MISTAKES[mistake][0],
+                                                       SECRET_MISTAKES[mistake][1] % name))
 
 
 def is_this_machine(url):
