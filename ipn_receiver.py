@@ -4492,7 +4492,7 @@ def check_web_folder(report, note, data_dir):
             report(rules, ".htaccess beside the script serves the scripts only, and no folder listing",
                    use_the_guides_htaccess())
         script = os.path.basename(__file__)
-        if rules and not any(grants_access_to(text, name) for name in (script, "ipn.py")
+        if rules and not any(granted_by_a_section(text, name) for name in (script, "ipn.py")
                              if os.path.isfile(os.path.join(HERE, name))):
             # A script renamed (ds24_ipn.py): Apache answers every call with its own 403 page, and
             # the sender's log shows no line of ours to say why. (Or the launcher alone is served.)
@@ -4637,26 +4637,11 @@ def serves_only_the_scripts(rules, copies=()):
     return denied and runs_scripts and "execcgi" in options and "indexes" not in options
 
 
-def grants_access_to(rules, name):
-    """Whether an .htaccess grants the web the file `name`: by a Require or Allow line (not
-    "Require all denied") within a <Files> or <FilesMatch> section whose pattern matches it, as
-    README.md's does for ipn_receiver.py and ipn.py, or outside every such section."""
-    sections = []
-    for line in rules.splitlines():
-        words = line.lower().split()
-        if not words:
-            continue
-        if words[0].startswith("</"):
-            sections = sections[:-1]
-        elif words[0].startswith("<files"):
-            sections.append(section_matches_any(line, [name]))
-        elif words[0].startswith("<"):
-            sections.append(None)
-        elif words[0] in ("require", "allow") and words != ["require", "all", "denied"]:
-            files = [section for section in sections if section is not None]
-            if not files or files[-1]:
-                return True
-    return False
+def granted_by_a_section(rules, name):
+    """Whether a <Files> or <FilesMatch> section of an .htaccess matches the file `name`: where
+    serves_only_the_scripts passes it, such a section is where access is granted."""
+    return any(section_matches_any(line, [name]) for line in rules.splitlines()
+               if line.lower().lstrip().startswith("<files"))
 
 
 def options_after(options, words):

@@ -62,7 +62,7 @@ FUNCTIONS = [
     "mark_store_made", "row_of", "pages_in_journal", "read_store_file", "read_form", "parse_multipart",
     "read_uwsgi_chunks", "is_this_machine", "command_send", "cgi_environ",
     "decode_fields", "parse_content_type", "local_without_proxy", "expand_home", "why_replay_waits", "taken_over_by",
-    "grants_access_to", "out_of_others_reach_for_a_command", "warn_of_a_miswritten_secret", "no_store_yet",
+    "granted_by_a_section", "out_of_others_reach_for_a_command", "warn_of_a_miswritten_secret", "no_store_yet",
     "command_line_as", "check_handler_tables",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.

@@ -1927,7 +1927,7 @@ class CheckTheWebFolder(CommandTestCase):
                       "ipn_receiver.py, or write its name into the <FilesMatch> line: until then every call gets 403\n",
                       output)
         for name in ("ipn_receiver.py", "ipn.py"):
-            self.assertTrue(ipn_receiver.grants_access_to(snippet("apache-htaccess"), name))
+            self.assertTrue(ipn_receiver.granted_by_a_section(snippet("apache-htaccess"), name))
         # Where the launcher is the one registered, it alone need be served.
         with open(os.path.join(os.path.dirname(renamed), "ipn.py"), "w") as file:
             file.write("#!/usr/bin/python3\nimport ipn_receiver\nipn_receiver.main()\n")
@@ -1935,8 +1935,8 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertNotIn("lets the web reach", self.command("check", script=renamed,
                                                            IPN_DATA_DIR=os.path.join(self.data_dir, "d"))[1])
         for rules in ("Require all denied\n", "<Files ipn.py>\nRequire all granted\n</Files>\n"):
-            self.assertFalse(ipn_receiver.grants_access_to(rules, "ipn_receiver.py"), rules)
-        self.assertTrue(ipn_receiver.grants_access_to("Require all granted\n", "x.py"))
+            self.assertFalse(ipn_receiver.granted_by_a_section(rules, "ipn_receiver.py"), rules)
+        self.assertTrue(ipn_receiver.granted_by_a_section("  <files  ipn_receiver.py>\n", "ipn_receiver.py"))
 
     def test_a_copy_of_the_receiver_in_a_folder_below_is_a_second_receiver(self):
         # A backup made before an edit: the .htaccess runs the scripts' names in every folder below
