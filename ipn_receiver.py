@@ -3936,13 +3936,14 @@ def check_handler_tables(report, note):
     """What `check` says about DIGISTORE24_HANDLERS and PROMOPIT_HANDLERS."""
     for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS), ("PROMOPIT_HANDLERS", ("sale",))):
         # A misspelt event in a table: its calls are answered OK, stored as ignored, and never run.
-        for event in sorted(set(globals()[table]) - set(events), key=str):
+        handlers = globals()[table]
+        for event in sorted(set(handlers) - set(events), key=str):
             note("%s has a line for %r, which is not one of the events we know of: check its spelling" % (table, event))
-        for event in [event for event in events if event not in globals()[table] and callable(globals().get(event))]:
+        for event in [event for event in events if event not in handlers and callable(globals().get(event))]:
             report(False, "%s has no line for %s, whose handler is defined" % (table, event), "add `\"%s\": %s,` "
                    "to %s: until then its notifications are answered OK and the handler never runs"
                    % (event, event, table))
-        for event, handler in sorted(globals()[table].items(), key=str):
+        for event, handler in sorted(handlers.items(), key=str):
             # "on_refund": "on_refund" (in quotes), or None: every such call fails with 500.
             if not callable(handler):
                 report(False, "%s's line for %s names %s, which is not a function" % (table, one_line(repr(event)),
@@ -4133,6 +4134,10 @@ def check_store(report, note, config):
     """What `check` says about the event store in a data folder it can read and write."""
     import sqlite3
     data_dir = config["DATA_DIR"]
+
+    def report_rows(rows, what, fix):           # (the first five of them named)
+        if rows:
+            report(False, "%d notifications %s: %s" % (len(rows), what, one_line(", ".join(rows[:5]))), fix)
     if not os.path.exists(store_path(config)):
         if store_was_made(data_dir):
             report(False, "event store: " + STORE_GONE % store_path(config), "see the message")
@@ -4155,27 +4160,23 @@ def check_store(report, note, config):
         waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
             "SELECT id, provider, event FROM notifications WHERE status = 'ignored' ORDER BY id")
             if (PROMOPIT_HANDLERS if provider == PROMOPIT else DIGISTORE24_HANDLERS).get(event)]
-        if waiting:
-            report(False, "%d notifications were stored without running a handler, which their event has now: %s"
-                   % (len(waiting), one_line(", ".join(waiting[:5]))), "`replay ID --force` runs the handler "
-                   "for each one that still needs it (its sender was answered OK, and sends it no more)")
+        report_rows(waiting, "were stored without running a handler, which their event has now", "`replay ID "
+                    "--force` runs the handler for each one that still needs it (its sender was answered OK, and "
+                    "sends it no more)")
         # A handler that started and was never recorded as ended (its process killed, or its
         # outcome not stored): the sender's next copy runs it again.
         stuck = ["#%d" % number for number, claimed_at, claim in connection.execute(
             "SELECT id, claimed_at, claim FROM notifications WHERE status = 'processing' ORDER BY id")
             if claim_is_abandoned(claimed_at, time.time(), config["PROCESSING_TIMEOUT"], claim)]
-        if stuck:
-            report(False, "%d notifications whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
-                   "was never recorded: %s" % (len(stuck), ", ".join(stuck[:5])), "ipn_receiver.log and "
-                   "ipn_receiver.errors.log say how each ended; `replay ID` runs the handler again (as the "
-                   "sender's next copy would), `replay ID --done` records one that did its work")
+        report_rows(stuck, "whose handler started over PROCESSING_TIMEOUT ago, and whose outcome was never "
+                    "recorded", "ipn_receiver.log and ipn_receiver.errors.log say how each ended; `replay ID` runs "
+                    "the handler again (as the sender's next copy would), `replay ID --done` records one that did "
+                    "its work")
         # Damage SQLite's integrity check cannot see: a flipped bit inside a row's JSON.
         damaged = ["#%d" % number for number, fields in connection.execute("SELECT id, fields FROM notifications")
                    if fields != UNREADABLE["fields"] and not stored_fields({"fields": fields})]
-        if damaged:
-            report(False, "%d notifications whose fields are damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
-                   "`show ID` for each; `replay ID --done` for one that was handled, and for one that was not, "
-                   "the sender's next delivery runs it")
+        report_rows(damaged, "whose fields are damaged", "`show ID` for each; `replay ID --done` for one that was "
+                    "handled, and for one that was not, the sender's next delivery runs it")
         if counts.get("failed"):
             note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
                  % counts["failed"])
@@ -4186,10 +4187,8 @@ def check_store(report, note, config):
         damaged = ["#%d" % row[0] for row in connection.execute(
             "SELECT id, status, answer, claimed_at, claim, updated_at, attempts, event FROM notifications")
             if row_damage(*row[1:])]
-        if damaged:
-            report(False, "%d notifications whose row is damaged: %s" % (len(damaged), ", ".join(damaged[:5])),
-                   "`show ID` for each, and your own records (was it handled?); then `replay ID` to run its "
-                   "handler, or `replay ID --done` if it was handled")
+        report_rows(damaged, "whose row is damaged", "`show ID` for each, and your own records (was it "
+                    "handled?); then `replay ID` to run its handler, or `replay ID --done` if it was handled")
     except (StorageError, sqlite3.Error, UnicodeDecodeError) as error:
         if store_is_damaged(error) and not cut_short(store_path(config)):
             damage = error_text(error).replace("event store %s: " % store_path(config), "").split("; ")[0]
