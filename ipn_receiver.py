@@ -1524,8 +1524,11 @@ def out_of_others_reach_for_a_command(path):
     """check's fix for a config file, or a folder on its way, that another user could change.
     Where it is that user's, it may be the web server's, and check runs as the vendor (cgi-bin
     under Apache without suEXEC): then check runs as the wrong user, and chown would break the
-    receiver."""
-    owner = os.lstat(path).st_uid
+    receiver. (None where it is gone since.)"""
+    try:
+        owner = os.lstat(path).st_uid
+    except OSError:
+        return None
     if owner == os.geteuid() and not os.path.islink(path):
         return ("chmod 600 %s" if os.path.isfile(path) else "chmod go-w %s") % path
     name = user_name(owner)
