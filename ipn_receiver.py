@@ -1529,7 +1529,7 @@ def out_of_others_reach_for_a_command(path):
         owner = os.lstat(path).st_uid
     except OSError:
         return None
-    if owner == os.geteuid() and not os.path.islink(path):
+    if owner == os.geteuid():               # (a link of this user's is never other users' to change)
         return ("chmod 600 %s" if os.path.isfile(path) else "chmod go-w %s") % path
     name = user_name(owner)
     return ("%s belongs to %s, and check runs as %s: if %s is the user the web server runs the receiver as, run "

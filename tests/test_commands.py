@@ -932,6 +932,33 @@ class Check(CommandTestCase):
                              output)
             self.assertNotIn(not_told, output)
 
+    def test_send_warns_of_what_check_finds_in_the_secret_it_uses_and_only_that(self):
+        # It signs with the secret as the receiver reads it, so its call may pass where the
+        # sender's fail (the 48th review). The other secret's mistakes are check's to tell.
+        script = self.edited_copy('ISN_KEY = r"PASTE-YOUR-PROMOPIT-ISN-KEY-HERE"', 'ISN_KEY = "isn\\dkey-secretZ"')
+        with socket.socket() as probe:                  # (a port nobody listens on: the warning comes first)
+            probe.bind(("127.0.0.1", 0))
+            url = "http://127.0.0.1:%d/" % probe.getsockname()[1]
+        warnings = {}
+        for event, environment in (("sale", {}), ("on_payment", {}), ("on_payment", {"IPN_SHA_PASSPHRASE": "a-long-passphrase #b"})):
+            code, output, errors = self.command("send", event, "--url", url, script=script, IPN_ISN_KEY="",
+                                                PYTHONWARNINGS="ignore", **environment)
+            self.assertTrue(output.startswith("ERROR: could not reach"), output + errors)
+            warnings[event, bool(environment)] = errors
+        self.assertEqual(warnings["sale", False], "WARNING: ISN_KEY (ISN_KEY at the top of ipn_receiver.py) is "
+                         "written without the r before its quotes: send uses it as the receiver reads it, so its call "
+                         "may pass where the sender's fail; %s\n" % (ipn_receiver.SECRET_MISTAKES["escapes"][1] %
+                                                                     "ISN_KEY"))
+        self.assertEqual(warnings["on_payment", False], "")
+        self.assertEqual(warnings["on_payment", True], "")          # (" #" starts no comment but in config.ini)
+        ini = os.path.join(os.path.dirname(script), "config.ini")
+        with open(ini, "w") as file:
+            file.write("[digistore24]\nsha_passphrase = a-passphrase #b\n")
+        os.chmod(ini, 0o600)
+        errors = self.command("send", "on_payment", "--url", url, script=script, IPN_SHA_PASSPHRASE="")[2]
+        self.assertIn("WARNING: SHA_PASSPHRASE (config.ini line 2, [digistore24] sha_passphrase) has what looks like a "
+                      "comment after it", errors)
+
     def test_a_passphrase_written_in_the_file_without_r_is_a_problem(self):
         # In a plain string Python reads "\d" as a backslash and d, but warns (3.12 and later, with
         # the line, secret and all, in the error log), and reads "\t" as a tab: not what was pasted.

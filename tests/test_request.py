@@ -157,6 +157,8 @@ class Multipart(unittest.TestCase):
             self.assertEqual(ipn_receiver.parse_multipart(body, "XyZ"), [(name.encode(), b"1")])
         self.assertEqual(ipn_receiver.parse_content_type("Multipart/Form-Data ;\tboundary=\xa0b\xa0 "),
                          ("multipart/form-data", {"boundary": "\xa0b\xa0"}))
+        self.assertEqual(ipn_receiver.parse_content_type("\tapplication/X ; X=X; nameX = TAX\t"),
+                         ("application/x", {"x": "X", "namex": "TAX"}))        # (strip nothing else)
 
     def assertRefused(self, body, boundary, message):
         with self.assertRaises(Refusal) as caught:
