@@ -3781,7 +3781,7 @@ def why_replay_waits(row, config, done):
         return ("notification #%d is being processed: its handler started %d s ago and may be running right now "
                 "(`show %d` says when it is done). If that run died, replay %s it once PROCESSING_TIMEOUT (%d s) "
                 "has passed since it started; --force %s" % (
-                    row["id"], max(0, time.time() - (row["claimed_at"] or 0)), row["id"],
+                    row["id"], max(0, time.time() - row["claimed_at"]), row["id"],     # (0: a clock set back)
                     "marks" if done else "runs", config["PROCESSING_TIMEOUT"],
                     "marks it now" if done else "runs it now, a second time if it is still running"))
     if done:

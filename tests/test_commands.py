@@ -360,14 +360,14 @@ class WhatReplayRuns(CommandTestCase):
                                                                          "nothing to mark\n"))
         # Being processed, its handler may be running right now: replay says so, and that --force
         # would run it twice (the 48th review: --force was all it suggested).
-        for claimed_ago, shown in ((5, 5), (-5, 0)):
+        for claimed_ago, shown in ((5, "5|6"), (-5, "0")):     # (-5: claimed before the clock was set back)
             self.set_row("processing", claimed_ago)
             code, output, error = self.command("replay", "1")
             self.assertEqual((code, output), (1, ""))
-            self.assertRegex(error, "^ERROR: notification #1 is being processed: its handler started (%d|%d) s ago "
+            self.assertRegex(error, "^ERROR: notification #1 is being processed: its handler started (%s) s ago "
                              "and may be running right now \\(`show 1` says when it is done\\). If that run died, "
                              "replay runs it once PROCESSING_TIMEOUT \\(300 s\\) has passed since it started; "
-                             "--force runs it now, a second time if it is still running\n$" % (shown, shown + 1))
+                             "--force runs it now, a second time if it is still running\n$" % shown)
             self.assertIn("replay marks it once PROCESSING_TIMEOUT (300 s) has passed since it started; --force marks "
                           "it now\n", self.command("replay", "1", "--done")[2])
         self.assertEqual(self.rows()[0]["attempts"], 1)
@@ -889,7 +889,17 @@ class Check(CommandTestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("\nnote     DIGISTORE24_HANDLERS sends on_refund to on_payment, though a handler on_refund is "
                       "defined: is that meant?\n", output)
-        self.assertNotIn("DIGISTORE24_HANDLERS sends", self.command("check")[1])
+        output = self.command("check")[1]
+        for told in ("DIGISTORE24_HANDLERS sends", "PROMOPIT_HANDLERS sends", "not one of the events we know of"):
+            self.assertNotIn(told, output)                  # (as shipped)
+        # A handler with no name of its own, and a long value, in another's table: named so.
+        said = []
+        with mock.patch.dict(ipn_receiver.PROMOPIT_HANDLERS, {"sale": functools.partial(ipn_receiver.on_payment)}), \
+                mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS, {"on_refund": "x" * 100}):
+            ipn_receiver.check_handler_tables(lambda ok, text, fix: said.append(text), said.append)
+        self.assertEqual(said, ["DIGISTORE24_HANDLERS's line for 'on_refund' names '%s, which is not a function"
+                                % ("x" * 59), "PROMOPIT_HANDLERS sends sale to another function, though a handler "
+                                               "sale is defined: is that meant?"])
 
     def test_notifications_stored_while_their_event_had_no_handler_are_a_problem_once_it_has(self):
         with mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS):

@@ -159,6 +159,8 @@ class Multipart(unittest.TestCase):
                          ("multipart/form-data", {"boundary": "\xa0b\xa0"}))
         self.assertEqual(ipn_receiver.parse_content_type("\tapplication/X ; X=X; nameX = TAX\t"),
                          ("application/x", {"x": "X", "namex": "TAX"}))        # (strip nothing else)
+        self.assertEqual(ipn_receiver.parse_content_type('a/b; empty=""; one="; two=""""'),
+                         ("a/b", {"empty": "", "one": '"', "two": '""'}))
 
     def assertRefused(self, body, boundary, message):
         with self.assertRaises(Refusal) as caught:

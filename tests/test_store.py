@@ -601,8 +601,10 @@ class ExactlyOnce(ReceiverTestCase):
         self.assertLogged("WARNING", "notification #1: while its handler ran, a copy came after PROCESSING_TIMEOUT "
                                      "and ran it again; raise PROCESSING_TIMEOUT above your slowest handler")
         # (Taken over by replay --force, or by a run that has finished since, the log says so.)
-        self.assertIn("`replay --force` ran it again", ipn_receiver.taken_over_by("123-replay-0a1b2c3d"))
-        self.assertIn("replay or a copy that came after PROCESSING_TIMEOUT", ipn_receiver.taken_over_by(None))
+        self.assertEqual(ipn_receiver.taken_over_by("123-replay-0a1b2c3d"), "`replay --force` ran it again")
+        self.assertEqual(ipn_receiver.taken_over_by(None), "replay or a copy that came after PROCESSING_TIMEOUT saw "
+                                                           "to it too (if a copy, raise PROCESSING_TIMEOUT above your "
+                                                           "slowest handler)")
         # ...and the other run, finishing later, answers what the store holds, as every copy will.
         connection = ipn_receiver.open_store(ipn_receiver.settings())
         notification = ipn_receiver.Notification("digistore24", json.loads(row["fields"]))
