@@ -361,15 +361,18 @@ def load_settings(environ=None):
         ini = read_ini_file(config_file, lines)
         for setting, section, key, _ in SETTINGS_SOURCES:
             value = ini.get(section, {}).pop(key, "")
-            if value != "":
+            if value not in ("", PLACEHOLDERS.get(setting)):    # (config.example.ini copied as it is)
                 values[setting] = value
                 line = "%s line %d" % (name, lines[section, key])
                 where[setting] = ("%s, [%s] %s" % (line, section, key), line)
         for section, keys in ini.items():
+            known = [k for _, s, k, _ in SETTINGS_SOURCES if s == section]
             for key in keys:                    # never shown: it may be a secret pasted alone
-                line = "%s line %d" % (name, lines[section, key])
-                raise ConfigError("%s: unknown setting in [%s]; the settings are %s" % (
-                    line, section, ", ".join("[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES)), line)
+                line = "%s line %d" % (name, lines[section, key if known else ""])
+                raise ConfigError("%s: unknown %s [%s] (the settings are %s); correct its name%s" % (
+                    line, "setting in" if known else "section", section, ", ".join(
+                        "[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES), known and ", or start the line "
+                    "with # to make it a comment" or ""), line)
     for setting, _, _, variable in SETTINGS_SOURCES:
         if environ.get(variable, "") != "":
             text = setting in SECRET_SETTINGS or setting == "DATA_DIR"
@@ -421,6 +424,8 @@ def finish_settings(values, where, config_file):
 
     def wrong(name, text):
         """The ConfigError that says `text` of the setting `name`, where it is set."""
+        if "#" in str(values[name]) and name not in SECRET_SETTINGS:
+            text += " (with nothing after it: a comment is a line of its own, starting with #)"
         return ConfigError("%s: %s" % (where[name][0], text), where[name][1])
 
     for name in SECRET_SETTINGS:
@@ -489,7 +494,8 @@ def is_whole_number(text):
 def read_ini_file(path, lines=None):
     """Read an INI file into {section: {key: value}}; ConfigError (one line) for anything malformed.
 
-    `lines`, when given, is filled with {(section, key): line number}.
+    `lines`, when given, is filled with {(section, key): line number}, and {(section, ""): the
+    line number of its header}.
 
     This reads what configparser.ConfigParser(interpolation=None) reads, without its import cost
     (about 3.5 ms a CGI call; tests/test_settings.py compares the two on generated files). Values are
@@ -525,10 +531,11 @@ def read_ini_file(path, lines=None):
             end = line.rfind("]")                   # what follows the last "]" is ignored
             section = line[1:end].strip().lower() if end > 0 else ""
             if not section:
-                raise ConfigError("%s: a section header looks like [receiver]" % at, at)
+                raise ConfigError("%s: a section header is a name in square brackets, like [receiver]" % at, at)
             if section in sections:
                 raise ConfigError("%s: [%s] appears a second time; keep one" % (at, section), at)
             current = sections[section] = {}
+            lines[section, ""] = number             # ("": the header, as no key is named)
             continue
         cut = min(i for i in (line.find("="), line.find(":"), len(line)) if i >= 0)
         key = line[:cut].strip().lower()
@@ -581,11 +588,10 @@ def unusable_secret_answer(name):
     """The answer to a call that needs the secret `name` when secret_problem finds it unusable: the
     same whether it is not set, the placeholder or too short. A caller who has not proved who it
     is learns that the setting is not usable, but not why: that a secret is short would tell
-    whoever captured a call that guessing it is worth trying. `check` says why."""
-    label, where = where_secrets_go(name)
-    also = ", or is ISN_KEY too" if name == "SHA_PASSPHRASE" else ""
-    return ("%s is not set, or is the placeholder, or is shorter than %d characters%s: put %s %s, and run "
-            "`python3 ipn_receiver.py check` on the server" % (name, SHORTEST_SECRET, also, label, where))
+    whoever captured a call that guessing it is worth trying. `check` and the log say why."""
+    return ("%s cannot be used (not set, the placeholder, or under %d characters%s); run `python3 ipn_receiver.py "
+            "check` on the server: it says which, and where to put %s" % (name, SHORTEST_SECRET, ", or the same as "
+            "ISN_KEY" if name == "SHA_PASSPHRASE" else "", where_secrets_go(name)[0]))
 
 
 # =================================================================================================
@@ -1089,8 +1095,8 @@ def isn_key_is_valid(received, isn_key):
 class Refusal(Exception):
     """The request cannot be accepted: an HTTP status and an `ERROR: ...` body for the sender."""
 
-    def __init__(self, status, message):
-        Exception.__init__(self, message)
+    def __init__(self, status, message, logged=None):
+        Exception.__init__(self, logged or message)         # (what the log says of it)
         self.status = status
         self.body = "ERROR: " + message
 
@@ -2633,8 +2639,9 @@ def claim_notification(connection, notification, dispatch, timeout):
                                      "damaged: " + damage, row_id))
                 decision = ("unknown", None)
             elif status == "failed" and dispatch and 0 <= now - updated_at < retry_pause(attempts):
-                # Left as it is: a copy sent again and again (by whoever captured the call) must not
-                # run the handler, and what it did before it failed, at the sender's pace.
+                # Counted, and otherwise left as it is: a copy sent again and again (by whoever captured
+                # the call) must not run the handler, and what it did before it failed, at its pace.
+                connection.execute("UPDATE notifications SET deliveries = deliveries + 1 WHERE id = ?", (row_id,))
                 decision = ("paused", int(updated_at + retry_pause(attempts) - now) + 1)
             elif (status == "failed" or abandoned) and not dispatch:
                 # Its handler was taken out of the table since: like any event without one, it
@@ -2876,7 +2883,7 @@ def handle_post(environ):
         if not received:                    # (not a wrong passphrase: there is nothing to compare)
             raise Refusal(403, UNSIGNED_ANSWER)
         if secret_problem(config, "SHA_PASSPHRASE"):
-            raise Refusal(503, unusable_secret_answer("SHA_PASSPHRASE"))
+            raise Refusal(503, unusable_secret_answer("SHA_PASSPHRASE"), secret_problem(config, "SHA_PASSPHRASE"))
         variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
         if variant is None:
             raise Refusal(403, INVALID_SIGNATURE_ANSWER) if fields.get("event") else \
@@ -2890,7 +2897,7 @@ def handle_post(environ):
         if not received:
             raise Refusal(403, UNSIGNED_ANSWER)
         if secret_problem(config, "ISN_KEY"):
-            raise Refusal(503, unusable_secret_answer("ISN_KEY"))
+            raise Refusal(503, unusable_secret_answer("ISN_KEY"), secret_problem(config, "ISN_KEY"))
         if not isn_key_is_valid(received, config["ISN_KEY"]):
             raise Refusal(403, INVALID_ISN_KEY_ANSWER)
         notification = Notification(PROMOPIT, vouched_fields(fields))
@@ -3120,7 +3127,7 @@ STATUS_LINES = {
 STATUS_TEXT = "OK ipn_receiver is up; it takes Digistore24 and PromoPit notifications by POST"
 NOT_FOUND_ANSWER = "ERROR: not found: nothing is below the receiver's URL; register the URL of the script itself"
 METHOD_ANSWER = "ERROR: method not allowed: notifications are sent by POST (GET and HEAD show a status line)"
-CONFIG_ERROR_ANSWER = ("ERROR: configuration error in %s; run `python3 ipn_receiver.py check` on the server to "
+CONFIG_ERROR_ANSWER = ("ERROR: configuration error in %s; run `python3 ipn_receiver.py check` on the server%s to "
                        "see what to change")
 INTERNAL_ERROR_ANSWER = ("ERROR: internal error in ipn_receiver; the sender retries later; the traceback is "
                          "in ipn_receiver.log, please report it with the version of ipn_receiver.py")
@@ -3148,7 +3155,9 @@ def application(environ, start_response):
         # The details (a path, a line of the file) go to the log only: whoever sent this request
         # has not proved who it is.
         log.error("configuration error: %s", error)
-        status, body = 503, CONFIG_ERROR_ANSWER % error.location
+        variable = error.location.partition("the environment variable ")[2]
+        status, body = 503, CONFIG_ERROR_ANSWER % (error.location, variable and ", with %s set as the web server "
+                                                   "sets it," % variable)
         outcome = "configuration error"
     except Exception:                       # a bug in the receiver: the log gets the traceback
         log.exception("internal error")
@@ -3455,18 +3464,18 @@ def command_send(args):
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
     if provider == DIGISTORE24 and args.event not in DIGISTORE24_EVENTS:
-        # (A misspelt event is answered OK like any new one: the OK alone would not say so.)
-        sys.stderr.write("note: %s is not one of Digistore24's events (%s): the receiver stores it, answers OK and "
-                         "runs no handler\n" % (one_line(args.event), ", ".join(DIGISTORE24_EVENTS)))
+        # A misspelt event would be answered OK like any new one, stored, and run no handler.
+        raise CommandFailed("%s is not one of Digistore24's events: %s" % (one_line(args.event), ", ".join(
+            DIGISTORE24_EVENTS)), 2)
     fields = example_notification(provider, args.event)
     for item in args.set or []:
         key, separator, value = item.partition("=")
         if not separator or not key:
             raise CommandFailed("--set takes key=value, e.g. --set order_id=ABC123", 2)
         fields[key] = value
-    config = settings()
+    config, secret = settings(), "ISN_KEY" if provider == PROMOPIT else "SHA_PASSPHRASE"
     fields = sign_notification(provider, fields, config)
-    warn_of_a_miswritten_secret(config, "ISN_KEY" if provider == PROMOPIT else "SHA_PASSPHRASE")
+    warn_of_a_miswritten_secret(config, secret)
     try:
         status, body = post_form(args.url, fields)
     except (urllib.error.URLError, OSError, ValueError) as error:
@@ -3482,6 +3491,9 @@ def command_send(args):
     print("HTTP %d" % status)
     # Whatever answers may write anything: its control characters escaped, it cannot drive the terminal.
     print("\n".join(one_line(line) for line in body.split("\n")))
+    if status == 403:
+        print("(send used the %s of this machine's settings, %s: the receiver's must be the same)"
+              % (secret, config["where"][secret]))
     return 0 if body == "OK" or body.startswith("OK\n") else 1        # what Digistore24 counts as success
 
 
@@ -3586,7 +3598,7 @@ def run_demo(data_dir):
     for label, status, expected, (got_status, got_body) in rows:
         behaved = got_status == status and got_body.startswith(expected or first)
         good += behaved
-        print("  %-44s %-9s %d %s%s" % (label, status, got_status, got_body.replace("\n", " | ")[:60],
+        print("  %-44s %-9s %d %s%s" % (label, status, got_status, shortened(got_body.replace("\n", " | "), 57),
                                         "" if behaved else "   <-- WRONG"))
     print("\nhandlers run: %d (%s)" % (len(ran), ", ".join(ran)))
     print("stored: %s" % ", ".join("%d %s" % (n, s) for s, n in sorted(counts.items())))
@@ -3850,7 +3862,8 @@ def command_check(args):
     try:
         config = load_settings()
     except ConfigError as error:
-        report(False, "settings: %s" % error, error.fix or "correct the setting as the message says")
+        what, _, fix = str(error).partition("; ")
+        report(False, "settings: " + what, error.fix or fix or "correct it, then run check again")
         return 1
     check_settings(report, note, config)
     check_handler_tables(report, note)

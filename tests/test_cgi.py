@@ -81,7 +81,7 @@ class CgiProgram(unittest.TestCase):
     def test_missing_secret_is_503(self):
         status, _, body, _ = self.run_request(urlencode(payment()), IPN_SHA_PASSPHRASE="")
         self.assertEqual(status, 503)
-        self.assertTrue(body.startswith(b"ERROR: SHA_PASSPHRASE is not set, or is the placeholder"))
+        self.assertTrue(body.startswith(b"ERROR: SHA_PASSPHRASE cannot be used (not set, the placeholder"))
 
     def run_with_handler(self, handler):
         """Run a CGI call through a wrapper script whose on_payment is `handler` (its source)."""

@@ -1389,8 +1389,10 @@ class Check(CommandTestCase):
         for written, kind in (('b"Xy7dQ9pL2m-secretZ"', "bytes"), ('r"Xy7dQ9pL2m-secretZ",', "tuple")):
             with self.subTest(written=written):
                 output = self.check_with_the_passphrase_written("SHA_PASSPHRASE = " + written)
+                # What is wrong on the PROBLEM line, the fix on the fix line (the 51st review).
                 self.assertIn("PROBLEM  settings: SHA_PASSPHRASE at the top of ipn_receiver.py: SHA_PASSPHRASE is %s, "
-                              "not text; write it as SHA_PASSPHRASE = r\"...\"" % kind, output)
+                              "not text\n         fix: write it as SHA_PASSPHRASE = r\"...\", in quotes with nothing "
+                              "after them\n" % kind, output)
 
     def test_the_shipped_file_writes_its_secrets_as_raw_strings_and_compiles_without_a_warning(self):
         with open(SCRIPT, encoding="utf-8") as file:

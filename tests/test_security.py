@@ -487,7 +487,7 @@ class NothingLeaks(ReceiverTestCase):
                                                              "`python3 ipn_receiver.py check` on the server to see "
                                                              "what to change"))
         self.assertRegex(stderr.getvalue(), r"ERROR \[\d+\] configuration error: ipn\.ini line 3: unknown setting in "
-                                            r"\[promopit\]; the settings are ")
+                                            r"\[promopit\] \(the settings are ")
         self.assertRegex(stderr.getvalue(), r"WARNING \[\d+\] POST -> 503, configuration error \(\d+\.\d ms\)")
         self.assertNotIn("pasted-secret-value", stderr.getvalue().lower())
         ipn_receiver.log.reset()

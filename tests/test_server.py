@@ -69,18 +69,23 @@ class LocalServer(unittest.TestCase):
             self.assertEqual((code, output), (0, "HTTP 200\nOK\n"), event + errors)
         code, output, _ = self.send("sale", "--provider", "promopit")
         self.assertEqual(code, 0)
-        # A misspelt event is answered OK like a new one: send says that no handler ran.
-        self.assertEqual(self.send("on_paymnet"), (0, "HTTP 200\nOK\n", "note: on_paymnet is not one of "
-                                                   "Digistore24's events (%s): the receiver stores it, answers OK and "
-                                                   "runs no handler\n" % ", ".join(ipn_receiver.DIGISTORE24_EVENTS)))
+        # A misspelt event would be answered OK like a new one, stored, and run no handler: not sent
+        # (the 51st review).
+        self.assertEqual(self.send("on_paymnet"), (2, "", "ERROR: on_paymnet is not one of Digistore24's events: "
+                                                   "%s\n" % ", ".join(ipn_receiver.DIGISTORE24_EVENTS)))
 
     def test_send_with_set_fields_and_a_forgery(self):
         code, output, _ = self.send("on_payment", "--set", "order_id=ABC123", "--set", "custom=a=b")
         self.assertEqual(code, 0)
         code, output, _ = self.send("on_payment", "--set", "sha_sign=FORGED")
-        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n" % ipn_receiver.INVALID_SIGNATURE_ANSWER))
+        # Where send and the receiver read other passphrases, it says which one it signed with.
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n(send used the SHA_PASSPHRASE of this "
+                                             "machine's settings, environment variable IPN_SHA_PASSPHRASE: the "
+                                             "receiver's must be the same)\n" % ipn_receiver.INVALID_SIGNATURE_ANSWER))
         code, output, _ = self.send("sale", IPN_ISN_KEY="wrong-key")
-        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n" % ipn_receiver.INVALID_ISN_KEY_ANSWER))
+        self.assertEqual((code, output), (1, "HTTP 403\nERROR: %s\n(send used the ISN_KEY of this machine's settings, "
+                                             "environment variable IPN_ISN_KEY: the receiver's must be the same)\n"
+                                             % ipn_receiver.INVALID_ISN_KEY_ANSWER))
         self.stop()
         self.assertIn("order ABC123", self.console)       # the server logged each request
 

@@ -104,6 +104,16 @@ class Precedence(SettingsTestCase):
         self.assertEqual(config["SHA_PASSPHRASE"], ipn_receiver.SHA_PASSPHRASE)
         self.assertEqual(config["ISN_KEY"], ipn_receiver.ISN_KEY)
 
+    def test_a_placeholder_in_config_ini_means_not_set_there(self):
+        # config.example.ini copied as it is, to set data_dir: the passphrase at the top of the file
+        # stays in use (the 51st review: the placeholder overrode it, and every call got 503).
+        shutil.copy(os.path.join(REPO, "config.example.ini"), os.path.join(self.folder, "config.ini"))
+        with mock.patch.object(ipn_receiver, "SHA_PASSPHRASE", "a-real-passphrase"):
+            config = load({})
+        self.assertEqual(config["SHA_PASSPHRASE"], "a-real-passphrase")
+        self.assertEqual(config["where"]["SHA_PASSPHRASE"], "SHA_PASSPHRASE at the top of ipn_receiver.py")
+        self.assertEqual(config["ISN_KEY"], ipn_receiver.PLACEHOLDERS["ISN_KEY"])
+
     def test_ipn_config_names_the_file(self):
         path = self.write("[promopit]\nisn_key = elsewhere\n", name="other.ini")
         self.write("[promopit]\nisn_key = beside\n")
@@ -270,7 +280,7 @@ class IniFile(SettingsTestCase):
     def test_malformed_lines(self):
         self.assertConfigError("[receiver]\njust words\n", "config.ini line 2", "key = value")
         self.assertConfigError("log_level = INFO\n", "config.ini line 1", "[section]")
-        self.assertConfigError("[receiver\n", "line 1", "[receiver]")
+        self.assertConfigError("[receiver\n", "line 1", "a section header is a name in square brackets, like [receiver]")
         self.assertConfigError("[receiver]\n  log_level = INFO\n", "line 2", "one line")
         self.assertConfigError("[receiver]\nlog_level = INFO\nlog_level = DEBUG\n", "line 3", "second time", "line 2")
         self.assertConfigError("[receiver]\nlog_level = INFO\n[digistore24]\n[Receiver]\n", "line 4", "second time")
@@ -283,9 +293,26 @@ class IniFile(SettingsTestCase):
         message = self.assertConfigError("[promopit]\nisn_key =\nSeCrEt-K3y:9f8e7d\n", "config.ini line 3", "unknown")
         self.assertNotIn("secret-k3y", message.lower())
         self.assertEqual(self.location, "config.ini line 3")
-        self.assertEqual(message, "config.ini line 3: unknown setting in [promopit]; the settings are [digistore24] "
+        self.assertEqual(message, "config.ini line 3: unknown setting in [promopit] (the settings are [digistore24] "
                                   "sha_passphrase, [promopit] isn_key, [receiver] data_dir, [receiver] log_level, "
-                                  "[receiver] max_body_bytes, [receiver] processing_timeout")
+                                  "[receiver] max_body_bytes, [receiver] processing_timeout); correct its name, or "
+                                  "start the line with # to make it a comment")
+
+    def test_an_unknown_section_is_given_by_the_line_of_its_header(self):
+        # Its keys are right, its name is not: the header is the line to correct (the 51st review).
+        message = self.assertConfigError("[receiver]\nlog_level = INFO\n\n[digistore]\nsha_passphrase = x\n",
+                                         "config.ini line 4: unknown section [digistore] (the settings are "
+                                         "[digistore24] sha_passphrase,")
+        self.assertTrue(message.endswith("); correct its name"), message)
+        self.assertEqual(self.location, "config.ini line 4")
+
+    def test_a_comment_after_a_value_is_named_as_the_mistake(self):
+        # Values are literal, so `300 # seconds` is no number (a secret may hold a #: never said of it).
+        self.assertConfigError("[receiver]\nprocessing_timeout = 300 # seconds\n", "PROCESSING_TIMEOUT must be a "
+                               "whole number greater than 0, like 300 (with nothing after it: a comment is a line of "
+                               "its own, starting with #)")
+        message = self.assertConfigError("[receiver]\nprocessing_timeout = 300 seconds\n", "like 300")
+        self.assertNotIn("comment", message)
 
     def test_bad_values_name_where_they_came_from(self):
         self.assertConfigError("[receiver]\nmax_body_bytes = lots\n", "config.ini line 2, [receiver] max_body_bytes",
@@ -574,7 +601,7 @@ class ALongLivedProcess(SettingsTestCase):
 
     def test_a_log_file_that_cannot_be_opened_leaves_no_descriptor_open(self):
         self.settings_file(PASSPHRASE)
-        os.makedirs(self.data_dir)
+        os.makedirs(self.data_dir, 0o700)       # (as the receiver makes it: it says nothing)
         os.makedirs(os.path.join(self.data_dir, ipn_receiver.ERROR_LOG_FILE_NAME))  # the second file cannot be
         if not os.path.isdir("/proc/self/fd"):
             self.skipTest("counting open descriptors needs /proc (Linux)")

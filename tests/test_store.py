@@ -276,11 +276,13 @@ class ExactlyOnce(ReceiverTestCase):
                                         r"(59|60) s or later runs it again \(the sender retries later; on the server, "
                                         r"`replay 1` runs it now\)$")
         self.assertEqual(len(attempts), 1)
+        # Counted as deliveries (`events` shows them), with the pause counted still from the failure.
+        self.assertEqual((self.rows()[0]["deliveries"], self.rows()[0]["updated_at"]), (4, row["updated_at"]))
         self.let_the_retry_pause_pass()
         second = post(payment())
         self.assertEqual((second.status, second.body), (200, "OK\nusername: ok"))
         row = self.rows()[0]
-        self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 2))
+        self.assertEqual((row["status"], row["attempts"], row["last_error"], row["deliveries"]), ("done", 2, None, 5))
 
     def test_the_pause_before_a_retry_doubles_with_each_failure_up_to_an_hour(self):
         # Whoever captured a call that fails runs its handler about 30 times a day at most, where
