@@ -371,8 +371,8 @@ def load_settings(environ=None):
                 line = "%s line %d" % (name, lines[section, key if known else ""])
                 raise ConfigError("%s: unknown %s [%s] (the settings are %s); correct its name%s" % (
                     line, "setting in" if known else "section", section, ", ".join(
-                        "[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES), known and ", or start the line "
-                    "with # to make it a comment" or ""), line)
+                        "[%s] %s" % (s, k) for _, s, k, _ in SETTINGS_SOURCES),
+                    ", or start the line with # to make it a comment" if known else ""), line)
     for setting, _, _, variable in SETTINGS_SOURCES:
         if environ.get(variable, "") != "":
             text = setting in SECRET_SETTINGS or setting == "DATA_DIR"
@@ -3155,9 +3155,10 @@ def application(environ, start_response):
         # The details (a path, a line of the file) go to the log only: whoever sent this request
         # has not proved who it is.
         log.error("configuration error: %s", error)
+        # check, run without the web server's environment, would find nothing wrong.
         variable = error.location.partition("the environment variable ")[2]
-        status, body = 503, CONFIG_ERROR_ANSWER % (error.location, variable and ", with %s set as the web server "
-                                                   "sets it," % variable)
+        status, body = 503, CONFIG_ERROR_ANSWER % (
+            error.location, ", with %s set as the web server sets it," % variable if variable else "")
         outcome = "configuration error"
     except Exception:                       # a bug in the receiver: the log gets the traceback
         log.exception("internal error")
