@@ -213,7 +213,9 @@ PROMOPIT_HANDLERS = {
 
 __version__ = "1.0.0"
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The folder of the file itself, whatever link the web server reaches it through: a call and a
+# command run on the file itself then read one config.ini and keep one store (the 52nd review).
+HERE = os.path.dirname(os.path.realpath(__file__))
 CONFIG_FILE_NAME = "config.ini"
 LOG_FILE_NAME = "ipn_receiver.log"
 ERROR_LOG_FILE_NAME = "ipn_receiver.errors.log"     # the errors alone: requests cannot flood it
@@ -560,6 +562,11 @@ def where_secrets_go(name):
             % (name, section, key, variable))
 
 
+def sender_of(name):
+    """The sender whose calls the secret setting `name` verifies."""
+    return "PromoPit" if name == "ISN_KEY" else "Digistore24"
+
+
 def secret_problem(config, name):
     """Why the secret setting `name` cannot be used, or None when it can. Never shows the value."""
     value = config[name]
@@ -574,7 +581,7 @@ def secret_problem(config, name):
         # without hiding ordinary words.
         return ("%s is too short (fewer than %d characters): one captured notification is enough to "
                 "guess it. Choose a long random one, enter it in %s's settings, and put the same "
-                "%s" % (name, SHORTEST_SECRET, "PromoPit" if name == "ISN_KEY" else "Digistore24", where))
+                "%s" % (name, SHORTEST_SECRET, sender_of(name), where))
     elif name == "SHA_PASSPHRASE" and value == config.get("ISN_KEY"):
         return ("SHA_PASSPHRASE is the same as ISN_KEY, and PromoPit sends its key in every call: whoever sees one "
                 "could sign any Digistore24 notification. Choose another ISN key at PromoPit and put it %s"
@@ -3913,12 +3920,17 @@ def check_settings(report, note, config):
                    secret_problem(config, name))
         elif name not in missing:
             report(True, "%s is set (%s)" % (name, config["where"][name]))
+            if config[name].replace(" ", "").isalpha() and len(config[name]) < 16:
+                # "disabled", "not used": meant as "not set", they are a key anyone may guess.
+                report(False, "%s is letters alone, like a word: whoever guesses it can send calls that pass" % name,
+                       "choose a long random one with digits, the same at %s; if you do not use %s, leave the "
+                       "placeholder" % ((sender_of(name),) * 2))
             if len(config[name]) < 12:
                 note("%s is short (%d characters); a long random one is harder to guess"
                      % (name, len(config[name])))
         elif len(missing) == 1:
             note(secret_problem(config, name) + ". Calls from %s are refused until then."
-                 % ("PromoPit" if name == "ISN_KEY" else "Digistore24"))
+                 % sender_of(name))
     if len(missing) == 2:
         report(False, "neither SHA_PASSPHRASE nor ISN_KEY is set: every notification is refused",
                secret_problem(config, "SHA_PASSPHRASE"))

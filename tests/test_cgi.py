@@ -12,7 +12,7 @@ import unittest
 from unittest import mock
 from wsgiref.handlers import BaseCGIHandler
 
-from helpers import (FORM, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
+from helpers import (FORM, PASSPHRASE, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
                      parse_cgi_output, payment, promopit_sale, signed, urlencode)
 
 
@@ -77,6 +77,30 @@ class CgiProgram(unittest.TestCase):
         self.assertFalse([name for name in environment if name.startswith(("LANG", "LC_"))])
         done = run_cgi_program(environment, body)
         self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr.decode()[-2000:])
+
+    def test_a_script_reached_through_a_link_reads_the_settings_beside_the_file_itself(self):
+        # The file kept outside the web space, a link to it in the web space (the 52nd review): a
+        # call through the link, and `check` run on the file itself, read one config.ini and keep
+        # one store, beside the file.
+        own, web = os.path.join(self.folder, "ipn"), os.path.join(self.folder, "public_html")
+        os.mkdir(own, 0o700)
+        os.mkdir(web)
+        shutil.copy(SCRIPT, own)
+        os.symlink(os.path.join(own, "ipn_receiver.py"), os.path.join(web, "ipn_receiver.py"))
+        with open(os.path.join(own, "config.ini"), "w") as file:
+            file.write("[receiver]\ndata_dir = ipn_data\n[digistore24]\nsha_passphrase = %s\n" % PASSPHRASE)
+        os.chmod(os.path.join(own, "config.ini"), 0o600)
+        body = urlencode(payment())
+        environment = cgi_environment(self.data_dir, body=body)
+        for name in ("IPN_SHA_PASSPHRASE", "IPN_DATA_DIR"):
+            del environment[name]
+        done = run_cgi_program(environment, body, script=os.path.join(web, "ipn_receiver.py"))
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr.decode()[-2000:])
+        self.assertEqual(sorted(os.listdir(web)), ["ipn_receiver.py"])
+        self.assertTrue(os.path.isfile(os.path.join(own, "ipn_data", ipn_receiver.STORE_FILE_NAME)))
+        events = run_cgi_program({"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"},
+                                 argv=["events"], script=os.path.join(own, "ipn_receiver.py"))
+        self.assertIn("on_payment", events.stdout.decode(), events.stderr.decode())
 
     def test_missing_secret_is_503(self):
         status, _, body, _ = self.run_request(urlencode(payment()), IPN_SHA_PASSPHRASE="")

@@ -807,6 +807,18 @@ class Check(CommandTestCase):
         self.assertIn("note     ISN_KEY is still the placeholder", output)
         self.assertNotIn("abc12", output)
 
+    def test_a_secret_of_letters_alone_is_a_problem(self):
+        # "disabled" written where PromoPit is not used (the 52nd review): a key anyone may guess.
+        for key, problem in (("disabled", True), ("not used", True), ("Verkaufsaktion", True),
+                             ("disabled2024", False), ("a-long-word-like-key", False),
+                             ("abcdefghijklmnop", False)):
+            with self.subTest(key=key):
+                code, output, _ = self.command("check", IPN_ISN_KEY=key)
+                self.assertEqual(("PROBLEM  ISN_KEY is letters alone, like a word: whoever guesses it can send calls "
+                                  "that pass\n         fix: choose a long random one with digits, the same at PromoPit; "
+                                  "if you do not use PromoPit, leave the placeholder\n" in output, code), (problem, int(
+                                      problem)), output)
+
     def test_the_same_secret_for_both_senders_is_a_problem(self):
         # PromoPit sends its ISN key in every call: as the passphrase too, it would sign anything.
         code, output, _ = self.command("check", IPN_ISN_KEY=PASSPHRASE)
