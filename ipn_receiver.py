@@ -4126,7 +4126,10 @@ def check_data_folder(report, note, config):
                  "store into it: check says how)")
     check_web_folder(report, note, data_dir)
     left_behind = os.path.join(HERE, "ipn_data")        # the default data folder
-    elsewhere = os.path.normcase(left_behind) != os.path.normcase(data_dir)
+    beside_the_link = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipn_data")
+    if os.path.isfile(os.path.join(beside_the_link, STORE_FILE_NAME)):
+        left_behind = beside_the_link       # (check run through a link: where calls kept it before they followed links)
+    elsewhere = os.path.normcase(os.path.realpath(left_behind)) != os.path.normcase(os.path.realpath(data_dir))
     stop_calls = ("rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
                   "stop the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e ipn.py)")
     journal = os.path.join(left_behind, STORE_FILE_NAME + "-wal")

@@ -1892,6 +1892,23 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         code, output, _ = self.command("check", script=script, IPN_DATA_DIR=os.path.join(site, "ipn_data"))
         self.assertNotIn("left in", output)                 # the store in use is not left behind
 
+    def test_a_store_left_beside_a_link_to_the_script_is_a_problem_where_check_runs_through_it(self):
+        # Calls through a link kept their store beside the link until they followed links (the 52nd
+        # review): now they keep it beside the file, and the one beside the link is left behind.
+        own, web = os.path.join(self.data_dir, "ipn"), os.path.join(self.data_dir, "public_html")
+        os.makedirs(os.path.join(web, "ipn_data"))
+        os.mkdir(own)
+        script = shutil.copy(SCRIPT, own)
+        os.symlink(script, os.path.join(web, "ipn_receiver.py"))
+        code, output, _ = self.command("check", script=os.path.join(web, "ipn_receiver.py"), IPN_DATA_DIR="")
+        self.assertNotIn("left in", output)                 # no store there: nothing left behind
+        with open(os.path.join(web, "ipn_data", "events.sqlite3"), "w"):
+            pass
+        code, output, _ = self.command("check", script=os.path.join(web, "ipn_receiver.py"), IPN_DATA_DIR="")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  an event store was left in %s, beside the script; DATA_DIR is %s\n"
+                      % (os.path.join(web, "ipn_data"), os.path.join(own, "ipn_data")), output)
+
 
     def test_a_journal_left_behind_without_its_store_is_a_problem(self):
         # The store moved while a call was writing, without its -wal file (the 42nd review): the
