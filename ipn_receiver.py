@@ -1500,7 +1500,7 @@ def folder_others_control(path):
     """The first of the folder `path` and the folders on the way to it (through every link on the
     way, and where each leads) that a user other than this one, root and the script's owner could
     change: one (or a link) that belongs to such a user, or that such a user may write to
-    (others_may_write) and that is not sticky, as /tmp is, where only a folder's owner may move
+    (others_may) and that is not sticky, as /tmp is, where only a folder's owner may move
     it. The data folder itself counts even where sticky: others could put files into it. None
     where there is none.
 
@@ -1516,7 +1516,7 @@ def folder_others_control(path):
         except OSError:
             continue                            # not made yet
         # (A link's mode means nothing; its folder's does.)
-        shared = not stat.S_ISLNK(found.st_mode) and others_may_write(folder, found, trusted) and (
+        shared = not stat.S_ISLNK(found.st_mode) and others_may(2, folder, found, trusted) and (
             folder in itself or not found.st_mode & stat.S_ISVTX)
         if found.st_uid not in trusted or shared:
             return folder
@@ -1572,22 +1572,23 @@ def folders_on_the_way(path, links=40):
     return folders
 
 
-def others_may_write(folder, found, trusted):
-    """Whether a user not `trusted` may write to the folder (`found`: its lstat): every user, the
-    members of its group, or users and groups that an ACL (Linux) names."""
-    if found.st_mode & 0o002:
+def others_may(access, path, found, trusted):
+    """Whether a user not `trusted` may write to (`access` 2) or read (4) the file or folder
+    `path` (`found`: its lstat): every user, the members of its group, or users and groups that an
+    ACL (Linux) names."""
+    if found.st_mode & access:
         return True
     try:
-        acl = os.getxattr(folder, "system.posix_acl_access", follow_symlinks=False)
+        acl = os.getxattr(path, "system.posix_acl_access", follow_symlinks=False)
     except (AttributeError, OSError):           # (no getxattr on this system, or no ACL)
-        return bool(found.st_mode & 0o020) and not users_of_group(found.st_gid) <= trusted
+        return bool(found.st_mode & access << 3) and not users_of_group(found.st_gid) <= trusted
     import struct
     # An ACL: a version, then (tag, permissions, id) entries; a user's (2), a group's (8) and the
-    # folder's group's (4) write as far as the mask (16) lets them.
+    # file's group's (4) have access as far as the mask (16) lets them.
     entries = list(struct.iter_unpack("<HHI", acl[4:]))
     mask = min([permissions for tag, permissions, _ in entries if tag == 16] or [7])
     for tag, permissions, number in entries:
-        if permissions & mask & 2 and (tag == 2 and number not in trusted or tag in (4, 8) and not users_of_group(
+        if permissions & mask & access and (tag == 2 and number not in trusted or tag in (4, 8) and not users_of_group(
                 found.st_gid if tag == 4 else number) <= trusted):
             return True
     return False
@@ -4018,39 +4019,39 @@ def check_script(report, note, config):
     check_who_else_may_change_python(report)
     check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + config_files +
                                        code_python_may_run(sys.path))
-    if in_the_script and os.stat(script).st_mode & 0o004:
+    if in_the_script and readable_by_others(script):
         # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
         # need read it; else the web server's user must, and the secrets belong in config.ini.
-        report(False, "%s, set in %s, can be read by every user of this server (mode %03o)" % (
+        report(False, "%s, set in %s, can be read by other users of this server (mode %03o)" % (
             " and ".join(in_the_script), os.path.basename(script), os.stat(script).st_mode & 0o777),
             "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
             "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
     cache = os.path.join(HERE, "__pycache__")
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
-                if name.startswith("ipn_receiver.") and readable_by_all(os.path.join(cache, name))]
+                if name.startswith("ipn_receiver.") and readable_by_others(os.path.join(cache, name))]
     # Copies by their names (one may hold a secret since changed), and any file beside the script
     # that holds a secret in use (config.example.ini filled in, "Copy of config.ini").
     secrets = [config[name].encode("utf-8") for name in SECRET_SETTINGS if not secret_problem(config, name)]
     theirs = {os.path.realpath(path) for path in [script] + config_files}
-    backups = [name for name in os.listdir(HERE) if readable_by_all(os.path.join(HERE, name)) and (
+    backups = [name for name in os.listdir(HERE) if readable_by_others(os.path.join(HERE, name)) and (
         is_backup_copy(name) and (in_the_script or name.lstrip(".#").lower().startswith("config")) or
         os.path.realpath(os.path.join(HERE, name)) not in theirs and
         any(file_holds(os.path.join(HERE, name), secret) for secret in secrets))]
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
-        report(False, "copies of the settings, secrets and all, can be read by every user of this server (%s)"
+        report(False, "copies of the settings, secrets and all, can be read by other users of this server (%s)"
                % ", ".join(sorted(compiled + backups)), "delete them (rm -r %s, and the backup copies); Python "
                "writes its compiled copies again with the script's mode: so chmod 700 the script first, where it "
                "may be" % cache)
     elif compiled:
-        note("compiled copies of %s can be read by every user of this server (%s); if it ever held a secret, "
+        note("compiled copies of %s can be read by other users of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
     stores = sorted(name for name in os.listdir(HERE)
-                    if ".sqlite3" in name and readable_by_all(os.path.join(HERE, name)))
+                    if ".sqlite3" in name and readable_by_others(os.path.join(HERE, name)))
     if stores:
         # A backup made where the vendor stood: `sqlite3 ... ".backup copy.sqlite3"` under umask 022.
-        report(False, "copies of an event store beside the script can be read by every user of this server (%s)"
+        report(False, "copies of an event store beside the script can be read by other users of this server (%s)"
                % ", ".join(stores), "chmod 600 them and move them out of the web space (they hold every buyer's data "
                "and the access data handed out); make copies as README.md says, under umask 077")
 
@@ -4064,7 +4065,7 @@ def check_data_folder(report, note, config):
         first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
     made_in = first and os.path.realpath(first)
     # (A folder others may write to, sticky or not: one of them could make the data folder first.)
-    if controlled or (made_in and others_may_write(made_in, os.stat(made_in), trusted_users())):
+    if controlled or (made_in and others_may(2, made_in, os.stat(made_in), trusted_users())):
         report(False, "DATA_DIR %s: another user of this server may make, move or replace folders in %s" % (
                data_dir, controlled or first), out_of_others_reach(controlled or first) + " (another user could make "
                "the data folder first, or move it away, and read or change what is stored: the receiver refuses "
@@ -4296,7 +4297,7 @@ def check_who_else_may_change_the_code(report, files):
                    "closed to others where the umask is 022, as the launcher of README.md sets it)" % cache
                    if path.startswith(cache) else
                    "delete it and upload your own, as the receiver's user; it decides what the receiver does")
-        elif not stat.S_ISLNK(found.st_mode) and others_may_write(path, found, trusted):
+        elif not stat.S_ISLNK(found.st_mode) and others_may(2, path, found, trusted):
             report(False, "%s can be changed by other users of this server (mode %03o)" % (
                    path, found.st_mode & 0o777), "rm -r %s   (another user could have put code of theirs in it, which "
                    "Python would run as the receiver's user; it makes the folder again, closed to others where the "
@@ -4352,15 +4353,15 @@ def code_python_may_run(folders):
     return found
 
 
-def readable_by_all(path):
+def readable_by_others(path):
     """Whether `path` is a file (not a link: an editor's lock, .#config.ini, is one to nowhere)
-    that every user of this server may read."""
+    that other users of this server may read: every user, its group's, or one an ACL names."""
     import stat
     try:
         found = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o004)
+    return stat.S_ISREG(found.st_mode) and others_may(4, path, found, trusted_users())
 
 
 def file_holds(path, text):

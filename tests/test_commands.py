@@ -1019,11 +1019,19 @@ class Check(CommandTestCase):
         # chmod 755, as CGI wants: where the folder can be reached, every user of a shared server
         # reads the passphrase. (In config.ini the same secret gets "chmod 600".)
         output = self.check_with_the_passphrase_written('SHA_PASSPHRASE = r"passphrase-secretZ"')
-        script_problem = ("PROBLEM  SHA_PASSPHRASE, set in ipn_receiver.py, can be read by every user of this server "
+        script_problem = ("PROBLEM  SHA_PASSPHRASE, set in ipn_receiver.py, can be read by other users of this server "
                           "(mode 755)\n         fix: chmod 700 ")
         self.assertIn(script_problem, output)
         self.assertIn(", where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets into "
                       "config.ini, readable by the web server's user only, and put the placeholders back\n", output)
+        # Readable through a group another user is in (the 53rd review; nobody's own group here).
+        if os.geteuid() == 0:
+            os.chown(self.last_script, -1, 65534)
+            for mode, problem in ((0o750, True), (0o710, False)):
+                os.chmod(self.last_script, mode)
+                output = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")[1]
+                self.assertEqual(script_problem.replace("755", "%03o" % mode) in output, problem, output)
+            os.chmod(self.last_script, 0o755)
         # Moved into config.ini, but left in the script too: as readable as before.
         config = os.path.join(os.path.dirname(self.last_script), "config.ini")
         with open(config, "w") as file:
@@ -1043,7 +1051,7 @@ class Check(CommandTestCase):
         os.chmod(self.last_script, 0o750)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("ipn_receiver.py, can be read by every user", output)
-        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by other users of this server "
                       "(ipn_receiver.cpython-311.pyc)\n         fix: delete them (rm -r %s, and the backup copies); "
                       "Python writes its compiled copies again with the script's mode: so chmod 700 the script first, "
                       "where it may be\n" % cache, output)
@@ -1075,13 +1083,13 @@ class Check(CommandTestCase):
             os.chmod(os.path.join(folder, name), 0o644)
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by other users of this server "
                       "(#config.ini#, config (1).ini, ipn_receiver.cpython-311.pyc)\n", output)
         os.chmod(os.path.join(folder, "#config.ini#"), 0o600)
         os.chmod(os.path.join(folder, "config (1).ini"), 0o600)
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 0, output)
-        self.assertIn("note     compiled copies of ipn_receiver.py can be read by every user of this server "
+        self.assertIn("note     compiled copies of ipn_receiver.py can be read by other users of this server "
                       "(ipn_receiver.cpython-311.pyc); if it ever held a secret, delete them: rm -r %s\n"
                       % os.path.join(folder, "__pycache__"), output)
 
@@ -1106,7 +1114,7 @@ class Check(CommandTestCase):
             ("other.txt", "no secret here"))})
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by every user of this server "
+        self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by other users of this server "
                       "(Copy of config.ini, config.example.ini, notes.txt)\n", output)
         for name in ("config.example.ini", "Copy of config.ini", "notes.txt"):
             os.chmod(os.path.join(folder, name), 0o600)
@@ -1119,7 +1127,7 @@ class Check(CommandTestCase):
         folder, script = self.site_with({"copy.sqlite3": "x", "events.sqlite3.bak": "x", "notes.txt": "x"})
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  copies of an event store beside the script can be read by every user of this server "
+        self.assertIn("PROBLEM  copies of an event store beside the script can be read by other users of this server "
                       "(copy.sqlite3, events.sqlite3.bak)\n         fix: chmod 600 them and move them out of the web "
                       "space (they hold every buyer's data and the access data handed out); make copies as README.md "
                       "says, under umask 077\n", output)
@@ -1784,18 +1792,33 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         self.assertIn("PROBLEM  %s belongs to nobody, another user of this server\n         fix: delete it and upload "
                       "your own, as the receiver's user; it decides what the receiver does\n" % self.launcher, output)
 
-    def test_what_counts_as_readable_by_every_user(self):
+    def test_what_counts_as_readable_by_other_users(self):
         path = os.path.join(self.site, "copy")
         for mode, readable in ((0o604, True), (0o644, True), (0o640, False), (0o601, False), (0o600, False)):
             with open(path, "w"):
                 pass
             os.chmod(path, mode)
-            self.assertEqual(ipn_receiver.readable_by_all(path), readable, oct(mode))
+            self.assertEqual(ipn_receiver.readable_by_others(path), readable, oct(mode))
+        # Its group's, where another user is in it; or a user or group an ACL names (the 53rd review).
+        me = os.geteuid()
+        for users, mode, readable in (({me, 4242}, 0o640, True), ({me}, 0o640, False), ({me, 4242}, 0o620, False)):
+            os.chmod(path, mode)
+            with mock.patch.object(ipn_receiver, "users_of_group", lambda gid: users):
+                self.assertEqual(ipn_receiver.readable_by_others(path), readable, (users, oct(mode)))
+        import struct
+        os.chmod(path, 0o640)
+        for entries, readable in ((((2, 4, 4242), (16, 4, 0xFFFFFFFF)), True), (((2, 4, 4242), (16, 2, 0xFFFFFFFF)), False),
+                                  (((2, 4, me),), False), (((8, 4, 4343),), True)):
+            acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in ((1, 6, 0xFFFFFFFF),) +
+                                                  entries + ((32, 0, 0xFFFFFFFF),))
+            with mock.patch.object(os, "getxattr", lambda *args, **kwargs: acl, create=True), \
+                    mock.patch.object(ipn_receiver, "users_of_group", lambda gid: {me, 4242} if gid == 4343 else {me}):
+                self.assertEqual(ipn_receiver.readable_by_others(path), readable, entries)
         os.symlink(path, path + ".link")
         os.chmod(path, 0o644)
-        self.assertFalse(ipn_receiver.readable_by_all(path + ".link"))        # a link: its target is looked at
-        self.assertFalse(ipn_receiver.readable_by_all(self.site))             # a folder
-        self.assertFalse(ipn_receiver.readable_by_all(os.path.join(self.site, "none")))
+        self.assertFalse(ipn_receiver.readable_by_others(path + ".link"))        # a link: its target is looked at
+        self.assertFalse(ipn_receiver.readable_by_others(self.site))             # a folder
+        self.assertFalse(ipn_receiver.readable_by_others(os.path.join(self.site, "none")))
 
     def test_an_editors_lock_link_to_nowhere_does_not_stop_check(self):
         os.symlink("vendor@host.1234:1700000000", os.path.join(self.site, ".#config.ini"))     # Emacs's
