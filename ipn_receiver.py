@@ -2973,10 +2973,10 @@ def run_and_record(notification, handler, claim, config):
         for config, create in outcome_stores(config):
             try:
                 answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
-            except KeyboardInterrupt:
-                # `replay` stopped (Ctrl+C, a kill, a closed terminal) while the outcome waits for the
-                # store: the work is done, and unrecorded it would run again on the sender's next copy.
-                # So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
+            except (KeyboardInterrupt, SystemExit):
+                # `replay` stopped (Ctrl+C, a kill, a closed terminal), or a gunicorn worker by its
+                # quick shutdown (SystemExit), while the outcome waits for the store: the work is done,
+                # and unrecorded it would run again on the sender's next copy. So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
                 log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it "
                             "runs again later)", name, notification.id)
                 answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
@@ -3137,6 +3137,7 @@ NOT_FOUND_ANSWER = "ERROR: not found: nothing is below the receiver's URL; regis
 METHOD_ANSWER = "ERROR: method not allowed: notifications are sent by POST (GET and HEAD show a status line)"
 CONFIG_ERROR_ANSWER = ("ERROR: configuration error in %s; run `python3 ipn_receiver.py check` on the server%s to "
                        "see what to change")
+STOPPED_ANSWER = "ERROR: the server was stopping while it answered this call; the sender retries later"
 INTERNAL_ERROR_ANSWER = ("ERROR: internal error in ipn_receiver; the sender retries later; the traceback is "
                          "in ipn_receiver.log, please report it with the version of ipn_receiver.py")
 
@@ -3168,6 +3169,8 @@ def application(environ, start_response):
         status, body = 503, CONFIG_ERROR_ANSWER % (
             error.location, ", with %s set as the web server sets it," % variable if variable else "")
         outcome = "configuration error"
+    except SystemExit:                      # (a gunicorn worker's quick shutdown, in the middle)
+        status, body, outcome = 503, STOPPED_ANSWER, "stopped by the server"
     except Exception:                       # a bug in the receiver: the log gets the traceback
         log.exception("internal error")
         status, body, outcome = 500, INTERNAL_ERROR_ANSWER, "internal error"
@@ -3237,7 +3240,8 @@ def make_local_server(host, port):
     socket is shut, whether the client sends nothing or a byte now and then (one that sends nothing
     for a third of that is told 400 where it stops in its body; in its headers, its connection is
     closed). Half-sent requests cannot hold threads for ever, and there are never more than
-    LOCAL_SERVER_CONNECTIONS, and as many waiting to be taken. (A handler that runs longer still
+    LOCAL_SERVER_CONNECTIONS: one more while they are is closed unanswered, and the sender retries
+    it. (A handler that runs longer still
     finishes and stores its answer, which the sender's retry gets.) Each thread's store connection
     is closed when its request is done: the next request comes in a new thread.
     """
@@ -4870,8 +4874,12 @@ def run_cgi(environ=None, stdin=None, stdout=None):
         # a handler starts writes to, becomes stderr (the server's error log): such output must
         # not come before the answer's headers, or be taken for some.
         sys.stdout.flush()
-        stdout = os.fdopen(os.dup(1), "wb")
+        answer_fd = os.dup(1)
+        stdout = os.fdopen(answer_fd, "wb")
         os.dup2(2, 1)
+        if hasattr(os, "register_at_fork"):     # (3.7 and later) a process the handler forks, which
+            # may live on, must not hold the answer open: the web server waits for its end.
+            os.register_at_fork(after_in_child=lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), answer_fd))  # novermin
     sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
     https = environ.get("HTTPS", "off") in ("on", "1", "yes")        # as wsgiref decides it
     environ.update({"wsgi.input": stdin, "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),

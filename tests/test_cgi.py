@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -116,6 +117,40 @@ class CgiProgram(unittest.TestCase):
                        "sys.exit(ipn_receiver.main())\n" % (REPO, handler))
         body = urlencode(payment())
         return run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
+    def test_a_process_a_handler_forks_does_not_hold_the_answer_open(self):
+        # A handler that forks a worker to go on after the answer (the 54th review): the web server
+        # reads the answer until its end, which came only when that process ended.
+        child, ended = os.path.join(self.folder, "child"), os.path.join(self.folder, "ended")
+        wrapper = os.path.join(self.folder, "wrapper.py")
+        with open(wrapper, "w") as file:
+            file.write("import os, sys, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
+                       "def handler(n):\n"
+                       "    pid = os.fork()\n"
+                       "    if pid == 0:\n"
+                       "        time.sleep(30)\n"
+                       "        open(%r, 'w').close()\n"
+                       "        os._exit(0)\n"
+                       "    with open(%r, 'w') as file:\n"
+                       "        file.write(str(pid))\n"
+                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
+                       "sys.exit(ipn_receiver.main())\n" % (REPO, ended, child))
+        body = urlencode(payment())
+        process = subprocess.Popen([PYTHON, wrapper], env=cgi_environment(self.data_dir, body=body),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            process.stdin.write(body)
+            process.stdin.close()
+            answer = process.stdout.read()          # to its end: the child's, where it holds the answer
+            self.assertFalse(os.path.exists(ended), "the answer ended only when the forked process did")
+            self.assertEqual(process.wait(60), 0)
+        finally:
+            process.stdout.close()
+            if os.path.exists(child):
+                with open(child) as file:
+                    os.kill(int(file.read()), signal.SIGKILL)
+        self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"))
 
     def test_a_print_in_a_handler_does_not_reach_the_answer(self):
         done = self.run_with_handler("def handler(n):\n    print('debugging on_payment', n.event)")

@@ -373,6 +373,28 @@ class ExactlyOnce(ReceiverTestCase):
         self.let_the_retry_pause_pass()
         self.assertEqual(post(payment("1")).body, "OK")         # the retry runs it again
 
+    def test_a_server_stopping_the_call_while_its_outcome_waits_for_the_store_records_it_first(self):
+        # gunicorn's quick shutdown (SIGQUIT, SIGINT) raises SystemExit in a worker wherever it is
+        # (the 54th review): the handler's work done and left unrecorded, it would run again after
+        # PROCESSING_TIMEOUT, and the sender got gunicorn's HTML page.
+        self.handle("on_payment", lambda n: {"username": "jane"})
+        stopped, write_to_store = [], ipn_receiver.write_to_store
+
+        def stopped_once(config, write, lock_seconds=None, *outcome):
+            if lock_seconds == ipn_receiver.OUTCOME_LOCK_TIMEOUT_SECONDS and not stopped:
+                stopped.append("SIGQUIT")
+                raise SystemExit(0)
+            return write_to_store(config, write, lock_seconds, *outcome)
+        with mock.patch.object(ipn_receiver, "write_to_store", stopped_once):
+            answer = post(payment())
+        self.assertEqual((answer.status, answer.body, stopped), (200, "OK\nusername: jane", ["SIGQUIT"]))
+        self.assertEqual((self.rows()[0]["status"], self.rows()[0]["answer"]), ("done", "OK\nusername: jane"))
+        # Stopped anywhere else in the call: one error line, and the sender's retry.
+        with mock.patch.object(ipn_receiver, "claim_notification", side_effect=SystemExit(0)):
+            answer = post(payment("2"))
+        self.assertEqual((answer.status, answer.body), (503, ipn_receiver.STOPPED_ANSWER))
+        self.assertEqual(len(self.rows()), 1)
+
     def test_an_async_or_generator_handler_fails_instead_of_being_answered_ok_unrun(self):
         # `async def` (or a `yield` inside) makes a function return before a line of it runs.
         ran, returned = [], []
