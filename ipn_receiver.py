@@ -3102,6 +3102,8 @@ def answer_body(notification, result):
             lines.append(line)
         return "\n".join(lines)
     except BaseException:                   # (a value's str() may raise anything, a CancelledError too)
+        # A SystemExit too (a server stopping): raised on, it would leave the work done unrecorded,
+        # to run again; so the outcome is recorded, without these lines, and the answer sent.
         log.exception("%s: its answer lines could not be read; answered OK without them", notification.event)
         return "OK"
 
