@@ -82,13 +82,20 @@ PROCESSING_TIMEOUT = 300
 #     notification.fields                            the fields the sender vouched for: a dict of str,
 #                                                    no empty field, no signature, no key (README.md:
 #                                                    "What a handler sees, and why")
-#     notification.is_test                           True for test payments and the senders' test tools
-#     notification.add_info                          PromoPit only: {question: answer} in order
+#     notification.is_test                           True for Digistore24's api_mode=test (test payments;
+#                                                    `send` marks its calls so) and PromoPit's test_mode=1
+#     notification.add_info                          PromoPit only: {question: answer} by number (one
+#                                                    sent without its question: "add_info_N")
+#     notification.id                                its number in the store (`ipn_receiver.py show ID`)
+# Keys are as sent, but all in lower case where Digistore24 signed the call with its upper-case-keys
+# variant: ask for a field by the name Digistore24 documents ("placeholder_TITLE"), and [] and get()
+# find it either way; notification.fields holds it as it came.
 #
 # A handler runs once per distinct notification, even when the sender retries it. If it raises
 # an exception, the sender gets an error naming the handler, retries later, and the handler runs
-# again then; so do the work first and return only when it is done. Write messages to the log
-# with log.info(...).
+# again then; so do the work first and return only when it is done. Only on_payment's returned
+# dict is sent back (see on_payment); other handlers return nothing. Write messages to the log
+# with log.info(...); a print() goes to the web server's error log.
 # Digistore24 sends the same order_id for every transaction of an order (first payment, rebills,
 # refund); transaction_id is unique per transaction.
 
@@ -872,7 +879,12 @@ class Log:
             self._setup()
             if level < self.level:
                 return
-            lines = [str(message) % args if args else str(message)]
+            if len(args) == 1 and isinstance(args[0], dict) and args[0]:
+                args = args[0]              # log.info("%(order)s", {...}), as logging takes it
+            try:
+                lines = [str(message) % args if args else str(message)]
+            except (TypeError, ValueError, KeyError):   # (a line is never lost to its format)
+                lines = ["%s %% %s (the message does not fit its arguments)" % (message, repr(args))]
             error = sys.exc_info()[1] if with_traceback else None
             if error is not None:
                 lines += traceback_lines(error)
@@ -2853,8 +2865,8 @@ UNSIGNED_ANSWER = (
     "only with Digistore24 (as an IPN connection) and PromoPit (as the ISN URL)")
 INVALID_SIGNATURE_ANSWER = (
     "invalid sha signature: the passphrase of this IPN connection in Digistore24 is not the "
-    "SHA_PASSPHRASE of ipn_receiver; enter the same passphrase in both (`python3 ipn_receiver.py "
-    "check` finds quotes or spaces around it)")
+    "SHA_PASSPHRASE of ipn_receiver (or the call was changed on its way); enter the same passphrase in "
+    "both (`python3 ipn_receiver.py check` finds quotes or spaces around it)")
 MISSING_EVENT_ANSWER = (
     "missing event: the call has no event field and no valid signature, so it is not a Digistore24 IPN "
     "call; register this URL only with Digistore24 and PromoPit")
@@ -3494,9 +3506,13 @@ def command_send(args):
     try:
         status, body = post_form(args.url, fields)
     except (urllib.error.URLError, OSError, ValueError) as error:
+        import http.client
         import socket
         reason = getattr(error, "reason", error)
-        if isinstance(reason, socket.timeout):
+        if isinstance(reason, http.client.RemoteDisconnected):     # (the local server's 30 s, say)
+            print("ERROR: %s closed the connection without an answer; a slow handler goes on and is recorded "
+                  "(`events` shows how it ended), and a sender would retry the call" % args.url)
+        elif isinstance(reason, socket.timeout):
             print("ERROR: no answer from %s within 30 s; a slow handler goes on and is recorded (`events` shows how it "
                   "ended), but a sender would take the call as failed and retry it" % args.url)
         else:
@@ -4870,6 +4886,9 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     wsgiref.handlers pulls in `re` and costs every CGI call about 2.6 ms.
     """
     environ = cgi_environ() if environ is None else dict(environ)
+    # A command a handler runs (`ipn_receiver.py replay ...`) inherits the environment: without this
+    # variable it runs as that command, not as a second answer to this request.
+    os.environ.pop("GATEWAY_INTERFACE", None)
     stdin = sys.stdin.buffer if stdin is None else stdin
     if stdout is None:
         # The answer goes out through a descriptor of its own. Descriptor 1, which a program that

@@ -152,6 +152,16 @@ class CgiProgram(unittest.TestCase):
                     os.kill(int(file.read()), signal.SIGKILL)
         self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"))
 
+    def test_a_command_a_handler_runs_runs_as_that_command(self):
+        # It inherits the CGI environment (the 55th review): it answered this request again, from
+        # a stdin already read, and exited 0, so the handler took it to have worked.
+        done = self.run_with_handler(
+            "def handler(n):\n"
+            "    ran = subprocess.run([sys.executable, ipn_receiver.__file__, '--version'], stdout=subprocess.PIPE)\n"
+            "    return {'username': ran.stdout.decode().strip()}")
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK\nusername: ipn_receiver " +
+                                                              ipn_receiver.__version__.encode()))
+
     def test_a_print_in_a_handler_does_not_reach_the_answer(self):
         done = self.run_with_handler("def handler(n):\n    print('debugging on_payment', n.event)")
         self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))

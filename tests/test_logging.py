@@ -161,6 +161,19 @@ class RequestLines(ReceiverTestCase):
             ipn_receiver.log.error("an error line written inside an except block")
         self.assertNotIn("Traceback", self.log_text())
 
+    def test_a_message_is_formatted_as_logging_formats_it_and_one_that_does_not_fit_is_kept(self):
+        # A handler's grant record with a wrong format vanished (the 55th review).
+        log = ipn_receiver.log
+        log.info("granted order %s to %s", "A1B2", "jane@example.com")
+        log.info("granted order %(order)s", {"order": "C3D4"})
+        log.info("granted order %d", "E5F6")
+        log.info("granted %s and %s", "G7H8")
+        log.info("100%% granted")
+        self.assertEqual([message for _, message in self.log_messages()],
+                         ["granted order A1B2 to jane@example.com", "granted order C3D4",
+                          "granted order %d % ('E5F6',) (the message does not fit its arguments)",
+                          "granted %s and %s % ('G7H8',) (the message does not fit its arguments)", "100%% granted"])
+
     def test_chained_exceptions_are_in_the_traceback(self):
         def on_payment(notification):
             try:

@@ -263,6 +263,25 @@ class Send(unittest.TestCase):
         self.assertEqual(done.returncode, 1)
         self.assertIn(b"ERROR: could not reach", done.stdout)
 
+    def test_a_connection_closed_without_an_answer_is_said_so(self):
+        # The local server closes a connection after 30 s, a slow handler going on (the 55th review):
+        # send said it "could not reach" a server that had taken the call.
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(1)
+
+            def take_and_close():
+                connection, _ = listening.accept()
+                connection.recv(65536)
+                connection.close()
+            threading.Thread(target=take_and_close, daemon=True).start()
+            url = "http://127.0.0.1:%d/" % listening.getsockname()[1]
+            done = self.send(url)
+        self.assertEqual((done.returncode, done.stdout.decode()), (1, "ERROR: %s closed the connection without an "
+                                                                      "answer; a slow handler goes on and is recorded "
+                                                                      "(`events` shows how it ended), and a sender "
+                                                                      "would retry the call\n" % url))
+
     def test_what_the_server_answers_cannot_drive_the_terminal(self):
         # A wrong URL, or an http:// one on a path someone can intercept: the answer may hold
         # escape sequences that clear the screen or retitle the window. They are shown escaped.
