@@ -2988,7 +2988,8 @@ def run_and_record(notification, handler, claim, config):
             except (KeyboardInterrupt, SystemExit):
                 # `replay` stopped (Ctrl+C, a kill, a closed terminal), or a gunicorn worker by its
                 # quick shutdown (SystemExit), while the outcome waits for the store: the work is done,
-                # and unrecorded it would run again on the sender's next copy. So it is recorded first. (The log, not print(): a closed terminal cannot be written.)
+                # and unrecorded it would run again on the sender's next copy. So it is recorded
+                # first. (The log, not print(): a closed terminal cannot be written.)
                 log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it "
                             "runs again later)", name, notification.id)
                 answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
@@ -3255,9 +3256,9 @@ def make_local_server(host, port):
     for a third of that is told 400 where it stops in its body; in its headers, its connection is
     closed). Half-sent requests cannot hold threads for ever, and there are never more than
     LOCAL_SERVER_CONNECTIONS: one more while they are is closed unanswered, and the sender retries
-    it. (A handler that runs longer still
-    finishes and stores its answer, which the sender's retry gets.) Each thread's store connection
-    is closed when its request is done: the next request comes in a new thread.
+    it. (A handler that runs longer still finishes and stores its answer, which the sender's retry
+    gets.) Each thread's store connection is closed when its request is done: the next request
+    comes in a new thread.
     """
     import io
     import socket
