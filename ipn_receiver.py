@@ -3235,6 +3235,9 @@ def command_serve(args):
     print("ipn_receiver %s listening on http://%s:%d/ (Ctrl+C stops it); data in %s"
           % (__version__, args.host, server.server_port, config["DATA_DIR"]))
     sys.stdout.flush()
+    # A handler's print() to the console as to the error log under CGI: stderr writes what the
+    # locale cannot as escapes, where stdout would fail the handler after its work (the 56th review).
+    sys.stdout = sys.stderr
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -3497,7 +3500,7 @@ def command_send(args):
             DIGISTORE24_EVENTS)), 2)
     fields = example_notification(provider, args.event)
     for item in args.set or []:
-        key, separator, value = item.partition("=")
+        key, separator, value = environment_text(item).partition("=")      # (3.6 reads it as ASCII)
         if not separator or not key:
             raise CommandFailed("--set takes key=value, e.g. --set order_id=ABC123", 2)
         fields[key] = value
@@ -3811,7 +3814,9 @@ def command_replay(args):
     code = getattr(handler, "__code__", None)
     print("#%d: running %s%s" % (row["id"], getattr(handler, "__name__", row["event"]), " of %s, line %d" % (
         code.co_filename, code.co_firstlineno) if code else ""))
-    status, body, outcome = run_and_record(notification, handler, claim, config)
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):        # (a handler's print(): see command_serve)
+        status, body, outcome = run_and_record(notification, handler, claim, config)
     log.info("replay of #%d: %s", row["id"], outcome)
     print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
     print(body)
@@ -4348,8 +4353,8 @@ def check_who_else_may_change_python(report):
 
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
 # commands): a folder named like one of them is code, though check may not have imported it.
-IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "errno", "fcntl", "fnmatch", "grp", "io", "json", "pwd", "re",
-                        "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
+IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "contextlib", "errno", "fcntl", "fnmatch", "grp", "http", "io",
+                        "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
                         "tempfile", "threading", "traceback", "types", "urllib", "wsgiref")
 
 
@@ -4901,7 +4906,9 @@ def run_cgi(environ=None, stdin=None, stdout=None):
         os.dup2(2, 1)
         if hasattr(os, "register_at_fork"):     # (3.7 and later) a process the handler forks, which
             # may live on, must not hold the answer open: the web server waits for its end.
-            os.register_at_fork(after_in_child=lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), answer_fd))  # novermin
+            # (And what the handler wrote to stderr before, which the child would write again.)
+            os.register_at_fork(before=sys.stderr.flush,  # novermin
+                                after_in_child=lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), answer_fd))
     sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
     https = environ.get("HTTPS", "off") in ("on", "1", "yes")        # as wsgiref decides it
     environ.update({"wsgi.input": stdin, "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),

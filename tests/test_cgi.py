@@ -152,6 +152,20 @@ class CgiProgram(unittest.TestCase):
                     os.kill(int(file.read()), signal.SIGKILL)
         self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"))
 
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
+    def test_what_a_handler_wrote_before_it_forked_is_written_once(self):
+        # The child's own line flushed the parent's unwritten output too (the 56th review).
+        done = self.run_with_handler(
+            "def handler(n):\n"
+            "    sys.stderr.write('written before the fork; ')\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        ipn_receiver.log.info('the child')\n"
+            "        os._exit(0)\n"
+            "    os.waitpid(pid, 0)")
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"))
+        self.assertEqual(done.stderr.count(b"written before the fork"), 1, done.stderr.decode())
+
     def test_a_command_a_handler_runs_runs_as_that_command(self):
         # It inherits the CGI environment (the 55th review): it answered this request again, from
         # a stdin already read, and exited 0, so the handler took it to have worked.

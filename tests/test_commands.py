@@ -146,6 +146,17 @@ class Replaying(CommandTestCase):
         row = self.rows()[0]
         self.assertEqual((row["status"], row["attempts"], row["last_error"]), ("failed", 2, "RuntimeError: told to fail"))
 
+    def test_a_handlers_print_the_terminal_cannot_show_does_not_fail_it(self):
+        # Python 3.6 with no LANG, or any Python under a Latin-1 locale (the 56th review): stdout
+        # refused "ö", and the handler failed after its work, to run again on the next copy.
+        self.handle("on_payment", lambda n: 1 / 0)
+        post(payment())
+        record = os.path.join(self.data_dir, "record.txt")
+        code, output, errors = self.command("replay", "1", script=WORKER, IPN_TEST_RECORD=record,
+                                            IPN_TEST_PRINT="J\u00f6rg \u20ac", PYTHONIOENCODING="ascii")
+        self.assertEqual((code, self.rows()[0]["status"]), (0, "done"), output + errors)
+        self.assertIn("J\\xf6rg \\u20ac\n", errors)            # (where a print() in a handler goes)
+
     def test_replay_of_an_unknown_id(self):
         post(payment())
         self.assertEqual(self.command("replay", "7"), (1, "", "ERROR: no notification #7; `events` lists them\n"))

@@ -3,10 +3,12 @@
 Each test starts `python3 ipn_receiver.py serve --port 0` in its own session and stops it by its
 process id."""
 
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import select
 import tempfile
@@ -16,7 +18,9 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from helpers import PYTHON, ISN_KEY, PASSPHRASE, SCRIPT, ipn_receiver, payment, signed, urlencode
+from helpers import PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ipn_receiver, payment, signed, urlencode
+
+WORKER = os.path.join(REPO, "tests", "worker.py")
 
 
 def clean_environment(**values):
@@ -73,6 +77,34 @@ class LocalServer(unittest.TestCase):
         # (the 51st review).
         self.assertEqual(self.send("on_paymnet"), (2, "", "ERROR: on_paymnet is not one of Digistore24's events: "
                                                    "%s\n" % ", ".join(ipn_receiver.DIGISTORE24_EVENTS)))
+
+    def test_send_reads_its_arguments_as_utf8_whatever_the_locale(self):
+        # Python 3.6 with no LANG read "Müller" as ASCII, and send said it "could not reach" the
+        # server (the 56th review).
+        no_locale = {"LANG": "", "LC_ALL": "", "LC_CTYPE": ""}
+        self.assertEqual(self.send("sale", "--set", "customer_name=M\u00fcller", **no_locale)[:2], (0, "HTTP 200\nOK\n"))
+        with sqlite3.connect(os.path.join(self.folder, "data", ipn_receiver.STORE_FILE_NAME)) as store:
+            fields = json.loads(store.execute("SELECT fields FROM notifications").fetchone()[0])
+        self.assertEqual(fields["customer_name"], "M\u00fcller")
+
+    def test_a_handlers_print_the_console_cannot_show_does_not_fail_it(self):
+        # The local server's console under a locale that cannot show "ö" (the 56th review).
+        self.stop()
+        record = os.path.join(self.folder, "record.txt")
+        server = subprocess.Popen([PYTHON, WORKER, "serve", "--port", "0"], env=dict(
+            self.environment, IPN_TEST_RECORD=record, IPN_TEST_PRINT="J\u00f6rg", PYTHONIOENCODING="ascii"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            url = server.stdout.readline().decode().split("listening on ")[1].split()[0]
+            with urllib.request.urlopen(url, urlencode(signed(payment())), timeout=30) as response:
+                self.assertTrue(response.read().startswith(b"OK\nusername: buyer"))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(10)
+            errors = server.stderr.read().decode()
+            server.stdout.close()
+            server.stderr.close()
+        self.assertIn("J\\xf6rg\n", errors)
 
     def test_send_with_set_fields_and_a_forgery(self):
         code, output, _ = self.send("on_payment", "--set", "order_id=ABC123", "--set", "custom=a=b")

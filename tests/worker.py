@@ -6,8 +6,8 @@ set, a command when given arguments: main() does both) or works through a job of
 as JSON on stdin, the way a WSGI worker process would.
 
 The recording handler appends "<provider>:<event>:<id>" to the file IPN_TEST_RECORD for every
-run (O_APPEND, so lines from many processes never mix), sleeps IPN_TEST_SLEEP seconds, raises
-when IPN_TEST_FAIL is set, and gives on_payment a fresh random password, so that a copy answered
+run (O_APPEND, so lines from many processes never mix), sleeps IPN_TEST_SLEEP seconds, prints
+IPN_TEST_PRINT where it is set, raises when IPN_TEST_FAIL is set, and gives on_payment a fresh random password, so that a copy answered
 with the same password proves it got the stored answer rather than a second run.
 
 IPN_TEST_KILL="<start of an SQL statement>|<seconds>" makes the process kill itself (SIGKILL) when
@@ -37,6 +37,8 @@ def record(notification):
     finally:
         os.close(descriptor)
     time.sleep(float(os.environ.get("IPN_TEST_SLEEP", "0")))
+    if os.environ.get("IPN_TEST_PRINT"):
+        print(os.environ["IPN_TEST_PRINT"])
     if os.environ.get("IPN_TEST_FAIL"):
         raise RuntimeError("told to fail")
     if notification.event == "on_payment":
