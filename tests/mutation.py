@@ -72,6 +72,13 @@ TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.
 
 # (function, the mutated line, stripped): why the mutant changes nothing that can be observed.
 EQUIVALENT = {
+    ("finish_settings", 'if not usable or sys.version_info <= (3, 7) and not utf8_names and any(ord(c) > 127 for c in '
+                        'result["DATA_DIR"]):'):
+        "sys.version_info is never (3, 7) itself: 3.7.0 and later compare greater",
+    ("finish_settings", 'if os.path.normcase(os.path.join(os.path.realpath(HERE), "XXXX")).startswith('):
+        "only a data folder named XXXX in the script's folder tells, which the rule allows either way",
+    ("read_ini_file", 'section = line[1:end].strip().lower() if end > 1 else ""'):
+        'end is 1 only for "[]", whose name is "" either way',
     ("cgi_environ", 'if sys.platform != "XXwin32XX" and (request in REQUEST_VARIABLES or request.startswith(("HTTP_", '
                     '"SSL_"))):'):
         "it differs on Windows only, where no test runs (nor CGI, as shared hosts run it)",

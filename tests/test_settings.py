@@ -4,6 +4,7 @@ environment; every mistake a one-line message naming the file, the key and the f
 import configparser
 import os
 import shutil
+import sys
 import sqlite3
 import tempfile
 import time
@@ -313,6 +314,60 @@ class IniFile(SettingsTestCase):
                                "its own, starting with #)")
         message = self.assertConfigError("[receiver]\nprocessing_timeout = 300 seconds\n", "like 300")
         self.assertNotIn("comment", message)
+
+    def test_the_ini_readers_every_message_word_for_word(self):
+        # (The mutation run of the 51st review's functions: each word is what a vendor is told.)
+        for text, message in (
+                ("[receiver]\n  log_level = INFO\n", "config.ini line 2: starts with a space; write each setting on "
+                                                      "one line, at the start of the line"),
+                ("[receiver]\n[Receiver]\n", "config.ini line 2: [receiver] appears a second time; keep one"),
+                ("[receiver]\njust words\n", "config.ini line 2: expected `key = value`"),
+                ("[receiver]\n=a:b\n", "config.ini line 2: expected `key = value`"),     # (no name before the =)
+                ("[receiver]\nlog_level = INFO\nlog_level = DEBUG\n", "config.ini line 3: this setting is set a "
+                                                                     "second time in its section (line 2); keep one"),
+                ("[receiver]\r\n\r\nlog_level = LOUD\r\n", "config.ini line 3, [receiver] log_level: LOG_LEVEL must be "
+                                                          "one of DEBUG, INFO, WARNING, ERROR")):   # (CR LF: one line)
+            with self.subTest(text=text):
+                self.assertEqual(self.assertConfigError(text), message)
+        os.mkdir(os.path.join(self.folder, "a folder"))
+        with self.assertRaises(ConfigError) as caught:
+            ipn_receiver.read_ini_file(os.path.join(self.folder, "a folder"))
+        self.assertEqual(str(caught.exception), "%s: cannot be read (Is a directory); check its permissions"
+                         % os.path.join(self.folder, "a folder"))
+
+    def test_lines_end_as_in_pythons_text_files_and_a_value_follows_its_separator_at_once(self):
+        self.write("[receiver]\rlog_level=debug\r[digistore24]\rsha_passphrase:=starts-with-an-equals-sign\r")
+        config = load({})
+        self.assertEqual((config["LOG_LEVEL"], config["SHA_PASSPHRASE"]), ("DEBUG", "=starts-with-an-equals-sign"))
+
+    def test_the_settings_values_at_their_edges(self):
+        self.assertEqual(load({"IPN_LOG_LEVEL": "warn"})["LOG_LEVEL"], "WARNING")
+        self.assertEqual(load({"IPN_MAX_BODY_BYTES": "1", "IPN_PROCESSING_TIMEOUT": "1"})["MAX_BODY_BYTES"], 1)
+        self.assertEqual(self.assertConfigError(None, IPN_MAX_BODY_BYTES="0"), "environment variable "
+                         "IPN_MAX_BODY_BYTES: MAX_BODY_BYTES must be a whole number greater than 0, like 1048576")
+        with mock.patch.object(ipn_receiver, "DATA_DIR", ""):
+            self.assertEqual(load({})["DATA_DIR"], os.path.join(self.folder, "ipn_data"))      # empty: the default
+        for quoted in ('""', "'/srv/data'", '"/srv/data"'):
+            self.assertIn("DATA_DIR is in quotes", self.assertConfigError(None, IPN_DATA_DIR=quoted))
+        self.assertEqual(load({"IPN_DATA_DIR": "XdataX"})["DATA_DIR"], os.path.join(self.folder, "XdataX"))
+        self.assertEqual(self.assertConfigError(None, IPN_SHA_PASSPHRASE="\udcff-not-utf-8"), "environment variable "
+                         "IPN_SHA_PASSPHRASE: SHA_PASSPHRASE is not valid UTF-8 text; save the file that sets it as UTF-8")
+
+    def test_python_36_names_a_data_folder_in_its_file_system_encoding(self):
+        # Before 3.7, SQLite takes the name as UTF-8 and the system in the locale's encoding.
+        with mock.patch.object(sys, "version_info", (3, 6, 15)):
+            for encoding, name, usable in (("ascii", "data\x80", False), ("ascii", "data\x7f", True),
+                                           ("UTF_8", "d\u00e4ta", True)):
+                with self.subTest(encoding=encoding, name=name), \
+                        mock.patch.object(sys, "getfilesystemencoding", lambda: encoding):
+                    if usable:
+                        self.assertEqual(load({"IPN_DATA_DIR": name})["DATA_DIR"], os.path.join(self.folder, name))
+                    else:
+                        self.assertEqual(self.assertConfigError(None, IPN_DATA_DIR=name), "environment variable "
+                                         "IPN_DATA_DIR: DATA_DIR holds characters this Python cannot use in a file "
+                                         "name (it writes file names as ascii, as Python 3.6 does where the web "
+                                         "server sets no LANG); use a DATA_DIR of ASCII characters, or Python 3.7 or "
+                                         "later")
 
     def test_bad_values_name_where_they_came_from(self):
         self.assertConfigError("[receiver]\nmax_body_bytes = lots\n", "config.ini line 2, [receiver] max_body_bytes",
