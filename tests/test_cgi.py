@@ -171,8 +171,8 @@ class CgiProgram(unittest.TestCase):
         # a stdin already read, and exited 0, so the handler took it to have worked.
         done = self.run_with_handler(
             "def handler(n):\n"
-            "    ran = subprocess.run([sys.executable, ipn_receiver.__file__, '--version'], stdout=subprocess.PIPE)\n"
-            "    return {'username': ran.stdout.decode().strip()}")
+            "    ran = subprocess.run([%r, ipn_receiver.__file__, '--version'], stdout=subprocess.PIPE)\n"
+            "    return {'username': ran.stdout.decode().strip()}" % PYTHON)      # (the launcher of the Python tested)
         self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK\nusername: ipn_receiver " +
                                                               ipn_receiver.__version__.encode()))
 
