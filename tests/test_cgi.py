@@ -23,6 +23,17 @@ def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=P
     return done
 
 
+def write_wrapper(folder, handler):
+    """A script in `folder` that runs the receiver with `handler` (its source, a function named handler) as
+    on_payment: the pattern of a wrapper a vendor writes."""
+    wrapper = os.path.join(folder, "wrapper.py")
+    with open(wrapper, "w") as file:
+        file.write("import os, subprocess, sys, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n%s\n"
+                   "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
+                   "sys.exit(ipn_receiver.main())\n" % (REPO, handler))
+    return wrapper
+
+
 class CgiProgram(unittest.TestCase):
     def setUp(self):
         self.folder = tempfile.mkdtemp(prefix="ipn-cgi-")
@@ -110,32 +121,23 @@ class CgiProgram(unittest.TestCase):
 
     def run_with_handler(self, handler):
         """Run a CGI call through a wrapper script whose on_payment is `handler` (its source)."""
-        wrapper = os.path.join(self.folder, "wrapper.py")
-        with open(wrapper, "w") as file:
-            file.write("import os, subprocess, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n%s\n"
-                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
-                       "sys.exit(ipn_receiver.main())\n" % (REPO, handler))
         body = urlencode(payment())
-        return run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=wrapper)
+        return run_cgi_program(cgi_environment(self.data_dir, body=body), body,
+                               script=write_wrapper(self.folder, handler))
 
     @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
     def test_a_process_a_handler_forks_does_not_hold_the_answer_open(self):
         # A handler that forks a worker to go on after the answer (the 54th review): the web server
         # reads the answer until its end, which came only when that process ended.
         child, ended = os.path.join(self.folder, "child"), os.path.join(self.folder, "ended")
-        wrapper = os.path.join(self.folder, "wrapper.py")
-        with open(wrapper, "w") as file:
-            file.write("import os, sys, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
-                       "def handler(n):\n"
-                       "    pid = os.fork()\n"
-                       "    if pid == 0:\n"
-                       "        time.sleep(30)\n"
-                       "        open(%r, 'w').close()\n"
-                       "        os._exit(0)\n"
-                       "    with open(%r, 'w') as file:\n"
-                       "        file.write(str(pid))\n"
-                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
-                       "sys.exit(ipn_receiver.main())\n" % (REPO, ended, child))
+        wrapper = write_wrapper(self.folder, "def handler(n):\n"
+                                             "    pid = os.fork()\n"
+                                             "    if pid == 0:\n"
+                                             "        time.sleep(30)\n"
+                                             "        open(%r, 'w').close()\n"
+                                             "        os._exit(0)\n"
+                                             "    with open(%r, 'w') as file:\n"
+                                             "        file.write(str(pid))\n" % (ended, child))
         body = urlencode(payment())
         process = subprocess.Popen([PYTHON, wrapper], env=cgi_environment(self.data_dir, body=body),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -319,13 +321,9 @@ class UnderALatin1Locale(unittest.TestCase):
 
     def test_a_passphrase_as_the_environment_holds_it_is_masked(self):
         passphrase = "p\u00e4ssphrase-lang-42"
-        wrapper = os.path.join(self.folder, "wrapper.py")
-        with open(wrapper, "w") as file:
-            file.write("import os, sys\nsys.path.insert(0, %r)\nimport ipn_receiver\n"
-                       "def handler(n):\n    ipn_receiver.log.info('environment %%r', dict(os.environ))\n"
-                       "    ipn_receiver.log.info('passphrase %%s', os.environ['IPN_SHA_PASSPHRASE'])\n"
-                       "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
-                       "sys.exit(ipn_receiver.main())\n" % REPO)
+        wrapper = write_wrapper(self.folder, "def handler(n):\n"
+                                             "    ipn_receiver.log.info('environment %r', dict(os.environ))\n"
+                                             "    ipn_receiver.log.info('passphrase %s', os.environ['IPN_SHA_PASSPHRASE'])\n")
         body = urlencode(signed({key: value for key, value in payment().items() if key != "sha_sign"}, passphrase))
         environment = cgi_environment(os.path.join(self.folder, "data"), body=body,
                                       IPN_SHA_PASSPHRASE=passphrase.encode("utf-8"))
