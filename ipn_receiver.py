@@ -3453,20 +3453,27 @@ def sign_notification(provider, fields, config):
     return signed
 
 
+def opener_for(url):
+    """A urllib opener for `url` that follows no redirect: Digistore24 counts a redirect as a
+    failure, and a redirect to a host's login page is not the file asked for."""
+    import urllib.request
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    return urllib.request.build_opener(NoRedirects, *local_without_proxy(url))
+
+
 def post_form(url, fields, timeout=30):
     """POST fields urlencoded to url without following redirects: (status, body text)."""
     import urllib.error
     import urllib.parse
     import urllib.request
-
-    class NoRedirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args):
-            return None                     # Digistore24 counts a redirect as a failure: so do we
-
     data = urllib.parse.urlencode(fields).encode("utf-8")
     request = urllib.request.Request(url, data=data, headers={
         "Content-Type": "application/x-www-form-urlencoded", "User-Agent": "ipn_receiver-send"})
-    opener = urllib.request.build_opener(NoRedirects, *local_without_proxy(url))
+    opener = opener_for(url)
     try:
         with opener.open(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", "replace")
@@ -3478,8 +3485,46 @@ def post_form(url, fields, timeout=30):
         return error.code, body
 
 
+# What the web must never serve beside the receiver, the bytes that show it did, and what it is.
+# Only the thing itself counts: a host may send its own "not found" page with status 200.
+MUST_NOT_BE_SERVED = [
+    ("", (b"edit here", b"import ipn_receiver"), "the script's own text, secrets and all: the server does not "
+                                                  "run it as a program"),
+    ("config.ini", (b"[digistore24]", b"[promopit]", b"[receiver]"), "your settings, secrets and all"),
+    ("ipn_data/", (STORE_FILE_NAME.encode(), LOG_FILE_NAME.encode()), "a listing of the data folder"),
+    ("ipn_data/" + STORE_FILE_NAME, (b"sqlite format 3\0",), "the store, buyers' data and all"),
+    ("ipn_data/" + LOG_FILE_NAME, (b"] post -> ",), "the log"),
+    ("__pycache__/", (b".pyc",), "a listing of Python's compiled copies, which hold the secrets"),
+]
+
+
+def get_start(url, timeout=10):
+    """GET url without following redirects: the first 64 KiB of a 200 answer, or None."""
+    import http.client
+    try:
+        with opener_for(url).open(url, timeout=timeout) as response:
+            return response.read(65536) if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):     # (an error status too: not served)
+        return None
+
+
+def served_beside(url):
+    """[(address, what it is)] for each file or listing beside the receiver at `url` that the web
+    serves to anyone. Only a request from outside shows whether the server obeys the .htaccess
+    (Apache ignores it under AllowOverride None): `check` cannot see it, so `send` asks."""
+    import urllib.parse
+    found = []
+    for name, markers, what in MUST_NOT_BE_SERVED:
+        address = urllib.parse.urljoin(url, name) if name else url
+        start = get_start(address)
+        if start is not None and any(marker in start.lower() for marker in markers):
+            found.append((address, what))
+    return found
+
+
 def command_send(args):
-    """Build, sign and POST one notification; exit 0 only when the answer starts with OK."""
+    """Build, sign and POST one notification, and ask for what must not be served beside the
+    receiver; exit 0 only when the answer starts with OK and nothing of that was served."""
     import urllib.error
     if not args.url.lower().startswith(("http://", "https://")):
         raise CommandFailed("--url must start with http:// or https://, e.g. "
@@ -3529,7 +3574,14 @@ def command_send(args):
     if status == 403:
         print("(send used the %s of this machine's settings, %s: the receiver's must be the same)"
               % (secret, config["where"][secret]))
-    return 0 if body == "OK" or body.startswith("OK\n") else 1        # what Digistore24 counts as success
+    served = served_beside(args.url)
+    for address, what in served:
+        print("WARNING: the web serves %s to anyone: %s" % (address, what))
+    if served:
+        print("(the deployment guide's .htaccess denies these; where it has no effect, the host ignores .htaccess "
+              "files: ask your host, or keep config.ini and the data folder outside the web space)")
+    answered_ok = body == "OK" or body.startswith("OK\n")               # what Digistore24 counts as success
+    return 0 if answered_ok and not served else 1
 
 
 def warn_of_a_miswritten_secret(config, name):
@@ -4848,7 +4900,8 @@ def build_parser():
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
 
-    send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver")
+    send = commands.add_parser("send", help="sign and POST a realistic notification to a receiver, and warn of "
+                                            "what its web server serves that it must not")
     send.add_argument("event", help="a Digistore24 event (on_payment, on_refund, ...) or sale (PromoPit)")
     # (No default: whoever listens on a local port, another user of a shared server, say, would
     # get a call signed with the passphrase, or PromoPit's key itself.)

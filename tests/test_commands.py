@@ -225,7 +225,7 @@ class Interrupted(CommandTestCase):
                                          "read it: use https://, or add --allow-http on a network you trust\n" % secret)
         sent = []
         with mock.patch.object(ipn_receiver, "post_form", lambda url, fields: sent.append(url) or (200, "OK")), \
-                contextlib.redirect_stdout(io.StringIO()):
+                mock.patch.object(ipn_receiver, "get_start", lambda url: None), contextlib.redirect_stdout(io.StringIO()):
             for url in ("http://localhost:8000/", "http://127.0.0.2/", "http://[::1]:8000/", "https://example.com/"):
                 self.assertEqual(ipn_receiver.main(["send", "sale", "--url", url]), 0)
             self.assertEqual(ipn_receiver.main(["send", "sale", "--url", "http://192.0.2.1/", "--allow-http"]), 0)
@@ -254,7 +254,7 @@ class Interrupted(CommandTestCase):
                 return answer
             output, errors = io.StringIO(), io.StringIO()
             with mock.patch.object(ipn_receiver, "post_form", post_form), contextlib.redirect_stdout(output), \
-                    contextlib.redirect_stderr(errors):
+                    mock.patch.object(ipn_receiver, "get_start", lambda url: None), contextlib.redirect_stderr(errors):
                 code = ipn_receiver.main(["send"] + list(arguments))
             return code, output.getvalue(), errors.getvalue()
         url = "https://example.com/ipn.py"

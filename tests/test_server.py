@@ -263,15 +263,20 @@ class Send(unittest.TestCase):
                               env=clean_environment(IPN_SHA_PASSPHRASE=PASSPHRASE), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=60)
 
-    def serve(self, answer):
-        """A local HTTP server that answers a POST to `path` with answer(path): (status, headers,
-        body). Returns its URL."""
+    def serve(self, answer, get=lambda path: (404, [], b"")):
+        """A local HTTP server that answers a POST to `path` with answer(path), a GET with get(path):
+        (status, headers, body). Returns its URL."""
         import http.server
 
         class Answering(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
-                status, headers, body = answer(self.path)
+                self.answer(*answer(self.path))
+
+            def do_GET(self):
+                self.answer(*get(self.path))
+
+            def answer(self, status, headers, body):
                 self.send_response(status)
                 for header in headers + [("Content-Length", str(len(body)))]:
                     self.send_header(*header)
@@ -286,6 +291,50 @@ class Send(unittest.TestCase):
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
         return "http://127.0.0.1:%d" % server.server_port
+
+    def test_what_the_web_must_not_serve_beside_the_receiver_is_reported(self):
+        # Apache ignores the .htaccess under AllowOverride None, and then serves config.ini, the
+        # store and the log to anyone; check cannot see that from inside, so send asks from outside.
+        with open(SCRIPT, "rb") as file:
+            script = file.read()
+        files = {"/ipn/ipn_receiver.py": script, "/ipn/config.ini": b"[Digistore24]\nsha_passphrase = x\n",
+                 "/ipn/ipn_data/": b'<a href="events.sqlite3">events.sqlite3</a>',
+                 "/ipn/ipn_data/events.sqlite3": b"SQLite format 3\x00\x10\x00",
+                 "/ipn/ipn_data/ipn_receiver.log": b"2026-12-07 13:41:32,599 INFO [19576] POST -> 200, digistore24",
+                 "/ipn/__pycache__/": b'<a href="ipn_receiver.cpython-311.pyc">'}
+        url = self.serve(lambda path: (200, [], b"OK"),
+                         get=lambda path: (200, [], files[path]) if path in files else (404, [], b""))
+        done = self.send(url + "/ipn/ipn_receiver.py")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout.decode(), "HTTP 200\nOK\n" + "".join(
+            "WARNING: the web serves %s%s to anyone: %s\n" % (url, path, what) for path, what in (
+                ("/ipn/ipn_receiver.py", "the script's own text, secrets and all: the server does not run it as a "
+                                         "program"),
+                ("/ipn/config.ini", "your settings, secrets and all"),
+                ("/ipn/ipn_data/", "a listing of the data folder"),
+                ("/ipn/ipn_data/events.sqlite3", "the store, buyers' data and all"),
+                ("/ipn/ipn_data/ipn_receiver.log", "the log"),
+                ("/ipn/__pycache__/", "a listing of Python's compiled copies, which hold the secrets"))) +
+            "(the deployment guide's .htaccess denies these; where it has no effect, the host ignores .htaccess "
+            "files: ask your host, or keep config.ini and the data folder outside the web space)\n")
+        # One of them is enough.
+        del files["/ipn/ipn_receiver.py"], files["/ipn/ipn_data/"], files["/ipn/ipn_data/events.sqlite3"]
+        del files["/ipn/ipn_data/ipn_receiver.log"], files["/ipn/__pycache__/"]
+        done = self.send(url + "/ipn/ipn_receiver.py")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("WARNING: the web serves %s/ipn/config.ini to anyone" % url, done.stdout.decode())
+
+        # A host's own "not found" page, sent with 200 and naming the path, is not the file; nor
+        # is a redirect to a login page, or the receiver's own status line.
+        def not_found(path):
+            if path.endswith("config.ini"):
+                return 302, [("Location", "/login?next=%s" % path)], b"[digistore24]"
+            if path.endswith(".py"):
+                return 200, [], ipn_receiver.STATUS_TEXT.encode()
+            return 200, [], b"<html><h1>Sorry, %s is not here</h1></html>" % path.encode()
+        url = self.serve(lambda path: (200, [], b"OK"), get=not_found)
+        done = self.send(url + "/ipn/ipn_receiver.py")
+        self.assertEqual((done.returncode, done.stdout.decode()), (0, "HTTP 200\nOK\n"))
 
     def test_an_unreachable_url_is_a_clear_error(self):
         with socket.socket() as probe:                  # a port nobody listens on
