@@ -342,10 +342,25 @@ def settled_ini_file_state(most=10):
     return ini_file_state()
 
 
+def settings_written_here():
+    """{name: value} of the settings at the top of this file (ConfigError for one whose line is gone).
+
+    A line deleted, or its name changed (SHA_PASSPRASE), would otherwise end every call, even a
+    GET, in a traceback the web server answers with its own 500 page, and no word of what to do.
+    """
+    found = globals()
+    for name, _, _, _ in SETTINGS_SOURCES:
+        if name not in found:
+            raise ConfigError("%s is missing at the top of ipn_receiver.py (its line deleted, or its name misspelt); "
+                              "put its line back as the file came (the README's table of settings gives its default)"
+                              % name, "ipn_receiver.py")
+    return {name: found[name] for name, _, _, _ in SETTINGS_SOURCES}
+
+
 def load_settings(environ=None):
     """Read the settings: this file's constants, overridden by the INI file, then by the environment."""
     environ = os.environ if environ is None else environ
-    values = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
+    values = settings_written_here()
     where = {name: ("%s at the top of ipn_receiver.py" % name, "ipn_receiver.py") for name in values}
     config_file = environ.get("IPN_CONFIG") or None
     if config_file:
@@ -411,7 +426,7 @@ def use_settings(**values):
     environment). The demo and the tests use this; a wrapper script may too.
     """
     global _settings, _settings_read_from
-    merged = {name: globals()[name] for name, _, _, _ in SETTINGS_SOURCES}
+    merged = settings_written_here()
     unknown = set(values) - set(merged)
     if unknown:
         raise TypeError("unknown settings: %s" % ", ".join(sorted(unknown)))
@@ -3976,7 +3991,8 @@ def report_private(report, path, label, fix):
 def secrets_in_the_script():
     """The secret settings given a value at the top of ipn_receiver.py, whether in use or not (one
     that config.ini overrides is as readable)."""
-    return [name for name in SECRET_SETTINGS if not secret_problem({name: str(globals()[name] or "")}, name)]
+    written = settings_written_here()
+    return [name for name in SECRET_SETTINGS if not secret_problem({name: str(written[name] or "")}, name)]
 
 
 def set_in_the_ini(config):

@@ -67,6 +67,28 @@ class CgiProgram(unittest.TestCase):
         status, headers, body, _ = self.run_request(method="DELETE", content_type=None)
         self.assertEqual((status, headers["Allow"]), (405, "GET, HEAD, POST"))
 
+    def test_a_setting_misspelt_at_the_top_is_a_configuration_error_not_a_traceback(self):
+        # The web server answered its own 500 page, with no word of what to do (the 59th review).
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        self.assertIn("\nSHA_PASSPHRASE = r", source)
+        script = os.path.join(self.folder, "ipn_receiver.py")
+        with open(script, "w", encoding="utf-8") as file:
+            file.write(source.replace("\nSHA_PASSPHRASE = r", "\nSHA_PASSPRASE = r", 1))
+        done = run_cgi_program(cgi_environment(self.data_dir, method="GET", content_type=None), script=script)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, ipn_receiver.STATUS_TEXT.encode()))
+        body = urlencode(payment())
+        done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=script)
+        self.assertEqual(parse_cgi_output(done.stdout)[::2], (503, b"ERROR: configuration error in ipn_receiver.py; "
+                                                               b"run `python3 ipn_receiver.py check` on the server to see "
+                                                               b"what to change"))
+        self.assertNotIn(b"Traceback", done.stderr)
+        check = run_cgi_program({"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"},
+                                argv=["check"], script=script)
+        self.assertEqual(check.returncode, 1)
+        self.assertIn("PROBLEM  settings: SHA_PASSPHRASE is missing at the top of ipn_receiver.py (its line deleted, "
+                      "or its name misspelt)\n", check.stdout.decode())
+
     def test_a_body_without_content_length_is_read_to_the_end_of_stdin(self):
         body = urlencode(payment())
         environment = cgi_environment(self.data_dir, body=body)

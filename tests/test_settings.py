@@ -225,6 +225,23 @@ class Precedence(SettingsTestCase):
             ipn_receiver.use_settings(SHA_PASSPRASE="typo")
 
 
+    def test_a_setting_whose_line_is_gone_is_named_with_what_is_there_instead(self):
+        # A line deleted, or its name misspelt: every call, even a GET, ended in a traceback, and the
+        # web server answered with its own 500 page (the 59th review).
+        for gone, instead in (("SHA_PASSPHRASE", "SHA_PASSPRASE"), ("ISN_KEY", None), ("LOG_LEVEL", None),
+                              ("DATA_DIR", "data_dir")):
+            with self.subTest(gone=gone), mock.patch.dict(ipn_receiver.__dict__):
+                value = ipn_receiver.__dict__.pop(gone)
+                if instead:
+                    setattr(ipn_receiver, instead, value)
+                self.assertEqual(self.assertConfigError(None), "%s is missing at the top of ipn_receiver.py (its line "
+                                 "deleted, or its name misspelt); put its line back as the file came (the README's "
+                                 "table of settings gives its default)" % gone)
+                self.assertEqual(self.location, "ipn_receiver.py")
+                with self.assertRaises(ConfigError):
+                    ipn_receiver.use_settings()
+
+
 class IniFile(SettingsTestCase):
     def test_values_are_literal_whatever_characters_they_hold(self):
         self.write("[digistore24]\nsha_passphrase = a%b#c;d=e:f \"g\"\n")
