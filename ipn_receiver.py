@@ -4046,10 +4046,16 @@ def check_settings(report, note, config):
     in_the_script = secrets_in_the_script()
     apart = [name for name in SECRET_SETTINGS
              if name in in_the_script or not secret_problem(config, name) and name not in in_the_ini]
-    if "DATA_DIR" in in_the_ini and apart:
+    written = settings_written_here()
+    try:
+        without_the_ini = finish_settings(written, {name: ("", "") for name in written}, None)["DATA_DIR"]
+    except ConfigError:
+        without_the_ini = None
+    if "DATA_DIR" in in_the_ini and apart and without_the_ini != config["DATA_DIR"]:
         # While config.ini is missing (renamed while it is edited, deleted before an upload), the
         # secrets set elsewhere (in the file as well, say) still verify calls, and a store in the
-        # default folder runs every handler again.
+        # default folder runs every handler again. (Not where it names the same folder, as
+        # config.example.ini copied as it is does.)
         report(False, "DATA_DIR is set in %s, but %s elsewhere" % (os.path.basename(config["config_file"]),
                                                                    " and ".join(apart)),
                "set %s in %s only, not at the top of ipn_receiver.py or in the environment (or DATA_DIR where "
@@ -4136,13 +4142,17 @@ def check_script(report, note, config):
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
+        fixes = ["delete %s (or chmod 600 and move out of the web space what you keep)" % ", ".join(sorted(backups))
+                 ] if backups else []
+        if compiled:
+            fixes.append("rm -r %s (Python writes its compiled copies again with the script's mode: so chmod 700 the "
+                         "script first, where it may be)" % cache)
         report(False, "copies of the settings, secrets and all, can be read by other users of this server (%s)"
-               % ", ".join(sorted(compiled + backups)), "delete them (rm -r %s, and the backup copies); Python "
-               "writes its compiled copies again with the script's mode: so chmod 700 the script first, where it "
-               "may be" % cache)
+               % ", ".join(sorted(compiled + backups)), "; ".join(fixes))
     elif compiled:
         note("compiled copies of %s can be read by other users of this server (%s); if it ever held a secret, "
              "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
+    check_example_config(report, config)
     stores = sorted(name for name in os.listdir(HERE)
                     if ".sqlite3" in name and readable_by_others(os.path.join(HERE, name)))
     if stores:
@@ -4150,6 +4160,22 @@ def check_script(report, note, config):
         report(False, "copies of an event store beside the script can be read by other users of this server (%s)"
                % ", ".join(stores), "chmod 600 them and move them out of the web space (they hold every buyer's data "
                "and the access data handed out); make copies as README.md says, under umask 077")
+
+
+def check_example_config(report, config):
+    """What `check` says of a config.example.ini beside the script that was filled in rather than
+    copied: the receiver never reads it, so the secret written there is not the one in effect."""
+    example = os.path.join(HERE, "config.example.ini")
+    try:
+        ini = read_ini_file(example) if os.path.isfile(example) else {}
+    except (ConfigError, OSError):
+        return                              # (not ours to read; a copy of a secret in it is reported above)
+    unread = [name for name, section, key, _ in SETTINGS_SOURCES if name in SECRET_SETTINGS and ini.get(
+        section, {}).get(key, "") not in ("", PLACEHOLDERS[name], config[name])]
+    if unread:
+        report(False, "config.example.ini sets %s, not as in effect: the receiver reads config.ini, never the "
+               "example" % " and ".join(unread), "if it is yours, copy it: install -m 600 %s %s; then delete "
+               "config.example.ini, which holds a secret" % (example, os.path.join(HERE, CONFIG_FILE_NAME)))
 
 
 def check_data_folder(report, note, config):

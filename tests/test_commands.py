@@ -1063,9 +1063,8 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertNotIn("ipn_receiver.py, can be read by every user", output)
         self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by other users of this server "
-                      "(ipn_receiver.cpython-311.pyc)\n         fix: delete them (rm -r %s, and the backup copies); "
-                      "Python writes its compiled copies again with the script's mode: so chmod 700 the script first, "
-                      "where it may be\n" % cache, output)
+                      "(ipn_receiver.cpython-311.pyc)\n         fix: rm -r %s (Python writes its compiled copies "
+                      "again with the script's mode: so chmod 700 the script first, where it may be)\n" % cache, output)
         os.chmod(self.last_script, 0o600)         # no run bit: the fix keeps the secret private
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
         self.assertIn("ipn_receiver.py has its run bit set. A web server that runs it as a CGI program (lighttpd, "
@@ -1126,11 +1125,39 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  copies of the settings, secrets and all, can be read by other users of this server "
-                      "(Copy of config.ini, config.example.ini, notes.txt)\n", output)
+                      "(Copy of config.ini, config.example.ini, notes.txt)\n         fix: delete Copy of config.ini, "
+                      "config.example.ini, notes.txt (or chmod 600 and move out of the web space what you keep)\n",
+                      output)     # (nothing of compiled copies: the 59th review)
         for name in ("config.example.ini", "Copy of config.ini", "notes.txt"):
             os.chmod(os.path.join(folder, name), 0o600)
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 0, output)
+
+    def test_config_example_ini_filled_in_rather_than_copied_is_a_problem(self):
+        # The receiver never reads it: the vendor's secret is not the one in effect, and check said
+        # only "no config file" (the 59th review). Private or not, it is named.
+        with open(os.path.join(REPO, "config.example.ini"), encoding="utf-8") as file:
+            example = file.read()
+        filled = example.replace("PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE", PASSPHRASE)
+        self.assertNotEqual(filled, example)
+        folder, script = self.site_with({"config.example.ini": filled})
+        os.chmod(os.path.join(folder, "config.example.ini"), 0o600)
+        problem = ("PROBLEM  config.example.ini sets SHA_PASSPHRASE, not as in effect: the receiver reads config.ini, "
+                   "never the example\n         fix: if it is yours, copy it: install -m 600 %s %s; then delete "
+                   "config.example.ini, which holds a secret\n" % (os.path.join(folder, "config.example.ini"),
+                                                                    os.path.join(folder, "config.ini")))
+        for environment, reported in (({"IPN_SHA_PASSPHRASE": ""}, True), ({"IPN_SHA_PASSPHRASE": "another-one-42"},
+                                                                          True), ({}, False)):
+            with self.subTest(environment=environment):
+                code, output, _ = self.command("check", script=script, **environment)
+                self.assertEqual(problem in output, reported, output)
+        # Copied as the fix says: config.ini is read, and the example left as shipped says nothing.
+        os.rename(os.path.join(folder, "config.example.ini"), os.path.join(folder, "config.ini"))
+        with open(os.path.join(folder, "config.example.ini"), "w", encoding="utf-8") as file:
+            file.write(example)
+        code, output, _ = self.command("check", script=script, IPN_SHA_PASSPHRASE="", IPN_DATA_DIR="", IPN_ISN_KEY="")
+        self.assertNotIn("config.example.ini sets", output)
+        self.assertIn("SHA_PASSPHRASE is set (config.ini line ", output)
 
     def test_a_copy_of_the_store_beside_the_script_that_others_may_read_is_a_problem(self):
         # `sqlite3 ipn_data/events.sqlite3 ".backup copy.sqlite3"` under umask 022 (the 42nd review):
@@ -1200,6 +1227,30 @@ class Check(CommandTestCase):
         self.assertEqual(code, 0, output)
         code, output, _ = self.command("check", IPN_CONFIG=config)      # DATA_DIR from the environment
         self.assertNotIn("DATA_DIR is set in", output)
+
+    def test_data_dir_in_config_ini_naming_the_folder_it_would_be_without_is_no_problem(self):
+        # config.example.ini copied as the README says, its data_dir = ipn_data the default, and the
+        # passphrase at the top of the script as step 1 says: nothing moves should config.ini go
+        # missing (the 59th review: check failed the README's own setup).
+        folder = tempfile.mkdtemp(prefix="ipn-config-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(script, "w", encoding="utf-8") as file:
+            file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
+                                      'SHA_PASSPHRASE = r"%s"' % PASSPHRASE))
+        os.chmod(script, 0o700)
+        config = shutil.copy(os.path.join(REPO, "config.example.ini"), os.path.join(folder, "config.ini"))
+        os.chmod(config, 0o600)
+        for data_dir, reported in (("ipn_data", False), (os.path.join(folder, "ipn_data"), False),
+                                   (os.path.join(folder, "elsewhere"), True)):
+            with open(config, "w") as file:
+                file.write("[receiver]\ndata_dir = %s\n" % data_dir)
+            code, output, _ = self.command("check", script=script, IPN_DATA_DIR="", IPN_SHA_PASSPHRASE="",
+                                           IPN_ISN_KEY="")
+            self.assertEqual("PROBLEM  DATA_DIR is set in config.ini, but SHA_PASSPHRASE elsewhere\n" in output,
+                             reported, output)
 
     def test_data_dir_in_config_ini_with_a_secret_left_in_the_script_too_is_a_problem(self):
         # config.ini holds both, and the script still holds the passphrase: while config.ini is
