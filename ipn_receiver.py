@@ -3223,6 +3223,8 @@ def application(environ, start_response):
 
 DIGISTORE24_EVENTS = ("connection_test", "on_payment", "on_payment_missed", "on_refund", "on_chargeback",
                       "on_rebill_cancelled", "on_rebill_resumed", "last_paid_day", "on_affiliation")
+# Rarer events, with no handler in the table as it comes: a vendor who wants one adds it.
+DIGISTORE24_RARER_EVENTS = ("payment_denial", "eticket", "custom_form")
 
 
 class CommandFailed(Exception):
@@ -3554,10 +3556,10 @@ def command_send(args):
                             % ("the ISN key" if provider == PROMOPIT else "a call signed with your passphrase"), 2)
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
-    if provider == DIGISTORE24 and args.event not in DIGISTORE24_EVENTS:
+    if provider == DIGISTORE24 and args.event not in DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS:
         # A misspelt event would be answered OK like any new one, stored, and run no handler.
         raise CommandFailed("%s is not one of Digistore24's events: %s" % (one_line(args.event), ", ".join(
-            DIGISTORE24_EVENTS)), 2)
+            DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS)), 2)
     fields = example_notification(provider, args.event)
     for item in args.set or []:
         key, separator, value = environment_text(item).partition("=")      # (3.6 reads it as ASCII)
@@ -4066,11 +4068,22 @@ def check_settings(report, note, config):
 
 def check_handler_tables(report, note):
     """What `check` says about DIGISTORE24_HANDLERS and PROMOPIT_HANDLERS."""
-    for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS), ("PROMOPIT_HANDLERS", ("sale",))):
+    import difflib
+    import inspect
+    for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS),
+                          ("PROMOPIT_HANDLERS", ("sale",))):
         # A misspelt event in a table: its calls are answered OK, stored as ignored, and never run.
+        # (One like no event we know of may be a new one of the sender's: a note.)
         handlers = globals()[table]
         for event in sorted(set(handlers) - set(events), key=str):
-            note("%s has a line for %r, which is not one of the events we know of: check its spelling" % (table, event))
+            like = difflib.get_close_matches(str(event), events, 1, 0.8)
+            if like:
+                report(False, "%s has a line for %s, an event the sender never sends (%s misspelt?)" % (
+                    table, one_line(repr(event)), like[0]), "correct it to \"%s\": until then its notifications "
+                       "are answered OK and never handled" % like[0])
+            else:
+                note("%s has a line for %s, which is not one of the events we know of: check its spelling" % (
+                    table, one_line(repr(event))))
         for event in [event for event in events if event not in handlers and callable(globals().get(event))]:
             report(False, "%s has no line for %s, whose handler is defined" % (table, event), "add `\"%s\": %s,` "
                    "to %s: until then its notifications are answered OK and the handler never runs"
@@ -4082,6 +4095,11 @@ def check_handler_tables(report, note):
                                                                                      one_line(repr(handler)[:60])),
                        "write the name of the function without quotes, e.g. `\"%s\": %s,`: until then each of "
                        "its notifications fails with 500" % (event, event))
+            elif inspect.iscoroutinefunction(handler):
+                # Called plainly, it returns a coroutine that never runs, and the call fails.
+                report(False, "the handler for %s is written `async def`" % one_line(repr(event)),
+                       "write it `def`: the receiver calls handlers plainly, and until then each of its "
+                       "notifications fails with 500")
             # "on_refund": on_payment, copied from the line above: a refund runs the payment's code.
             elif callable(globals().get(event)) and handler is not globals()[event]:
                 note("%s sends %s to %s, though a handler %s is defined: is that meant?" % (
@@ -4333,8 +4351,13 @@ def check_store(report, note, config):
         report_rows(damaged, "whose fields are damaged", "`show ID` for each; `replay ID --done` for one that was "
                     "handled, and for one that was not, the sender's next delivery runs it")
         if counts.get("failed"):
-            note("%d failed: `python3 ipn_receiver.py events --status failed`, then `replay ID`"
-                 % counts["failed"])
+            # Its handler raised: the sender retries it for a while, and each retry fails the same
+            # way until the handler is fixed.
+            report(False, "%d notification%s whose handler failed, not yet handled" % (
+                counts["failed"], "s" if counts["failed"] > 1 else ""),
+                   "`python3 ipn_receiver.py events --status failed` lists them and `show ID` says why; fix the "
+                   "handler, then `replay ID` each (or let the sender's next retry run it); `replay ID --done` for "
+                   "one you handled yourself")
         if counts.get("unknown"):
             report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
                    "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
@@ -4447,8 +4470,8 @@ def check_who_else_may_change_python(report):
 
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
 # commands): a folder named like one of them is code, though check may not have imported it.
-IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "contextlib", "errno", "fcntl", "fnmatch", "grp", "http", "io",
-                        "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
+IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "contextlib", "difflib", "errno", "fcntl", "fnmatch", "grp", "http",
+                        "inspect", "io", "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
                         "tempfile", "threading", "traceback", "types", "urllib", "wsgiref")
 
 

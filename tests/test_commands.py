@@ -755,6 +755,24 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
 
 
 class Check(CommandTestCase):
+    def test_notifications_whose_handler_failed_are_a_problem_until_handled(self):
+        # The sender's retries fail the same way until the handler is fixed: check said "all good"
+        # with a note (the 59th review).
+        self.handle("on_refund", lambda n: 1 / 0)
+        post(payment("1", event="on_refund"))
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  1 notification whose handler failed, not yet handled\n         fix: `python3 "
+                      "ipn_receiver.py events --status failed` lists them and `show ID` says why; fix the handler, "
+                      "then `replay ID` each (or let the sender's next retry run it); `replay ID --done` for one you "
+                      "handled yourself\n", output)
+        post(payment("2", event="on_refund"))
+        self.assertIn("\nPROBLEM  2 notifications whose handler failed", self.command("check")[1])
+        for number in ("1", "2"):
+            self.assertEqual(self.command("replay", number, "--done")[0], 0)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 0, output)
+
     def test_data_dir_naming_a_file_is_a_problem_for_check_and_the_commands(self):
         data_dir = os.path.join(self.data_dir, "ipn_data")
         with open(data_dir, "w") as file:
@@ -892,11 +910,46 @@ class Check(CommandTestCase):
         script = self.edited_copy('"on_payment": on_payment,', '"on_paymnet": on_payment,')
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("\nnote     DIGISTORE24_HANDLERS has a line for 'on_paymnet', which is not one of the events we "
-                      "know of: check its spelling\nPROBLEM  DIGISTORE24_HANDLERS has no line for on_payment, whose "
-                      "handler is defined\n         fix: add `\"on_payment\": on_payment,` to DIGISTORE24_HANDLERS: "
-                      "until then its notifications are answered OK and the handler never runs\n", output)
+        self.assertIn("\nPROBLEM  DIGISTORE24_HANDLERS has a line for 'on_paymnet', an event the sender never sends "
+                      "(on_payment misspelt?)\n         fix: correct it to \"on_payment\": until then its notifications "
+                      "are answered OK and never handled\nPROBLEM  DIGISTORE24_HANDLERS has no line for on_payment, "
+                      "whose handler is defined\n         fix: add `\"on_payment\": on_payment,` to "
+                      "DIGISTORE24_HANDLERS: until then its notifications are answered OK and the handler never runs\n",
+                      output)
         self.assertEqual(self.command("check")[0], 0)                   # (as shipped: every line there)
+
+    def test_the_rarer_events_are_known_to_check_and_send(self):
+        # payment_denial, eticket and custom_form: a handler added for one under a misspelt line
+        # was only a note, and send refused the event (the 59th review).
+        script = self.edited_copy('"on_affiliation": on_affiliation,', '"on_affiliation": on_affiliation,\n'
+                                  '    "payment_denail": payment_denial,\n    "eticket": on_payment,\n'
+                                  '    "new_event_2027": on_payment,', 'def on_payment(', 'def payment_denial(n):\n'
+                                  '    pass\n\n\ndef on_payment(')
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  DIGISTORE24_HANDLERS has a line for 'payment_denail', an event the sender never "
+                      "sends (payment_denial misspelt?)\n", output)
+        self.assertIn("\nPROBLEM  DIGISTORE24_HANDLERS has no line for payment_denial, whose handler is defined\n",
+                      output)
+        # Like none we know of: maybe a new event of Digistore24's.
+        self.assertIn("\nnote     DIGISTORE24_HANDLERS has a line for 'new_event_2027', which is not one of the events "
+                      "we know of: check its spelling\n", output)
+        self.assertNotIn("'eticket'", output)
+        sent = []
+        with mock.patch.object(ipn_receiver, "post_form", lambda url, fields: sent.append(fields) or (200, "OK")), \
+                mock.patch.object(ipn_receiver, "get_start", lambda url: None), contextlib.redirect_stdout(io.StringIO()):
+            for event in ipn_receiver.DIGISTORE24_RARER_EVENTS:
+                self.assertEqual(ipn_receiver.main(["send", event, "--url", "https://example.com/ipn.py"]), 0)
+        self.assertEqual([fields["event"] for fields in sent], ["payment_denial", "eticket", "custom_form"])
+
+    def test_a_handler_written_async_def_is_a_problem(self):
+        # Called plainly, it returns a coroutine that never runs: every call of its event a 500.
+        script = self.edited_copy("def on_refund(", "async def on_refund(")
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  the handler for 'on_refund' is written `async def`\n         fix: write it `def`: the "
+                      "receiver calls handlers plainly, and until then each of its notifications fails with 500\n",
+                      output)
 
     def test_a_line_of_a_handler_table_that_names_no_function_or_another_handler(self):
         # In quotes, every refund failed with 500; copied from the line above, a refund ran the
@@ -937,15 +990,18 @@ class Check(CommandTestCase):
         self.assertIn("notification #1 is ignored; replay runs failed ones (and abandoned and unknown ones). Add "
                       "--force to run its handler now anyway", error)
 
-    def edited_copy(self, old, new):
-        """A copy of the script, in a folder of its own, with `old` replaced by `new`."""
+    def edited_copy(self, old, new, *more):
+        """A copy of the script, in a folder of its own, with `old` replaced by `new` (and each pair of `more`)."""
         with open(SCRIPT, encoding="utf-8") as file:
             source = file.read()
+        for old, new in [(old, new)] + list(zip(more[::2], more[1::2])):
+            self.assertIn(old, source)
+            source = source.replace(old, new)
         folder = tempfile.mkdtemp(prefix="ipn-site-")
         self.addCleanup(shutil.rmtree, folder, True)
         script = os.path.join(folder, "ipn_receiver.py")
         with open(script, "w", encoding="utf-8") as file:
-            file.write(source.replace(old, new))
+            file.write(source)
         os.chmod(script, 0o755)
         return script
 
