@@ -538,7 +538,13 @@ def read_ini_file(path, lines=None):
         with open(path, "rb") as file:
             text = file.read().decode("utf-8-sig")    # -sig: Windows editors may add a BOM
     except OSError as error:
-        raise ConfigError("%s: cannot be read (%s); check its permissions" % (path, error.strerror), name)
+        fix = "check its permissions"
+        if isinstance(error, PermissionError) and hasattr(os, "geteuid") and os.path.exists(path):
+            # Most often run by another user than the file's (check as root, say, or the web server's).
+            fix = ("it belongs to %s, and this runs as %s: run it as the user the web server runs the receiver as, "
+                   "and make the file that user's (chown, chmod 600)" % (user_name(os.stat(path).st_uid),
+                                                                          user_name(os.geteuid())))
+        raise ConfigError("%s: cannot be read (%s); %s" % (path, error.strerror, fix), name)
     except UnicodeDecodeError:
         raise ConfigError("%s: is not UTF-8 text; save it as UTF-8" % name, name)
     sections, current, lines = {}, None, {} if lines is None else lines
@@ -4242,6 +4248,10 @@ def check_data_folder(report, note, config):
     elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
+    elif first and not os.path.isdir(first):
+        # (No folder can be made below a file: "create it" would fail.)
+        report(False, "DATA_DIR %s can be made" % data_dir, "%s on its way is a file, not a folder: correct DATA_DIR, "
+               "or move that file away" % first)
     elif read_only:
         pass                                    # (said above: not a matter of owners)
     elif os.path.isdir(data_dir) or not os.access(first, os.W_OK | os.X_OK):     # (it is made in `first`)

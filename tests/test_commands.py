@@ -773,6 +773,17 @@ class Check(CommandTestCase):
         code, output, _ = self.command("check")
         self.assertEqual(code, 0, output)
 
+    def test_data_dir_below_a_file_is_a_problem_check_does_not_say_to_create(self):
+        # "create it" could not be done (the 59th review).
+        with open(os.path.join(self.data_dir, "afile"), "w") as file:
+            file.write("not a folder")
+        data_dir = os.path.join(self.data_dir, "afile", "ipn_data")
+        code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
+        self.assertEqual(code, 1)
+        self.assertIn("PROBLEM  DATA_DIR %s can be made\n         fix: %s on its way is a file, not a folder: correct "
+                      "DATA_DIR, or move that file away\n" % (data_dir, os.path.dirname(data_dir)), output)
+        self.assertNotIn("create it", output)
+
     def test_data_dir_naming_a_file_is_a_problem_for_check_and_the_commands(self):
         data_dir = os.path.join(self.data_dir, "ipn_data")
         with open(data_dir, "w") as file:

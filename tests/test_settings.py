@@ -351,6 +351,18 @@ class IniFile(SettingsTestCase):
             ipn_receiver.read_ini_file(os.path.join(self.folder, "a folder"))
         self.assertEqual(str(caught.exception), "%s: cannot be read (Is a directory); check its permissions"
                          % os.path.join(self.folder, "a folder"))
+        # Another user's file: the owner and who reads it are named (the 59th review: "check its
+        # permissions" of a file mode 600, as the README says it must be).
+        path = self.write("[receiver]\n")
+        refused = PermissionError(13, "Permission denied")
+        with mock.patch.object(ipn_receiver, "open", side_effect=refused, create=True), \
+                mock.patch.object(ipn_receiver, "user_name", lambda uid: {os.geteuid(): "www-data"}.get(uid, "?")), \
+                mock.patch.object(os, "stat", return_value=os.stat_result((0o100600, 0, 0, 1, os.geteuid() + 1, 0, 0, 0, 0, 0))), \
+                self.assertRaises(ConfigError) as caught:
+            ipn_receiver.read_ini_file(path)
+        self.assertEqual(str(caught.exception), "%s: cannot be read (Permission denied); it belongs to ?, and this "
+                         "runs as www-data: run it as the user the web server runs the receiver as, and make the file "
+                         "that user's (chown, chmod 600)" % path)
 
     def test_lines_end_as_in_pythons_text_files_and_a_value_follows_its_separator_at_once(self):
         self.write("[receiver]\rlog_level=debug\r[digistore24]\rsha_passphrase:=starts-with-an-equals-sign\r")
