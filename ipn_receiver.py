@@ -4133,8 +4133,8 @@ def check_script(report, note, config):
 
         def note_unless_ok(ok, text, fix):      # what is needed only where the web server runs it as CGI
             if not ok:
-                note("not so: %s. A web server that runs it as a CGI program (lighttpd, nginx with fcgiwrap) needs "
-                     "that; a WSGI server does not. Fix: %s" % (text, fix))
+                note("%s: not so. A web server that runs it as a CGI program (Apache, lighttpd, nginx with fcgiwrap) "
+                     "needs that; a WSGI server does not. Fix: %s" % (text, fix))
         check_runs_as_cgi(report if runs_as_cgi else note_unless_ok, script, "700" if in_the_script else "755")
     for launcher in wrappers:
         if launcher not in wsgi and file_holds(launcher, b"ipn_receiver.main()"):

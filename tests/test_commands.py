@@ -1134,8 +1134,9 @@ class Check(CommandTestCase):
                       "again with the script's mode: so chmod 700 the script first, where it may be)\n" % cache, output)
         os.chmod(self.last_script, 0o600)         # no run bit: the fix keeps the secret private
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
-        self.assertIn("ipn_receiver.py has its run bit set. A web server that runs it as a CGI program (lighttpd, "
-                      "nginx with fcgiwrap) needs that; a WSGI server does not. Fix: chmod 700 ", output)   # not 755
+        self.assertIn("ipn_receiver.py has its run bit set: not so. A web server that runs it as a CGI program "
+                      "(Apache, lighttpd, nginx with fcgiwrap) needs that; a WSGI server does not. Fix: chmod 700 ",
+                      output)   # not 755
         os.chmod(self.last_script, 0o750)
         os.chmod(os.path.join(cache, "ipn_receiver.cpython-311.pyc"), 0o640)
         code, output, _ = self.command("check", script=self.last_script, IPN_SHA_PASSPHRASE="", PYTHONWARNINGS="ignore")
@@ -1367,7 +1368,7 @@ class Check(CommandTestCase):
         root = tempfile.mkdtemp(prefix="ipn-site-")
         self.addCleanup(shutil.rmtree, root, True)
         problem = "PROBLEM  ipn_receiver.py has its run bit set\n         fix: chmod 755 "
-        noted = "note     not so: ipn_receiver.py has its run bit set. A web server that runs it as a CGI program"
+        noted = "note     ipn_receiver.py has its run bit set: not so. A web server that runs it as a CGI program"
         for folder, beside, found in (("ipn", None, noted), ("ipn-htaccess", ".htaccess", problem),
                                       (os.path.join("cgi-bin", "ipn"), None, problem),
                                       ("ipn-passenger", "passenger_wsgi.py", None), ("ipn-launcher", "ipn.py", noted)):
