@@ -4481,8 +4481,9 @@ def check_who_else_may_change_python(report):
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
 # commands): a folder named like one of them is code, though check may not have imported it.
 IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "contextlib", "difflib", "errno", "fcntl", "fnmatch", "grp", "http",
-                        "inspect", "io", "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket", "socketserver", "sqlite3", "stat", "struct",
-                        "tempfile", "threading", "traceback", "types", "urllib", "wsgiref")
+                        "inspect", "io", "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket",
+                        "socketserver", "sqlite3", "stat", "struct", "tempfile", "threading", "traceback", "types",
+                        "urllib", "wsgiref")
 
 
 def code_python_may_run(folders):
