@@ -16,17 +16,10 @@ Run it
 
 Edit the two blocks marked EDIT HERE (settings, then one handler per event); nothing below the
 banner "NOTHING BELOW NEEDS EDITING" does. Below it, in the order a notification passes through
-them: loading the settings, logging, the notification, verification, reading the request, the
+them: the modules it imports, loading the settings, logging, the notification, verification, reading the request, the
 event store, handling a notification, the WSGI application, the commands, the entry point.
 README.md explains everything else.
 """
-
-import hashlib
-import hmac
-import _thread
-import os
-import sys
-import time
 
 # =================================================================================================
 #  SETTINGS                                                                            EDIT HERE
@@ -217,8 +210,18 @@ PROMOPIT_HANDLERS = {
 # =================================================================================================
 # =================================================================================================
 
+# The modules the receiver uses are imported here, below the part you edit: a vendor who upgrades
+# by carrying their part over from another version (which imported other modules, or none) keeps a
+# file that works. Your handlers may use them too (os, sys, time), as any name of this file.
+import hashlib
+import hmac
+import _thread
+import os
+import sys
+import time
 
-__version__ = "1.0.0"
+# Raised with each release that changes what a vendor must know (README.md: Upgrading).
+__version__ = "1.1.0"
 
 # The folder of the file itself, whatever link the web server reaches it through: a call and a
 # command run on the file itself then read one config.ini and keep one store (the 52nd review).
@@ -4338,6 +4341,7 @@ def check_store(report, note, config):
             "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
         note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
                              or "nothing yet"))
+        check_what_the_store_shows_of_the_setup(report, config, connection)
         # Calls of an event that had no handler when they came (a misspelt line in the table):
         # answered OK and never run.
         waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
@@ -4529,6 +4533,37 @@ def file_holds(path, text):
             return text in file.read(65536)
     except OSError:
         return False
+
+
+def check_what_the_store_shows_of_the_setup(report, config, connection):
+    """What `check` says where the store shows a sender or a handler in use that the settings or
+    the handlers have since lost (left behind in an upgrade, say): calls refused, or sales
+    answered OK and never handled."""
+    senders = dict(connection.execute("SELECT provider, count(*) FROM notifications GROUP BY provider").fetchall())
+    for name in SECRET_SETTINGS:
+        stored = senders.get(PROMOPIT if name == "ISN_KEY" else DIGISTORE24, 0)
+        if stored and secret_problem(config, name):
+            report(False, "%s can be used, as when the %d %s notification%s in the store came" % (
+                name, stored, sender_of(name), "s" if stored > 1 else ""), secret_problem(config, name) + "; until then each call of %s, its "
+                   "copies too, is refused with 503" % sender_of(name))
+    if is_the_placeholder(DIGISTORE24_HANDLERS.get("on_payment"), "on_payment"):
+        given = [number for number, answer in connection.execute(
+            "SELECT id, answer FROM notifications WHERE provider = ? AND event = 'on_payment' AND status = 'done' "
+            "ORDER BY id", (DIGISTORE24,)) if str(answer).startswith("OK\n")]
+        if given:
+            report(False, "on_payment is a handler of yours, as when %d payments in the store (the last #%d) were "
+                   "answered with access data" % (len(given), given[-1]), "it is the one the file came with, which "
+                   "grants nothing: put yours back (was it left in the file before an upgrade?); then, for each "
+                   "payment after #%d answered OK alone (`python3 ipn_receiver.py events --event on_payment`), "
+                   "`replay ID --force`" % given[-1])
+
+
+def is_the_placeholder(handler, event):
+    """Whether `handler` is still the one this file comes with for `event`: a function that only
+    logs a line ending "(edit <event>)", and touches no name but log.info and notification.get."""
+    code = getattr(handler, "__code__", None)
+    return code is not None and set(code.co_names) <= {"log", "info", "get"} and any(
+        "(edit %s)" % event in constant for constant in code.co_consts if isinstance(constant, str))
 
 
 def check_store_files(report, data_dir):

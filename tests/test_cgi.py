@@ -67,6 +67,31 @@ class CgiProgram(unittest.TestCase):
         status, headers, body, _ = self.run_request(method="DELETE", content_type=None)
         self.assertEqual((status, headers["Allow"]), (405, "GET, HEAD, POST"))
 
+    def test_the_part_above_the_banner_carried_over_from_an_older_version_works(self):
+        # A vendor upgrades by keeping their edited part and pasting the new file's part below it.
+        # Older versions' parts imported the modules of their day, or none; a later one added
+        # `import _thread` there, and every call, GET too, and check, ended in a NameError (the
+        # 60th review).
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        top, banner, rest = source.partition("#  NOTHING BELOW NEEDS EDITING\n")
+        end_of_docstring = 'README.md explains everything else.\n"""\n'
+        self.assertIn(end_of_docstring, top)
+        top = "".join(line for line in top.splitlines(True) if not line.startswith(("import ", "from ")))
+        body = urlencode(payment())
+        for imports in ("", "\nimport hashlib\nimport hmac\nimport os\nimport sys\nimport time\n"):
+            with self.subTest(imports=imports):
+                script = os.path.join(self.folder, "ipn_receiver.py")
+                with open(script, "w", encoding="utf-8") as file:
+                    file.write(top.replace(end_of_docstring, end_of_docstring + imports, 1) + banner + rest)
+                done = run_cgi_program(cgi_environment(self.data_dir, body=body), body, script=script)
+                self.assertEqual(parse_cgi_output(done.stdout)[::2], (200, b"OK"), done.stderr.decode()[-2000:])
+                check = run_cgi_program({"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                         "PYTHONDONTWRITEBYTECODE": "1", "IPN_DATA_DIR": self.data_dir},
+                                        argv=["check"], script=script)
+                self.assertIn("ok       Python ", check.stdout.decode(), check.stderr.decode()[-2000:])
+                self.assertNotIn(b"Traceback", check.stderr)
+
     def test_a_setting_misspelt_at_the_top_is_a_configuration_error_not_a_traceback(self):
         # The web server answered its own 500 page, with no word of what to do (the 59th review).
         with open(SCRIPT, encoding="utf-8") as file:

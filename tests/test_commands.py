@@ -755,6 +755,46 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
 
 
 class Check(CommandTestCase):
+    def test_a_sender_the_store_shows_in_use_whose_secret_is_gone_is_a_problem(self):
+        # An upgrade that left the ISN key behind: every PromoPit call, copies too, refused with 503,
+        # and check said "all good" with a note (the 60th review).
+        post(payment("1"))
+        post(promopit_sale())
+        code, output, _ = self.command("check", IPN_ISN_KEY="")
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  ISN_KEY can be used, as when the 1 PromoPit notification in the store came\n"
+                      "         fix: %s; until then each call of PromoPit, its copies too, is refused with 503\n"
+                      % ipn_receiver.secret_problem({"ISN_KEY": ipn_receiver.ISN_KEY}, "ISN_KEY"), output)
+        self.assertNotIn("SHA_PASSPHRASE can be used, as when", output)
+        post(payment("2"))
+        output = self.command("check", IPN_SHA_PASSPHRASE="short")[1]
+        self.assertIn("\nPROBLEM  SHA_PASSPHRASE can be used, as when the 2 Digistore24 notifications in the store "
+                      "came\n", output)
+        self.assertNotIn("can be used, as when", self.command("check")[1])
+
+    def test_the_placeholder_on_payment_where_yours_gave_access_data_before_is_a_problem(self):
+        # An upgrade that left the vendor's on_payment behind: each sale answered OK and never
+        # handled, and check said nothing (the 60th review).
+        self.handle("on_payment", lambda notification: {"username": "jane"})
+        post(payment("1"))
+        post(payment("2"))
+        self.handle("on_payment", lambda notification: None)
+        post(payment("3"))
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  on_payment is a handler of yours, as when 2 payments in the store (the last #2) were "
+                      "answered with access data\n         fix: it is the one the file came with, which grants nothing: "
+                      "put yours back (was it left in the file before an upgrade?); then, for each payment after #2 "
+                      "answered OK alone (`python3 ipn_receiver.py events --event on_payment`), `replay ID --force`\n",
+                      output)
+        script = self.edited_copy("    # EDIT HERE: grant or extend access.\n", "    # EDIT HERE: grant or extend access.\n"
+                                  "    notification.get('email')\n    grant(notification)\n", "def on_payment(",
+                                  "def grant(notification):\n    pass\n\n\ndef on_payment(")
+        self.assertNotIn("on_payment is a handler of yours", self.command("check", script=script)[1])
+        for edited in (ipn_receiver.on_payment, ipn_receiver.on_refund):
+            self.assertEqual(ipn_receiver.is_the_placeholder(edited, "on_payment"), edited is ipn_receiver.on_payment)
+        self.assertFalse(ipn_receiver.is_the_placeholder("on_payment", "on_payment"))
+
     def test_notifications_whose_handler_failed_are_a_problem_until_handled(self):
         # The sender's retries fail the same way until the handler is fixed: check said "all good"
         # with a note (the 59th review).
