@@ -273,6 +273,16 @@ class Answers(ReceiverTestCase):
                                                 "characters) failed (KeyError) for notification #1; the traceback "
                                                 "is in ipn_receiver.log")
 
+    def test_an_exception_class_with_a_long_name_is_named_cut_short(self):
+        # (A class may be given any name: a handler's own, made up from data.)
+        long_named = type("E" * 45, (Exception,), {})
+
+        def raising(notification):
+            raise long_named()
+        self.handle("on_payment", raising)
+        self.assertAnswer(post(payment()), 500, "ERROR: handler raising failed (%s...(45 characters)) for notification "
+                                                "#1; the traceback is in ipn_receiver.log" % ("E" * 40))
+
     def test_a_raising_handler_is_500_naming_it_and_the_traceback_goes_to_the_log_only(self):
         def broken(notification):
             raise RuntimeError("database of accounts is down for jane@example.com")

@@ -394,6 +394,7 @@ class ExactlyOnce(ReceiverTestCase):
             answer = post(payment("2"))
         self.assertEqual((answer.status, answer.body), (503, ipn_receiver.STOPPED_ANSWER))
         self.assertEqual(len(self.rows()), 1)
+        self.assertIn(" WARNING [%d] POST -> 503, stopped by the server (" % os.getpid(), self.log_text())
 
     def test_an_async_or_generator_handler_fails_instead_of_being_answered_ok_unrun(self):
         # `async def` (or a `yield` inside) makes a function return before a line of it runs.
