@@ -759,6 +759,8 @@ class Check(CommandTestCase):
         # An upgrade that left the ISN key behind: every PromoPit call, copies too, refused with 503,
         # and check said "all good" with a note (the 60th review).
         post(payment("1"))
+        self.assertNotIn("can be used, as when", self.command("check", IPN_ISN_KEY="")[1])   # (no PromoPit yet)
+        post(payment("2"))
         post(promopit_sale())
         code, output, _ = self.command("check", IPN_ISN_KEY="")
         self.assertEqual(code, 1, output)
@@ -766,7 +768,6 @@ class Check(CommandTestCase):
                       "         fix: %s; until then each call of PromoPit, its copies too, is refused with 503\n"
                       % ipn_receiver.secret_problem({"ISN_KEY": ipn_receiver.ISN_KEY}, "ISN_KEY"), output)
         self.assertNotIn("SHA_PASSPHRASE can be used, as when", output)
-        post(payment("2"))
         output = self.command("check", IPN_SHA_PASSPHRASE="short")[1]
         self.assertIn("\nPROBLEM  SHA_PASSPHRASE can be used, as when the 2 Digistore24 notifications in the store "
                       "came\n", output)
@@ -1259,6 +1260,11 @@ class Check(CommandTestCase):
             with self.subTest(environment=environment):
                 code, output, _ = self.command("check", script=script, **environment)
                 self.assertEqual(problem in output, reported, output)
+        both = filled.replace("PASTE-YOUR-PROMOPIT-ISN-KEY-HERE", ISN_KEY)
+        with open(os.path.join(folder, "config.example.ini"), "w", encoding="utf-8") as file:
+            file.write(both)
+        output = self.command("check", script=script, IPN_SHA_PASSPHRASE="", IPN_ISN_KEY="")[1]
+        self.assertIn("PROBLEM  config.example.ini sets SHA_PASSPHRASE and ISN_KEY, not as in effect", output)
         # Copied as the fix says: config.ini is read, and the example left as shipped says nothing.
         os.rename(os.path.join(folder, "config.example.ini"), os.path.join(folder, "config.ini"))
         with open(os.path.join(folder, "config.example.ini"), "w", encoding="utf-8") as file:
