@@ -1346,14 +1346,9 @@ class Check(CommandTestCase):
         # config.example.ini copied as the README says, its data_dir = ipn_data the default, and the
         # passphrase at the top of the script as step 1 says: nothing moves should config.ini go
         # missing (the 59th review: check failed the README's own setup).
-        folder = tempfile.mkdtemp(prefix="ipn-config-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(SCRIPT, encoding="utf-8") as file:
-            source = file.read()
-        script = os.path.join(folder, "ipn_receiver.py")
-        with open(script, "w", encoding="utf-8") as file:
-            file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
-                                      'SHA_PASSPHRASE = r"%s"' % PASSPHRASE))
+        script = self.edited_copy('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
+                                  'SHA_PASSPHRASE = r"%s"' % PASSPHRASE)
+        folder = os.path.dirname(script)
         os.chmod(script, 0o700)
         config = shutil.copy(os.path.join(REPO, "config.example.ini"), os.path.join(folder, "config.ini"))
         os.chmod(config, 0o600)
@@ -1369,14 +1364,9 @@ class Check(CommandTestCase):
     def test_data_dir_in_config_ini_with_a_secret_left_in_the_script_too_is_a_problem(self):
         # config.ini holds both, and the script still holds the passphrase: while config.ini is
         # missing for a moment, calls verify, and go to the store in the default folder.
-        folder = tempfile.mkdtemp(prefix="ipn-config-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(SCRIPT, encoding="utf-8") as file:
-            source = file.read()
-        script = os.path.join(folder, "ipn_receiver.py")
-        with open(script, "w", encoding="utf-8") as file:
-            file.write(source.replace('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
-                                      'SHA_PASSPHRASE = r"%s"' % PASSPHRASE))
+        script = self.edited_copy('SHA_PASSPHRASE = r"PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE"',
+                                  'SHA_PASSPHRASE = r"%s"' % PASSPHRASE)
+        folder = os.path.dirname(script)
         os.chmod(script, 0o700)
         with open(os.path.join(folder, "config.ini"), "w") as file:
             file.write("[receiver]\ndata_dir = %s\n[digistore24]\nsha_passphrase = %s\n[promopit]\nisn_key = %s\n"
