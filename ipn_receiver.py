@@ -5137,6 +5137,10 @@ def main(argv=None):
         sys.stdout.flush()                  # (a closed pipe shows here, not as Python ends)
         return code
     except KeyboardInterrupt:
+        # Stopped anywhere, even halfway through making an object (http.client's answer, say), whose
+        # clean-up Python 3.14 then reports as it goes: the one line is all there is to say.
+        if hasattr(sys, "unraisablehook"):      # (3.8 and later)
+            sys.unraisablehook = lambda unraisable: None     # novermin
         print("\nstopped", file=sys.stderr)
         return 130
     except BrokenPipeError:                 # `... | head`: the reader has all it wanted
