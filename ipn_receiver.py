@@ -4,10 +4,12 @@
 One file, Python standard library only, CPython 3.6 or later. Put it on your web space, set your
 passphrase below, and register its URL with Digistore24 and/or PromoPit. For every notification it
 proves the call genuine (Digistore24's SHA-512 signature, PromoPit's ISN key), records it durably,
-runs your handler for the event exactly once, and answers "OK" so the sender stops retrying.
+runs your handler for the event once (again only for a retry after it failed or was cut off), and
+answers "OK" so the sender stops retrying.
 
 Run it
-    as a CGI program      upload it with the run bit set (chmod 755); the web server runs it
+    as a CGI program      upload it with the run bit set (chmod 700, or 755: `check` says); the web
+                          server runs it
     as a WSGI app         point mod_wsgi, Passenger, gunicorn, waitress or uWSGI at `application`
     locally               python3 ipn_receiver.py          (a server on http://127.0.0.1:8000/)
     see it work           python3 ipn_receiver.py demo     (needs no setup at all)
@@ -15,9 +17,9 @@ Run it
     other commands        python3 ipn_receiver.py --help  (events, show, replay, check, ...)
 
 Edit the two blocks marked EDIT HERE (settings, then one handler per event); nothing below the
-banner "NOTHING BELOW NEEDS EDITING" does. Below it, in the order a notification passes through
-them: the modules it imports, loading the settings, logging, the notification, verification, reading the request, the
-event store, handling a notification, the WSGI application, the commands, the entry point.
+banner "NOTHING BELOW NEEDS EDITING" does. Below it, each under a banner: the modules it imports,
+loading the settings, logging, the notification, verification, reading the request, the event
+store, handling a notification, the WSGI application, the commands, the entry point.
 README.md explains everything else.
 """
 
@@ -57,7 +59,8 @@ DATA_DIR = "ipn_data"
 # How much the log says: "DEBUG", "INFO", "WARNING" or "ERROR".
 LOG_LEVEL = "INFO"
 
-# Larger request bodies are refused (413) before they are read. A Digistore24 call is about 6 KB.
+# Larger request bodies are refused (413), unread where their length is given (a chunked one is
+# read up to the limit). A Digistore24 call is about 6 KB.
 MAX_BODY_BYTES = 1024 * 1024
 
 # Seconds after which a notification still marked "processing" (its process died or hangs) may be
@@ -81,16 +84,22 @@ PROCESSING_TIMEOUT = 300
 #                                                    sent without its question: "add_info_N")
 #     notification.id                                its number in the store (`ipn_receiver.py show ID`)
 # Keys are as sent, but all in lower case where Digistore24 signed the call with its upper-case-keys
-# variant: ask for a field by the name Digistore24 documents ("placeholder_TITLE"), and [] and get()
-# find it either way; notification.fields holds it as it came.
+# variant (notification.fields then holds "placeholder_title"): ask for a field by the name
+# Digistore24 documents ("placeholder_TITLE"), and [] and get() find it either way. Every value is
+# text: pay_sequence_no is "0", not 0.
 #
 # A handler runs once per distinct notification, even when the sender retries it. If it raises
 # an exception, the sender gets an error naming the handler, retries later, and the handler runs
-# again then; so do the work first and return only when it is done. Only on_payment's returned
-# dict is sent back (see on_payment); other handlers return nothing. Write messages to the log
-# with log.info(...); a print() goes to the web server's error log.
+# again then, from the start; so do the work first and return only when it is done, and make what
+# must not happen twice (an e-mail sent, an account made) the last step, or look first whether it
+# was done (by transaction_id). Only on_payment's returned dict is sent back (see on_payment);
+# other handlers return nothing. Write messages to the log with log.info(...); a print() goes to
+# the web server's error log. Name functions of your own my_... : a name the code below uses too
+# would be replaced by the receiver's (`check` names it).
 # Digistore24 sends the same order_id for every transaction of an order (first payment, rebills,
-# refund); transaction_id is unique per transaction.
+# refund); transaction_id is unique per transaction; an order of several products has the second
+# one's fields as product_id_2, ... Events of one order may come out of order: a failing
+# on_payment is retried for days, and may run after the order's on_refund.
 
 def connection_test(notification):
     """Digistore24: you pressed "Test connection". Answering OK is the whole test."""
@@ -102,7 +111,7 @@ def on_payment(notification):
     """Digistore24: a payment arrived: a first payment, a rebill or an instalment.
 
     Fields: order_id, transaction_id, product_id, product_name, quantity, email, buyer_first_name,
-    buyer_last_name, amount, currency, billing_type, pay_sequence_no (0 = the first payment),
+    buyer_last_name, amount, currency, billing_type, pay_sequence_no ("0" = the first payment),
     custom (what you put into the buy link). Typical work: create the account or licence (first
     payment), or extend access (later payments).
 
@@ -210,9 +219,16 @@ PROMOPIT_HANDLERS = {
 # =================================================================================================
 # =================================================================================================
 
+# What the part above defines, before the code below defines its own: a name of yours that the
+# receiver uses too (a helper post_form() of yours, say) would be replaced by the receiver's, and
+# your handler would call that one, silently. So such a name is a configuration error
+# (see NAMES_TAKEN_OVER).
+YOUR_PART = dict(globals())
+
 # The modules the receiver uses are imported here, below the part you edit: a vendor who upgrades
 # by carrying their part over from another version (which imported other modules, or none) keeps a
-# file that works. Your handlers may use them too (os, sys, time), as any name of this file.
+# file that works. Your handlers may use them too (os, sys, time); give your own functions and
+# settings names of their own (my_..., say).
 import hashlib
 import hmac
 import _thread
@@ -270,6 +286,9 @@ PLACEHOLDERS = {
     "SHA_PASSPHRASE": "PASTE-YOUR-DIGISTORE24-IPN-PASSPHRASE-HERE",
     "ISN_KEY": "PASTE-YOUR-PROMOPIT-ISN-KEY-HERE",
 }
+# The other settings' values as the file comes (config.example.ini has them as comments).
+SHIPPED_SETTINGS = {"DATA_DIR": "ipn_data", "LOG_LEVEL": "INFO", "MAX_BODY_BYTES": 1024 * 1024,
+                    "PROCESSING_TIMEOUT": 300}
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 _settings = None            # the settings in effect, loaded on first use
@@ -357,6 +376,15 @@ def settings_written_here():
             raise ConfigError("%s is missing at the top of ipn_receiver.py (its line deleted, or its name misspelt); "
                               "put its line back as the file came (the README's table of settings gives its default)"
                               % name, "ipn_receiver.py")
+    if NAMES_TAKEN_OVER:
+        lines = [YOUR_PART[name].__code__.co_firstlineno for name in NAMES_TAKEN_OVER     # (functions of yours)
+                 if getattr(YOUR_PART[name], "__module__", None) == __name__ and hasattr(YOUR_PART[name], "__code__")]
+        raise ConfigError("%s, at the top of ipn_receiver.py, %s the receiver's own code below uses too, which "
+                          "replaces yours: your handlers would call the receiver's. Rename yours (my_%s, say), and "
+                          "where your handlers use %s" % (", ".join(NAMES_TAKEN_OVER), "is a name" if len(
+                              NAMES_TAKEN_OVER) == 1 else "are names", NAMES_TAKEN_OVER[0], "it" if len(
+                              NAMES_TAKEN_OVER) == 1 else "them"),
+                          "ipn_receiver.py line %d" % min(lines) if lines else "ipn_receiver.py")
     return {name: found[name] for name, _, _, _ in SETTINGS_SOURCES}
 
 
@@ -451,7 +479,7 @@ def finish_settings(values, where, config_file):
 
     def wrong(name, text):
         """The ConfigError that says `text` of the setting `name`, where it is set."""
-        if "#" in str(values[name]) and name not in SECRET_SETTINGS:
+        if "#" in str(values[name]) and name not in SECRET_SETTINGS and "comment" not in text:
             text += " (with nothing after it: a comment is a line of its own, starting with #)"
         return ConfigError("%s: %s" % (where[name][0], text), where[name][1])
 
@@ -481,13 +509,18 @@ def finish_settings(values, where, config_file):
         if number <= 0:
             raise wrong(name, "%s must be a whole number greater than 0, like %s" % (name, example))
         result[name] = number
-    data_dir = str(values["DATA_DIR"] or "ipn_data").strip()
+    data_dir = str(values["DATA_DIR"] or SHIPPED_SETTINGS["DATA_DIR"]).strip()
     if "\0" in data_dir:
         raise wrong("DATA_DIR", "DATA_DIR holds a NUL character, which no file name may")
     if len(data_dir) > 1 and data_dir[0] == data_dir[-1] and data_dir[0] in "\"'":
         # Taken as it is written, as config.ini takes every value: a folder whose name begins with
         # a quote, inside the script's folder, on the web.
         raise wrong("DATA_DIR", "DATA_DIR is in quotes, which would be part of the folder's name; remove them")
+    if any(data_dir[at] in "#;" and data_dir[at - 1].isspace() for at in range(1, len(data_dir))):
+        # "/home/you/data   # moved": a comment after a value is part of the value in config.ini,
+        # and the folder so named would hold a new, empty store, where every sale runs again.
+        raise wrong("DATA_DIR", "DATA_DIR has a comment after the folder's name, which would be part of the name; "
+                    "put the comment on a line of its own")
     # The folder's name on disk is the UTF-8 of the name as written, whatever the locale: else a
     # CGI call (no LANG: UTF-8), a WSGI server or a command under a Latin-1 locale would each name
     # another folder, with a store of its own, and run every handler again.
@@ -2998,17 +3031,18 @@ def run_and_record(notification, handler, claim, config):
         # task, a library's timeout). Else the row would stay "processing" and the call unanswered.
         log.exception("%s handler %s failed for %s", notification.provider, name, notification.reference)
         failure = one_line(shortened(type(error).__name__, 40))     # (a class may be given any name)
-        outcome = ("failed", None, error_line(error))
+        row = ("failed", None, error_line(error))     # (status, answer, last error) for the store
     else:
-        outcome = ("done", answer_body(notification, result), None)
+        row = ("done", answer_body(notification, result), None)
 
     def record(connection):
-        return record_outcome(connection, notification, claim, *outcome)
+        return record_outcome(connection, notification, claim, *row)
 
+    store_config = config
     try:
-        for config, create in outcome_stores(config):
+        for store_config, create in outcome_stores(config):
             try:
-                answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
+                answer = write_to_store(store_config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
             except (KeyboardInterrupt, SystemExit):
                 # `replay` stopped (Ctrl+C, a kill, a closed terminal), or a gunicorn worker by its
                 # quick shutdown (SystemExit), while the outcome waits for the store: the work is done,
@@ -3016,17 +3050,17 @@ def run_and_record(notification, handler, claim, config):
                 # first. (The log, not print(): a closed terminal cannot be written.)
                 log.warning("stopped after handler %s ran for #%d: recording its outcome first (stopped again, it "
                             "runs again later)", name, notification.id)
-                answer = write_to_store(config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
+                answer = write_to_store(store_config, record, OUTCOME_LOCK_TIMEOUT_SECONDS, claimed_in, create)
     except Exception as error:
         # The handler's work is done but not recorded: the sender retries, and after
         # PROCESSING_TIMEOUT the handler runs again. Saying OK now could lose the record.
-        status, _, outcome = storage_failure(error, config, "handler ran, but its outcome could not be stored")
+        status, _, outcome = storage_failure(error, store_config, "handler ran, but its outcome could not be stored")
         return status, OUTCOME_NOT_STORED % (notification.id, "failed (%s)" % failure if failure else "did its work"), \
             outcome
     if answer is not None:
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
-        one_line(shortened(name, 40)), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + outcome[2]
+        one_line(shortened(name, 40)), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + row[2]
 
 
 def outcome_stores(config):
@@ -3215,8 +3249,8 @@ def application(environ, start_response):
         status, body, outcome = 500, INTERNAL_ERROR_ANSWER, "internal error"
     milliseconds = (time.perf_counter() - started) * 1000
     # A refused or failed notification is worth a warning; a GET of a wrong path or a PUT is not.
-    log_line = log.warning if status >= 400 and method == "POST" else log.info
-    log_line("%s -> %d, %s (%.1f ms)", shortened(method, 20), status, outcome, milliseconds)
+    log_at = log.warning if status >= 400 and method == "POST" else log.info
+    log_at("%s -> %d, %s (%.1f ms)", shortened(method, 20), status, outcome, milliseconds)
     data = body.encode("utf-8", "replace")
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
                ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
@@ -3565,10 +3599,12 @@ def command_send(args):
                             % ("the ISN key" if provider == PROMOPIT else "a call signed with your passphrase"), 2)
     if provider == PROMOPIT and args.event != "sale":
         raise CommandFailed("PromoPit has one event, sale; run: send sale", 2)
-    if provider == DIGISTORE24 and args.event not in DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS:
-        # A misspelt event would be answered OK like any new one, stored, and run no handler.
+    known = DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS
+    if provider == DIGISTORE24 and args.event not in known and args.event not in DIGISTORE24_HANDLERS:
+        # A misspelt event would be answered OK like any new one, stored, and run no handler. (One
+        # the vendor has a handler for is one Digistore24 sends, as far as the vendor knows.)
         raise CommandFailed("%s is not one of Digistore24's events: %s" % (one_line(args.event), ", ".join(
-            DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS)), 2)
+            known + tuple(sorted(set(DIGISTORE24_HANDLERS) - set(known), key=str)))), 2)
     fields = example_notification(provider, args.event)
     for item in args.set or []:
         key, separator, value = environment_text(item).partition("=")      # (3.6 reads it as ASCII)
@@ -4073,6 +4109,14 @@ def check_settings(report, note, config):
                "they are): should it go missing for a moment (renamed while you edit it, say), calls would be "
                "stored in another folder, and their handlers would run again"
                % (" and ".join(apart), os.path.basename(config["config_file"])))
+    for name, shipped in sorted(SHIPPED_SETTINGS.items()):
+        # Edited at the top of the file, as its comments say, but set in config.ini or the
+        # environment too: the edit does nothing (a PROCESSING_TIMEOUT raised for a slow handler,
+        # say, and the handler taken over and run again after the old one).
+        if str(written[name]).strip() != str(shipped) and not config["where"][name].endswith(" ipn_receiver.py"):
+            report(False, "%s = %r at the top of ipn_receiver.py is not in effect: %s sets it"
+                   % (name, written[name], config["where"][name]), "set it in one place: there, or delete it there "
+                   "to use the value at the top of the file")
 
 
 def check_handler_tables(report, note):
@@ -4138,7 +4182,8 @@ def check_script(report, note, config):
             if not ok:
                 note("%s: not so. A web server that runs it as a CGI program (Apache, lighttpd, nginx with fcgiwrap) "
                      "needs that; a WSGI server does not. Fix: %s" % (text, fix))
-        check_runs_as_cgi(report if runs_as_cgi else note_unless_ok, script, "700" if in_the_script else "755")
+        check_runs_as_cgi(report, script, "700" if in_the_script else "755",
+                          report if runs_as_cgi else note_unless_ok)
     for launcher in wrappers:
         if launcher not in wsgi and file_holds(launcher, b"ipn_receiver.main()"):
             check_runs_as_cgi(report, launcher, "755")
@@ -4279,8 +4324,8 @@ def check_data_folder(report, note, config):
             note("the data folder is beside the script; outside the web root is safer (set DATA_DIR, and move the "
                  "store into it: check says how)")
     check_web_folder(report, note, data_dir)
-    left_behind = os.path.join(HERE, "ipn_data")        # the default data folder
-    beside_the_link = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipn_data")
+    left_behind = os.path.join(HERE, SHIPPED_SETTINGS["DATA_DIR"])        # the default data folder
+    beside_the_link = os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIPPED_SETTINGS["DATA_DIR"])
     if os.path.isfile(os.path.join(beside_the_link, STORE_FILE_NAME)):
         left_behind = beside_the_link       # (check run through a link: where calls kept it before they followed links)
     elsewhere = os.path.normcase(os.path.realpath(left_behind)) != os.path.normcase(os.path.realpath(data_dir))
@@ -4411,10 +4456,17 @@ def what_repair_would_do(config):
             % copied)
 
 
-def check_runs_as_cgi(report, program, mode):
-    """What `check` says about a program a web server runs as CGI: the script, or a launcher."""
+def check_runs_as_cgi(report, program, mode, as_cgi_only=None):
+    """What `check` says about a program a web server runs as CGI: the script, or a launcher.
+
+    `as_cgi_only`, where given, reports what only a CGI program needs (a shebang line, the run
+    bit). Windows line endings or a BOM are reported by `report` whatever runs the file: they are
+    an editor's or an upload's mistake, which a CGI server cannot start, and fixing them harms
+    nothing."""
+    as_cgi_only = as_cgi_only or report
     with open(program, "rb") as file:
         first_line = file.readline()
+    windows = first_line.startswith(b"\xef\xbb\xbf") or first_line.startswith(b"#!") and first_line.endswith(b"\r\n")
     if first_line.startswith(b"\xef\xbb\xbf"):
         fix = ("save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
                "Unix (LF) line endings (sed -i '1s/^\\xef\\xbb\\xbf//; s/\\r$//' %s); with either, a CGI call "
@@ -4424,10 +4476,10 @@ def check_runs_as_cgi(report, program, mode):
             program)
     else:
         fix = "make #!/usr/bin/env python3 its first line, as in README.md; without it, a CGI call fails with 500"
-    report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
-           "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
-    report(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
-           "chmod %s %s   (needed to run as CGI)" % (mode, program))
+    (report if windows else as_cgi_only)(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
+                                         "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
+    as_cgi_only(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
+                "chmod %s %s   (needed to run as CGI)" % (mode, program))
 
 
 def check_who_else_may_change_the_code(report, files):
@@ -5193,6 +5245,11 @@ def keep_compiled_copies_private():
         except OSError:                         # (gone; or a folder, which Python never reads)
             pass
 
+
+# The names of the part you edit that the code below it gave another value (YOUR_PART): taken
+# here, once the file has run, and before a wrapper or a test puts in handlers of its own.
+NAMES_TAKEN_OVER = sorted(name for name, value in YOUR_PART.items()
+                          if not name.startswith("__") and globals().get(name) is not value)
 
 if __name__ == "__main__":
     sys.exit(main())

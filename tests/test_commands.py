@@ -17,8 +17,8 @@ import unittest
 
 from unittest import mock
 
-from helpers import (PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, ipn_receiver, payment, post,
-                     promopit_sale, read_only_folder, snippet)
+from helpers import (PYTHON, ISN_KEY, PASSPHRASE, REPO, SCRIPT, ReceiverTestCase, cgi_environment, ipn_receiver,
+                     parse_cgi_output, payment, post, promopit_sale, read_only_folder, snippet)
 
 WORKER = os.path.join(REPO, "tests", "worker.py")
 
@@ -1042,6 +1042,61 @@ class Check(CommandTestCase):
         self.assertIn("notification #1 is ignored; replay runs failed ones (and abandoned and unknown ones). Add "
                       "--force to run its handler now anyway", error)
 
+    def test_a_name_of_the_vendors_that_the_code_below_defines_too_is_a_configuration_error(self):
+        # A helper of the vendor's named like one of the receiver's: the receiver's replaced it, and
+        # the handler called that one, silently (the 63rd review: a CRM call sent no token, and the
+        # buyer got OK and login data though the CRM granted nothing).
+        helper = ("\n\ndef post_form(url, fields):\n    return my_crm(url, fields)\n\n\n"
+                  "from time import time\n\n\ndef sale(notification):")
+        script = self.edited_copy("\n\ndef sale(notification):", helper)
+        with open(script, encoding="utf-8") as file:
+            line = file.read().split("\n").index("def post_form(url, fields):") + 1
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  settings: post_form, time, at the top of ipn_receiver.py, are names the "
+                      "receiver's own code below uses too, which replaces yours: your handlers would call the "
+                      "receiver's. Rename yours (my_post_form, say), and where your handlers use them\n", output)
+        body = b"&".join(b"%s=%s" % (key.encode(), value.encode()) for key, value in payment().items())
+        done = subprocess.run([PYTHON, script], input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=cgi_environment(self.data_dir, body=body), timeout=60)
+        status, _, answer = parse_cgi_output(done.stdout)
+        # The caller is told the file and the line (of the first name that is a function of the
+        # vendor's: time is another module's); the names go to the error log only.
+        self.assertEqual((status, answer.decode()), (503, "ERROR: configuration error in ipn_receiver.py line %d; run "
+                         "`python3 ipn_receiver.py check` on the server to see what to change" % line))
+        self.assertNotIn(b"post_form", done.stdout)
+        self.assertIn(b"configuration error: post_form, time, at the top", done.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
+        # A name of the vendor's that is the receiver's own thing (import os, as the code below
+        # does) is no clash; nor are handlers a wrapper or a test puts in after the file has run.
+        script = self.edited_copy("\n\ndef sale(notification):", "\n\nimport os\n\n\ndef sale(notification):")
+        self.assertNotIn("name", self.command("check", script=script)[1].partition("PROBLEM  settings")[2])
+        self.assertEqual(ipn_receiver.NAMES_TAKEN_OVER, [])
+        with mock.patch.object(ipn_receiver, "on_payment", lambda notification: None):
+            self.assertEqual(ipn_receiver.settings_written_here()["DATA_DIR"], ipn_receiver.DATA_DIR)
+
+    def test_a_setting_edited_at_the_top_but_set_in_config_ini_too_is_a_problem(self):
+        # config.example.ini copied whole set all four [receiver] settings: a PROCESSING_TIMEOUT
+        # raised at the top of the script for a slow handler did nothing, and the handler was taken
+        # over and run twice (the 63rd review).
+        script = self.edited_copy("\nPROCESSING_TIMEOUT = 300\n", "\nPROCESSING_TIMEOUT = 900\n")
+        config_file = os.path.join(os.path.dirname(script), "config.ini")
+        with open(os.open(config_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
+            file.write("[receiver]\nprocessing_timeout = 300\n")
+        os.utime(config_file, (time.time() - 2, time.time() - 2))
+        problem = ("PROBLEM  PROCESSING_TIMEOUT = 900 at the top of ipn_receiver.py is not in effect: %s sets it\n"
+                   "         fix: set it in one place: there, or delete it there to use the value at the top of the "
+                   "file\n")
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn(problem % "config.ini line 2, [receiver] processing_timeout", output)
+        code, output, _ = self.command("check", script=script, IPN_PROCESSING_TIMEOUT="600")
+        self.assertIn(problem % "environment variable IPN_PROCESSING_TIMEOUT", output)
+        # As shipped, the value at the top is the default: config.ini may set it, as it is for.
+        os.remove(config_file)
+        self.assertNotIn("not in effect", self.command("check", script=script)[1])
+        self.assertNotIn("not in effect", self.command("check", IPN_PROCESSING_TIMEOUT="600")[1])
+
     def edited_copy(self, old, new, *more):
         """A copy of the script, in a folder of its own, with `old` replaced by `new` (and each pair of `more`)."""
         with open(SCRIPT, encoding="utf-8") as file:
@@ -1463,6 +1518,32 @@ class Check(CommandTestCase):
         self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file with "
                       "Unix (LF) line endings", output)
         self.assertIn("ok       ipn.py starts with a shebang line ending in LF\n", output)
+
+    def test_crlf_line_endings_are_a_problem_wherever_the_script_is_and_a_missing_run_bit_a_note(self):
+        # In a folder that tells nothing of how it runs (lighttpd, nginx, or a WSGI server): check said
+        # "all good" for a file every CGI call of which failed (the 62nd review). A WSGI server
+        # reads CRLF, but the line endings are an upload's mistake, and fixing them harms nothing.
+        folder = tempfile.mkdtemp(prefix="ipn-site-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(SCRIPT, "rb") as source, open(script, "wb") as copy:
+            copy.write(source.read().replace(b"\n", b"\r\n"))
+        os.chmod(script, 0o644)
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file "
+                      "with Unix (LF) line endings (sed -i 's/\\r$//' %s); with CRLF a CGI call fails with 500\n"
+                      % script, output)
+        self.assertIn("note     ipn_receiver.py has its run bit set: not so. A web server that runs it as a CGI "
+                      "program (Apache, lighttpd, nginx with fcgiwrap) needs that; a WSGI server does not.", output)
+        with open(script, "wb") as copy, open(SCRIPT, "rb") as source:
+            copy.write(b"\xef\xbb\xbf" + source.read())
+        self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file "
+                      "as UTF-8 without a BOM", self.command("check", script=script)[1])
+        with open(script, "wb") as copy, open(SCRIPT, "rb") as source:
+            copy.write(source.read().partition(b"\n")[2])          # no shebang line: a CGI program's need
+        self.assertIn("note     ipn_receiver.py starts with a shebang line ending in LF: not so.",
+                      self.command("check", script=script)[1])
 
     def test_a_healthy_store_set_aside_by_repair_force_is_not_called_damaged(self):
         post(payment())

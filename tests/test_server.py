@@ -79,6 +79,27 @@ class LocalServer(unittest.TestCase):
                                                    "%s\n" % ", ".join(ipn_receiver.DIGISTORE24_EVENTS +
                                                                        ipn_receiver.DIGISTORE24_RARER_EVENTS)))
 
+    def test_send_sends_an_event_the_vendor_has_a_handler_for(self):
+        # A handler added for an event the receiver does not know of yet: send refused it, though
+        # Digistore24 sends it (the 63rd review).
+        with open(SCRIPT, encoding="utf-8") as file:
+            source = file.read()
+        self.assertIn('    "on_affiliation": on_affiliation,\n', source)
+        folder = tempfile.mkdtemp(prefix="ipn-send-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "ipn_receiver.py")
+        with open(script, "w", encoding="utf-8") as file:
+            file.write(source.replace('    "on_affiliation": on_affiliation,\n', '    "on_affiliation": on_affiliation,\n'
+                                      '    "on_subscription_paused": on_rebill_cancelled,\n'))
+        done = subprocess.run([PYTHON, script, "send", "on_subscription_paused", "--url", self.url],
+                              env=self.environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((done.returncode, done.stdout.decode()), (0, "HTTP 200\nOK\n"), done.stderr)
+        done = subprocess.run([PYTHON, script, "send", "on_subscription_pause", "--url", self.url],
+                              env=self.environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((done.returncode, done.stderr.decode()), (2, "ERROR: on_subscription_pause is not one of "
+                         "Digistore24's events: %s, on_subscription_paused\n" % ", ".join(
+                             ipn_receiver.DIGISTORE24_EVENTS + ipn_receiver.DIGISTORE24_RARER_EVENTS)))
+
     def test_send_reads_its_arguments_as_utf8_whatever_the_locale(self):
         # Python 3.6 with no LANG read "Müller" as ASCII, and send said it "could not reach" the
         # server (the 56th review).

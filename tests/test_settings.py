@@ -214,6 +214,19 @@ class Precedence(SettingsTestCase):
         for data_dir in ('"', "a'b'", '"ipn_data'):         # one quote, or not around it: a name like any
             self.assertEqual(load({"IPN_DATA_DIR": data_dir})["DATA_DIR"], os.path.join(self.folder, data_dir))
 
+    def test_a_comment_after_the_data_folder_is_refused(self):
+        # "data_dir = /home/you/private   # moved out of the web root": the comment was part of the
+        # folder's name, a new empty store, and a payment handled before ran again (the 63rd review).
+        for text in ("[receiver]\ndata_dir = /home/you/private   # moved\n", "[receiver]\ndata_dir = data\t; old\n"):
+            message = self.assertConfigError(text, "config.ini line 2, [receiver] data_dir: DATA_DIR has a comment "
+                                                   "after the folder's name, which would be part of the name; put "
+                                                   "the comment on a line of its own")
+            self.assertNotIn("starting with #", message)            # (said once)
+        self.assertConfigError(None, "environment variable IPN_DATA_DIR: DATA_DIR has a comment",
+                               IPN_DATA_DIR="/srv/ipn #2")
+        for data_dir in ("/srv/ipn#2", "/srv/ipn;2", "#ipn"):       # no space before it: a name like any
+            self.assertEqual(load({"IPN_DATA_DIR": data_dir})["DATA_DIR"], os.path.join(self.folder, data_dir))
+
     def test_use_settings_ignores_ini_and_environment(self):
         self.write("[promopit]\nisn_key = from-ini\n")
         with mock.patch.dict(os.environ, {"IPN_SHA_PASSPHRASE": "from-env"}):
@@ -294,6 +307,16 @@ class IniFile(SettingsTestCase):
         self.assertEqual(config["config_file"], os.path.join(self.folder, "config.ini"))
         for name in ("SHA_PASSPHRASE", "ISN_KEY"):
             self.assertIn("placeholder", ipn_receiver.secret_problem(config, name))
+        # Nor does it set anything else: copied whole, it froze DATA_DIR, PROCESSING_TIMEOUT, ... at
+        # their defaults, and an edit at the top of the script did nothing (the 63rd review).
+        self.assertEqual(config["where"], {name: "%s at the top of ipn_receiver.py" % name
+                                           for name, _, _, _ in ipn_receiver.SETTINGS_SOURCES})
+        # Its [receiver] lines are there to take the # away from, with the defaults as values.
+        with open(os.path.join(REPO, "config.example.ini"), encoding="utf-8") as file:
+            lines = file.read().split("\n")
+        for name, shipped in ipn_receiver.SHIPPED_SETTINGS.items():
+            self.assertIn("# %s = %s" % (name.lower(), "ipn_data" if name == "DATA_DIR" else shipped), lines)
+            self.assertEqual(getattr(ipn_receiver, name), shipped)
 
     def test_malformed_lines(self):
         self.assertConfigError("[receiver]\njust words\n", "config.ini line 2", "key = value")
