@@ -56,7 +56,8 @@ ISN_KEY = r"PASTE-YOUR-PROMOPIT-ISN-KEY-HERE"
 # "/home/youruser/ipn_data"; inside it, the receiver protects the folder with an .htaccess file.
 DATA_DIR = "ipn_data"
 
-# How much the log says: "DEBUG", "INFO", "WARNING" or "ERROR".
+# How much the log says: "DEBUG", "INFO", "WARNING" or "ERROR". (The receiver writes no DEBUG
+# lines of its own: "DEBUG" adds your handlers' log.debug(...) lines.)
 LOG_LEVEL = "INFO"
 
 # Larger request bodies are refused (413), unread where their length is given (a chunked one is
@@ -371,11 +372,13 @@ def settings_written_here():
     GET, in a traceback the web server answers with its own 500 page, and no word of what to do.
     """
     found = globals()
-    for name, _, _, _ in SETTINGS_SOURCES:
+    for name in [name for name, _, _, _ in SETTINGS_SOURCES] + ["DIGISTORE24_HANDLERS", "PROMOPIT_HANDLERS"]:
         if name not in found:
             raise ConfigError("%s is missing at the top of ipn_receiver.py (its line deleted, or its name misspelt); "
-                              "put its line back as the file came (the README's table of settings gives its default)"
-                              % name, "ipn_receiver.py")
+                              "put %s back as the file came (%s)" % (name, "it" if name.endswith("HANDLERS") else
+                                                                     "its line", "an empty table is {}" if name.endswith(
+                                                                         "HANDLERS") else "the README's table of "
+                                                                     "settings gives its default"), "ipn_receiver.py")
     if NAMES_TAKEN_OVER:
         lines = [YOUR_PART[name].__code__.co_firstlineno for name in NAMES_TAKEN_OVER     # (functions of yours)
                  if getattr(YOUR_PART[name], "__module__", None) == __name__ and hasattr(YOUR_PART[name], "__code__")]
@@ -661,7 +664,8 @@ def unusable_secret_answer(name):
     is learns that the setting is not usable, but not why: that a secret is short would tell
     whoever captured a call that guessing it is worth trying. `check` and the log say why."""
     return ("%s cannot be used (not set, the placeholder, or under %d characters%s); run `python3 ipn_receiver.py "
-            "check` on the server: it says which, and where to put %s" % (name, SHORTEST_SECRET, ", or the same as "
+            "check` on the server, as the web server runs the receiver (its user, its environment): it says which, and "
+            "where to put %s" % (name, SHORTEST_SECRET, ", or the same as "
             "ISN_KEY" if name == "SHA_PASSPHRASE" else "", where_secrets_go(name)[0]))
 
 
@@ -4109,6 +4113,12 @@ def check_settings(report, note, config):
                "they are): should it go missing for a moment (renamed while you edit it, say), calls would be "
                "stored in another folder, and their handlers would run again"
                % (" and ".join(apart), os.path.basename(config["config_file"])))
+    for name, _, _, variable in SETTINGS_SOURCES:
+        if config["where"][name].startswith("environment variable"):
+            # Set in the shell check runs in, perhaps, and not where the web server runs the
+            # receiver: every call refused, or a store of its own in another folder.
+            note("%s comes from the environment variable %s: the web server must give the receiver the same (Apache's "
+                 "SetEnv does not reach it through suEXEC, nor a WSGI app; config.ini does)" % (name, variable))
     for name, shipped in sorted(SHIPPED_SETTINGS.items()):
         # Edited at the top of the file, as its comments say, but set in config.ini or the
         # environment too: the edit does nothing (a PROCESSING_TIMEOUT raised for a slow handler,
@@ -4123,6 +4133,15 @@ def check_handler_tables(report, note):
     """What `check` says about DIGISTORE24_HANDLERS and PROMOPIT_HANDLERS."""
     import difflib
     import inspect
+    for name, lines in sorted(functions_defined_twice().items()):
+        # A handler of the vendor's pasted above the one the file came with: the later one takes
+        # the name, and the table (made below both) sends every sale to it, answered OK, undone.
+        report(False, "%s is defined %d times in %s (lines %s): Python keeps the last one, and the others never run"
+               % (name, len(lines), os.path.basename(__file__), ", ".join(map(str, lines))),
+               "keep one: delete the others, or rename them")
+    if is_the_placeholder(DIGISTORE24_HANDLERS.get("on_payment"), "on_payment"):
+        note("on_payment is the one the file came with: it logs each payment, grants nothing, and the sale is "
+             "answered OK. Write yours in its place (where a wrapper puts in your handlers, run check through it)")
     for table, events in (("DIGISTORE24_HANDLERS", DIGISTORE24_EVENTS + DIGISTORE24_RARER_EVENTS),
                           ("PROMOPIT_HANDLERS", ("sale",))):
         # A misspelt event in a table: its calls are answered OK, stored as ignored, and never run.
@@ -4312,7 +4331,9 @@ def check_data_folder(report, note, config):
     else:
         note("data folder %s does not exist yet; the receiver makes it at its first call, as the user the web server "
              "runs it as, who must be able to write to %s (where that is not you, make the folder for that user, as "
-             "README.md's cgi-bin layout does)" % (data_dir, first))
+             "README.md's cgi-bin layout does). Where notifications came before into another data folder, move "
+             "that folder here first: in a new, empty store their copies would run their handlers again"
+             % (data_dir, first))
     if writable:
         report_private(report, data_dir, "data folder mode %03o", "chmod 700 %s")
         check_owners(report, data_dir)
@@ -4536,7 +4557,7 @@ def check_who_else_may_change_python(report):
 
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
 # commands): a folder named like one of them is code, though check may not have imported it.
-IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "contextlib", "difflib", "errno", "fcntl", "fnmatch", "grp", "http",
+IMPORTED_WHEN_NEEDED = ("_sqlite3", "argparse", "ast", "contextlib", "difflib", "errno", "fcntl", "fnmatch", "grp", "http",
                         "inspect", "io", "json", "pwd", "re", "shlex", "shutil", "signal", "site", "socket",
                         "socketserver", "sqlite3", "stat", "struct", "tempfile", "threading", "traceback", "types",
                         "urllib", "wsgiref")
@@ -4605,9 +4626,23 @@ def check_what_the_store_shows_of_the_setup(report, config, connection):
         if given:
             report(False, "on_payment is a handler of yours, as when %d payments in the store (the last #%d) were "
                    "answered with access data" % (len(given), given[-1]), "it is the one the file came with, which "
-                   "grants nothing: put yours back (was it left in the file before an upgrade?); then, for each "
+                   "grants nothing: put yours back (was it left in the file before an upgrade? where a wrapper puts "
+                   "in your handlers, run check through it); then, for each "
                    "payment after #%d answered OK alone (`python3 ipn_receiver.py events --event on_payment`), "
                    "`replay ID --force`" % given[-1])
+
+
+def functions_defined_twice():
+    """{name: [line, ...]} of the functions and classes defined more than once at the top level of
+    this file, where Python keeps the last one."""
+    import ast
+    with open(__file__, "rb") as file:
+        tree = ast.parse(file.read())
+    lines = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            lines.setdefault(node.name, []).append(node.lineno)
+    return {name: found for name, found in lines.items() if len(found) > 1}
 
 
 def is_the_placeholder(handler, event):
@@ -4863,7 +4898,9 @@ def is_backup_copy(name):
     ipn_receiver - Copy.py): a name that starts as theirs and still says .ini or .py, but is
     neither of them, nor the example shipped, nor a compiled copy."""
     base = name.lstrip(".#").lower()
-    return name not in ("ipn_receiver.py", "config.ini", "config.example.ini") and not name.endswith(".pyc") and (
+    itself = (os.path.basename(__file__), os.path.basename(os.path.realpath(__file__)))   # (renamed: ds24_ipn.py)
+    return name not in ("ipn_receiver.py", "config.ini", "config.example.ini") + itself and not name.endswith(
+        ".pyc") and (
         base.startswith("config") and ".ini" in base or base.startswith("ipn_receiver") and ".py" in base)
 
 
@@ -5248,8 +5285,10 @@ def keep_compiled_copies_private():
 
 # The names of the part you edit that the code below it gave another value (YOUR_PART): taken
 # here, once the file has run, and before a wrapper or a test puts in handlers of its own.
-NAMES_TAKEN_OVER = sorted(name for name, value in YOUR_PART.items()
-                          if not name.startswith("__") and globals().get(name) is not value)
+# (A value equal to the receiver's, such as a HERE of yours worked out as the receiver does, is
+# no harm.)
+NAMES_TAKEN_OVER = sorted(name for name, value in YOUR_PART.items() if not name.startswith("__") and globals().get(
+    name) is not value and not (isinstance(value, (str, int, float, tuple)) and globals().get(name) == value))
 
 if __name__ == "__main__":
     sys.exit(main())

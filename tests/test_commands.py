@@ -785,7 +785,8 @@ class Check(CommandTestCase):
         self.assertEqual(code, 1, output)
         self.assertIn("\nPROBLEM  on_payment is a handler of yours, as when 2 payments in the store (the last #2) were "
                       "answered with access data\n         fix: it is the one the file came with, which grants nothing: "
-                      "put yours back (was it left in the file before an upgrade?); then, for each payment after #2 "
+                      "put yours back (was it left in the file before an upgrade? where a wrapper puts in your "
+                      "handlers, run check through it); then, for each payment after #2 "
                       "answered OK alone (`python3 ipn_receiver.py events --event on_payment`), `replay ID --force`\n",
                       output)
         script = self.edited_copy("    # EDIT HERE: grant or extend access.\n", "    # EDIT HERE: grant or extend access.\n"
@@ -1025,7 +1026,7 @@ class Check(CommandTestCase):
         with mock.patch.dict(ipn_receiver.PROMOPIT_HANDLERS, {"sale": functools.partial(ipn_receiver.on_payment)}), \
                 mock.patch.dict(ipn_receiver.DIGISTORE24_HANDLERS, {"on_refund": "x" * 100}):
             ipn_receiver.check_handler_tables(lambda ok, text, fix: said.append(text), said.append)
-        self.assertEqual(said, ["DIGISTORE24_HANDLERS's line for 'on_refund' names '%s, which is not a function"
+        self.assertEqual(said[1:], ["DIGISTORE24_HANDLERS's line for 'on_refund' names '%s, which is not a function"
                                 % ("x" * 59), "PROMOPIT_HANDLERS sends sale to another function, though a handler "
                                                "sale is defined: is that meant?"])
 
@@ -1068,12 +1069,48 @@ class Check(CommandTestCase):
         self.assertIn(b"configuration error: post_form, time, at the top", done.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
         # A name of the vendor's that is the receiver's own thing (import os, as the code below
-        # does) is no clash; nor are handlers a wrapper or a test puts in after the file has run.
-        script = self.edited_copy("\n\ndef sale(notification):", "\n\nimport os\n\n\ndef sale(notification):")
+        # does), or equal to it (the 64th review: a HERE worked out as the receiver does), is no
+        # clash; nor are handlers a wrapper or a test puts in after the file has run.
+        script = self.edited_copy("\n\ndef sale(notification):", "\n\nimport os\nHERE = os.path.dirname("
+                                  "os.path.realpath(__file__))\nLOG_FILE_BACKUPS = 3\n\n\ndef sale(notification):")
         self.assertNotIn("name", self.command("check", script=script)[1].partition("PROBLEM  settings")[2])
         self.assertEqual(ipn_receiver.NAMES_TAKEN_OVER, [])
         with mock.patch.object(ipn_receiver, "on_payment", lambda notification: None):
             self.assertEqual(ipn_receiver.settings_written_here()["DATA_DIR"], ipn_receiver.DATA_DIR)
+
+    def test_a_handler_defined_twice_is_a_problem(self):
+        # The vendor's on_payment pasted above the one the file came with: Python kept the later,
+        # every sale was answered OK and granted nothing, and check said "all good" (the 64th review).
+        mine = "def on_payment(notification):\n    grant(notification)\n\n\ndef connection_test(notification):"
+        script = self.edited_copy("def connection_test(notification):", mine)
+        with open(script, encoding="utf-8") as file:
+            lines = [number for number, line in enumerate(file.read().split("\n"), 1)
+                     if line == "def on_payment(notification):"]
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  on_payment is defined 2 times in ipn_receiver.py (lines %d, %d): Python keeps the "
+                      "last one, and the others never run\n         fix: keep one: delete the others, or rename them\n"
+                      % tuple(lines), output)
+        # The one the file came with, alone, is a note: it answers every sale OK and grants nothing.
+        placeholder = ("note     on_payment is the one the file came with: it logs each payment, grants nothing, and the "
+                       "sale is answered OK. Write yours in its place")
+        self.assertIn(placeholder, output)
+        code, output, _ = self.command("check")
+        self.assertNotIn("defined 2 times", output)
+        self.assertIn(placeholder, output)
+        script = self.edited_copy('    log.info("payment for order %s, product %s, pay_sequence_no %s: nothing done '
+                                  'yet (edit on_payment)",', '    grant(notification)\n    log.info("payment %s %s %s",')
+        self.assertNotIn("on_payment is the one the file came with", self.command("check", script=script)[1])
+
+    def test_settings_from_the_environment_are_named_as_the_web_servers_to_give(self):
+        # The passphrase set in the shell alone: check said all good, and every call was refused
+        # with "run check" (the 64th review).
+        code, output, _ = self.command("check", IPN_LOG_LEVEL="DEBUG")
+        for name, variable in (("SHA_PASSPHRASE", "IPN_SHA_PASSPHRASE"), ("LOG_LEVEL", "IPN_LOG_LEVEL")):
+            self.assertIn("note     %s comes from the environment variable %s: the web server must give the receiver "
+                          "the same (Apache's SetEnv does not reach it through suEXEC, nor a WSGI app; config.ini "
+                          "does)\n" % (name, variable), output)
+        self.assertNotIn("MAX_BODY_BYTES comes from", output)
 
     def test_a_setting_edited_at_the_top_but_set_in_config_ini_too_is_a_problem(self):
         # config.example.ini copied whole set all four [receiver] settings: a PROCESSING_TIMEOUT
@@ -1678,7 +1715,9 @@ class Check(CommandTestCase):
         self.assertFalse(os.path.exists(data_dir))
         self.assertIn("note     data folder %s does not exist yet; the receiver makes it at its first call, as the user "
                       "the web server runs it as, who must be able to write to %s (where that is not you, make the "
-                      "folder for that user, as README.md's cgi-bin layout does)\n" % (data_dir, self.data_dir), output)
+                      "folder for that user, as README.md's cgi-bin layout does). Where notifications came before "
+                      "into another data folder, move that folder here first: in a new, empty store their copies "
+                      "would run their handlers again\n" % (data_dir, self.data_dir), output)   # (the 64th review)
         self.assertRegex(output, r"note     check runs as \S+; ipn_receiver.py belongs to \S+\. Run check as")
         os.makedirs(data_dir, 0o700)
         code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
@@ -2266,6 +2305,19 @@ class CheckTheWebFolder(CommandTestCase):
                       output)
         for name in ("ipn_receiver.py", "ipn.py"):
             self.assertTrue(ipn_receiver.granted_by_a_section(snippet("apache-htaccess"), name))
+        # Its name written into the <FilesMatch> line, as the fix says: check took the live script,
+        # so named, for a backup copy of it, said the .htaccess served a copy, and told the vendor to
+        # delete it (the 64th review).
+        live = os.path.join(os.path.dirname(script), "ipn_receiver_live.py")
+        os.rename(renamed, live)
+        with open(os.path.join(os.path.dirname(live), ".htaccess"), "w") as file:
+            file.write(snippet("apache-htaccess").replace("^(ipn_receiver|ipn)", "^(ipn_receiver_live|ipn)"))
+        code, output, _ = self.command("check", script=live, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertEqual(code, 0, output)
+        self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing\n", output)
+        self.assertNotIn("copies of the settings", output)
+        self.assertTrue(ipn_receiver.is_backup_copy("ipn_receiver_live.py"))       # (from another script's view)
+        os.rename(live, renamed)
         # Where the launcher is the one registered, it alone need be served.
         with open(os.path.join(os.path.dirname(renamed), "ipn.py"), "w") as file:
             file.write("#!/usr/bin/python3\nimport ipn_receiver\nipn_receiver.main()\n")

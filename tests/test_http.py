@@ -207,10 +207,12 @@ class Answers(ReceiverTestCase):
             ipn_receiver.use_settings(SHA_PASSPHRASE=passphrase, ISN_KEY=isn_key, DATA_DIR=self.data_dir)
             self.assertAnswer(post(payment()), 503, "ERROR: SHA_PASSPHRASE cannot be used (not set, the placeholder, "
                               "or under 8 characters, or the same as ISN_KEY); run `python3 ipn_receiver.py check` "
-                              "on the server: it says which, and where to put your Digistore24 IPN passphrase")
+                              "on the server, as the web server runs the receiver (its user, its environment): it "
+                              "says which, and where to put your Digistore24 IPN passphrase")
             self.assertAnswer(post(promopit_sale()), 503, "ERROR: ISN_KEY cannot be used (not set, the placeholder, "
-                              "or under 8 characters); run `python3 ipn_receiver.py check` on the server: it says "
-                              "which, and where to put your PromoPit ISN key")
+                              "or under 8 characters); run `python3 ipn_receiver.py check` on the server, as the "
+                              "web server runs the receiver (its user, its environment): it says which, and where to "
+                              "put your PromoPit ISN key")
             # The vendor's own log says which (the 51st review), and never the value.
             state = "is too short" if passphrase == "1234567" else "is still the placeholder" if passphrase else \
                 "is not set"

@@ -253,6 +253,14 @@ class Precedence(SettingsTestCase):
                 self.assertEqual(self.location, "ipn_receiver.py")
                 with self.assertRaises(ConfigError):
                     ipn_receiver.use_settings()
+        # So is a handler table deleted (PromoPit's, by a vendor who does not use it): check ended in
+        # a KeyError that blamed the store, a PromoPit call in an "internal error" (the 64th review).
+        for gone in ("PROMOPIT_HANDLERS", "DIGISTORE24_HANDLERS"):
+            with self.subTest(gone=gone), mock.patch.dict(ipn_receiver.__dict__):
+                del ipn_receiver.__dict__[gone]
+                self.assertEqual(self.assertConfigError(None), "%s is missing at the top of ipn_receiver.py (its line "
+                                 "deleted, or its name misspelt); put it back as the file came (an empty table is "
+                                 "{})" % gone)
 
 
 class IniFile(SettingsTestCase):
