@@ -372,21 +372,21 @@ def settings_written_here():
     GET, in a traceback the web server answers with its own 500 page, and no word of what to do.
     """
     found = globals()
-    for name in [name for name, _, _, _ in SETTINGS_SOURCES] + ["DIGISTORE24_HANDLERS", "PROMOPIT_HANDLERS"]:
+    for name, _, _, _ in SETTINGS_SOURCES:
         if name not in found:
             raise ConfigError("%s is missing at the top of ipn_receiver.py (its line deleted, or its name misspelt); "
-                              "put %s back as the file came (%s)" % (name, "it" if name.endswith("HANDLERS") else
-                                                                     "its line", "an empty table is {}" if name.endswith(
-                                                                         "HANDLERS") else "the README's table of "
-                                                                     "settings gives its default"), "ipn_receiver.py")
+                              "put its line back as the file came (the README's table of settings gives its default)"
+                              % name, "ipn_receiver.py")
+    for name in ("DIGISTORE24_HANDLERS", "PROMOPIT_HANDLERS"):
+        if name not in found:               # (PromoPit's deleted by a vendor who does not use it)
+            raise ConfigError("%s is missing at the top of ipn_receiver.py (its line deleted, or its name misspelt); "
+                              "put it back as the file came (an empty table is {})" % name, "ipn_receiver.py")
     if NAMES_TAKEN_OVER:
         lines = [YOUR_PART[name].__code__.co_firstlineno for name in NAMES_TAKEN_OVER     # (functions of yours)
                  if getattr(YOUR_PART[name], "__module__", None) == __name__ and hasattr(YOUR_PART[name], "__code__")]
-        raise ConfigError("%s, at the top of ipn_receiver.py, %s the receiver's own code below uses too, which "
-                          "replaces yours: your handlers would call the receiver's. Rename yours (my_%s, say), and "
-                          "where your handlers use %s" % (", ".join(NAMES_TAKEN_OVER), "is a name" if len(
-                              NAMES_TAKEN_OVER) == 1 else "are names", NAMES_TAKEN_OVER[0], "it" if len(
-                              NAMES_TAKEN_OVER) == 1 else "them"),
+        raise ConfigError("the receiver's own code below the banner defines %s too, which replaces yours at the top "
+                          "of ipn_receiver.py: your handlers would call the receiver's. Rename yours (my_%s, say), "
+                          "and where your handlers use it" % (", ".join(NAMES_TAKEN_OVER), NAMES_TAKEN_OVER[0]),
                           "ipn_receiver.py line %d" % min(lines) if lines else "ipn_receiver.py")
     return {name: found[name] for name, _, _, _ in SETTINGS_SOURCES}
 

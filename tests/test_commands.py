@@ -1054,9 +1054,9 @@ class Check(CommandTestCase):
             line = file.read().split("\n").index("def post_form(url, fields):") + 1
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("PROBLEM  settings: post_form, time, at the top of ipn_receiver.py, are names the "
-                      "receiver's own code below uses too, which replaces yours: your handlers would call the "
-                      "receiver's. Rename yours (my_post_form, say), and where your handlers use them\n", output)
+        self.assertIn("PROBLEM  settings: the receiver's own code below the banner defines post_form, time too, "
+                      "which replaces yours at the top of ipn_receiver.py: your handlers would call the receiver's. "
+                      "Rename yours (my_post_form, say), and where your handlers use it\n", output)
         body = b"&".join(b"%s=%s" % (key.encode(), value.encode()) for key, value in payment().items())
         done = subprocess.run([PYTHON, script], input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=cgi_environment(self.data_dir, body=body), timeout=60)
@@ -1066,7 +1066,8 @@ class Check(CommandTestCase):
         self.assertEqual((status, answer.decode()), (503, "ERROR: configuration error in ipn_receiver.py line %d; run "
                          "`python3 ipn_receiver.py check` on the server to see what to change" % line))
         self.assertNotIn(b"post_form", done.stdout)
-        self.assertIn(b"configuration error: post_form, time, at the top", done.stderr)
+        self.assertIn(b"configuration error: the receiver's own code below the banner defines post_form, time too",
+                      done.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
         # A name of the vendor's that is the receiver's own thing (import os, as the code below
         # does), or equal to it (the 64th review: a HERE worked out as the receiver does), is no
