@@ -4898,8 +4898,10 @@ def is_backup_copy(name):
     ipn_receiver - Copy.py): a name that starts as theirs and still says .ini or .py, but is
     neither of them, nor the example shipped, nor a compiled copy."""
     base = name.lstrip(".#").lower()
-    itself = (os.path.basename(__file__), os.path.basename(os.path.realpath(__file__)))   # (renamed: ds24_ipn.py)
-    return name not in ("ipn_receiver.py", "config.ini", "config.example.ini") + itself and not name.endswith(
+    # (The script itself by its name, whatever it is: renamed ipn_receiver_live.py, an old
+    # ipn_receiver.py beside it is a copy.)
+    itself = (os.path.basename(__file__), os.path.basename(os.path.realpath(__file__)))
+    return name not in ("config.ini", "config.example.ini") + itself and not name.endswith(
         ".pyc") and (
         base.startswith("config") and ".ini" in base or base.startswith("ipn_receiver") and ".py" in base)
 

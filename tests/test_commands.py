@@ -1069,6 +1069,14 @@ class Check(CommandTestCase):
         self.assertIn(b"configuration error: the receiver's own code below the banner defines post_form, time too",
                       done.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "events.sqlite3")))
+        # A class of the vendor's: named, with no line (only a function's is told).
+        script = self.edited_copy("\n\ndef sale(notification):", "\n\nclass Log:\n    pass\n\n\n"
+                                  "def sale(notification):")
+        done = subprocess.run([PYTHON, script], input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=cgi_environment(self.data_dir, body=body), timeout=60)
+        self.assertEqual(parse_cgi_output(done.stdout)[2].decode(), "ERROR: configuration error in ipn_receiver.py; "
+                         "run `python3 ipn_receiver.py check` on the server to see what to change")
+        self.assertIn(b"defines Log too", done.stderr)
         # A name of the vendor's that is the receiver's own thing (import os, as the code below
         # does), or equal to it (the 64th review: a HERE worked out as the receiver does), is no
         # clash; nor are handlers a wrapper or a test puts in after the file has run.
@@ -1577,7 +1585,12 @@ class Check(CommandTestCase):
         with open(script, "wb") as copy, open(SCRIPT, "rb") as source:
             copy.write(b"\xef\xbb\xbf" + source.read())
         self.assertIn("PROBLEM  ipn_receiver.py starts with a shebang line ending in LF\n         fix: save the file "
-                      "as UTF-8 without a BOM", self.command("check", script=script)[1])
+                      "as UTF-8 without a BOM (the byte order mark some Windows editors write first), with Unix (LF) "
+                      "line endings (sed -i '1s/^\\xef\\xbb\\xbf//; s/\\r$//' %s); with either, a CGI call fails "
+                      "with 500\n" % script, self.command("check", script=script)[1])
+        # A shebang line that is right is no news where nothing tells that it runs as CGI.
+        shutil.copy(SCRIPT, script)
+        self.assertNotIn("shebang line", self.command("check", script=script)[1])
         with open(script, "wb") as copy, open(SCRIPT, "rb") as source:
             copy.write(source.read().partition(b"\n")[2])          # no shebang line: a CGI program's need
         self.assertIn("note     ipn_receiver.py starts with a shebang line ending in LF: not so.",
@@ -2318,6 +2331,12 @@ class CheckTheWebFolder(CommandTestCase):
         self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing\n", output)
         self.assertNotIn("copies of the settings", output)
         self.assertTrue(ipn_receiver.is_backup_copy("ipn_receiver_live.py"))       # (from another script's view)
+        # Beside it, the file under its old name is a copy, as any other.
+        shutil.copy(live, os.path.join(os.path.dirname(live), "ipn_receiver.py"))
+        code, output, _ = self.command("check", script=live, IPN_DATA_DIR=os.path.join(self.data_dir, "d"))
+        self.assertIn("note     copies of the settings beside the script (ipn_receiver.py); the .htaccess denies them",
+                      output)
+        os.remove(os.path.join(os.path.dirname(live), "ipn_receiver.py"))
         os.rename(live, renamed)
         # Where the launcher is the one registered, it alone need be served.
         with open(os.path.join(os.path.dirname(renamed), "ipn.py"), "w") as file:

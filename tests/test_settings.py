@@ -261,6 +261,7 @@ class Precedence(SettingsTestCase):
                 self.assertEqual(self.assertConfigError(None), "%s is missing at the top of ipn_receiver.py (its line "
                                  "deleted, or its name misspelt); put it back as the file came (an empty table is "
                                  "{})" % gone)
+                self.assertEqual(self.location, "ipn_receiver.py")
 
 
 class IniFile(SettingsTestCase):
