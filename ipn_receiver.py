@@ -480,9 +480,10 @@ def finish_settings(values, where, config_file):
     """
     result = {"config_file": config_file, "where": {name: long for name, (long, _) in where.items()}}
 
-    def wrong(name, text):
-        """The ConfigError that says `text` of the setting `name`, where it is set."""
-        if "#" in str(values[name]) and name not in SECRET_SETTINGS and "comment" not in text:
+    def wrong(name, text, about_a_comment=False):
+        """The ConfigError that says `text` of the setting `name`, where it is set (and, where the
+        value holds a # and `text` does not say so already, that a comment is a line of its own)."""
+        if "#" in str(values[name]) and name not in SECRET_SETTINGS and not about_a_comment:
             text += " (with nothing after it: a comment is a line of its own, starting with #)"
         return ConfigError("%s: %s" % (where[name][0], text), where[name][1])
 
@@ -523,7 +524,7 @@ def finish_settings(values, where, config_file):
         # "/home/you/data   # moved": a comment after a value is part of the value in config.ini,
         # and the folder so named would hold a new, empty store, where every sale runs again.
         raise wrong("DATA_DIR", "DATA_DIR has a comment after the folder's name, which would be part of the name; "
-                    "put the comment on a line of its own")
+                    "put the comment on a line of its own", about_a_comment=True)
     # The folder's name on disk is the UTF-8 of the name as written, whatever the locale: else a
     # CGI call (no LANG: UTF-8), a WSGI server or a command under a Latin-1 locale would each name
     # another folder, with a store of its own, and run every handler again.
@@ -4497,8 +4498,9 @@ def check_runs_as_cgi(report, program, mode, as_cgi_only=None):
             program)
     else:
         fix = "make #!/usr/bin/env python3 its first line, as in README.md; without it, a CGI call fails with 500"
-    (report if windows else as_cgi_only)(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
-                                         "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
+    shebang_report = report if windows else as_cgi_only
+    shebang_report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
+                   "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
     as_cgi_only(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
                 "chmod %s %s   (needed to run as CGI)" % (mode, program))
 
