@@ -241,7 +241,7 @@ import time
 __version__ = "1.1.0"
 
 # The folder of the file itself, whatever link the web server reaches it through: a call and a
-# command run on the file itself then read one config.ini and keep one store (the 52nd review).
+# command run on the file itself then read one config.ini and keep one store.
 HERE = os.path.dirname(os.path.realpath(__file__))
 CONFIG_FILE_NAME = "config.ini"
 LOG_FILE_NAME = "ipn_receiver.log"
@@ -507,11 +507,11 @@ def finish_settings(values, where, config_file):
     if level not in LOG_LEVELS:
         raise wrong("LOG_LEVEL", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
     result["LOG_LEVEL"] = level
-    for name, example in (("MAX_BODY_BYTES", "1048576"), ("PROCESSING_TIMEOUT", "300")):
+    for name in ("MAX_BODY_BYTES", "PROCESSING_TIMEOUT"):
         text = str(values[name]).strip()
         number = int(text) if is_whole_number(text) else 0
         if number <= 0:
-            raise wrong(name, "%s must be a whole number greater than 0, like %s" % (name, example))
+            raise wrong(name, "%s must be a whole number greater than 0, like %d" % (name, SHIPPED_SETTINGS[name]))
         result[name] = number
     data_dir = str(values["DATA_DIR"] or SHIPPED_SETTINGS["DATA_DIR"]).strip()
     if "\0" in data_dir:
@@ -1184,6 +1184,7 @@ class Refusal(Exception):
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 TOO_LARGE = "the body is larger than MAX_BODY_BYTES allows; raise MAX_BODY_BYTES if your notifications are this large"
+CHUNKED_UNREADABLE = "a POST needs a Content-Length header; this server cannot read a chunked body to its end"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # A notification has a few hundred fields. A body of a million ("a&a&...") would take 60 MiB and
 # half a second to parse, before anything is verified.
@@ -1216,8 +1217,7 @@ def read_body(environ, limit):
         return body
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and "uwsgi.version" in environ:
         return read_uwsgi_chunks(limit)
-    raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
-                       "body to its end")
+    raise Refusal(411, CHUNKED_UNREADABLE)
 
 
 def read_uwsgi_chunks(limit):
@@ -1228,8 +1228,7 @@ def read_uwsgi_chunks(limit):
     """
     uwsgi = sys.modules.get("uwsgi")
     if uwsgi is None:
-        raise Refusal(411, "a POST needs a Content-Length header; this server cannot read a chunked "
-                           "body to its end")
+        raise Refusal(411, CHUNKED_UNREADABLE)
     parts, size, deadline = [], 0, time.time() + 60
     while True:
         # At most 30 seconds for the next chunk, and a minute for them all: a client sending a
@@ -1406,7 +1405,10 @@ def read_form(environ, limit):
         pairs = parse_urlencoded(body)
     else:
         pairs = parse_multipart(body, parameters.get("boundary", ""))
-    provider = provider_of(pairs)
+    # An empty field carries nothing (see decode_fields), so it cannot make a call one that names
+    # both senders. Where no field with a value names either, an empty isn_key or sha_sign still
+    # says whose call it was meant to be, for the answer: it is refused as unsigned.
+    provider = provider_of([(name, value) for name, value in dict(pairs).items() if value]) or provider_of(pairs)
     if provider is None:
         raise Refusal(400, "not a Digistore24 or PromoPit notification (it has no sha_sign, event or "
                            "isn_key field); register this URL only with Digistore24 and PromoPit")
@@ -1590,7 +1592,7 @@ def folder_others_control(path):
         except OSError:
             continue                            # not made yet
         # (A link's mode means nothing; its folder's does.)
-        shared = not stat.S_ISLNK(found.st_mode) and others_may(2, folder, found, trusted) and (
+        shared = not stat.S_ISLNK(found.st_mode) and others_may(stat.S_IWOTH, folder, found, trusted) and (
             folder in itself or not found.st_mode & stat.S_ISVTX)
         if found.st_uid not in trusted or shared:
             return folder
@@ -1647,9 +1649,9 @@ def folders_on_the_way(path, links=40):
 
 
 def others_may(access, path, found, trusted):
-    """Whether a user not `trusted` may write to (`access` 2) or read (4) the file or folder
-    `path` (`found`: its lstat): every user, the members of its group, or users and groups that an
-    ACL (Linux) names."""
+    """Whether a user not `trusted` may write to (`access` stat.S_IWOTH) or read (S_IROTH) the file
+    or folder `path` (`found`: its lstat): every user, the members of its group, or users and
+    groups that an ACL (Linux) names."""
     if found.st_mode & access:
         return True
     try:
@@ -2431,7 +2433,7 @@ def salvage_rows(damaged_path, connection):
     damaged: known by their duplicate key alone (found in the store's index where the table's page
     that held the row is damaged, or held where which of two keys a row is cannot be told).
     """
-    import sqlite3
+    sqlite3 = sqlite3_module()
     errors = READ_ERRORS + (sqlite3.Error,)
     columns = ", ".join(STORE_COLUMNS)
     rows = {}                                   # {(id, key): row}: a flipped bit may give two rows one id
@@ -2586,7 +2588,7 @@ def keys_in_index(source):
     has only the first; where the second was built from a damaged table, the two may hold one id
     under two keys: both are kept.)
     """
-    import sqlite3
+    sqlite3 = sqlite3_module()
     keys = set()
     for index in KEY_INDEXES:
         for order in ("", " DESC"):
@@ -2605,7 +2607,7 @@ def salvage_row(source, number):
     A row is stored across several pages when its fields are long, and one damaged page may
     make some of its columns unreadable but not others: those are read one by one.
     """
-    import sqlite3
+    sqlite3 = sqlite3_module()
     try:
         return source.execute("SELECT %s FROM notifications WHERE id = ?" % ", ".join(STORE_COLUMNS),
                               (number,)).fetchone()
@@ -2676,7 +2678,7 @@ def duplicate_key(notification):
     return "%s:%s:sha256:%s" % (notification.provider, event, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
-def claim_notification(connection, notification, dispatch, timeout):
+def claim_notification(connection, notification, has_handler, timeout):
     """Record a delivery and decide what to do with it, in one write transaction.
 
     Returns ("run", claim) when this call must run the handler, ("answer", body) when the
@@ -2689,7 +2691,7 @@ def claim_notification(connection, notification, dispatch, timeout):
     """
     now = time.time()
     claim = "%d-%s" % (os.getpid(), os.urandom(6).hex())
-    status = "processing" if dispatch else "ignored"
+    fields = fields_as_stored(notification.fields)
     connection.execute("BEGIN IMMEDIATE")   # take the write lock first: no one decides in between
     try:
         cursor = connection.execute(
@@ -2697,11 +2699,11 @@ def claim_notification(connection, notification, dispatch, timeout):
             "is_test, fields, status, attempts, deliveries, answer, claim, claimed_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
             (now, notification.provider, notification.event, notification.key, int(notification.is_test),
-             fields_as_stored(notification.fields), status, int(dispatch), None if dispatch else "OK",
-             claim if dispatch else None, now if dispatch else None, now))
+             fields, "processing" if has_handler else "ignored", int(has_handler), None if has_handler else "OK",
+             claim if has_handler else None, now if has_handler else None, now))
         if cursor.rowcount == 1:
             notification.id = cursor.lastrowid
-            decision = ("run", claim) if dispatch else ("answer", "OK")
+            decision = ("run", claim) if has_handler else ("answer", "OK")
         else:
             row_id, status, answer, claimed_at, claimed_by, updated_at, attempts = row_of_key(
                 connection, "id, status, answer, claimed_at, claim, updated_at, attempts", notification.key)
@@ -2717,15 +2719,15 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "UPDATE notifications SET status = 'unknown', provider = ?, event = ?, is_test = ?, "
                     "fields = ?, deliveries = deliveries + 1, updated_at = ?, last_error = COALESCE(?, last_error) "
                     "WHERE id = ?", (notification.provider, notification.event, int(notification.is_test),
-                                     fields_as_stored(notification.fields), now, None if status == "unknown" else
+                                     fields, now, None if status == "unknown" else
                                      "damaged: " + damage, row_id))
                 decision = ("unknown", None)
-            elif status == "failed" and dispatch and 0 <= now - updated_at < retry_pause(attempts):
+            elif status == "failed" and has_handler and 0 <= now - updated_at < retry_pause(attempts):
                 # Counted, and otherwise left as it is: a copy sent again and again (by whoever captured
                 # the call) must not run the handler, and what it did before it failed, at its pace.
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1 WHERE id = ?", (row_id,))
                 decision = ("paused", int(updated_at + retry_pause(attempts) - now) + 1)
-            elif (status == "failed" or abandoned) and not dispatch:
+            elif (status == "failed" or abandoned) and not has_handler:
                 # Its handler was taken out of the table since: like any event without one, it
                 # is answered OK and kept (its last_error tells what happened before).
                 connection.execute(
@@ -2737,7 +2739,7 @@ def claim_notification(connection, notification, dispatch, timeout):
                     "UPDATE notifications SET status = 'processing', attempts = attempts + 1, "
                     "deliveries = deliveries + 1, claim = ?, claimed_at = ?, updated_at = ?, fields = "
                     "CASE WHEN fields = '{}' THEN ? ELSE fields END WHERE id = ?",
-                    (claim, now, now, fields_as_stored(notification.fields), row_id))
+                    (claim, now, now, fields, row_id))
                 decision = ("run", claim)
                 if abandoned:
                     log.warning("notification #%d: the run of its handler that started %s s ago never recorded how "
@@ -2747,7 +2749,7 @@ def claim_notification(connection, notification, dispatch, timeout):
                 # (Fields lost to damage, salvaged as {}, come back with the copy: it is the same call.)
                 connection.execute("UPDATE notifications SET deliveries = deliveries + 1, updated_at = ?, fields = "
                                    "CASE WHEN fields = '{}' THEN ? ELSE fields END WHERE id = ?",
-                                   (now, fields_as_stored(notification.fields), row_id))
+                                   (now, fields, row_id))
                 decision = ("busy", None) if status == "processing" else ("answer", answer or "OK")
         connection.execute("COMMIT")
         return decision
@@ -2854,7 +2856,7 @@ def row_of_key(connection, columns, key, may_be_missing=False):
     return None if row is None else row[:-1]
 
 
-def record_outcome(connection, notification, claim, status, answer=None, error=None):
+def record_outcome(connection, notification, claim, status, answer, error):
     """Record how a handler run ended ("done" with its answer, or "failed" with an error line).
 
     Returns the answer the store now holds for the notification when it is done, else None. So
@@ -2864,6 +2866,7 @@ def record_outcome(connection, notification, claim, status, answer=None, error=N
     connection.execute("BEGIN IMMEDIATE")
     try:
         row = row_of_key(connection, "id, status, claim, answer", notification.key, may_be_missing=True)
+        row_id, stored_status, stored_claim, stored_answer = row or (None, None, None, None)
         if row is None:
             # The store was replaced while the handler ran (a repair, or another call's recovery
             # from damage) and the row could not be salvaged: it is written anew.
@@ -2875,12 +2878,12 @@ def record_outcome(connection, notification, claim, status, answer=None, error=N
                                    answer, now))
             notification.id = cursor.lastrowid
             result = answer if status == "done" else None
-        elif row[1] == "done":
+        elif stored_status == "done":
             # Another run (after PROCESSING_TIMEOUT) finished first: its answer stands.
-            result = row[3]
-        elif row[2] == claim or status == "done":
+            result = stored_answer
+        elif stored_claim == claim or status == "done":
             connection.execute("UPDATE notifications SET status = ?, answer = ?, last_error = ?, claim = NULL, "
-                               "updated_at = ? WHERE id = ?", (status, answer, error, now, row[0]))
+                               "updated_at = ? WHERE id = ?", (status, answer, error, now, row_id))
             result = answer if status == "done" else None
         else:
             result = None                   # this run failed; the run that took over decides
@@ -2957,15 +2960,13 @@ def handle_post(environ):
     config = settings()
     provider, fields = read_form(environ, config["MAX_BODY_BYTES"])
     if provider == DIGISTORE24:
-        received = fields.pop("sha_sign", None)
-        alternative = fields.pop("SHASIGN", None)
-        received = received if received is not None else alternative
+        received = [fields.pop(name, None) for name in SIGNATURE_FIELDS]       # (neither is signed)
+        received = received[0] or received[1]
         if received == NO_SIGNATURE:
             raise Refusal(403, NO_SIGNATURE_ANSWER)
         if not received:                    # (not a wrong passphrase: there is nothing to compare)
             raise Refusal(403, UNSIGNED_ANSWER)
-        if secret_problem(config, "SHA_PASSPHRASE"):
-            raise Refusal(503, unusable_secret_answer("SHA_PASSPHRASE"), secret_problem(config, "SHA_PASSPHRASE"))
+        refuse_unless_usable(config, "SHA_PASSPHRASE")
         variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
         if variant is None:
             raise Refusal(403, INVALID_SIGNATURE_ANSWER) if fields.get("event") else \
@@ -2978,8 +2979,7 @@ def handle_post(environ):
         received = fields.pop("isn_key", "")
         if not received:
             raise Refusal(403, UNSIGNED_ANSWER)
-        if secret_problem(config, "ISN_KEY"):
-            raise Refusal(503, unusable_secret_answer("ISN_KEY"), secret_problem(config, "ISN_KEY"))
+        refuse_unless_usable(config, "ISN_KEY")
         if not isn_key_is_valid(received, config["ISN_KEY"]):
             raise Refusal(403, INVALID_ISN_KEY_ANSWER)
         notification = Notification(PROMOPIT, vouched_fields(fields))
@@ -2987,6 +2987,13 @@ def handle_post(environ):
     status, body, outcome = dispatch(notification, handlers.get(notification.event), config)
     return status, body, "%s %s %s: %s" % (notification.provider, shortened(notification.event, 40),
                                            notification.reference, outcome)
+
+
+def refuse_unless_usable(config, name):
+    """Refusal (503, which the sender retries) where the secret `name` is not set or cannot be used."""
+    problem = secret_problem(config, name)
+    if problem:
+        raise Refusal(503, unusable_secret_answer(name), problem)
 
 
 def dispatch(notification, handler, config):
@@ -3036,12 +3043,12 @@ def run_and_record(notification, handler, claim, config):
         # task, a library's timeout). Else the row would stay "processing" and the call unanswered.
         log.exception("%s handler %s failed for %s", notification.provider, name, notification.reference)
         failure = one_line(shortened(type(error).__name__, 40))     # (a class may be given any name)
-        row = ("failed", None, error_line(error))     # (status, answer, last error) for the store
+        to_store = ("failed", None, error_line(error))        # (status, answer, last error)
     else:
-        row = ("done", answer_body(notification, result), None)
+        to_store = ("done", answer_body(notification, result), None)
 
     def record(connection):
-        return record_outcome(connection, notification, claim, *row)
+        return record_outcome(connection, notification, claim, *to_store)
 
     store_config = config
     try:
@@ -3065,7 +3072,7 @@ def run_and_record(notification, handler, claim, config):
     if answer is not None:
         return 200, answer, "handled as #%d" % notification.id
     return 500, ("ERROR: handler %s failed (%s) for notification #%d; the traceback is in %s" % (
-        one_line(shortened(name, 40)), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + row[2]
+        one_line(shortened(name, 40)), failure, notification.id, LOG_FILE_NAME)), "handler failed: " + to_store[2]
 
 
 def outcome_stores(config):
@@ -3080,13 +3087,13 @@ def outcome_stores(config):
     reaches. None is made there: an OK would be for a record in a store that is not in use.
     """
     try:
-        now = settings()
+        current = settings()
     except ConfigError:
-        now = config                        # (config.ini caught half uploaded)
+        current = config                    # (config.ini caught half uploaded)
     claimed = os.path.exists(store_path(config))
-    stores = [(config, True)] if claimed or now["DATA_DIR"] == config["DATA_DIR"] else []
-    if now["DATA_DIR"] != config["DATA_DIR"] and (os.path.exists(store_path(now)) or not claimed):
-        stores.append((now, False))
+    stores = [(config, True)] if claimed or current["DATA_DIR"] == config["DATA_DIR"] else []
+    if current["DATA_DIR"] != config["DATA_DIR"] and (os.path.exists(store_path(current)) or not claimed):
+        stores.append((current, False))
     return stores
 
 
@@ -3223,7 +3230,7 @@ INTERNAL_ERROR_ANSWER = ("ERROR: internal error in ipn_receiver; the sender retr
 def application(environ, start_response):
     """The WSGI callable: answers every request with text/plain, errors starting with "ERROR:"."""
     started = time.perf_counter()
-    method = environ.get("REQUEST_METHOD", "GET").translate(_ASCII_UPPER)     # ("poſt".upper() is "POST")
+    method = environ.get("REQUEST_METHOD", "GET")     # (case-sensitive, as HTTP's methods are)
     try:
         if environ.get("SCRIPT_NAME") and environ.get("PATH_INFO", "/") not in ("", "/"):
             # A URL below the receiver's own (/ipn_receiver.py/config.ini, say): nothing is there.
@@ -3301,7 +3308,7 @@ def command_serve(args):
           % (__version__, args.host, server.server_port, config["DATA_DIR"]))
     sys.stdout.flush()
     # A handler's print() to the console as to the error log under CGI: stderr writes what the
-    # locale cannot as escapes, where stdout would fail the handler after its work (the 56th review).
+    # locale cannot as escapes, where stdout would fail the handler after its work.
     sys.stdout = sys.stderr
     try:
         server.serve_forever()
@@ -3654,7 +3661,8 @@ def command_send(args):
 def warn_of_a_miswritten_secret(config, name):
     """Tell on stderr what `check` says of the secret `name` when it looks miswritten: send signs
     with it as the receiver reads it, so its call may pass where the sender's fail."""
-    mistakes = [mistake for secret, mistake in miswritten_secrets() if secret == name]
+    in_the_file = config["where"][name] == "%s at the top of ipn_receiver.py" % name
+    mistakes = [mistake for secret, mistake in miswritten_secrets() if secret == name and in_the_file]
     mistakes.append(secret_mistake(config[name], name in set_in_the_ini(config)))
     for mistake in filter(None, mistakes):
         sys.stderr.write("WARNING: %s (%s) %s: send uses it as the receiver reads it, so its call may pass where "
@@ -3674,7 +3682,7 @@ def local_without_proxy(url):
 
     urllib sends even to 127.0.0.1 through the proxy of http_proxy, unless no_proxy names it:
     a call signed with the passphrase, or the ISN key, would go unencrypted to a proxy that may
-    be on another machine (the 47th review).
+    be on another machine.
     """
     import urllib.request
     return [urllib.request.ProxyHandler({})] if is_this_machine(url) else []
@@ -4016,7 +4024,7 @@ def command_check(args):
     report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
            "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
     try:
-        config = load_settings()
+        config = settings()                 # (a wrapper's use_settings() included)
     except ConfigError as error:
         what, _, fix = str(error).partition("; ")
         report(False, "settings: " + what, error.fix or fix or "correct it, then run check again")
@@ -4191,6 +4199,11 @@ def check_script(report, note, config):
     # One that holds `application` is a WSGI server's (passenger_wsgi.py), even where it runs main()
     # for the commands too; one that runs main() and nothing of the kind is a launcher.
     wsgi = [wrapper for wrapper in wrappers if file_holds(wrapper, b"application")]
+    # The secrets each holds: the script those written at its top, in use or not (one that
+    # config.ini overrides is as readable); a wrapper those in use (its use_settings(), say).
+    in_use = {name: config[name].encode("utf-8") for name in SECRET_SETTINGS if not secret_problem(config, name)}
+    held = {program: [name for name in in_use if file_holds(program, in_use[name])] for program in wrappers}
+    held[script] = in_the_script
     if not wsgi:
         # Where a WSGI server imports it, the script itself is never run; beside a launcher, it
         # may be registered still. An .htaccess or a cgi-bin says that Apache runs it as CGI;
@@ -4206,31 +4219,32 @@ def check_script(report, note, config):
                           report if runs_as_cgi else note_unless_ok)
     for launcher in wrappers:
         if launcher not in wsgi and file_holds(launcher, b"ipn_receiver.main()"):
-            check_runs_as_cgi(report, launcher, "755")
+            check_runs_as_cgi(report, launcher, "700" if held[launcher] else "755")
     htaccesses = [os.path.join(folder, ".htaccess") for folder in sorted(folders_on_the_way(HERE))
                   if os.path.isfile(os.path.join(folder, ".htaccess"))]
     config_files = [config["config_file"]] if config["config_file"] else []
     check_who_else_may_change_python(report)
     check_who_else_may_change_the_code(report, [script] + wrappers + htaccesses + config_files +
                                        code_python_may_run(sys.path))
-    if in_the_script and readable_by_others(script):
-        # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
-        # need read it; else the web server's user must, and the secrets belong in config.ini.
-        report(False, "%s, set in %s, can be read by other users of this server (mode %03o)" % (
-            " and ".join(in_the_script), os.path.basename(script), os.stat(script).st_mode & 0o777),
-            "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the secrets "
-            "into config.ini, readable by the web server's user only, and put the placeholders back" % script)
+    for program in [script] + wrappers:
+        if held[program] and readable_by_others(program):
+            # Where the web server runs the script as its owner (suEXEC, as on cPanel), only the owner
+            # need read it; else the web server's user must, and the secrets belong in config.ini.
+            report(False, "%s, set in %s, can be read by other users of this server (mode %03o)" % (
+                " and ".join(held[program]), os.path.basename(program), os.stat(program).st_mode & 0o777),
+                "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the "
+                "secrets into config.ini, readable by the web server's user only%s" % (program, (
+                    ", and put the placeholders back" if program == script else "")))
     cache = os.path.join(HERE, "__pycache__")
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
                 if name.startswith("ipn_receiver.") and readable_by_others(os.path.join(cache, name))]
     # Copies by their names (one may hold a secret since changed), and any file beside the script
     # that holds a secret in use (config.example.ini filled in, "Copy of config.ini").
-    secrets = [config[name].encode("utf-8") for name in SECRET_SETTINGS if not secret_problem(config, name)]
-    theirs = {os.path.realpath(path) for path in [script] + config_files}
+    theirs = {os.path.realpath(path) for path in [script] + wrappers + config_files}
     backups = [name for name in os.listdir(HERE) if readable_by_others(os.path.join(HERE, name)) and (
         is_backup_copy(name) and (in_the_script or name.lstrip(".#").lower().startswith("config")) or
         os.path.realpath(os.path.join(HERE, name)) not in theirs and
-        any(file_holds(os.path.join(HERE, name), secret) for secret in secrets))]
+        any(file_holds(os.path.join(HERE, name), secret) for secret in in_use.values()))]
     if backups or (compiled and in_the_script):
         # Python gives a compiled copy the mode the script had when it was first imported, and an
         # editor's backup copy of config.ini may not keep its mode.
@@ -4272,6 +4286,7 @@ def check_example_config(report, config):
 
 def check_data_folder(report, note, config):
     """What `check` says about the data folder; True when it can be read and written."""
+    import stat
     data_dir = config["DATA_DIR"]
     controlled = folder_others_control(data_dir)
     first = None if os.path.lexists(data_dir) else data_dir
@@ -4279,7 +4294,7 @@ def check_data_folder(report, note, config):
         first = os.path.dirname(first)          # the folder the data folder (or one on its way) is made in
     made_in = first and os.path.realpath(first)
     # (A folder others may write to, sticky or not: one of them could make the data folder first.)
-    if controlled or (made_in and others_may(2, made_in, os.stat(made_in), trusted_users())):
+    if controlled or (made_in and others_may(stat.S_IWOTH, made_in, os.stat(made_in), trusted_users())):
         report(False, "DATA_DIR %s: another user of this server may make, move or replace folders in %s" % (
                data_dir, controlled or first), out_of_others_reach(controlled or first) + " (another user could make "
                "the data folder first, or move it away, and read or change what is stored: the receiver refuses "
@@ -4385,7 +4400,7 @@ def check_data_folder(report, note, config):
 
 def check_store(report, note, config):
     """What `check` says about the event store in a data folder it can read and write."""
-    import sqlite3
+    sqlite3 = sqlite3_module()
     data_dir = config["DATA_DIR"]
 
     def report_rows(rows, what, fix):           # (the first five of them named)
@@ -4531,7 +4546,7 @@ def check_who_else_may_change_the_code(report, files):
                    "closed to others where the umask is 022, as the launcher of README.md sets it)" % cache
                    if path.startswith(cache) else
                    "delete it and upload your own, as the receiver's user; it decides what the receiver does")
-        elif not stat.S_ISLNK(found.st_mode) and others_may(2, path, found, trusted):
+        elif not stat.S_ISLNK(found.st_mode) and others_may(stat.S_IWOTH, path, found, trusted):
             report(False, "%s can be changed by other users of this server (mode %03o)" % (
                    path, found.st_mode & 0o777), "rm -r %s   (another user could have put code of theirs in it, which "
                    "Python would run as the receiver's user; it makes the folder again, closed to others where the "
@@ -4596,7 +4611,7 @@ def readable_by_others(path):
         found = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISREG(found.st_mode) and others_may(4, path, found, trusted_users())
+    return stat.S_ISREG(found.st_mode) and others_may(stat.S_IROTH, path, found, trusted_users())
 
 
 def file_holds(path, text):
@@ -5056,7 +5071,7 @@ def command_repair(args):
 def integrity_of(path):
     """SQLite's integrity check of the store at `path`, and the shape of its table: "ok", or what
     is wrong."""
-    import sqlite3
+    sqlite3 = sqlite3_module()
     missing = cut_short(path)
     if missing:
         return "cut short: %s" % missing

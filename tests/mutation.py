@@ -134,9 +134,9 @@ EQUIVALENT = {
         "report() takes anything false for a problem",
     ("settled_ini_file_state", "if not 0 < age < CONFIG_SETTLE_SECONDS:"):
         "differs only for a file changed at this very instant, to the last bit of a float",
-    ("claim_notification", 'elif status == "failed" and dispatch and 0 < now - updated_at < retry_pause(attempts):'):
+    ("claim_notification", 'elif status == "failed" and has_handler and 0 < now - updated_at < retry_pause(attempts):'):
         "a copy in the very instant (to the float) of the failure: no clock tells them apart",
-    ("claim_notification", 'elif status == "failed" and dispatch and 0 <= now - updated_at <= retry_pause(attempts):'):
+    ("claim_notification", 'elif status == "failed" and has_handler and 0 <= now - updated_at <= retry_pause(attempts):'):
         "a copy exactly (to the float) as the pause ends: no clock tells them apart",
     ("retry_pause", "return min(RETRY_PAUSE_SECONDS * 2 ** min(max(attempts, 1) - 1, 7), 3600)"):
         "a minute times 2 ** 6 is past the hour already; the cap only keeps the power small",

@@ -1182,9 +1182,10 @@ class Check(CommandTestCase):
             probe.bind(("127.0.0.1", 0))
             url = "http://127.0.0.1:%d/" % probe.getsockname()[1]
         warnings = {}
-        for event, environment in (("sale", {}), ("on_payment", {}), ("on_payment", {"IPN_SHA_PASSPHRASE": "a-long-passphrase #b"})):
-            code, output, errors = self.command("send", event, "--url", url, script=script, IPN_ISN_KEY="",
-                                                PYTHONWARNINGS="ignore", **environment)
+        for event, environment in (("sale", {}), ("on_payment", {}), ("on_payment", {"IPN_SHA_PASSPHRASE": "a-long-passphrase #b"}),
+                                   ("sale", {"IPN_ISN_KEY": "an-isn-key-in-use"})):
+            code, output, errors = self.command("send", event, "--url", url, script=script, PYTHONWARNINGS="ignore",
+                                                **dict({"IPN_ISN_KEY": ""}, **environment))
             self.assertTrue(output.startswith("ERROR: could not reach"), output + errors)
             warnings[event, bool(environment)] = errors
         self.assertEqual(warnings["sale", False], "WARNING: ISN_KEY (ISN_KEY at the top of ipn_receiver.py) is "
@@ -1193,6 +1194,8 @@ class Check(CommandTestCase):
                                                                      "ISN_KEY"))
         self.assertEqual(warnings["on_payment", False], "")
         self.assertEqual(warnings["on_payment", True], "")          # (" #" starts no comment but in config.ini)
+        # The key in use comes from elsewhere: the one miswritten in the file is check's to tell.
+        self.assertEqual(warnings["sale", True], "")
         ini = os.path.join(os.path.dirname(script), "config.ini")
         with open(ini, "w") as file:
             file.write("[digistore24]\nsha_passphrase = a-passphrase #b\n")
@@ -1522,6 +1525,30 @@ class Check(CommandTestCase):
                 for text in (problem, noted):
                     (self.assertIn if text == found else self.assertNotIn)(text, output)
                 self.assertNotIn("ipn_receiver.py has its run bit set", output.replace(found or "-", ""))
+
+    def test_check_through_a_wrapper_looks_at_the_settings_the_wrapper_gives(self):
+        # README's "Your handlers" says to run check through the wrapper; where the wrapper calls
+        # use_settings(), check looked at the file's settings instead (the 66th review).
+        folder, data_dir = tempfile.mkdtemp(prefix="ipn-site-"), tempfile.mkdtemp(prefix="ipn-wrapped-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        shutil.copy(SCRIPT, folder)
+        wrapper = os.path.join(folder, "wrapper.py")
+        with open(wrapper, "w") as file:
+            file.write("import sys\nimport ipn_receiver\nipn_receiver.use_settings(SHA_PASSPHRASE=%r, DATA_DIR=%r)\n"
+                       'if __name__ == "__main__":\n    sys.exit(ipn_receiver.main())\n'
+                       % ("a-wrapper-passphrase-secretZ", data_dir))
+        os.chmod(wrapper, 0o644)
+        output = self.command("check", script=wrapper, IPN_SHA_PASSPHRASE="", IPN_ISN_KEY="", IPN_DATA_DIR="")[1]
+        self.assertIn("data folder %s" % data_dir, output)
+        self.assertNotIn("neither SHA_PASSPHRASE nor ISN_KEY is set", output)
+        self.assertNotIn("secretZ", output)
+        # The passphrase it holds: the wrapper is kept from other users as the script would be, not
+        # taken for a copy to delete.
+        self.assertIn("PROBLEM  SHA_PASSPHRASE, set in wrapper.py, can be read by other users of this server (mode "
+                      "644)\n         fix: chmod 700 %s, where" % wrapper, output)
+        self.assertIn("fix: chmod 700 %s   (needed to run as CGI)" % wrapper, output)
+        self.assertNotIn("delete wrapper.py", output)
 
     def test_a_wsgi_wrapper_that_runs_the_commands_too_is_no_launcher(self):
         # README's "Your handlers": passenger_wsgi.py that changes a handler, and runs main() for
@@ -2650,7 +2677,7 @@ class CheckTheWebFolder(CommandTestCase):
         for version, verdict in (((3, 6, 15, "final", 0), "PROBLEM "), ((3, 7, 0, "final", 0), None)):
             output = io.StringIO()
             with mock.patch.dict(os.environ, IPN_DATA_DIR=folder), mock.patch.object(sys, "version_info", version), \
-                    contextlib.redirect_stdout(output):
+                    mock.patch.object(ipn_receiver, "_settings", None), contextlib.redirect_stdout(output):
                 ipn_receiver.main(["check"])
             line = "data folder %s is named in ASCII" % folder
             if verdict and sys.getfilesystemencoding().lower() in ("utf-8", "utf8"):

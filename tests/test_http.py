@@ -49,8 +49,9 @@ class Answers(ReceiverTestCase):
         self.assertEqual(head.headers["Content-Length"], answer.headers["Content-Length"])
 
     def test_other_methods_get_405_with_allow(self):
-        # ("poſt": Python's upper() makes it POST, in 3.7 and later; what the methods are is ASCII.)
-        for method in ("PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "BREW", "poſt"):
+        # Methods are case-sensitive, as HTTP says: "post" is not POST. ("poſt": Python's upper()
+        # makes it POST, in 3.7 and later.)
+        for method in ("PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "BREW", "post", "Post", "poſt", "head"):
             answer = call(environ_for(urlencode(payment()), method=method))
             self.assertEqual(answer.status, 405)
             self.assertEqual(answer.headers["Allow"], "GET, HEAD, POST")
@@ -150,6 +151,12 @@ class Answers(ReceiverTestCase):
         self.assertAnswer(post(promopit_sale()), 200, "OK")
         self.assertAnswer(post(promopit_sale(isn_key="wrong")), 403, INVALID_ISN_KEY)
         self.assertEqual(post(promopit_sale(isn_key="")).body[:22], "ERROR: unsigned call: ")
+
+    def test_an_empty_field_of_the_other_senders_decides_nothing(self):
+        # An empty field carries nothing: it cannot make a genuine call one that names both senders.
+        self.assertAnswer(post(dict(payment("1"), isn_key="")), 200, "OK")
+        self.assertAnswer(post(dict(promopit_sale(), sha_sign="", SHASIGN="")), 200, "OK")
+        self.assertEqual([row["provider"] for row in self.rows()], ["digistore24", "promopit"])
 
     def test_unknown_events_are_answered_ok_stored_and_not_dispatched(self):
         called = []

@@ -634,7 +634,7 @@ class ExactlyOnce(ReceiverTestCase):
         connection = ipn_receiver.open_store(ipn_receiver.settings())
         notification = ipn_receiver.Notification("digistore24", json.loads(row["fields"]))
         self.assertEqual(ipn_receiver.record_outcome(connection, notification, "other-process", "done",
-                                                     "OK\nusername: second"), "OK\nusername: first")
+                                                     "OK\nusername: second", None), "OK\nusername: first")
         self.assertEqual(ipn_receiver.record_outcome(connection, notification, "other-process", "failed",
                                                      None, "RuntimeError: x"), "OK\nusername: first")
         self.assertEqual(post(payment()).body, "OK\nusername: first")
