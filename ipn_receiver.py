@@ -883,6 +883,11 @@ class Log:
             text = text.replace(secret, "[secret]")
         return text
 
+    def after_fork(self):
+        """In a process just forked: a lock of its own. Another thread may have held the old one at
+        the fork, and that thread is not in this process to let go of it."""
+        self._turn = _thread.RLock()
+
     def reset(self):
         """Forget the setup, so that the next line follows the settings in effect then."""
         with self._turn:
@@ -3101,12 +3106,13 @@ def end_a_forked_child(process, name, error=None):
     """End this process if it is not `process` but a child that the handler forked and that came
     back here (returned, or ended with sys.exit() where os._exit() was meant): only the parent may
     record and answer the notification. Else the child would, too, first perhaps, and an answer
-    would go out twice, the first one wrong. Only a line to stderr: a lock the log holds may have
-    been taken by another thread at the fork, and is never let go in the child."""
+    would go out twice, the first one wrong. A line in the log says so (under CGI, the child's
+    stderr goes nowhere: see let_go_of_the_web_server)."""
     if os.getpid() == process:
         return
-    os.write(2, ("ipn_receiver: a process that handler %s forked came back into the receiver and was ended there; "
-                 "end such a process with os._exit()\n" % one_line(shortened(name, 40))).encode("utf-8", "replace"))
+    log.after_fork()
+    log.warning("a process that handler %s forked came back into the receiver and was ended there; end such a "
+                "process with os._exit()", shortened(name, 40))
     os._exit(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1 if error else 0)
 
 
@@ -3493,7 +3499,9 @@ custom_6="""
 
 def example_notification(provider, event):
     """A realistic notification for `event` with fresh ids, unsigned: what `send` and `demo` post."""
-    number = int.from_bytes(os.urandom(4), "big") % 90000000 + 10000000
+    # 18 digits, far past any sender's ids: a call `send` puts into the live store must never have
+    # a real sale's id, or the sale would be taken for its copy, answered with its answer, unrun.
+    number = int.from_bytes(os.urandom(8), "big") % (9 * 10 ** 17) + 10 ** 17
     values = {"event": event, "number": number, "parent": number - 1, "item": str(number)[::-1],
               "order_id": os.urandom(4).hex().upper(), "paypal": os.urandom(8).hex().upper()[:17],
               "today": time.strftime("%Y-%m-%d"), "now": time.strftime("%H:%M:%S")}
@@ -5168,6 +5176,7 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     # variable it runs as that command, not as a second answer to this request.
     os.environ.pop("GATEWAY_INTERFACE", None)
     stdin = sys.stdin.buffer if stdin is None else stdin
+    answer_fd = None
     if stdout is None:
         # The answer goes out through a descriptor of its own. Descriptor 1, which a program that
         # a handler starts writes to, becomes stderr (the server's error log): such output must
@@ -5177,10 +5186,10 @@ def run_cgi(environ=None, stdin=None, stdout=None):
         stdout = os.fdopen(answer_fd, "wb")
         os.dup2(2, 1)
         if hasattr(os, "register_at_fork"):     # (3.7 and later) a process the handler forks, which
-            # may live on, must not hold the answer open: the web server waits for its end.
-            # (And what the handler wrote to stderr before, which the child would write again.)
+            # may live on, must not hold the answer open (see let_go_of_the_web_server). (And what
+            # the handler wrote to stderr before, which the child would write again.)
             os.register_at_fork(before=sys.stderr.flush,  # novermin
-                                after_in_child=lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), answer_fd))
+                                after_in_child=lambda: let_go_of_the_web_server(answer_fd))
     sys.stdout = sys.stderr         # a print() in a handler goes to the error log, not the answer
     https = environ.get("HTTPS", "off") in ("on", "1", "yes")        # as wsgiref decides it
     environ.update({"wsgi.input": stdin, "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
@@ -5197,7 +5206,26 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     head = "Status: %s\r\n%s\r\n" % (status, "".join("%s: %s\r\n" % header for header in headers))
     stdout.write(head.encode("latin-1") + body)
     stdout.flush()
+    if answer_fd is not None:
+        let_go_of_the_web_server(answer_fd)         # a thread the handler left running may live on
     return 0
+
+
+def let_go_of_the_web_server(answer_fd):
+    """Point the answer's descriptor, stdout and stderr at /dev/null, once the answer is out.
+
+    Apache completes a CGI program's answer only when every process has let go of both its
+    stdout and its stderr: a thread a handler leaves running keeps the program alive, and a
+    process it forks keeps copies of both, and either would hold the answer (and the sender,
+    and a buyer at the checkout) until it ended. What they write after this goes nowhere; the
+    log file still gets their log lines. (A program a handler starts with subprocess gets stdout
+    and stderr from it: README.md's "Your handlers" says how one that outlives it lets go.)
+    """
+    sys.stderr.flush()
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    for fd in (answer_fd, 1, 2):
+        os.dup2(nowhere, fd)
+    os.close(nowhere)
 
 
 # The CGI variables that carry what the request sent, as wsgiref.handlers names them.

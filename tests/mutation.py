@@ -66,7 +66,7 @@ FUNCTIONS = [
     "command_line_as", "check_handler_tables", "read_ini_file", "finish_settings", "Refusal.__init__",
     "served_beside", "get_start", "settings_written_here", "check_example_config",
     "check_what_the_store_shows_of_the_setup", "is_the_placeholder", "check_runs_as_cgi", "check_settings",
-    "functions_defined_twice",
+    "functions_defined_twice", "let_go_of_the_web_server", "Log.after_fork", "refuse_unless_usable",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
@@ -170,9 +170,6 @@ EQUIVALENT = {
     ("store_within_reach",
      '% (user_name(os.geteuid()) if hasattr(os, "geteuid") else "XXthis userXX", config["DATA_DIR"],'):
         "only where Python has no os.geteuid (Windows), where no user owns a folder and the tests do not run",
-    ("end_a_forked_child", '"end such a process with os._exit()\\n" % one_line(shortened(name, 40))).encode("utf-8", '
-                           '"XXreplaceXX"))'):
-        "one_line escapes a lone surrogate, so the line always encodes and the error handler is never called",
     ("application", 'data = body.encode("utf-8", "XXreplaceXX")'):
         "no body holds a lone surrogate (answer lines are cleaned before they are stored, and SQLite "
         "cannot store one), so the error handler is never called",

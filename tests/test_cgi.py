@@ -3,7 +3,6 @@
 import io
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
@@ -13,8 +12,8 @@ import unittest
 from unittest import mock
 from wsgiref.handlers import BaseCGIHandler
 
-from helpers import (FORM, PASSPHRASE, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, generated, ipn_receiver,
-                     parse_cgi_output, payment, promopit_sale, signed, urlencode)
+from helpers import (FORM, PASSPHRASE, PYTHON, REPO, SCRIPT, cgi_environment, environ_for, forget_settings,
+                     generated, ipn_receiver, parse_cgi_output, payment, promopit_sale, signed, urlencode)
 
 
 def run_cgi_program(environment, body=b"", argv=(), script=SCRIPT, interpreter=PYTHON):
@@ -32,6 +31,28 @@ def write_wrapper(folder, handler):
                    "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\n"
                    "sys.exit(ipn_receiver.main())\n" % (REPO, handler))
     return wrapper
+
+
+def read_to_the_end(process, seconds):
+    """(stdout, stderr) of `process`, each read to its end, as Apache reads a CGI program's: it
+    completes the answer only then. AssertionError where that takes over `seconds`."""
+    import selectors
+    import time
+    output = {process.stdout.fileno(): b"", process.stderr.fileno(): b""}
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        for fd in output:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError("stdout or stderr was still held open after %d s" % seconds)
+            for key, _ in ready:
+                data = os.read(key.fd, 65536)
+                output[key.fd] += data
+                if not data:
+                    selector.unregister(key.fd)
+    return output[process.stdout.fileno()], output[process.stderr.fileno()]
 
 
 class CgiProgram(unittest.TestCase):
@@ -172,34 +193,69 @@ class CgiProgram(unittest.TestCase):
         return run_cgi_program(cgi_environment(self.data_dir, body=body), body,
                                script=write_wrapper(self.folder, handler))
 
-    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
-    def test_a_process_a_handler_forks_does_not_hold_the_answer_open(self):
-        # A handler that forks a worker to go on after the answer (the 54th review): the web server
-        # reads the answer until its end, which came only when that process ended.
-        child, ended = os.path.join(self.folder, "child"), os.path.join(self.folder, "ended")
-        wrapper = write_wrapper(self.folder, "def handler(n):\n"
-                                             "    pid = os.fork()\n"
-                                             "    if pid == 0:\n"
-                                             "        time.sleep(30)\n"
-                                             "        open(%r, 'w').close()\n"
-                                             "        os._exit(0)\n"
-                                             "    with open(%r, 'w') as file:\n"
-                                             "        file.write(str(pid))\n" % (ended, child))
+    def answer_with_work_left_running(self, handler, release):
+        """The answer of a CGI call whose handler (its source) leaves work running until the file
+        `release` is there: read as Apache reads it, stdout and stderr to their ends."""
         body = urlencode(payment())
-        process = subprocess.Popen([PYTHON, wrapper], env=cgi_environment(self.data_dir, body=body),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([PYTHON, write_wrapper(self.folder, handler)],
+                                   env=cgi_environment(self.data_dir, body=body), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             process.stdin.write(body)
             process.stdin.close()
-            answer = process.stdout.read()          # to its end: the child's, where it holds the answer
-            self.assertFalse(os.path.exists(ended), "the answer ended only when the forked process did")
-            self.assertEqual(process.wait(60), 0)
+            answer, errors = read_to_the_end(process, 20)
         finally:
+            open(release, "w").close()
             process.stdout.close()
-            if os.path.exists(child):
-                with open(child) as file:
-                    os.kill(int(file.read()), signal.SIGKILL)
-        self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"))
+            process.stderr.close()
+            self.assertEqual(process.wait(60), 0)
+        self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"), errors.decode()[-2000:])
+        return errors
+
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
+    def test_a_process_a_handler_forks_does_not_hold_the_answer_open(self):
+        # A handler that forks a worker to go on after the answer (the 54th review): Apache reads
+        # the answer, and stderr, until their ends, which came only when that process ended (the
+        # answer's own descriptor let go, stderr still held: the 65th review).
+        # What the worker prints goes nowhere: its stderr is the web server's no more.
+        release = os.path.join(self.folder, "release")
+        errors = self.answer_with_work_left_running("def handler(n):\n"
+                                                    "    if os.fork() == 0:\n"
+                                                    "        print('the forked worker')\n"
+                                                    "        for _ in range(600):\n"
+                                                    "            if os.path.exists(%r):\n"
+                                                    "                break\n"
+                                                    "            time.sleep(0.1)\n"
+                                                    "        os._exit(0)\n" % release, release)
+        self.assertNotIn(b"the forked worker", errors)
+
+    def test_a_thread_a_handler_leaves_running_does_not_hold_the_answer_open(self):
+        # Python waits for it before the process ends, and Apache for the process's stdout and
+        # stderr (the 65th review). The log file still gets its lines.
+        release = os.path.join(self.folder, "release")
+        self.answer_with_work_left_running(
+            "import threading\n"
+            "def work():\n"
+            "    for _ in range(600):\n"
+            "        if os.path.exists(%r):\n"
+            "            break\n"
+            "        time.sleep(0.1)\n"
+            "    ipn_receiver.log.info('the thread, after the answer')\n"
+            "def handler(n):\n"
+            "    threading.Thread(target=work).start()\n" % release, release)
+        with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME)) as file:
+            self.assertIn(" INFO [", file.read().partition("the thread, after the answer")[0][-40:])
+
+    def test_a_program_started_as_the_readme_says_does_not_hold_the_answer_open(self):
+        # README.md's "Your handlers": a program that outlives the handler, started without the
+        # handler's stdout and stderr.
+        release = os.path.join(self.folder, "release")
+        program = ("import os, time\nfor _ in range(600):\n    if os.path.exists(%r):\n        break\n"
+                   "    time.sleep(0.1)" % release)
+        self.answer_with_work_left_running(
+            "def handler(n):\n"
+            "    subprocess.Popen([sys.executable, '-c', %r], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,\n"
+            "                     stderr=subprocess.DEVNULL, start_new_session=True)\n" % program, release)
 
     @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
     def test_what_a_handler_wrote_before_it_forked_is_written_once(self):
@@ -260,8 +316,9 @@ class CgiProgram(unittest.TestCase):
                 self.assertTrue(done.stdout.startswith(b"Status: 200 OK\r\n"), done.stdout)
                 self.assertTrue(done.stdout.endswith(b"\r\n\r\nOK\nusername: jane\npassword: child-ended-%d" % code),
                                 done.stdout)
-                self.assertIn(b"ipn_receiver: a process that handler handler forked came back into the receiver and "
-                              b"was ended there; end such a process with os._exit()\n", done.stderr)
+                with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME)) as file:
+                    self.assertIn("] a process that handler handler forked came back into the receiver and was ended "
+                                  "there; end such a process with os._exit()\n", file.read())
                 self.assertNotIn(b"failed", done.stderr)
                 connection = sqlite3.connect(os.path.join(self.data_dir, "events.sqlite3"))
                 self.assertEqual(connection.execute("SELECT status, attempts, answer FROM notifications").fetchall(),
@@ -269,23 +326,23 @@ class CgiProgram(unittest.TestCase):
                 connection.close()
 
     def test_the_line_a_forked_child_leaves_names_the_handler_in_one_line(self):
-        read_end, write_end = os.pipe()
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir)
+        self.addCleanup(forget_settings)
+        ipn_receiver.log.to_stderr = False
         parent = os.getpid()
         for name in ("h" * 60, "on\npay\udc80"):
             child = os.fork()
             if child == 0:
-                os.dup2(write_end, 2)
                 try:
                     ipn_receiver.end_a_forked_child(parent, name)
                 finally:
                     os._exit(7)             # only if it did not end the child itself
             self.assertEqual(os.waitpid(child, 0)[1], 0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            lines = pipe.read().decode("utf-8").splitlines()
-        self.assertEqual([line.split(" forked")[0] for line in lines], [
-            "ipn_receiver: a process that handler %s" % ipn_receiver.shortened("h" * 60, 40),
-            "ipn_receiver: a process that handler on\\npay\\udc80"])
+        with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME), encoding="utf-8") as file:
+            lines = file.read().splitlines()
+        self.assertEqual([line.partition("] ")[2].split(" forked")[0] for line in lines], [
+            "a process that handler %s" % ipn_receiver.shortened("h" * 60, 40),
+            "a process that handler on\\npay\\udc80"])
         # In the process it started in, it does nothing.
         self.assertIsNone(ipn_receiver.end_a_forked_child(parent, "h"))
 

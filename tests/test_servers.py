@@ -437,6 +437,17 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         # The launcher of README.md: it imports ipn_receiver, so Python caches its bytecode in
         # __pycache__ beside it, the settings at the top of the file with it.
         cls.write(os.path.join(folder, "ipn.py"), cls.readme("launcher"), 0o755)
+        # A wrapper whose on_payment leaves work running after the answer: a forked process and a
+        # thread, each until the test lets them go.
+        cls.release = os.path.join(cls.root, "release")
+        cls.write(os.path.join(cls.home, "public_html", "slow", ".htaccess"), cls.readme("apache-htaccess"))
+        cls.write(os.path.join(cls.home, "public_html", "slow", "ipn.py"), (
+            "#!/usr/bin/env python3\nimport os, sys, threading, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n\n\n"
+            "def wait():\n    for _ in range(600):\n        if os.path.exists(%r):\n            break\n"
+            "        time.sleep(0.1)\n\n\ndef handler(notification):\n    if os.fork() == 0:\n        wait()\n"
+            "        os._exit(0)\n    threading.Thread(target=wait).start()\n\n\n"
+            "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\nsys.exit(ipn_receiver.main())\n")
+            % (folder, cls.release), 0o755)
         # Two classic upload mistakes, each in a folder of its own: CRLF line endings (a text-mode
         # upload) and a missing run bit.
         with open(SCRIPT, "rb") as file:
@@ -531,6 +542,15 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         self.assertIn("ok       .htaccess beside the script serves the scripts only, and no folder listing",
                       done.stdout.decode())
         self.assertIn("the .htaccess denies them", done.stdout.decode())
+
+    def test_work_a_handler_leaves_running_does_not_hold_the_answer(self):
+        # Apache completes a CGI answer once every process has let go of the program's stdout and
+        # stderr: a forked process and a thread held it until they ended (the 65th review).
+        try:
+            answer = request(self.url("/slow/ipn.py"), urlencode(payment("slow-%d" % self.port)), timeout=20)
+        finally:
+            open(self.release, "w").close()
+        self.assertEqual(answer, (200, b"OK"))
 
     def test_upload_mistakes_give_500_and_check_names_the_fix(self):
         for name, problem in (("crlf", "save the file with Unix (LF) line endings"),
