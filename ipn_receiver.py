@@ -1852,6 +1852,7 @@ class StoreLock:
 if hasattr(os, "register_at_fork"):         # Python 3.7 and later; 3.6 has no way to do it
     os.register_at_fork(before=StoreLock.bookkeeping.acquire,  # novermin (3.7+, guarded above)
                         after_in_parent=StoreLock.bookkeeping.release, after_in_child=StoreLock.let_go_in_child)
+    os.register_at_fork(after_in_child=log.after_fork)     # novermin: a forked child may log
 
 
 def lock_within(fd, seconds):
@@ -5176,7 +5177,6 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     # variable it runs as that command, not as a second answer to this request.
     os.environ.pop("GATEWAY_INTERFACE", None)
     stdin = sys.stdin.buffer if stdin is None else stdin
-    answer_fd = None
     if stdout is None:
         # The answer goes out through a descriptor of its own. Descriptor 1, which a program that
         # a handler starts writes to, becomes stderr (the server's error log): such output must
@@ -5206,24 +5206,23 @@ def run_cgi(environ=None, stdin=None, stdout=None):
     head = "Status: %s\r\n%s\r\n" % (status, "".join("%s: %s\r\n" % header for header in headers))
     stdout.write(head.encode("latin-1") + body)
     stdout.flush()
-    if answer_fd is not None:
-        let_go_of_the_web_server(answer_fd)         # a thread the handler left running may live on
     return 0
 
 
 def let_go_of_the_web_server(answer_fd):
-    """Point the answer's descriptor, stdout and stderr at /dev/null, once the answer is out.
+    """In a process a handler forked under CGI: point the answer's descriptor, stdin, stdout and
+    stderr at /dev/null.
 
-    Apache completes a CGI program's answer only when every process has let go of both its
-    stdout and its stderr: a thread a handler leaves running keeps the program alive, and a
-    process it forks keeps copies of both, and either would hold the answer (and the sender,
-    and a buyer at the checkout) until it ended. What they write after this goes nowhere; the
-    log file still gets their log lines. (A program a handler starts with subprocess gets stdout
-    and stderr from it: README.md's "Your handlers" says how one that outlives it lets go.)
+    Apache completes a CGI program's answer only when every process has let go of its stdout
+    and its stderr (and under mod_cgid of its stdin, the answer's socket too): a forked process
+    that kept copies would hold the answer, the sender, and a buyer at the checkout, until it
+    ended. What it writes goes nowhere; the log file still gets its log lines. (A thread left
+    running holds the answer, as it must: Apache ends a program it has the answer of, threads
+    and all. A program a handler starts gets them from it: README.md's "Your handlers" says how
+    one that outlives the handler lets go.)
     """
-    sys.stderr.flush()
-    nowhere = os.open(os.devnull, os.O_WRONLY)
-    for fd in (answer_fd, 1, 2):
+    nowhere = os.open(os.devnull, os.O_RDWR)
+    for fd in (answer_fd, 0, 1, 2):
         os.dup2(nowhere, fd)
     os.close(nowhere)
 

@@ -33,12 +33,15 @@ def write_wrapper(folder, handler):
     return wrapper
 
 
-def read_to_the_end(process, seconds):
-    """(stdout, stderr) of `process`, each read to its end, as Apache reads a CGI program's: it
-    completes the answer only then. AssertionError where that takes over `seconds`."""
+def read_to_the_end(fds, seconds, output=None):
+    """What each of `fds` gives, read to its end, as Apache reads a CGI program's stdout and
+    stderr: it completes the answer only then. AssertionError where that takes over `seconds`;
+    what was read by then is in `output` ({fd: bytes}), where one is given, to read on."""
     import selectors
     import time
-    output = {process.stdout.fileno(): b"", process.stderr.fileno(): b""}
+    output = {} if output is None else output
+    for fd in fds:
+        output.setdefault(fd, b"")
     deadline = time.monotonic() + seconds
     with selectors.DefaultSelector() as selector:
         for fd in output:
@@ -46,13 +49,36 @@ def read_to_the_end(process, seconds):
         while selector.get_map():
             ready = selector.select(max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise AssertionError("stdout or stderr was still held open after %d s" % seconds)
+                raise AssertionError("the answer was still held open after %d s" % seconds)
             for key, _ in ready:
                 data = os.read(key.fd, 65536)
                 output[key.fd] += data
                 if not data:
                     selector.unregister(key.fd)
-    return output[process.stdout.fileno()], output[process.stderr.fileno()]
+    return [output[fd] for fd in fds]
+
+
+def wait_until(condition, seconds=30):
+    """Return once condition() is true; AssertionError after `seconds`."""
+    import time
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("not so within %d s" % seconds)
+        time.sleep(0.05)
+
+
+def stored_statuses(store):
+    """The status of each row of the store at `store`, [] where there is none yet."""
+    if not os.path.exists(store):
+        return []
+    connection = sqlite3.connect(store)
+    try:
+        return [status for status, in connection.execute("SELECT status FROM notifications")]
+    except sqlite3.OperationalError:                    # (the table not made yet)
+        return []
+    finally:
+        connection.close()
 
 
 class CgiProgram(unittest.TestCase):
@@ -193,31 +219,45 @@ class CgiProgram(unittest.TestCase):
         return run_cgi_program(cgi_environment(self.data_dir, body=body), body,
                                script=write_wrapper(self.folder, handler))
 
-    def answer_with_work_left_running(self, handler, release):
-        """The answer of a CGI call whose handler (its source) leaves work running until the file
-        `release` is there: read as Apache reads it, stdout and stderr to their ends."""
+    def start_with_work_left_running(self, handler, one_socket=True):
+        """(process, the fd its answer comes from) of a CGI call whose handler (its source) leaves
+        work running, sent its body. As under mod_cgid, stdin and stdout are one socket (or, as
+        under mod_cgi, two pipes); stderr is a pipe, as under every server."""
+        import socket
         body = urlencode(payment())
+        ours, theirs = socket.socketpair() if one_socket else (None, subprocess.PIPE)
         process = subprocess.Popen([PYTHON, write_wrapper(self.folder, handler)],
-                                   env=cgi_environment(self.data_dir, body=body), stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+                                   env=cgi_environment(self.data_dir, body=body), stdin=theirs, stdout=theirs,
+                                   stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        if not one_socket:
+            self.addCleanup(process.stdout.close)
             process.stdin.write(body)
             process.stdin.close()
-            answer, errors = read_to_the_end(process, 20)
+            return process, process.stdout.fileno()
+        theirs.close()
+        self.addCleanup(ours.close)
+        ours.sendall(body)
+        ours.shutdown(socket.SHUT_WR)
+        return process, ours.fileno()
+
+    def answer_with_work_left_running(self, handler, release):
+        """The answer (and stderr) of a CGI call whose handler (its source) leaves work running
+        until the file `release` is there, read as Apache reads them, to their ends."""
+        process, answer_fd = self.start_with_work_left_running(handler)
+        try:
+            answer, errors = read_to_the_end([answer_fd, process.stderr.fileno()], 20)
         finally:
             open(release, "w").close()
-            process.stdout.close()
-            process.stderr.close()
             self.assertEqual(process.wait(60), 0)
         self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"), errors.decode()[-2000:])
         return errors
 
     @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
     def test_a_process_a_handler_forks_does_not_hold_the_answer_open(self):
-        # A handler that forks a worker to go on after the answer (the 54th review): Apache reads
-        # the answer, and stderr, until their ends, which came only when that process ended (the
-        # answer's own descriptor let go, stderr still held: the 65th review).
-        # What the worker prints goes nowhere: its stderr is the web server's no more.
+        # A handler that forks a worker to go on after the answer (the 54th review): the answer
+        # ended only when that process did, for it held the program's stderr (the 65th review)
+        # and, under mod_cgid, its stdin (the 67th). What it prints goes nowhere.
         release = os.path.join(self.folder, "release")
         errors = self.answer_with_work_left_running("def handler(n):\n"
                                                     "    if os.fork() == 0:\n"
@@ -229,22 +269,35 @@ class CgiProgram(unittest.TestCase):
                                                     "        os._exit(0)\n" % release, release)
         self.assertNotIn(b"the forked worker", errors)
 
-    def test_a_thread_a_handler_leaves_running_does_not_hold_the_answer_open(self):
-        # Python waits for it before the process ends, and Apache for the process's stdout and
-        # stderr (the 65th review). The log file still gets its lines.
+    def test_a_thread_a_handler_leaves_running_does_its_work_before_the_answer_ends(self):
+        # Apache ends a CGI program once it has the answer, threads and all (SIGTERM, and SIGKILL
+        # 3 s later): let go of sooner, the answer lost the thread's work (the 67th review). So
+        # the program holds it until its threads are done.
         release = os.path.join(self.folder, "release")
-        self.answer_with_work_left_running(
+        process, answer_fd = self.start_with_work_left_running(
             "import threading\n"
             "def work():\n"
             "    for _ in range(600):\n"
             "        if os.path.exists(%r):\n"
             "            break\n"
             "        time.sleep(0.1)\n"
-            "    ipn_receiver.log.info('the thread, after the answer')\n"
+            "    ipn_receiver.log.info('the thread has done its work')\n"
             "def handler(n):\n"
-            "    threading.Thread(target=work).start()\n" % release, release)
+            "    threading.Thread(target=work).start()\n" % release, one_socket=False)
+        try:
+            store = os.path.join(self.data_dir, ipn_receiver.STORE_FILE_NAME)
+            wait_until(lambda: stored_statuses(store) == ["done"])
+            # The answer is stored, and written; its thread at work holds it.
+            fds, output = [answer_fd, process.stderr.fileno()], {}
+            with self.assertRaises(AssertionError):
+                read_to_the_end(fds, 1, output)
+        finally:
+            open(release, "w").close()
+        answer, _ = read_to_the_end(fds, 20, output)
+        self.assertEqual(process.wait(60), 0)
+        self.assertEqual(parse_cgi_output(answer)[::2], (200, b"OK"))
         with open(os.path.join(self.data_dir, ipn_receiver.LOG_FILE_NAME)) as file:
-            self.assertIn(" INFO [", file.read().partition("the thread, after the answer")[0][-40:])
+            self.assertIn("the thread has done its work", file.read())
 
     def test_a_program_started_as_the_readme_says_does_not_hold_the_answer_open(self):
         # README.md's "Your handlers": a program that outlives the handler, started without the

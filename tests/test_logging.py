@@ -437,6 +437,46 @@ class LongRunningProcesses(ReceiverTestCase):
             self.assertIn("POST -> 200", line)
         self.assertFalse(logging.getLogger("ipn_receiver").handlers)    # logging is never set up
 
+    @unittest.skipUnless(hasattr(os, "register_at_fork"), "Python 3.6 has no os.register_at_fork")
+    def test_a_process_forked_while_another_thread_writes_a_line_can_log(self):
+        # Under a threaded WSGI server, a handler forks as another call's thread writes a line:
+        # the child waited forever for a lock that no thread of its own would let go (the 67th
+        # review).
+        import signal
+        import threading
+        import time
+        import warnings
+        ipn_receiver.log.info("the log set up")
+        holding, done = threading.Event(), threading.Event()
+
+        def write_a_line_slowly():
+            with ipn_receiver.log._turn:
+                holding.set()
+                done.wait(30)
+        writer = threading.Thread(target=write_a_line_slowly)
+        writer.start()
+        try:
+            self.assertTrue(holding.wait(10))
+            with warnings.catch_warnings():         # (3.12 and later warn of a fork beside threads)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child = os.fork()
+            if child == 0:
+                try:
+                    ipn_receiver.log.info("the forked process logs")
+                finally:
+                    os._exit(0)
+            deadline = time.monotonic() + 20
+            while os.waitpid(child, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    self.fail("the forked process never wrote its line")
+                time.sleep(0.05)
+        finally:
+            done.set()
+            writer.join()
+        self.assertIn("the forked process logs", self.log_text())
+
     def test_log_level_is_respected(self):
         ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, DATA_DIR=self.data_dir, LOG_LEVEL="WARNING")
         post(payment("1"))

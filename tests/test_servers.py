@@ -416,7 +416,43 @@ class Apache(Target):
         return text
 
 
-class ApacheCgiHtaccess(Apache, unittest.TestCase):
+class WorkLeftRunning:
+    """Apache runs a wrapper whose on_payment leaves work running after it returns."""
+
+    slow_path = "/?"
+
+    @classmethod
+    def write_slow_wrapper(cls, path, receiver_folder):
+        """A wrapper (the launcher's pattern) whose on_payment forks a process that waits until the
+        test lets it go, and starts a thread that marks, a second later, that its work is done."""
+        cls.release, cls.marks = os.path.join(cls.root, "release"), os.path.join(cls.root, "marks")
+        os.makedirs(cls.marks)
+        os.chmod(cls.marks, 0o1777)
+        cls.write(path, (
+            "#!/usr/bin/env python3\nimport os, sys, threading, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n\n\n"
+            "def wait():\n    for _ in range(600):\n        if os.path.exists(%r):\n            break\n"
+            "        time.sleep(0.1)\n\n\ndef work(name):\n    time.sleep(1)                   # a mail sent, slowly\n"
+            "    open(os.path.join(%r, name), 'w').close()\n\n\n"
+            "def handler(notification):\n    if os.fork() == 0:\n        wait()\n        os._exit(0)\n"
+            "    threading.Thread(target=work, args=(notification['transaction_id'],)).start()\n\n\n"
+            "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\nsys.exit(ipn_receiver.main())\n")
+            % (receiver_folder, cls.release, cls.marks), 0o755)
+
+    def test_work_a_handler_leaves_running_is_done_and_a_forked_process_holds_no_answer(self):
+        # Apache completes a CGI answer once every process has let go of the program's stdout and
+        # stderr, and under mod_cgid of its stdin: a forked process held it until it ended (the
+        # 65th and 67th reviews). Then Apache ends the program, threads and all: a thread's work
+        # is done before the answer, or not at all (the 67th review).
+        transaction = "slow-%d" % self.port
+        try:
+            answer = request(self.url(self.slow_path), urlencode(payment(transaction)), timeout=20)
+        finally:
+            open(self.release, "w").close()
+        self.assertEqual(answer, (200, b"OK"))
+        self.assertEqual(os.listdir(self.marks), [transaction])
+
+
+class ApacheCgiHtaccess(WorkLeftRunning, Apache, unittest.TestCase):
     """Shared hosting: the script in an ordinary web folder, enabled by the README's .htaccess."""
 
     name = "apache mod_cgi .htaccess"
@@ -424,6 +460,7 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
     modules = ("cgi",)
     needs = Apache.needs + ((MODULES + "/mod_cgi.so", "apache2"),)
     script_path = "/ipn/ipn_receiver.py"
+    slow_path = "/slow/ipn.py"
     protected = ("/ipn/config.ini", "/ipn/config.ini~", "/ipn/config.ini.bak", "/ipn/ipn_receiver.py~",
                  "/ipn/ipn_data/", "/ipn/ipn_data/events.sqlite3",
                  "/ipn/ipn_data/events.sqlite3-wal", "/ipn/ipn_data/ipn_receiver.log",
@@ -437,17 +474,8 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         # The launcher of README.md: it imports ipn_receiver, so Python caches its bytecode in
         # __pycache__ beside it, the settings at the top of the file with it.
         cls.write(os.path.join(folder, "ipn.py"), cls.readme("launcher"), 0o755)
-        # A wrapper whose on_payment leaves work running after the answer: a forked process and a
-        # thread, each until the test lets them go.
-        cls.release = os.path.join(cls.root, "release")
         cls.write(os.path.join(cls.home, "public_html", "slow", ".htaccess"), cls.readme("apache-htaccess"))
-        cls.write(os.path.join(cls.home, "public_html", "slow", "ipn.py"), (
-            "#!/usr/bin/env python3\nimport os, sys, threading, time\nsys.path.insert(0, %r)\nimport ipn_receiver\n\n\n"
-            "def wait():\n    for _ in range(600):\n        if os.path.exists(%r):\n            break\n"
-            "        time.sleep(0.1)\n\n\ndef handler(notification):\n    if os.fork() == 0:\n        wait()\n"
-            "        os._exit(0)\n    threading.Thread(target=wait).start()\n\n\n"
-            "ipn_receiver.DIGISTORE24_HANDLERS['on_payment'] = handler\nsys.exit(ipn_receiver.main())\n")
-            % (folder, cls.release), 0o755)
+        cls.write_slow_wrapper(os.path.join(cls.home, "public_html", "slow", "ipn.py"), folder)
         # Two classic upload mistakes, each in a folder of its own: CRLF line endings (a text-mode
         # upload) and a missing run bit.
         with open(SCRIPT, "rb") as file:
@@ -543,15 +571,6 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
                       done.stdout.decode())
         self.assertIn("the .htaccess denies them", done.stdout.decode())
 
-    def test_work_a_handler_leaves_running_does_not_hold_the_answer(self):
-        # Apache completes a CGI answer once every process has let go of the program's stdout and
-        # stderr: a forked process and a thread held it until they ended (the 65th review).
-        try:
-            answer = request(self.url("/slow/ipn.py"), urlencode(payment("slow-%d" % self.port)), timeout=20)
-        finally:
-            open(self.release, "w").close()
-        self.assertEqual(answer, (200, b"OK"))
-
     def test_upload_mistakes_give_500_and_check_names_the_fix(self):
         for name, problem in (("crlf", "save the file with Unix (LF) line endings"),
                               ("norun", "chmod 755")):
@@ -574,11 +593,12 @@ class ApacheCgiHtaccess(Apache, unittest.TestCase):
         self.assertEqual(request(self.url("/crlf/ipn_receiver.py"))[0], 200)
 
 
-class ApacheCgidScriptAlias(Apache, unittest.TestCase):
+class ApacheCgidScriptAlias(WorkLeftRunning, Apache, unittest.TestCase):
     name = "apache mod_cgid cgi-bin"
     modules = ("cgid",)
     needs = Apache.needs + ((MODULES + "/mod_cgid.so", "apache2"),)
     script_path = "/cgi-bin/ipn_receiver.py"
+    slow_path = "/cgi-bin/slow.py"
     loses_answers_to_unread_bodies = True
     protected = ("/cgi-bin/ipn.ini", "/ipn.ini", "/ipn_data/events.sqlite3", "/ipn_data/ipn_receiver.log",
                  "/cgi-bin/ipn_data/events.sqlite3")
@@ -587,6 +607,7 @@ class ApacheCgidScriptAlias(Apache, unittest.TestCase):
     def lay_out(cls):
         cls.place_receiver(os.path.join(cls.home, "cgi-bin"), config=os.path.join(cls.home, "ipn.ini"),
                            data_dir=os.path.join(cls.home, "ipn_data"))
+        cls.write_slow_wrapper(os.path.join(cls.home, "cgi-bin", "slow.py"), os.path.join(cls.home, "cgi-bin"))
 
     @classmethod
     def hand_over(cls):

@@ -1927,6 +1927,12 @@ class StorageProblems(ReceiverTestCase):
         self.handle("on_payment", lambda notification: None)
         self.assertEqual(post(payment("2")).status, 200)
 
+    def test_an_outcome_that_fails_inside_its_transaction_leaves_the_connection_usable(self):
+        # The same for the outcome's transaction.
+        with mock.patch.object(ipn_receiver, "row_of_key", side_effect=RuntimeError("a bug")):
+            self.assertEqual(post(payment("1")).status, 503)
+        self.assertEqual(post(payment("2")).status, 200)
+
     def test_a_new_stores_name_is_synced_into_its_folder_before_its_first_row(self):
         # Else, after a power cut, the store could be gone while its journal, with the first
         # rows, is not; the next call would make the store anew and remove that journal.
