@@ -91,12 +91,13 @@ PROCESSING_TIMEOUT = 300
 #
 # A handler runs once per distinct notification, even when the sender retries it. If it raises
 # an exception, the sender gets an error naming the handler, retries later, and the handler runs
-# again then, from the start; so do the work first and return only when it is done, and make what
-# must not happen twice (an e-mail sent, an account made) the last step, or look first whether it
-# was done (by transaction_id). Only on_payment's returned dict is sent back (see on_payment);
-# other handlers return nothing. Write messages to the log with log.info(...); a print() goes to
-# the web server's error log. Name functions of your own my_... : a name the code below uses too
-# would be replaced by the receiver's (`check` names it).
+# again then, from the start; so do the work first and return only when it is done (a thread you
+# start may be cut off once the answer is out: README.md, "Your handlers"), and make what must not
+# happen twice (an e-mail sent, an account made) the last step, or look first whether it was done
+# (by transaction_id). Only on_payment's returned dict is sent back (see on_payment); other
+# handlers return nothing. Write messages to the log with log.info(...); a print() goes to the web
+# server's error log. Name functions of your own my_... : a name the code below uses too would be
+# replaced by the receiver's (`check` names it).
 # Digistore24 sends the same order_id for every transaction of an order (first payment, rebills,
 # refund); transaction_id is unique per transaction; an order of several products has the second
 # one's fields as product_id_2, ... Events of one order may come out of order: a failing
@@ -1833,7 +1834,14 @@ class StoreLock:
     def let_go(self):
         with StoreLock.bookkeeping:
             del StoreLock.files[self.key]
-            os.close(self.fd)               # releases the lock
+            try:
+                import fcntl
+                # Let go of it first: closing alone does not where a process forked meanwhile (a
+                # handler's, under a threaded server) has a copy: Python 3.6 cannot close it there.
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            except (ImportError, OSError):  # (no fcntl, or a file system without locks)
+                pass
+            os.close(self.fd)
 
     @staticmethod
     def let_go_in_child():

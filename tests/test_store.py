@@ -2351,6 +2351,24 @@ class TheLiveStore(ReceiverTestCase):
         self.assertTrue(answer.body.startswith("ERROR: the handler of notification #2 failed (ZeroDivisionError), but "
                                                "the receiver could not record that"))
 
+    def test_the_lock_is_let_go_though_another_process_has_a_copy_of_its_descriptor(self):
+        # A process forked while a thread held the lock (a handler's, under a threaded server, on
+        # Python 3.6, which has no way to close the copy there) kept it for as long as it lived:
+        # every call 503, and the forking call's outcome unrecorded (the 68th review).
+        import fcntl
+        with ipn_receiver.StoreLock(self.data_dir) as lock:
+            holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                                      pass_fds=[lock.fd])
+        try:
+            probe = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)      # BlockingIOError while held
+            finally:
+                os.close(probe)
+        finally:
+            holder.stdin.close()
+            holder.wait(30)
+
     def test_a_lock_held_a_moment_is_waited_for(self):
         import fcntl
         post(payment("1"))
