@@ -2974,14 +2974,14 @@ def handle_post(environ):
     config = settings()
     provider, fields = read_form(environ, config["MAX_BODY_BYTES"])
     if provider == DIGISTORE24:
-        received = [fields.pop(name, None) for name in SIGNATURE_FIELDS]       # (neither is signed)
-        received = received[0] or received[1]
-        if received == NO_SIGNATURE:
+        signatures = [fields.pop(name, None) for name in SIGNATURE_FIELDS]     # (neither is signed)
+        signature = signatures[0] or signatures[1]
+        if signature == NO_SIGNATURE:
             raise Refusal(403, NO_SIGNATURE_ANSWER)
-        if not received:                    # (not a wrong passphrase: there is nothing to compare)
+        if not signature:                   # (not a wrong passphrase: there is nothing to compare)
             raise Refusal(403, UNSIGNED_ANSWER)
         refuse_unless_usable(config, "SHA_PASSPHRASE")
-        variant = digistore24_signature_variant(fields, received, config["SHA_PASSPHRASE"])
+        variant = digistore24_signature_variant(fields, signature, config["SHA_PASSPHRASE"])
         if variant is None:
             raise Refusal(403, INVALID_SIGNATURE_ANSWER) if fields.get("event") else \
                 Refusal(400, MISSING_EVENT_ANSWER)
@@ -2990,11 +2990,11 @@ def handle_post(environ):
         notification = Notification(DIGISTORE24, vouched_fields(fields, variant))
         handlers = DIGISTORE24_HANDLERS
     else:
-        received = fields.pop("isn_key", "")
-        if not received:
+        isn_key = fields.pop("isn_key", "")
+        if not isn_key:
             raise Refusal(403, UNSIGNED_ANSWER)
         refuse_unless_usable(config, "ISN_KEY")
-        if not isn_key_is_valid(received, config["ISN_KEY"]):
+        if not isn_key_is_valid(isn_key, config["ISN_KEY"]):
             raise Refusal(403, INVALID_ISN_KEY_ANSWER)
         notification = Notification(PROMOPIT, vouched_fields(fields))
         handlers = PROMOPIT_HANDLERS
