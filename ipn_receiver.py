@@ -682,7 +682,7 @@ _ESCAPES = {code: "\\x%02x" % code for code in list(range(32)) + list(range(127,
 _ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
 _ESCAPES.update({code: "\\u%04x" % code for code in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B,
                                                     0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069)})
-LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
+LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 
 
 def one_line(text):
@@ -701,8 +701,9 @@ def shortened(text, size=80):
 def log_line(level, text, when):
     """A line of the log, exactly as logging.Formatter(LOG_FORMAT) writes it for a record made at
     `when` (a time.time() value): tests/test_logging.py compares the two."""
+    name = LEVEL_NAMES.get(level) or "Level %d" % level
     return "%s,%03d %s [%d] %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)),
-                                   int((when - int(when)) * 1000), LEVEL_NAMES[level], os.getpid(), text)
+                                   int((when - int(when)) * 1000), name, os.getpid(), text)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
@@ -856,21 +857,34 @@ class Log:
         self._ready = self._warned = False
         self._turn = _thread.RLock()
 
-    def debug(self, message, *args):
-        self._log(10, message, args)
+    # The methods a logging.Logger has for writing, with its keywords: exc_info=True (or an
+    # exception) adds a traceback; others (extra, stack_info, ...) are taken and left unused, for
+    # a log line is never worth failing a handler for after its work.
 
-    def info(self, message, *args):
-        self._log(20, message, args)
+    def debug(self, message, *args, **keywords):
+        self._log(10, message, args, keywords)
 
-    def warning(self, message, *args):
-        self._log(30, message, args)
+    def info(self, message, *args, **keywords):
+        self._log(20, message, args, keywords)
 
-    def error(self, message, *args):
-        self._log(40, message, args)
+    def warning(self, message, *args, **keywords):
+        self._log(30, message, args, keywords)
 
-    def exception(self, message, *args):
+    warn = warning
+
+    def error(self, message, *args, **keywords):
+        self._log(40, message, args, keywords)
+
+    def critical(self, message, *args, **keywords):
+        self._log(50, message, args, keywords)
+
+    def exception(self, message, *args, exc_info=True, **keywords):
         """Log an error with the traceback of the exception being handled."""
-        self._log(40, message, args, with_traceback=True)
+        self._log(40, message, args, dict(keywords, exc_info=exc_info))
+
+    def log(self, level, message, *args, **keywords):
+        """Log at a level given as logging's numbers (logging.INFO is 20)."""
+        self._log(level, message, args, keywords)
 
     def mask(self, text):
         """`text` with every configured secret replaced by [secret]. (It opens no file: `events`,
@@ -942,10 +956,10 @@ class Log:
                            for form in secret_forms(config[name]))
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))
 
-    def _log(self, level, message, args, with_traceback=False):
+    def _log(self, level, message, args, keywords):
         try:
             self._setup()
-            if level < self.level:
+            if not isinstance(level, int) or level < self.level:
                 return
             if len(args) == 1 and isinstance(args[0], dict) and args[0]:
                 args = args[0]              # log.info("%(order)s", {...}), as logging takes it
@@ -953,8 +967,12 @@ class Log:
                 lines = [str(message) % args if args else str(message)]
             except (TypeError, ValueError, KeyError):   # (a line is never lost to its format)
                 lines = ["%s %% %s (the message does not fit its arguments)" % (message, repr(args))]
-            error = sys.exc_info()[1] if with_traceback else None
-            if error is not None:
+            error = keywords.get("exc_info")        # as logging takes it: True, an exception or
+            if isinstance(error, tuple):            # sys.exc_info()'s three
+                error = error[1]
+            elif error and not isinstance(error, BaseException):
+                error = sys.exc_info()[1]
+            if isinstance(error, BaseException):
                 lines += traceback_lines(error)
             # Masking first, escaping last: after it, each line of the record is one line of the file.
             line = log_line(level, "\n".join(one_line(self.mask(line)) for line in lines), time.time()) + "\n"
@@ -1040,6 +1058,15 @@ class Notification:
 
     def keys(self):
         return self.fields.keys()
+
+    def values(self):
+        return self.fields.values()
+
+    def items(self):
+        return self.fields.items()
+
+    def __len__(self):
+        return len(self.fields)
 
     @property
     def reference(self):

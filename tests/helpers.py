@@ -183,7 +183,7 @@ class ReceiverTestCase(unittest.TestCase):
         import re
         found = []
         for line in self.log_text().splitlines():
-            record = re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) \[\d+\] (.*)$", line)
+            record = re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+|Level \d+) \[\d+\] (.*)$", line)
             if record:
                 found.append((record.group(1), re.sub(r" \(\d+\.\d ms\)$", "", record.group(2))))
         return found

@@ -500,6 +500,9 @@ class TheNotification(ReceiverTestCase):
         # Read as a dict is (the 48th review: `for name in notification` raised AttributeError).
         self.assertEqual(list(notification), list(notification.fields))
         self.assertEqual(dict(notification), notification.fields)
+        self.assertEqual((list(notification.items()), list(notification.values()), len(notification)),
+                         (list(notification.fields.items()), list(notification.fields.values()),
+                          len(notification.fields)))
         self.assertEqual((notification.get(0), 0 in notification), ("", False))
 
     def test_upper_keys_variant_fields_are_in_lower_case_and_found_in_any_case(self):
