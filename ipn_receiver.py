@@ -2981,8 +2981,8 @@ INVALID_ISN_KEY_ANSWER = (
     "the product's ISN settings at PromoPit into ISN_KEY (`python3 ipn_receiver.py check` finds "
     "quotes or spaces around it)")
 BUSY_ANSWER = ("ERROR: already being processed: a copy of this notification is being handled right now; the "
-               "sender retries later, nothing to do. (Should this last longer than PROCESSING_TIMEOUT, a handler "
-               "ran and could not be recorded: see ipn_receiver.log)")
+               "sender retries later, nothing to do (should that run have died, a copy coming PROCESSING_TIMEOUT "
+               "after it started runs the handler again; ipn_receiver.log says how it ended)")
 PAUSED_ANSWER = ("ERROR: the handler failed for notification #%d just now; a copy that comes in %d s or later runs it "
                  "again (the sender retries later; on the server, `replay %d` runs it now)")
 UNKNOWN_ANSWER = (
@@ -3210,9 +3210,16 @@ def answer_body(notification, result):
                                 bytes, bytearray)) else "empty: the buyer sees nothing there")
             key, value = str(key), "" if value is None else str(value)
             line = "%s: %s" % (answer_text(key).replace(":", " ").strip(), answer_text(value))
-            if line != "%s: %s" % (key.strip(), value):
-                log.warning("on_payment's answer line %s had a line break, control character, colon in its "
-                            "key or secret in it; sent with that replaced", shortened(key, 40))
+            both = key + value
+            replaced = [what for what, found in (
+                ("a line break or control character", both.translate(_ANSWER_SPACES) != both),
+                ("a colon in its key", ":" in key),
+                ("a configured secret", log.mask(key) != key or log.mask(value) != value),
+                ("bytes that were not UTF-8", any("\ud800" <= character <= "\udfff" for character in both)))
+                if found]
+            if replaced:
+                log.warning("on_payment's answer line %s had %s; sent with that replaced", shortened(key, 40),
+                            " and ".join(replaced))
             if line.startswith(":"):
                 log.warning("on_payment returned an answer line without a key; it is left out")
                 continue
@@ -3974,7 +3981,7 @@ def command_replay(args):
     table = "PROMOPIT_HANDLERS" if row["provider"] == PROMOPIT else "DIGISTORE24_HANDLERS"
     handler = globals()[table].get(row["event"])
     if handler is None:
-        raise CommandFailed("there is no handler for %s; add one to %s first" % (row["event"], table))
+        raise CommandFailed("there is no handler for %s; add one to %s first" % (one_line(row["event"]), table))
     notification = Notification(row["provider"], fields)
     notification.id, notification.key = row["id"], row["duplicate_key"]
     claim = "%d-replay-%s" % (os.getpid(), os.urandom(4).hex())
@@ -3989,7 +3996,7 @@ def command_replay(args):
     with contextlib.redirect_stdout(sys.stderr):        # (a handler's print(): see command_serve)
         status, body, outcome = run_and_record(notification, handler, claim, config)
     log.info("replay of #%d: %s", row["id"], outcome)
-    print("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome))
+    print(one_line("#%d %s %s: %s" % (row["id"], row["provider"], row["event"], outcome)))
     print(body)
     return 0 if status == 200 else 1
 
@@ -4005,8 +4012,9 @@ def why_replay_waits(row, config, done):
                     "marks" if done else "runs", config["PROCESSING_TIMEOUT"],
                     "marks it now" if done else "runs it now, a second time if it is still running"))
     if done:
-        return "notification #%d is %s already: its copies are answered OK; there is nothing to mark" % (
-            row["id"], row["status"])
+        return "notification #%d is %s already: its copies are answered %s; there is nothing to mark" % (
+            row["id"], row["status"], "OK with the access data it gave" if str(row.get("answer")).startswith("OK\n")
+            else "OK")
     return ("notification #%d is %s; replay runs failed ones (and abandoned and unknown ones). Add --force to run "
             "its handler %s anyway" % (row["id"], row["status"], "now" if row["status"] == "ignored" else "again"))
 
@@ -4348,9 +4356,15 @@ def check_data_folder(report, note, config):
                "characters, or use Python 3.7 or later: where a web server sets no LANG, Python 3.6 writes "
                "file names as ASCII, and every call would fail")
     script = os.path.abspath(__file__)
-    note("check runs as %s; %s belongs to %s. Run check as the user the web server runs the receiver as "
-         "(under suEXEC, as on cPanel: the script's owner)"
-         % (user_name(os.geteuid()), os.path.basename(script), user_name(os.stat(script).st_uid)))
+    owner = os.stat(script).st_uid
+    if owner == os.geteuid():
+        note("check runs as %s, the owner of %s: under suEXEC, as on cPanel, the user the web server runs the "
+             "receiver as. Where the web server runs it as a different user, run check as that one"
+             % (user_name(owner), os.path.basename(script)))
+    else:
+        note("check runs as %s; %s belongs to %s. Run check as the user the web server runs the receiver as "
+             "(under suEXEC, as on cPanel: the script's owner)"
+             % (user_name(os.geteuid()), os.path.basename(script), user_name(owner)))
     # check makes nothing: run by another user than the web server's, it would make the data folder
     # and the store that user's, and every call would fail.
     writable = os.path.isdir(data_dir) and os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)
@@ -4449,7 +4463,8 @@ def check_store(report, note, config):
 
     def report_rows(rows, what, fix):           # (the first five of them named)
         if rows:
-            report(False, "%d notifications %s: %s" % (len(rows), what, one_line(", ".join(rows[:5]))), fix)
+            report(False, "%d notification%s %s: %s" % (len(rows), "" if len(rows) == 1 else "s", what,
+                                                       one_line(", ".join(rows[:5]))), fix)
     if not os.path.exists(store_path(config)):
         if store_was_made(data_dir):
             report(False, "event store: " + STORE_GONE % store_path(config), "see the message")
@@ -4473,7 +4488,7 @@ def check_store(report, note, config):
         waiting = ["#%d %s" % (number, event) for number, provider, event in connection.execute(
             "SELECT id, provider, event FROM notifications WHERE status = 'ignored' ORDER BY id")
             if (PROMOPIT_HANDLERS if provider == PROMOPIT else DIGISTORE24_HANDLERS).get(event)]
-        report_rows(waiting, "were stored without running a handler, which their event has now", "`replay ID "
+        report_rows(waiting, "stored with no handler run, whose event has one now", "`replay ID "
                     "--force` runs the handler for each one that still needs it (its sender was answered OK, and "
                     "sends it no more)")
         # A handler that started and was never recorded as ended (its process killed, or its
@@ -4499,7 +4514,8 @@ def check_store(report, note, config):
                    "handler, then `replay ID` each (or let the sender's next retry run it); `replay ID --done` for "
                    "one you handled yourself")
         if counts.get("unknown"):
-            report(False, "%d notifications salvaged from damage with their status lost" % counts["unknown"],
+            report(False, "%d notification%s salvaged from damage with the status lost" % (
+                counts["unknown"], "s" if counts["unknown"] > 1 else ""),
                    "for each of `python3 ipn_receiver.py events --status unknown`: `replay ID` to run "
                    "its handler, or `replay ID --done` if it was handled")
         damaged = ["#%d" % row[0] for row in connection.execute(
@@ -4677,9 +4693,12 @@ def check_what_the_store_shows_of_the_setup(report, config, connection):
     for name in SECRET_SETTINGS:
         stored = senders.get(PROMOPIT if name == "ISN_KEY" else DIGISTORE24, 0)
         if stored and secret_problem(config, name):
-            report(False, "%s can be used, as when the %d %s notification%s in the store came" % (
-                name, stored, sender_of(name), "s" if stored > 1 else ""), secret_problem(config, name) + "; until then each call of %s, its "
-                   "copies too, is refused with 503" % sender_of(name))
+            # (Where it is set, but cannot be used, the line about the settings said how to fix it.)
+            set_but_unusable = config[name].strip() not in ("", PLACEHOLDERS[name])
+            report(False, "%s cannot be used, though the %d %s notification%s in the store came with one" % (
+                name, stored, sender_of(name), "s" if stored > 1 else ""),
+                ("fix %s as said above" % name if set_but_unusable else secret_problem(config, name)) +
+                "; until then each call of %s, its copies too, is refused with 503" % sender_of(name))
     if is_the_placeholder(DIGISTORE24_HANDLERS.get("on_payment"), "on_payment"):
         given = [number for number, answer in connection.execute(
             "SELECT id, answer FROM notifications WHERE provider = ? AND event = 'on_payment' AND status = 'done' "
