@@ -67,6 +67,7 @@ FUNCTIONS = [
     "served_beside", "get_start", "settings_written_here", "check_example_config",
     "check_what_the_store_shows_of_the_setup", "is_the_placeholder", "check_runs_as_cgi", "check_settings",
     "functions_defined_twice", "let_go_of_the_web_server", "Log.after_fork", "refuse_unless_usable",
+    "log_line", "Log.exception", "Log.log",
 ]
 # Fast first: most mutants are killed by the first module that looks at their function.
 TESTS = ["tests.test_signature", "tests.test_replay", "tests.test_http", "tests.test_security",
