@@ -4445,6 +4445,15 @@ def check_data_folder(report, note, config):
             "for, in %s, if that store has no -wal file of its own; then rename the script back. It may hold the last "
             "notifications, which are lost to the store until then (and where the store has its own, keep it aside: "
             "its notifications can be recovered by hand only)" % (journal, data_dir))
+    for other in stores_in_the_suggested_folder(data_dir, left_behind):
+        # DATA_DIR names another folder than the one README.md suggests, which holds a store: an
+        # older config.ini put back without its data_dir line, say. Calls then go into a new store,
+        # where failed sales of the other are not seen, and copies of its sales run again.
+        report(False, "an event store is in %s (last written %s), and DATA_DIR is %s" % (
+            other, local_time(last_written(other)), data_dir), "if DATA_DIR named that folder before (an older "
+            "config.ini put back, say), set it again (data_dir = %s), and keep %s, not deleted: it holds the "
+            "calls that came meanwhile. If that store is no longer used, rename its folder (%s.old)" % (
+                other, data_dir, other))
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,
@@ -4845,6 +4854,33 @@ def miswritten_secrets():
         elif "\\" in rest and "r" not in prefix.lower():
             mistakes.append((name, "escapes"))
     return mistakes
+
+
+def stores_in_the_suggested_folder(data_dir, left_behind):
+    """The folders README.md suggests for DATA_DIR outside the web root (~/ipn_data of the user
+    check runs as, and of the script's owner) that hold an event store, where DATA_DIR is another
+    (and `left_behind`, the default data folder beside the script, which check looks at itself)."""
+    if not hasattr(os, "geteuid"):
+        return []
+    import pwd
+    homes = set()
+    for uid in (os.geteuid(), os.stat(os.path.abspath(__file__)).st_uid):
+        try:
+            homes.add(pwd.getpwuid(uid).pw_dir)
+        except KeyError:                    # (a user the system does not name)
+            pass
+    looked_at = {os.path.normcase(os.path.realpath(folder)) for folder in (data_dir, left_behind)}
+    return sorted(folder for folder in (os.path.join(home, SHIPPED_SETTINGS["DATA_DIR"]) for home in homes)
+                  if os.path.isfile(os.path.join(folder, STORE_FILE_NAME))
+                  and os.path.normcase(os.path.realpath(folder)) not in looked_at)
+
+
+def last_written(folder):
+    """When the store in `folder` was last written: its journal's time where that is later."""
+    times = [os.stat(path).st_mtime for path in (os.path.join(folder, STORE_FILE_NAME),
+                                                 os.path.join(folder, STORE_FILE_NAME + "-wal"))
+             if os.path.exists(path)]
+    return max(times) if times else None
 
 
 def check_web_folder(report, note, data_dir):

@@ -771,6 +771,37 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
 
 
 class Check(CommandTestCase):
+    def test_a_store_in_the_folder_the_readme_suggests_while_data_dir_names_another_is_a_problem(self):
+        # An older config.ini put back without its data_dir line: calls go into a new store beside
+        # the script, and check said "all good" with the failed sales of the other out of sight
+        # (the 70th review).
+        home = tempfile.mkdtemp(prefix="ipn-home-")
+        self.addCleanup(shutil.rmtree, home, True)
+        suggested = os.path.join(home, "ipn_data")
+        os.mkdir(suggested, 0o700)
+        open(os.path.join(suggested, ipn_receiver.STORE_FILE_NAME), "w").close()
+        os.utime(os.path.join(suggested, ipn_receiver.STORE_FILE_NAME), (1767225600, 1767225600))
+        post(payment())
+
+        def problems_of_check():
+            said = []
+            account = mock.Mock(pw_dir=home, pw_name="vendor")
+            with mock.patch("pwd.getpwuid", return_value=account), contextlib.redirect_stdout(io.StringIO()):
+                ipn_receiver.check_data_folder(lambda ok, text, fix=None: said.append((text, fix)) if not ok else None,
+                                               lambda text: None, ipn_receiver.settings())
+            return said
+        self.assertIn(("an event store is in %s (last written %s), and DATA_DIR is %s" % (
+            suggested, ipn_receiver.local_time(1767225600), self.data_dir), "if DATA_DIR named that folder before (an "
+            "older config.ini put back, say), set it again (data_dir = %s), and keep %s, not deleted: it holds the "
+            "calls that came meanwhile. If that store is no longer used, rename its folder (%s.old)" % (
+                suggested, self.data_dir, suggested)), problems_of_check())
+        # Where DATA_DIR names it, or it holds no store, there is nothing to say.
+        os.rename(suggested, suggested + ".old")
+        self.assertEqual([text for text, _ in problems_of_check() if "an event store is in" in text], [])
+        os.rename(suggested + ".old", suggested)
+        ipn_receiver.use_settings(SHA_PASSPHRASE=PASSPHRASE, ISN_KEY=ISN_KEY, DATA_DIR=suggested)
+        self.assertEqual([text for text, _ in problems_of_check() if "an event store is in" in text], [])
+
     def test_a_sender_the_store_shows_in_use_whose_secret_is_gone_is_a_problem(self):
         # An upgrade that left the ISN key behind: every PromoPit call, copies too, refused with 503,
         # and check said "all good" with a note (the 60th review).
