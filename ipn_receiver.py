@@ -682,7 +682,8 @@ _ESCAPES = {code: "\\x%02x" % code for code in list(range(32)) + list(range(127,
 _ESCAPES.update({9: "\\t", 10: "\\n", 13: "\\r"})
 _ESCAPES.update({code: "\\u%04x" % code for code in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B,
                                                     0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069)})
-LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
+LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
+LEVEL_NAMES[50] = "CRITICAL"                # (log.critical: not a level to set LOG_LEVEL to)
 
 
 def one_line(text):
@@ -883,7 +884,9 @@ class Log:
         self._log(40, message, args, dict(keywords, exc_info=exc_info))
 
     def log(self, level, message, *args, **keywords):
-        """Log at a level given as logging's numbers (logging.INFO is 20)."""
+        """Log at a level given as logging's numbers (logging.INFO is 20) or by its name."""
+        if not isinstance(level, int):
+            level = LOG_LEVELS.get(str(level).upper(), 40)      # (one not known: an error, to be seen)
         self._log(level, message, args, keywords)
 
     def mask(self, text):
@@ -959,7 +962,7 @@ class Log:
     def _log(self, level, message, args, keywords):
         try:
             self._setup()
-            if not isinstance(level, int) or level < self.level:
+            if level < self.level:
                 return
             if len(args) == 1 and isinstance(args[0], dict) and args[0]:
                 args = args[0]              # log.info("%(order)s", {...}), as logging takes it
