@@ -3903,9 +3903,9 @@ def reference_of(row):
     """The order/transaction id of a stored row, for tables."""
     fields = stored_fields(row)
     if row["provider"] == PROMOPIT:
-        return one_line(str(fields.get("promopit_txn_id", "")))
-    return one_line("/".join(str(value) for value in (fields.get("order_id", ""), fields.get("transaction_id", ""))
-                             if value))
+        return one_line(shortened(str(fields.get("promopit_txn_id", "")), 60))
+    return one_line(shortened("/".join(str(value) for value in (fields.get("order_id", ""),
+                                                                fields.get("transaction_id", "")) if value), 60))
 
 
 def local_time(timestamp):
@@ -3954,7 +3954,9 @@ def command_show(args):
     fields = {one_line(str(key)): one_line(str(value)) for key, value in stored_fields(row).items()}
     print("fields (%d):%s" % (len(fields), "" if fields else " none can be read (damaged); the sender's next "
                                                       "delivery of it brings them back"))
-    width = max([len(key) for key in fields] + [1])
+    # Padded to the longest key up to 40 characters: a key of a million, sent by whoever holds the
+    # ISN key, would otherwise pad each of thousands of fields to a million spaces.
+    width = min(max([len(key) for key in fields] + [1]), 40)
     for key, value in fields.items():
         print("  %-*s  %s" % (width, key, value))
     return 0
@@ -4067,14 +4069,17 @@ def command_check(args):
     """A health report after uploading; exit 1 when anything needs fixing."""
     problems = []
 
+    # Each line escaped: the names of files check finds (in __pycache__, in the data folder) are
+    # anyone's who could make a file there, and one could hold the escape sequences that wipe a
+    # PROBLEM off the vendor's screen, or a line break that forges an "ok".
     def report(ok, text, fix=None):
-        print("%-8s %s" % ("ok" if ok else "PROBLEM", text))
+        print("%-8s %s" % ("ok" if ok else "PROBLEM", one_line(text)))
         if not ok:
-            print("         fix: " + fix)
+            print("         fix: " + one_line(fix))
             problems.append(text)
 
     def note(text):
-        print("note     " + text)
+        print("note     " + one_line(text))
 
     report(sys.version_info >= (3, 6), "Python %s (%s)" % (sys.version.split()[0], sys.executable),
            "use Python 3.6 or later: change the first line of ipn_receiver.py to its path")
@@ -4460,7 +4465,7 @@ def check_data_folder(report, note, config):
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,
-                   "look through it (`sqlite3 %s`), then move it out of the data folder" % name)
+                   "look through it (`sqlite3 %s`), then move it out of the data folder" % quoted(name))
         elif name == STORE_FILE_NAME + ".salvaged":
             report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
                    "in place if there is no store; beside a store, it is older than the store: move it out of the "
@@ -4615,15 +4620,15 @@ def check_who_else_may_change_the_code(report, files):
         if found.st_uid not in trusted:
             report(False, "%s belongs to %s, another user of this server" % (path, user_name(found.st_uid)),
                    "rm -r %s   (Python runs what is in it as the receiver's user; it makes the folder again, "
-                   "closed to others where the umask is 022, as the launcher of README.md sets it)" % cache
+                   "closed to others where the umask is 022, as the launcher of README.md sets it)" % quoted(cache)
                    if path.startswith(cache) else
                    "delete it and upload your own, as the receiver's user; it decides what the receiver does")
         elif not stat.S_ISLNK(found.st_mode) and others_may(stat.S_IWOTH, path, found, trusted):
             report(False, "%s can be changed by other users of this server (mode %03o)" % (
                    path, found.st_mode & 0o777), "rm -r %s   (another user could have put code of theirs in it, which "
                    "Python would run as the receiver's user; it makes the folder again, closed to others where the "
-                   "umask is 022, as the launcher of README.md sets it)" % path if path == cache
-                   else "chmod go-w %s   (it decides what the receiver does)" % path)
+                   "umask is 022, as the launcher of README.md sets it)" % quoted(path) if path == cache
+                   else "chmod go-w %s   (it decides what the receiver does)" % quoted(path))
 
 
 def check_who_else_may_change_python(report):
@@ -4789,7 +4794,14 @@ def check_owners(report, data_dir):
             report(False, "%s in the data folder belongs to %s, the folder to %s" % (
                 name, user_name(os.lstat(path).st_uid), user_name(owner)),
                 "chown %s %s   (a command run as another user made it; the web server cannot use it)"
-                % (user_name(owner), path))
+                % (quoted(user_name(owner)), quoted(path)))
+
+
+def quoted(path):
+    """`path` as a shell takes it, for a command check suggests: a file's name, which anyone who
+    could make the file chose, may hold a space, a `;` or a `$(...)`."""
+    import shlex
+    return shlex.quote(path)
 
 
 def user_name(uid):

@@ -65,6 +65,22 @@ class Inspecting(CommandTestCase):
         self.assertEqual(self.command("show", "99")[0], 1)
 
 
+    def test_huge_keys_and_ids_do_not_make_huge_output(self):
+        # Whoever holds the ISN key may send a key of 100,000 characters and 2,000 other fields:
+        # show padded each field to the longest key, 200 MB (the 71st review); events printed the
+        # transaction id whole on every row.
+        fields = dict(promopit_sale("T" * 100000), **{"k" * 100000: "v"})
+        fields.update(("f%d" % number, "x") for number in range(2000))
+        self.assertEqual(post(fields).status, 200)
+        code, output, _ = self.command("show", "1")
+        self.assertEqual(code, 0)
+        self.assertIn("\n  %s  v\n" % ("k" * 100000), output)
+        self.assertIn("\n  f1999%s  x\n" % (" " * 35), output)
+        self.assertLess(len(output), 400000)
+        code, output, _ = self.command("events")
+        self.assertIn("  %s...(100000 characters)  (test)\n" % ("T" * 60), output)
+        self.assertLess(len(output), 500)
+
     def test_bad_numbers_a_damaged_store_and_a_terminal_without_utf8_get_one_error_line(self):
         post(payment(first_name="J\u00f6rg"))
         for arguments in (("show", "99999999999999999999"), ("events", "--limit", "99999999999999999999"),
@@ -771,6 +787,24 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
 
 
 class Check(CommandTestCase):
+    def test_file_names_check_finds_cannot_hide_a_problem_or_run_a_command(self):
+        # A file name is whoever made the file's to choose: escape sequences in one erased the
+        # PROBLEM lines on the vendor's screen, a line break forged "all good", and a `;` in the
+        # name made the suggested command two (the 71st review).
+        name = "events.sqlite3.damaged-x;touch pwned\r\x1b[2K\x1b[A\nall good\n\x1b[8m"
+        open(os.path.join(self.data_dir, name), "w").close()
+        post(payment())
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("\x1b", output)
+        self.assertNotIn("\r", output)
+        shown = "events.sqlite3.damaged-x;touch pwned\\r\\x1b[2K\\x1b[A\\nall good\\n\\x1b[8m"
+        self.assertIn("\nPROBLEM  a store was set aside (damaged, or by repair --force): %s\n         fix: look through "
+                      "it (`sqlite3 '%s'`), then move it out of the data folder\n" % (shown, shown), output)
+        self.assertTrue(output.endswith("\n1 problem(s) to fix\n"), output)
+        for line in output.splitlines():
+            self.assertRegex(line, r"^(ok       |PROBLEM  |note     |         fix: |$|1 problem\(s\) to fix$)")
+
     def test_a_store_in_the_folder_the_readme_suggests_while_data_dir_names_another_is_a_problem(self):
         # An older config.ini put back without its data_dir line: calls go into a new store beside
         # the script, and check said "all good" with the failed sales of the other out of sight
