@@ -4236,11 +4236,14 @@ def check_handler_tables(report, note):
                                                                                      one_line(repr(handler)[:60])),
                        "write the name of the function without quotes, e.g. `\"%s\": %s,`: until then each of "
                        "its notifications fails with 500" % (event, event))
-            elif inspect.iscoroutinefunction(handler):
-                # Called plainly, it returns a coroutine that never runs, and the call fails.
-                report(False, "the handler for %s is written `async def`" % one_line(repr(event)),
-                       "write it `def`: the receiver calls handlers plainly, and until then each of its "
-                       "notifications fails with 500")
+            elif inspect.iscoroutinefunction(handler) or inspect.isgeneratorfunction(handler) or \
+                    inspect.isasyncgenfunction(handler):
+                # Called plainly, it returns a coroutine or a generator that never runs, and the call fails.
+                report(False, "the handler for %s is written %s" % (one_line(repr(event)), "with `yield` in it" if
+                                                                    inspect.isgeneratorfunction(handler) else
+                                                                    "`async def`"),
+                       "write it as a plain `def`, without `yield`: the receiver calls handlers plainly, and until "
+                       "then each of its notifications fails with 500")
             # "on_refund": on_payment, copied from the line above: a refund runs the payment's code.
             elif callable(globals().get(event)) and handler is not globals()[event]:
                 note("%s sends %s to %s, though a handler %s is defined: is that meant?" % (

@@ -1080,14 +1080,19 @@ class Check(CommandTestCase):
                 self.assertEqual(ipn_receiver.main(["send", event, "--url", "https://example.com/ipn.py"]), 0)
         self.assertEqual([fields["event"] for fields in sent], ["payment_denial", "eticket", "custom_form"])
 
-    def test_a_handler_written_async_def_is_a_problem(self):
+    def test_a_handler_written_async_def_or_with_yield_is_a_problem(self):
         # Called plainly, it returns a coroutine that never runs: every call of its event a 500.
         script = self.edited_copy("def on_refund(", "async def on_refund(")
         code, output, _ = self.command("check", script=script)
         self.assertEqual(code, 1, output)
-        self.assertIn("\nPROBLEM  the handler for 'on_refund' is written `async def`\n         fix: write it `def`: the "
-                      "receiver calls handlers plainly, and until then each of its notifications fails with 500\n",
-                      output)
+        fix = ("\n         fix: write it as a plain `def`, without `yield`: the receiver calls handlers plainly, and "
+               "until then each of its notifications fails with 500\n")
+        self.assertIn("\nPROBLEM  the handler for 'on_refund' is written `async def`" + fix, output)
+        # One with yield in it returns a generator as plainly (the 70th review: check said nothing).
+        script = self.edited_copy("def on_refund(notification):", "def on_refund(notification):\n    yield")
+        code, output, _ = self.command("check", script=script)
+        self.assertEqual(code, 1, output)
+        self.assertIn("\nPROBLEM  the handler for 'on_refund' is written with `yield` in it" + fix, output)
 
     def test_a_line_of_a_handler_table_that_names_no_function_or_another_handler(self):
         # In quotes, every refund failed with 500; copied from the line above, a refund ran the
