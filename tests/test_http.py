@@ -466,6 +466,19 @@ class AccessData(ReceiverTestCase):
         self.assertLogged("WARNING", "on_payment's answer line [secret] had a configured secret; sent with that "
                                      "replaced")
 
+    def test_an_answer_line_with_several_things_replaced_names_each(self):
+        self.handle("on_payment", lambda n: {"password": "is\t" + PASSPHRASE + "\udfff"})
+        self.assertEqual(post(payment()).body, "OK\npassword: is [secret]\ufffd")
+        self.assertLogged("WARNING", "on_payment's answer line password had a line break or control character and a "
+                                     "configured secret and bytes that were not UTF-8; sent with that replaced")
+
+    def test_a_long_key_with_an_empty_value_is_named_shortened(self):
+        key = "username_" + "1" * 41
+        self.handle("on_payment", lambda n: {key: ""})
+        post(payment())
+        self.assertLogged("WARNING", "on_payment's answer line %s...(50 characters) is empty: the buyer sees nothing "
+                                     "there; sent as it is" % key[:40])
+
     def test_unknown_keys_are_sent_with_a_warning(self):
         self.handle("on_payment", lambda n: {"licence_key": "ABC"})
         self.assertEqual(post(payment()).body, "OK\nlicence_key: ABC")

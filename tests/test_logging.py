@@ -210,6 +210,7 @@ class LikeALoggingLogger(ReceiverTestCase):
                 ipn_receiver.log.log(logging.INFO, "at logging.INFO")
                 ipn_receiver.log.log(25, "at a level of its own")
                 ipn_receiver.log.log("warning", "at a level named")
+                ipn_receiver.log.log("loud", "at a level not known")
                 ipn_receiver.log.debug("below the level", exc_info=True)
                 ipn_receiver.log.info("with a keyword logging does not know", colour="red")
             return {"username": "jane"}
@@ -222,7 +223,7 @@ class LikeALoggingLogger(ReceiverTestCase):
             ("WARNING", "warned W"), ("CRITICAL", "critical C"), ("ERROR", "with its traceback"),
             ("WARNING", "with the exception given"), ("INFO", "with sys.exc_info()"),
             ("ERROR", "exception, as always"), ("ERROR", "exception without"), ("INFO", "at logging.INFO"),
-            ("Level 25", "at a level of its own"), ("WARNING", "at a level named"),
+            ("Level 25", "at a level of its own"), ("WARNING", "at a level named"), ("ERROR", "at a level not known"),
             ("INFO", "with a keyword logging does not know")])
         # A traceback below each of the four that asked for one, and below no other.
         self.assertEqual(self.log_text().count("ValueError: the mail server said no"), 4)
