@@ -730,6 +730,13 @@ def traceback_lines(error, seen=None):
     for frame in traceback.format_tb(error.__traceback__):
         lines += frame.rstrip("\n").split("\n")
     lines.append("".join(traceback.format_exception_only(type(error), error)).rstrip("\n"))
+    # An exception group (Python 3.11: several errors raised as one) holds its errors below it.
+    grouped = getattr(error, "exceptions", None)
+    if isinstance(grouped, tuple):
+        for number, inner in enumerate(grouped, 1):
+            if isinstance(inner, BaseException) and id(inner) not in seen:
+                lines += ["", "Exception %d of %d in the group above:" % (number, len(grouped))]
+                lines += traceback_lines(inner, seen)
     return lines
 
 
@@ -968,8 +975,11 @@ class Log:
                 args = args[0]              # log.info("%(order)s", {...}), as logging takes it
             try:
                 lines = [str(message) % args if args else str(message)]
-            except (TypeError, ValueError, KeyError):   # (a line is never lost to its format)
-                lines = ["%s %% %s (the message does not fit its arguments)" % (message, repr(args))]
+            except Exception:               # (a line is never lost to its format: at worst, its type)
+                try:
+                    lines = ["%s %% %s (the message does not fit its arguments)" % (message, repr(args))]
+                except Exception:
+                    lines = ["a %s message whose text could not be made" % type(message).__name__]
             error = keywords.get("exc_info")        # as logging takes it: True, an exception or
             if isinstance(error, tuple):            # sys.exc_info()'s three
                 error = error[1]
@@ -1079,8 +1089,8 @@ class Notification:
         return "order %s txn %s" % (shortened(self.get("order_id", "-"), 40),
                                     shortened(self.get("transaction_id", "-"), 40))
 
-    def __repr__(self):
-        return "<Notification %s %s %s>" % (self.provider, self.event, self.reference)
+    def __repr__(self):                     # (escaped: it may be printed, and its text is the sender's)
+        return one_line("<Notification %s %s %s>" % (self.provider, self.event, self.reference))
 
 
 def promopit_answers(fields):
@@ -1541,7 +1551,7 @@ def ensure_data_dir(path):
                            "receiver's store and was given away by mistake, give it back (chown -R %d %s, or ask your "
                            "host to: a folder of your own would start an empty store); else set "
                            "DATA_DIR to a folder of %s's own, outside the web root (`python3 ipn_receiver.py check`)" % (
-                               path, user_name(found.st_uid), user_name(os.geteuid()), os.geteuid(), path,
+                               path, user_name(found.st_uid), user_name(os.geteuid()), os.geteuid(), quoted(path),
                                user_name(os.geteuid())))
     htaccess = os.path.join(path, ".htaccess")
     denied = denies_the_web(htaccess)
@@ -1639,10 +1649,18 @@ def out_of_others_reach(folder):
     """How to take `folder` (folder_others_control's) out of other users' reach: where it is this
     user's, and only its mode lets them in, by its mode. Else the data folder moves, its store with
     it: in a new, empty one every notification handled before would run its handler again."""
-    if os.lstat(folder).st_uid == os.geteuid() and not os.path.islink(folder):
-        return "chmod go-w %s (or 700, where it is the data folder)" % folder
+    if os.lstat(folder).st_uid == os.geteuid() and not os.path.islink(folder) and not is_shared(folder):
+        return "chmod go-w %s (or 700, where it is the data folder)" % quoted(folder)
     return ("set DATA_DIR to a folder in your home folder, outside the web root, and move the store's files into it "
             "(events.sqlite3, and its -wal and -shm files if any) with no call running: `check` says how")
+
+
+def is_shared(folder):
+    """Whether `folder` is open to all by design, as /tmp is (sticky, so that each may remove only
+    their own): check, run as root, must never tell anyone to close it."""
+    import stat
+    found = os.lstat(folder)
+    return stat.S_ISDIR(found.st_mode) and bool(found.st_mode & stat.S_ISVTX)
 
 
 def out_of_others_reach_for_a_command(path):
@@ -1654,8 +1672,10 @@ def out_of_others_reach_for_a_command(path):
         owner = os.lstat(path).st_uid
     except OSError:
         return None
-    if owner == os.geteuid():               # (a link of this user's is never other users' to change)
-        return ("chmod 600 %s" if os.path.isfile(path) else "chmod go-w %s") % path
+    if owner == os.geteuid() and not is_shared(path):   # (a link of this user's is never others' to change)
+        return ("chmod 600 %s" if os.path.isfile(path) else "chmod go-w %s") % quoted(path)
+    if owner == os.geteuid():
+        return "keep the config file in a folder of your own, chmod 600 (%s is open to all by design)" % quoted(path)
     name = user_name(owner)
     return ("%s belongs to %s, and check runs as %s: if %s is the user the web server runs the receiver as, run "
             "check as %s (%s); else keep the config file in a folder of that user's own, chmod 600"
@@ -2854,7 +2874,8 @@ def claim_is_abandoned(claimed_at, now, timeout, claim):
     Waiting for the clock to catch up could outlast the sender's retries, and the sale would
     never be handled; but the clock may have been set back while the handler still runs. (No
     time at all: damage, taken over too.)"""
-    claimed_at = claimed_at or 0
+    if not isinstance(claimed_at, (int, float)):
+        claimed_at = 0                      # (text or bytes where a number was: damage, taken over)
     return claimed_at < now - timeout or (claimed_at > now + timeout and not process_is_running(claim))
 
 
@@ -4102,10 +4123,10 @@ def report_private(report, path, label, fix):
     """What `check` says about a file or folder others must not read."""
     found = os.stat(path)
     if found.st_uid == os.geteuid():
-        report(not found.st_mode & 0o077, label % (found.st_mode & 0o777), fix % path)
+        report(not found.st_mode & 0o077, label % (found.st_mode & 0o777), fix % quoted(path))
     else:                                   # check's user (the web server's) reads it through its group
         report(not found.st_mode & 0o007, label % (found.st_mode & 0o777), "chmod o-rwx %s   (the web server's "
-               "user may read it as its owner or through its group; no one else may)" % path)
+               "user may read it as its owner or through its group; no one else may)" % quoted(path))
 
 
 def secrets_in_the_script():
@@ -4296,7 +4317,7 @@ def check_script(report, note, config):
             report(False, "%s, set in %s, can be read by other users of this server (mode %03o)" % (
                 " and ".join(held[program]), os.path.basename(program), os.stat(program).st_mode & 0o777),
                 "chmod 700 %s, where the web server runs it as its owner (suEXEC, as on cPanel); else move the "
-                "secrets into config.ini, readable by the web server's user only%s" % (program, (
+                "secrets into config.ini, readable by the web server's user only%s" % (quoted(program), (
                     ", and put the placeholders back" if program == script else "")))
     cache = os.path.join(HERE, "__pycache__")
     compiled = [name for name in (os.listdir(cache) if os.path.isdir(cache) else ())
@@ -4315,12 +4336,12 @@ def check_script(report, note, config):
                  ] if backups else []
         if compiled:
             fixes.append("rm -r %s (Python writes its compiled copies again with the script's mode: so chmod 700 the "
-                         "script first, where it may be)" % cache)
+                         "script first, where it may be)" % quoted(cache))
         report(False, "copies of the settings, secrets and all, can be read by other users of this server (%s)"
                % ", ".join(sorted(compiled + backups)), "; ".join(fixes))
     elif compiled:
         note("compiled copies of %s can be read by other users of this server (%s); if it ever held a secret, "
-             "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), cache))
+             "delete them: rm -r %s" % (os.path.basename(script), ", ".join(sorted(compiled)), quoted(cache)))
     check_example_config(report, config)
     stores = sorted(name for name in os.listdir(HERE)
                     if ".sqlite3" in name and readable_by_others(os.path.join(HERE, name)))
@@ -4344,7 +4365,8 @@ def check_example_config(report, config):
     if unread:
         report(False, "config.example.ini sets %s, not as in effect: the receiver reads config.ini, never the "
                "example" % " and ".join(unread), "if it is yours, copy it: install -m 600 %s %s; then delete "
-               "config.example.ini, which holds a secret" % (example, os.path.join(HERE, CONFIG_FILE_NAME)))
+               "config.example.ini, which holds a secret" % (quoted(example),
+                                                             quoted(os.path.join(HERE, CONFIG_FILE_NAME))))
 
 
 def check_data_folder(report, note, config):
@@ -4396,7 +4418,7 @@ def check_data_folder(report, note, config):
         # as "a file", an empty store would start in its place, and every handler run again.
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a database, most likely the event store moved "
                "there with mv before the folder was made: mv %s %s.store && mkdir -m 700 %s && mv %s.store %s"
-               % ((data_dir,) * 4 + (os.path.join(data_dir, STORE_FILE_NAME),)))
+               % ((quoted(data_dir),) * 4 + (quoted(os.path.join(data_dir, STORE_FILE_NAME)),)))
     elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         report(False, "DATA_DIR %s is a folder" % data_dir, "it is a file: set DATA_DIR to a folder, or move the "
                "file away (the receiver makes the folder)")
@@ -4409,7 +4431,8 @@ def check_data_folder(report, note, config):
     elif os.path.isdir(data_dir) or not os.access(first, os.W_OK | os.X_OK):     # (it is made in `first`)
         owner = os.stat(data_dir).st_uid if os.path.isdir(data_dir) else None
         report(writable, "data folder %s can be read and written by %s" % (data_dir, user_name(os.geteuid())),
-               "chmod 700 %s   (it is yours, but its mode keeps you out)" % data_dir if owner == os.geteuid() else
+               "chmod 700 %s   (it is yours, but its mode keeps you out)" % quoted(data_dir)
+               if owner == os.geteuid() else
                "it belongs to %s: run check as the user the web server runs the receiver as, and make the folder "
                "that user's (chown, chmod 700)" % user_name(owner) if owner is not None
                else "create it, owned by the user the web server runs the receiver as (chmod 700)")
@@ -4447,15 +4470,22 @@ def check_data_folder(report, note, config):
                "store yet (else keep the one with more notifications, and move the other folder out of the web root, "
                "not deleted: the sales only it holds, `sqlite3` shows), and rename the script back: a store left "
                "behind can be downloaded, and in an empty one the copies of notifications already handled run their "
-               "handlers again" % data_dir)
+               "handlers again" % quoted(data_dir))
     elif elsewhere and os.path.isfile(journal) and os.path.getsize(journal):
         # The store moved without its journal, which may hold the last notifications: SQLite reads
         # them from it only beside the store it was written for, and before that store writes anew.
+        # Put beside a store written since, SQLite would lay its old pages over the new ones.
+        store = os.path.join(data_dir, STORE_FILE_NAME)
+        written_since = os.path.exists(store + "-wal") or (
+            os.path.exists(store) and os.stat(store).st_mtime > os.stat(journal).st_mtime)
         report(False, "the event store's journal was left in %s without its store; DATA_DIR is %s" % (
-            left_behind, data_dir), stop_calls + ", and move %s (and its -shm file) beside the store it was written "
-            "for, in %s, if that store has no -wal file of its own; then rename the script back. It may hold the last "
-            "notifications, which are lost to the store until then (and where the store has its own, keep it aside: "
-            "its notifications can be recovered by hand only)" % (journal, data_dir))
+            left_behind, data_dir), "keep %s (and its -shm file) out of the web space, and never put it beside the "
+            "store: the store has been written since, and SQLite would lay the journal's old pages over the new "
+            "ones, damaging it. It may hold the last notifications before the move, which can be recovered by hand "
+            "only" % quoted(journal) if written_since else stop_calls + ", and move %s (and its -shm file) beside "
+            "the store it was written for, in %s, before a call writes to that store; then rename the script back. "
+            "It may hold the last notifications, which are lost to the store until then" % (
+                quoted(journal), quoted(data_dir)))
     for other in stores_in_the_suggested_folder(data_dir, left_behind):
         # DATA_DIR names another folder than the one README.md suggests, which holds a store: an
         # older config.ini put back without its data_dir line, say. Calls then go into a new store,
@@ -4468,7 +4498,8 @@ def check_data_folder(report, note, config):
     for name in os.listdir(data_dir) if writable else ():
         if ".damaged-" in name and not name.endswith(("-wal", "-shm")):
             report(False, "a store was set aside (damaged, or by repair --force): %s" % name,
-                   "look through it (`sqlite3 %s`), then move it out of the data folder" % quoted(name))
+                   "look through it (`sqlite3 %s`), then move it out of the data folder, with its -wal and -shm "
+                   "files if any" % quoted(os.path.join(data_dir, name)))
         elif name == STORE_FILE_NAME + ".salvaged":
             report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
                    "in place if there is no store; beside a store, it is older than the store: move it out of the "
@@ -4552,7 +4583,7 @@ def check_store(report, note, config):
             report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
     for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
-        if os.path.exists(os.path.join(data_dir, name)):
+        if os.path.isfile(os.path.join(data_dir, name)):       # (anything else: check_store_files)
             report_private(report, os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
     check_store_files(report, data_dir)
 
@@ -4587,17 +4618,17 @@ def check_runs_as_cgi(report, program, mode, as_cgi_only=None):
     if first_line.startswith(b"\xef\xbb\xbf"):
         fix = ("save the file as UTF-8 without a BOM (the byte order mark some Windows editors write first), with "
                "Unix (LF) line endings (sed -i '1s/^\\xef\\xbb\\xbf//; s/\\r$//' %s); with either, a CGI call "
-               "fails with 500" % program)
+               "fails with 500" % quoted(program))
     elif first_line.startswith(b"#!"):
-        fix = "save the file with Unix (LF) line endings (sed -i 's/\\r$//' %s); with CRLF a CGI call fails with 500" % (
-            program)
+        fix = ("save the file with Unix (LF) line endings (sed -i 's/\\r$//' %s); with CRLF a CGI call fails with "
+               "500" % quoted(program))
     else:
         fix = "make #!/usr/bin/env python3 its first line, as in README.md; without it, a CGI call fails with 500"
     shebang_report = report if windows else as_cgi_only
     shebang_report(first_line.startswith(b"#!") and not first_line.endswith(b"\r\n"),
                    "%s starts with a shebang line ending in LF" % os.path.basename(program), fix)
     as_cgi_only(os.access(program, os.X_OK), "%s has its run bit set" % os.path.basename(program),
-                "chmod %s %s   (needed to run as CGI)" % (mode, program))
+                "chmod %s %s   (needed to run as CGI)" % (mode, quoted(program)))
 
 
 def check_who_else_may_change_the_code(report, files):
@@ -4611,7 +4642,8 @@ def check_who_else_may_change_the_code(report, files):
     if controlled:
         report(False, "another user of this server may change %s, the folder of ipn_receiver.py or one on the way "
                "to it: they could replace the script, or put a config.ini of theirs beside it" % controlled,
-               "chmod go-w %s where it is yours; else move the receiver into a folder of your own" % controlled)
+               "chmod go-w %s where it is yours; else move the receiver into a folder of your own"
+               % quoted(controlled))
     cache = os.path.join(HERE, "__pycache__")
     if os.path.isdir(cache):
         files = files + [cache] + [os.path.join(cache, name) for name in sorted(os.listdir(cache))]
@@ -4649,7 +4681,7 @@ def check_who_else_may_change_python(report):
             reported.add(controlled)
             report(False, "another user of this server may change %s, from where Python runs code as the receiver's "
                    "user (%s)" % (controlled, place), "chmod go-w %s where it is yours; else run the receiver with "
-                   "a Python, and a virtual environment, that only you and root may change" % controlled)
+                   "a Python, and a virtual environment, that only you and root may change" % quoted(controlled))
 
 
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
@@ -4754,20 +4786,25 @@ def is_the_placeholder(handler, event):
 
 
 def check_store_files(report, data_dir):
-    """What `check` says about the files every call writes: the store, its journal and its lock.
-    Each makes every call a 503 where it is not a file this user can write (a backup restored
-    read-only, a folder made in its place), or, for the lock, where another process holds it."""
+    """What `check` says about the files every call writes: the store, its journal, its lock and
+    the logs. Each makes every call a 503 where it is not a file this user can write (a backup
+    restored read-only, a folder made in its place), or, for the lock, where another process holds
+    it; a log, that the lines (and the traceback an error answer points to) are not written there."""
     import stat
-    names = (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock")
+    names = (STORE_FILE_NAME, STORE_FILE_NAME + "-wal", STORE_FILE_NAME + "-shm", ".lock", LOG_FILE_NAME,
+             ERROR_LOG_FILE_NAME)
     for name in [name for name in names if os.path.lexists(os.path.join(data_dir, name))]:
         path = os.path.join(data_dir, name)
+        why = ("the receiver writes its lines to stderr alone then, and an error answer's traceback is not there"
+               if name.endswith(".log") else "every call needs to write it")
         if not stat.S_ISREG(os.lstat(path).st_mode):
-            report(False, "%s is a file" % name, "it is a folder or a link, which the receiver does not open: move "
-                   "it out of the data folder (`mv %s %s.moved`)%s" % (path, path, "" if name == STORE_FILE_NAME
-                                                                      else "; the receiver makes it again"))
+            report(False, "%s is a file" % name, "it is a folder or a link, which the receiver does not open (%s): "
+                   "move it out of the data folder (`mv %s %s.moved`)%s" % (
+                       why, quoted(path), quoted(path), "" if name == STORE_FILE_NAME
+                       else "; the receiver makes it again"))
         elif not os.access(path, os.R_OK | os.W_OK):
             report(False, "%s can be read and written by %s" % (name, user_name(os.geteuid())),
-                   "chmod 600 %s   (every call needs to write it)" % path)
+                   "chmod 600 %s   (%s)" % (quoted(path), why))
         elif name == ".lock":
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -4779,7 +4816,8 @@ def check_store_files(report, data_dir):
                 os.close(fd)            # (lets the lock go, if taken)
             report(free, "the store's lock is free", "another process has held %s for over 2 s, and every call "
                    "waits %d s for it, then gets 503: find that process (`fuser -v %s`) and end it if it is stuck "
-                   "(a `repair` stopped with Ctrl+Z, say: `fg` goes on with it)" % (path, LOCK_TIMEOUT_SECONDS, path))
+                   "(a `repair` stopped with Ctrl+Z, say: `fg` goes on with it)" % (path, LOCK_TIMEOUT_SECONDS,
+                                                                                   quoted(path)))
 
 
 def check_owners(report, data_dir):
@@ -4946,7 +4984,7 @@ def check_web_folder(report, note, data_dir):
         # where it cannot.
         report(os.stat(htaccess).st_mode & 0o004, ".htaccess beside the script can be read by the web server (mode "
                "%03o)" % (os.stat(htaccess).st_mode & 0o777), "chmod 644 %s   (Apache refuses the whole folder, "
-               "with 403, where it cannot read it)" % htaccess)
+               "with 403, where it cannot read it)" % quoted(htaccess))
     web_root = web_root_of(HERE)
     unguarded = "with no .htaccess, in %s, which looks like web space" % web_root
     if rules is None and web_root_of(data_dir):
@@ -5005,7 +5043,7 @@ def use_the_guides_htaccess():
         return ("this folder holds your site too (%s), and an .htaccess rules every folder below its own: the "
                 "deployment guide's would shut the site. Make a folder of the receiver's own (mkdir %s), move "
                 "ipn_receiver.py and config.ini into it, put the .htaccess of README.md's deployment guide there, "
-                "and register that URL" % (shown or "its web root", os.path.join(HERE, "ipn")))
+                "and register that URL" % (shown or "its web root", quoted(os.path.join(HERE, "ipn"))))
     return ("use the .htaccess of README.md's deployment guide: Options +ExecCGI -Indexes, AddHandler cgi-script "
             ".py, Require all denied, and the scripts' names allowed")
 

@@ -463,6 +463,21 @@ class DamageTheIntegrityCheckCannotSee(CommandTestCase):
         connection.commit()
         connection.close()
 
+    def test_a_claim_time_damaged_into_text_is_taken_as_abandoned_by_check_and_replay(self):
+        # check ended in a TypeError at such a row, before the rest of its checks, and so did
+        # replay (the 72nd review).
+        post(payment())
+        self.damage("UPDATE notifications SET status = 'processing', claimed_at = 'x', claim = '1-abc'")
+        code, output, errors = self.command("check")
+        self.assertEqual((code, errors), (1, ""), output)
+        self.assertIn("PROBLEM  1 notification whose handler started over PROCESSING_TIMEOUT ago, and whose outcome "
+                      "was never recorded: #1\n", output)
+        self.assertIn("the store's lock is free", output)               # (the checks after it ran)
+        code, output, errors = self.command("replay", "1")
+        self.assertEqual(code, 0, errors)
+        self.assertNotIn("Traceback", errors)
+        self.assertEqual(self.rows()[0]["status"], "done")
+
     def test_a_row_whose_fields_are_damaged_is_listed_shown_and_reported_without_a_traceback(self):
         # One bit flipped on the disk inside a row's JSON: SQLite's integrity check says ok.
         self.handle("on_payment", lambda n: 1 / 0)
@@ -784,6 +799,16 @@ class CommandsRunAsAUserWhoCannotRead(CommandTestCase):
         self.assertIn("PROBLEM  events.sqlite3 can be read and written by nobody\n         fix: chmod 600 %s   (every "
                       "call needs to write it)\n" % store, output)
         self.assertTrue(output.endswith("\n1 problem(s) to fix\n"), output)
+        # A log it cannot write: the lines, and the traceback an error answer points to, go to
+        # stderr alone, where check said all good (the 72nd review).
+        os.chmod(store, 0o600)
+        log = os.path.join(self.data_dir, "ipn_receiver.log")
+        os.chmod(log, 0o400)
+        code, output, _ = self.as_nobody([self.python, self.script, "check"])
+        self.assertIn("PROBLEM  ipn_receiver.log can be read and written by nobody\n         fix: chmod 600 %s   (the "
+                      "receiver writes its lines to stderr alone then, and an error answer's traceback is not there)\n"
+                      % log, output)
+        self.assertTrue(output.endswith("\n1 problem(s) to fix\n"), output)
 
 
 class Check(CommandTestCase):
@@ -800,7 +825,8 @@ class Check(CommandTestCase):
         self.assertNotIn("\r", output)
         shown = "events.sqlite3.damaged-x;touch pwned\\r\\x1b[2K\\x1b[A\\nall good\\n\\x1b[8m"
         self.assertIn("\nPROBLEM  a store was set aside (damaged, or by repair --force): %s\n         fix: look through "
-                      "it (`sqlite3 '%s'`), then move it out of the data folder\n" % (shown, shown), output)
+                      "it (`sqlite3 '%s/%s'`), then move it out of the data folder, with its -wal and -shm files if "
+                      "any\n" % (shown, self.data_dir, shown), output)
         self.assertTrue(output.endswith("\n1 problem(s) to fix\n"), output)
         for line in output.splitlines():
             self.assertRegex(line, r"^(ok       |PROBLEM  |note     |         fix: |$|1 problem\(s\) to fix$)")
@@ -1500,6 +1526,11 @@ class Check(CommandTestCase):
                 code, output, _ = self.command("check", IPN_DATA_DIR=data_dir)
                 self.assertEqual(problem % (data_dir, shared) in output, reported, output)
                 self.assertEqual(code, 1 if reported else 0, output)      # (the receiver makes both folders)
+                # A folder open to all by design (sticky, as /tmp is) is never to be closed: check run
+                # as root told the vendor to chmod go-w /tmp (the 72nd review).
+                self.assertEqual("fix: chmod go-w %s " % shared in output, reported and mode == 0o777, output)
+                if reported and mode == 0o1777:
+                    self.assertIn("fix: set DATA_DIR to a folder in your home folder", output)
         if os.geteuid() == 0:                   # (root's, or this user's: those may)
             os.chmod(shared, 0o755)
             os.chown(shared, 65534, 65534)      # nobody's: nobody may move what is in it
@@ -2283,8 +2314,8 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         code, output, _ = self.command("check")
         self.assertEqual(code, 1, output)
         self.assertIn("PROBLEM  .lock is a file\n         fix: it is a folder or a link, which the receiver does not "
-                      "open: move it out of the data folder (`mv %s %s.moved`); the receiver makes it again\n"
-                      % (lock, lock), output)
+                      "open (every call needs to write it): move it out of the data folder (`mv %s %s.moved`); the "
+                      "receiver makes it again\n" % (lock, lock), output)
         os.rmdir(lock)
         for suffix in ("-wal", "-shm"):                     # the journal's files, each on its own
             journal = os.path.join(self.data_dir, "events.sqlite3" + suffix)
@@ -2301,7 +2332,23 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         os.symlink(store + ".real", store)
         code, output, _ = self.command("check")
         self.assertIn("PROBLEM  events.sqlite3 is a file\n         fix: it is a folder or a link, which the receiver "
-                      "does not open: move it out of the data folder (`mv %s %s.moved`)\n" % (store, store), output)
+                      "does not open (every call needs to write it): move it out of the data folder (`mv %s "
+                      "%s.moved`)\n" % (store, store), output)
+
+    def test_a_log_the_receiver_cannot_write_is_a_problem(self):
+        # Its lines, and the traceback an error answer points to, went to stderr alone, and check
+        # said all good; a folder in its place was to be "chmod 600" (the 72nd review).
+        post(payment())
+        log = os.path.join(self.data_dir, "ipn_receiver.log")
+        why = "the receiver writes its lines to stderr alone then, and an error answer's traceback is not there"
+        os.remove(log)                          # (one it cannot write: test_check_reports_a_store_that_cannot_...)
+        os.mkdir(log)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  ipn_receiver.log is a file\n         fix: it is a folder or a link, which the receiver "
+                      "does not open (%s): move it out of the data folder (`mv %s %s.moved`); the receiver makes it "
+                      "again\n" % (why, log, log), output)
+        self.assertNotIn("ipn_receiver.log mode", output)
 
     def test_a_sites_htaccess_in_the_data_folder_that_denies_some_files_only_is_a_problem(self):
         post(payment())
@@ -2373,9 +2420,19 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         self.assertIn("PROBLEM  the event store's journal was left in %s without its store; DATA_DIR is %s\n         "
                       "fix: rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under "
                       "WSGI, stop the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e "
-                      "ipn.py), and move %s (and its -shm file) beside the store it was written for, in %s, if that "
-                      "store has no -wal file of its own" % (os.path.dirname(journal), elsewhere, journal, elsewhere),
+                      "ipn.py), and move %s (and its -shm file) beside the store it was written for, in %s, before "
+                      "a call writes to that store" % (os.path.dirname(journal), elsewhere, journal, elsewhere),
                       output)
+        # Once the store has been written there, the journal would lay its old pages over the new
+        # ones: following that fix damaged the store (the 72nd review).
+        os.mkdir(elsewhere, 0o700)
+        for moved in ("events.sqlite3", "events.sqlite3-wal"):
+            open(os.path.join(elsewhere, moved), "w").close()
+            code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
+            self.assertIn("PROBLEM  the event store's journal was left in %s without its store; DATA_DIR is %s\n     "
+                          "    fix: keep %s (and its -shm file) out of the web space, and never put it beside the "
+                          "store: the store has been written since" % (os.path.dirname(journal), elsewhere, journal),
+                          output)
         self.assertNotIn("journal was left", self.command("check", script=script,
                                                           IPN_DATA_DIR=os.path.join(site, "ipn_data"))[1])
 

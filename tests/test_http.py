@@ -527,6 +527,10 @@ class TheNotification(ReceiverTestCase):
                          (list(notification.fields.items()), list(notification.fields.values()),
                           len(notification.fields)))
         self.assertEqual((notification.get(0), 0 in notification), ("", False))
+        # Its repr escapes what the sender wrote (the 72nd review: a handler's print(repr(...)) sent
+        # an escape sequence to the vendor's terminal under replay).
+        copy = ipn_receiver.Notification("digistore24", {"order_id": "A\x1b[31m0", "event": "on_payment"})
+        self.assertEqual(repr(copy), "<Notification digistore24 on_payment order A\\x1b[31m0 txn ->")
 
     def test_upper_keys_variant_fields_are_in_lower_case_and_found_in_any_case(self):
         seen = self.capture()

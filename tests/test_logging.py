@@ -175,6 +175,38 @@ class RequestLines(ReceiverTestCase):
                           "granted order %d % ('E5F6',) (the message does not fit its arguments)",
                           "granted %s and %s % ('G7H8',) (the message does not fit its arguments)", "100%% granted"])
 
+    def test_a_message_that_cannot_be_formatted_or_made_text_is_still_a_line(self):
+        # OverflowError from %c, a __str__ that raises: the line was lost (the 72nd review).
+        class Unwritable:
+            def __str__(self):
+                raise RuntimeError("no")
+            __repr__ = __str__
+        log = ipn_receiver.log
+        log.info("code %c", 2 ** 40)
+        log.info(Unwritable())
+        log.info("granted %s %s", Unwritable())
+        self.assertEqual([message for _, message in self.log_messages()],
+                         ["code %c % (1099511627776,) (the message does not fit its arguments)",
+                          "a Unwritable message whose text could not be made",
+                          "a str message whose text could not be made"])
+
+    def test_the_errors_of_an_exception_group_are_in_the_traceback(self):
+        # Python 3.11's ExceptionGroup holds several errors; its traceback showed only the group
+        # (the 72nd review). Any exception with a tuple of exceptions is taken as one.
+        class Group(Exception):
+            def __init__(self, message, exceptions):
+                super().__init__(message)
+                self.exceptions = tuple(exceptions)
+        try:
+            raise Group("two failed", [ValueError("the mail server said no"), KeyError("licence")])
+        except Group:
+            ipn_receiver.log.exception("granting failed")
+        text = self.log_text()
+        self.assertIn("Exception 1 of 2 in the group above:", text)
+        self.assertIn("ValueError: the mail server said no", text)
+        self.assertIn("Exception 2 of 2 in the group above:", text)
+        self.assertIn("KeyError: 'licence'", text)
+
     def test_chained_exceptions_are_in_the_traceback(self):
         def on_payment(notification):
             try:
