@@ -121,8 +121,9 @@ EQUIVALENT = {
         "set up again once they are right",
     ("lock_within", "time.sleep(0.0001 if waited <= 0.05 else 0.001)"):
         "differs only for a wait of exactly 50 ms, to the last bit of a float, and only in the pause",
-    ("claim_is_abandoned", "claimed_at = claimed_at or 1"):
-        "a processing row always has claimed_at; and a claim at time 0 or 1 is as long past",
+    ("claim_is_abandoned", "claimed_at = 1                      "
+                           "# (text or bytes where a number was: damage, taken over)"):
+        "a claim time that is no number is damage; a claim at time 0 or 1 is as long past",
     ("claim_is_abandoned", "return claimed_at <= now - timeout or (claimed_at > now + timeout and not "
                            "process_is_running(claim))"):
         "differs only for a claim exactly PROCESSING_TIMEOUT old, to the last bit of a float",
