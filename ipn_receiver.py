@@ -4370,7 +4370,8 @@ def check_example_config(report, config):
 
 
 def check_data_folder(report, note, config):
-    """What `check` says about the data folder; True when it can be read and written."""
+    """What `check` says about the data folder; True when it can be read and written, and the store
+    may be opened."""
     import stat
     data_dir = config["DATA_DIR"]
     controlled = folder_others_control(data_dir)
@@ -4461,6 +4462,7 @@ def check_data_folder(report, note, config):
     stop_calls = ("rename ipn_receiver.py for a moment (calls get 404, and the senders retry them later; under WSGI, "
                   "stop the app instead), wait until no call is running (ps -ef | grep -e ipn_receiver -e ipn.py)")
     journal = os.path.join(left_behind, STORE_FILE_NAME + "-wal")
+    reunite = False
     if elsewhere and os.path.isfile(os.path.join(left_behind, STORE_FILE_NAME)):
         # DATA_DIR was set after calls had come: the store they made stayed behind, on the web.
         report(False, "an event store was left in %s, beside the script; DATA_DIR is %s" % (left_behind, data_dir),
@@ -4484,8 +4486,9 @@ def check_data_folder(report, note, config):
             "ones, damaging it. It may hold the last notifications before the move, which can be recovered by hand "
             "only" % quoted(journal) if written_since else stop_calls + ", and move %s (and its -shm file) beside "
             "the store it was written for, in %s, before a call writes to that store; then rename the script back. "
-            "It may hold the last notifications, which are lost to the store until then" % (
-                quoted(journal), quoted(data_dir)))
+            "It may hold the last notifications, which are lost to the store until then (check has not opened "
+            "the store: that may write to it too)" % (quoted(journal), quoted(data_dir)))
+        reunite = not written_since     # (opened, a store of an older schema is brought up to date)
     for other in stores_in_the_suggested_folder(data_dir, left_behind):
         # DATA_DIR names another folder than the one README.md suggests, which holds a store: an
         # older config.ini put back without its data_dir line, say. Calls then go into a new store,
@@ -4504,7 +4507,7 @@ def check_data_folder(report, note, config):
             report(False, "an interrupted repair left %s" % name, "run `python3 ipn_receiver.py repair`, which puts it "
                    "in place if there is no store; beside a store, it is older than the store: move it out of the "
                    "data folder")
-    return writable
+    return writable and not reunite
 
 
 def check_store(report, note, config):
@@ -4531,6 +4534,20 @@ def check_store(report, note, config):
         report(result == "ok", "event store %s: integrity %s, journal %s" % (
             store_path(config), result.splitlines()[0], journal),
             "python3 ipn_receiver.py repair   (sets it aside, keeps every row that can be read)")
+        # A transaction another program keeps open (a `sqlite3` session left inside one, a database
+        # browser): reads go on, so the rest of check sees nothing, but every call waits, then 503.
+        connection.execute("PRAGMA busy_timeout = 2000")
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            free = True
+        except sqlite3.OperationalError:
+            free = False
+        connection.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_SECONDS * 1000))
+        report(free, "no other program holds the event store's write lock", "another program (a `sqlite3` session "
+               "left inside a transaction, a database browser) has held it for over 2 s: every call waits %d s for "
+               "it, then gets 503. Find it (`fuser -v %s`), and end its transaction or the program"
+               % (BUSY_TIMEOUT_SECONDS, quoted(store_path(config))))
         note("stored: %s" % (", ".join("%d %s" % (n, one_line(str(s))) for s, n in sorted(counts.items(), key=str))
                              or "nothing yet"))
         check_what_the_store_shows_of_the_setup(report, config, connection)
@@ -4583,8 +4600,11 @@ def check_store(report, note, config):
             report(False, "event store: %s" % error_text(error), "see the message; for a damaged store: "
                    "python3 ipn_receiver.py repair")
     for name in (STORE_FILE_NAME, LOG_FILE_NAME, ERROR_LOG_FILE_NAME):
-        if os.path.isfile(os.path.join(data_dir, name)):       # (anything else: check_store_files)
-            report_private(report, os.path.join(data_dir, name), name + " mode %03o", "chmod 600 %s")
+        # (A link or anything but a file: check_store_files. A chmod would go through a link to
+        # whatever it names, /etc/passwd say, where check runs as root.)
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            report_private(report, path, name + " mode %03o", "chmod 600 %s")
     check_store_files(report, data_dir)
 
 
@@ -4642,8 +4662,9 @@ def check_who_else_may_change_the_code(report, files):
     if controlled:
         report(False, "another user of this server may change %s, the folder of ipn_receiver.py or one on the way "
                "to it: they could replace the script, or put a config.ini of theirs beside it" % controlled,
-               "chmod go-w %s where it is yours; else move the receiver into a folder of your own"
-               % quoted(controlled))
+               "move the receiver into a folder of your own (%s is open to all by design)" % quoted(controlled)
+               if is_shared(controlled) else "chmod go-w %s where it is yours; else move the receiver into a folder "
+               "of your own" % quoted(controlled))
     cache = os.path.join(HERE, "__pycache__")
     if os.path.isdir(cache):
         files = files + [cache] + [os.path.join(cache, name) for name in sorted(os.listdir(cache))]
@@ -4680,8 +4701,9 @@ def check_who_else_may_change_python(report):
         if controlled and controlled not in reported:
             reported.add(controlled)
             report(False, "another user of this server may change %s, from where Python runs code as the receiver's "
-                   "user (%s)" % (controlled, place), "chmod go-w %s where it is yours; else run the receiver with "
-                   "a Python, and a virtual environment, that only you and root may change" % quoted(controlled))
+                   "user (%s)" % (controlled, place), ("" if is_shared(controlled) else "chmod go-w %s where it "
+                   "is yours; else " % quoted(controlled)) + "run the receiver with a Python, and a virtual "
+                   "environment, that only you and root may change")
 
 
 # The modules the receiver imports only where it needs them (a failed handler's traceback, the
@@ -4834,8 +4856,8 @@ def check_owners(report, data_dir):
         if os.lstat(path).st_uid != owner:
             report(False, "%s in the data folder belongs to %s, the folder to %s" % (
                 name, user_name(os.lstat(path).st_uid), user_name(owner)),
-                "chown %s %s   (a command run as another user made it; the web server cannot use it)"
-                % (quoted(user_name(owner)), quoted(path)))
+                "chown %s%s %s   (a command run as another user made it; the web server cannot use it)"
+                % ("-h " if os.path.islink(path) else "", quoted(user_name(owner)), quoted(path)))
 
 
 def quoted(path):

@@ -695,6 +695,17 @@ class CommandsMakeNothingForAnotherUser(CommandTestCase):
                       "         fix: chown root %s   (a command run as another user made it; the web server "
                       "cannot use it)" % store, output)
         os.chown(store, 0, 0)
+        # A link another user planted, to a file of root's: a plain chown, run as root, would give
+        # that file away (the 73rd review); chown -h changes the link alone.
+        target = tempfile.NamedTemporaryFile(prefix="ipn-root-file-")
+        self.addCleanup(target.close)
+        link = os.path.join(self.data_dir, "notes")
+        os.symlink(target.name, link)
+        os.lchown(link, self.NOBODY, self.NOBODY)
+        code, output, _ = self.command("check")
+        self.assertIn("PROBLEM  notes in the data folder belongs to nobody, the folder to root\n         fix: chown -h "
+                      "root %s   (a command run as another user made it" % link, output)
+        os.remove(link)
         os.chown(self.data_dir, self.NOBODY, self.NOBODY)
         code, output, _ = self.command("check")
         self.assertEqual(code, 1)
@@ -1988,6 +1999,13 @@ class CheckWhoElseMayChangeTheCode(CommandTestCase):
         self.assertIn("PROBLEM  another user of this server may change %s, the folder of ipn_receiver.py or one on the "
                       "way to it: they could replace the script, or put a config.ini of theirs beside it\n         fix: "
                       "chmod go-w %s where it is yours" % (self.site, self.site), output)
+        # Sticky, as /tmp is: open to all by design, never to be closed (the 73rd review: check run
+        # as root told to chmod go-w such a folder).
+        os.chmod(self.site, 0o1777)
+        code, output, _ = self.command("check", script=self.script)
+        self.assertIn("way to it: they could replace the script, or put a config.ini of theirs beside it\n         fix: "
+                      "move the receiver into a folder of your own (%s is open to all by design)\n" % self.site, output)
+        self.assertNotIn("chmod go-w %s " % self.site, output)
 
     def test_files_others_may_write_to(self):
         for path in (self.script, self.launcher, self.config):
@@ -2335,12 +2353,44 @@ class CheckTheStoreAndItsLock(CommandTestCase):
                       "does not open (every call needs to write it): move it out of the data folder (`mv %s "
                       "%s.moved`)\n" % (store, store), output)
 
+    def test_a_transaction_another_program_keeps_open_is_a_problem(self):
+        # A sqlite3 session left inside a transaction: every call waited 30 s, then got 503, and
+        # check, which only reads, said all good (the 73rd review).
+        post(payment())
+        store = os.path.join(self.data_dir, "events.sqlite3")
+        other = sqlite3.connect(store, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("UPDATE notifications SET attempts = attempts")
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertIn("PROBLEM  no other program holds the event store's write lock\n         fix: another program (a "
+                      "`sqlite3` session left inside a transaction, a database browser) has held it for over 2 s: every "
+                      "call waits 30 s for it, then gets 503. Find it (`fuser -v %s`), and end its transaction or the "
+                      "program\n" % store, output)
+        other.execute("ROLLBACK")
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 0, output)
+        self.assertIn("ok       no other program holds the event store's write lock\n", output)
+
     def test_a_log_the_receiver_cannot_write_is_a_problem(self):
         # Its lines, and the traceback an error answer points to, went to stderr alone, and check
         # said all good; a folder in its place was to be "chmod 600" (the 72nd review).
         post(payment())
         log = os.path.join(self.data_dir, "ipn_receiver.log")
         why = "the receiver writes its lines to stderr alone then, and an error answer's traceback is not there"
+        # A link in its place, to a file of someone else's: never a chmod, which would go through the
+        # link to that file (/etc/passwd, where check runs as root: the 73rd review).
+        target = tempfile.NamedTemporaryFile(prefix="ipn-other-file-")
+        self.addCleanup(target.close)
+        os.chmod(target.name, 0o644)
+        os.remove(log)
+        os.symlink(target.name, log)
+        code, output, _ = self.command("check")
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("chmod 600 %s" % log, output)
+        self.assertIn("PROBLEM  ipn_receiver.log is a file\n", output)
+        self.assertEqual(os.stat(target.name).st_mode & 0o777, 0o644)
         os.remove(log)                          # (one it cannot write: test_check_reports_a_store_that_cannot_...)
         os.mkdir(log)
         code, output, _ = self.command("check")
@@ -2426,6 +2476,19 @@ class CheckTheStoreAndItsLock(CommandTestCase):
         # Once the store has been written there, the journal would lay its old pages over the new
         # ones: following that fix damaged the store (the 72nd review).
         os.mkdir(elsewhere, 0o700)
+        # The store moved there, not written since: check leaves it closed, for opening it may write
+        # to it (a store of an older schema is brought up to date: the 73rd review).
+        store = os.path.join(elsewhere, "events.sqlite3")
+        open(store, "w").close()
+        before = os.stat(journal).st_mtime - 60
+        os.utime(store, (before, before))
+        code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
+        self.assertIn("before a call writes to that store; then rename the script back. It may hold the last "
+                      "notifications, which are lost to the store until then (check has not opened the store: that "
+                      "may write to it too)\n", output)
+        self.assertNotIn("event store %s: integrity" % store, output)
+        self.assertEqual((os.stat(store).st_mtime, sorted(os.listdir(elsewhere))), (before, ["events.sqlite3"]))
+        os.remove(store)
         for moved in ("events.sqlite3", "events.sqlite3-wal"):
             open(os.path.join(elsewhere, moved), "w").close()
             code, output, _ = self.command("check", script=script, IPN_DATA_DIR=elsewhere)
